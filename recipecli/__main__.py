@@ -1,0 +1,4 @@
+"""`python -m recipecli` runs the `recipe` command."""
+from .cli import main
+
+main()

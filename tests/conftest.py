@@ -1,0 +1,42 @@
+"""Shared test helpers: a minimal recipe plus a delta, and paths of the repository."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipecli.load import deep_merge
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+SHARED = ROOT.parent / "shared"
+SHIPPED = sorted(RECIPES.rglob("*.yaml"))
+
+# The smallest valid recipe: a hub model and a hub dataset, so nothing needs to exist on disk.
+MINIMAL = {
+    "recipe_version": 1,
+    "name": "t",
+    "model": {"id": "TinyLlama/TinyLlama-1.1B-Chat-v1.0"},
+    "method": "qlora",
+    "data": {"datasets": [{"path": "tatsu-lab/alpaca", "format": "alpaca"}]},
+}
+
+
+@pytest.fixture
+def make_recipe(tmp_path):
+    """Write MINIMAL merged with a delta (None values delete keys) and return its path."""
+
+    def make(delta: dict | None = None, name: str = "recipe.yaml", base: dict | None = None) -> Path:
+        doc = _drop_none(deep_merge(MINIMAL if base is None else base, delta or {}))
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return make
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value

@@ -1,0 +1,101 @@
+"""The CLI through its real entry point: exit codes, messages, formats, and no heavy imports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+from click.testing import CliRunner
+
+from recipecli.cli import main
+from recipecli.errors import ExitCode
+from recipecli.paths import SCHEMA_PATH
+
+from .conftest import RECIPES
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_validate_several_files_with_summary(make_recipe):
+    good = make_recipe(name="good.yaml")
+    bad = make_recipe({"lora": {"r": 0}}, name="bad.yaml")
+    result = invoke("validate", good, bad)
+    assert result.exit_code == ExitCode.INVALID
+    lines = result.output.splitlines()
+    assert lines[0] == f"{good}: ok"
+    assert lines[1].startswith(f"{bad}:") and "$.lora.r" in lines[1]
+    assert lines[-1] == "2 files: 1 valid, 1 invalid (1 problem)"
+
+
+def test_validate_ok_exit_code(make_recipe):
+    assert invoke("validate", make_recipe()).exit_code == ExitCode.OK
+
+
+def test_validate_json_carries_every_field(make_recipe):
+    bad = make_recipe({"training": {"grad_accum": 4}})
+    result = invoke("validate", "--format", "json", bad)
+    report = json.loads(result.output)
+    assert report["invalid"] == 1
+    (problem,) = report["files"][0]["problems"]
+    assert problem["path"] == "$.training.grad_accum"
+    assert problem["line"] > 1 and problem["hint"] == "did you mean 'gradient_accumulation_steps'?"
+
+
+def test_usage_errors_exit_2():
+    assert invoke("validate").exit_code == ExitCode.USAGE
+    assert invoke("nonsense").exit_code == ExitCode.USAGE
+
+
+def test_show_prints_resolved_recipe_in_schema_order(make_recipe):
+    result = invoke("show", make_recipe(), "--set", "lora.r=4")
+    assert result.exit_code == 0
+    shown = yaml.safe_load(result.output)
+    assert shown["lora"]["r"] == 4 and shown["training"]["optimizer"] == "adamw_torch"
+    assert list(shown)[:3] == ["recipe_version", "name", "abstract"]
+
+
+def test_show_of_invalid_recipe_is_a_message_not_a_traceback(make_recipe):
+    result = invoke("show", make_recipe({"lora": {"r": 0}}))
+    assert result.exit_code == ExitCode.INVALID
+    assert "$.lora.r" in result.output and "Traceback" not in result.output
+
+
+def test_diff_lists_changed_fields(make_recipe):
+    a = make_recipe(name="a.yaml")
+    b = make_recipe({"lora": {"r": 64}, "training": {"optimizer": "paged_adamw_8bit"}}, name="b.yaml")
+    result = invoke("diff", a, b)
+    assert result.exit_code == 0
+    assert result.output.splitlines() == ["~ lora.r: 16 -> 64", "~ training.optimizer: adamw_torch -> paged_adamw_8bit"]
+    assert invoke("diff", a, a).output.strip() == "no differences"
+
+
+def test_schema_command():
+    assert invoke("schema", "--path").output.strip() == str(SCHEMA_PATH)
+    assert json.loads(invoke("schema").output)["$id"]
+
+
+def test_validate_never_imports_heavy_libraries():
+    code = ("import sys; from recipecli.cli import main\n"
+            "try: main(['validate', *sys.argv[1:]])\n"
+            "except SystemExit as e: assert e.code == 0, e.code\n"
+            "heavy = {'torch', 'transformers', 'trl', 'peft', 'bitsandbytes', 'datasets', 'wandb'}\n"
+            "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n")
+    files = [str(p) for p in sorted(RECIPES.rglob("*.yaml"))]
+    proc = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_console_script_runs(make_recipe):
+    recipe_bin = __import__("shutil").which("recipe", path=str(__import__("pathlib").Path(sys.executable).parent))
+    proc = subprocess.run([recipe_bin, "validate", str(make_recipe())], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.endswith("1 file: 1 valid, 0 invalid (0 problems)\n")
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in main.commands.items():
+        result = invoke(name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example: recipe" in result.output, name

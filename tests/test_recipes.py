@@ -1,0 +1,43 @@
+"""Every shipped recipe (recursive glob, bases included) validates and documents itself."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from recipecli.cli import main
+from recipecli.load import load_recipe, resolve
+from recipecli.paths import shipped_recipes
+
+from .conftest import RECIPES, SHIPPED
+
+
+def test_shipped_recipes_are_found():
+    assert shipped_recipes() == SHIPPED
+    names = {p.relative_to(RECIPES).as_posix() for p in SHIPPED}
+    assert {"tinyllama-1.1b.yaml", "phi-2.yaml", "gemma-2b.yaml", "mistral7b.yaml", "llama2-13b.yaml",
+            "tiny-demo.yaml"} <= names
+    assert any(n.startswith("base/") for n in names)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(RECIPES).as_posix())
+def test_shipped_recipe_validates(path):
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    resolved = resolve(path)
+    if not resolved.abstract:
+        assert load_recipe(path).name
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(RECIPES).as_posix())
+def test_shipped_recipe_header(path):
+    lines = path.read_text().splitlines()
+    depth = len(path.relative_to(RECIPES).parts) - 1
+    assert lines[0] == f"# yaml-language-server: $schema={'../' * (depth + 1)}schema/recipe.schema.json"
+    header = [line for line in lines if line.startswith("#")]
+    assert any("recipe " in line or "make demo" in line for line in header), "header names the command"
+    assert any(card in " ".join(header) for card in ("GB", "CPU")), "header names the target card"
+
+
+def test_recipes_extending_a_base_share_it():
+    extending = [p for p in SHIPPED if "extends:" in p.read_text()]
+    assert len(extending) >= 4
