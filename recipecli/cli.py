@@ -48,26 +48,25 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
     """
     from .load import resolve
 
-    results = []
+    results = []  # (file, problems, warnings)
     for file in files:
         try:
-            resolve(file)
-            results.append((file, []))
+            results.append((file, [], resolve(file).warnings))
         except InvalidRecipe as exc:
-            results.append((file, exc.problems))
-    invalid = sum(1 for _, problems in results if problems)
+            results.append((file, exc.problems, []))
+    invalid = sum(1 for _, problems, _ in results if problems)
     if fmt == "json":
         click.echo(json.dumps({
-            "files": [{"file": f, "valid": not p, "problems": [x.as_dict() for x in p]} for f, p in results],
+            "files": [{"file": f, "valid": not p, "problems": [x.as_dict() for x in p],
+                       "warnings": [x.as_dict() for x in w]} for f, p, w in results],
             "valid": len(results) - invalid, "invalid": invalid}, indent=2))
     else:
-        for file, problems in results:
-            if problems:
-                for problem in problems:
-                    click.echo(str(problem))
-            else:
+        for file, problems, warnings in results:
+            for problem in problems or warnings:
+                click.echo(str(problem))
+            if not problems:
                 click.echo(f"{file}: ok")
-        count = sum(len(p) for _, p in results)
+        count = sum(len(p) for _, p, _ in results)
         click.echo(f"{len(results)} file{'s' * (len(results) != 1)}: {len(results) - invalid} valid, "
                    f"{invalid} invalid ({count} problem{'s' * (count != 1)})")
     sys.exit(ExitCode.INVALID if invalid else ExitCode.OK)

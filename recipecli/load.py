@@ -39,6 +39,10 @@ class Resolved:
         return table.get(path, Location(str(self.file), 1, 1))
 
     @property
+    def warnings(self) -> list[Problem]:
+        return rules.warnings(self.raw, self.locate)
+
+    @property
     def abstract(self) -> bool:
         return self.raw.get("abstract", False) is True
 

@@ -103,6 +103,21 @@ def check(doc: dict, locate) -> list[Problem]:
     return [problem for rule in RULES for problem in rule(doc, ctx)]
 
 
+def warnings(doc: dict, locate) -> list[Problem]:
+    """Valid but worth a look: things a teammate should see before running someone's recipe."""
+    ctx = Context(locate)
+    found = []
+    if doc.get("model", {}).get("trust_remote_code") is True:
+        found.append(ctx.problem(("model", "trust_remote_code"),
+                                 "warning: this recipe runs Python code downloaded with the model",
+                                 "only for models whose code you have read or trust"))
+    training = doc.get("training", {})
+    if "max_steps" in training and "epochs" in training:
+        found.append(ctx.problem(("training", "epochs"), "warning: epochs is ignored because max_steps is set",
+                                 "remove one of them"))
+    return found
+
+
 def is_local_reference(reference: str) -> bool:
     """A path, not a hub id: starts like a path or ends like a data file."""
     return reference.startswith(("./", "../", "/", "~")) or reference.endswith(LOCAL_DATA_SUFFIXES)

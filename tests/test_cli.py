@@ -99,3 +99,9 @@ def test_every_command_has_help_with_an_example():
         result = invoke(name, "--help")
         assert result.exit_code == 0, name
         assert "Example: recipe" in result.output, name
+
+
+def test_trust_remote_code_is_shown(make_recipe):
+    result = invoke("validate", make_recipe({"model": {"trust_remote_code": True}}))
+    assert result.exit_code == 0
+    assert "$.model.trust_remote_code: warning: this recipe runs Python code" in result.output
