@@ -112,3 +112,95 @@ def schema_command(print_path: bool) -> None:
     from .paths import SCHEMA_PATH
 
     click.echo(str(SCHEMA_PATH) if print_path else SCHEMA_PATH.read_text(encoding="utf-8"), nl=print_path)
+
+
+_VRAM_HELP = "Memory of the card in GiB, as nvidia-smi shows it / 1024: 8 for an 8 GB card. bf16/FA2 are then not checked."
+_GPU_HELP = "A card by name, e.g. rtx2080, t4, 4090, a100-80gb (memory and compute capability from the catalog)."
+
+
+@main.command("fit-check")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--vram", type=float, metavar="GIB", help=_VRAM_HELP)
+@click.option("--gpu", "gpu_name", metavar="NAME", help=_GPU_HELP)
+@click.option("--gpus", "num_gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs training together, each like the one given.")
+@click.option("--parallelism", type=click.Choice(["ddp", "fsdp", "zero2", "zero3"]),
+              help="How several GPUs share the work.  [default: ddp with --gpus > 1]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table for people, json for tools.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every memory component with a bar and how it was counted.")
+@click.option("--write", "write_to", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Save the recipe with the suggested change applied (one recipe that does not fit).")
+def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, num_gpus: int,
+              parallelism: str | None, fmt: str, verbose: bool, write_to: str | None) -> None:
+    """Estimate each recipe's peak GPU memory and say whether it fits the card.
+
+    Without FILES, checks every shipped recipe; without --vram or --gpu, the first GPU of this
+    machine. A recipe that does not fit gets the smallest change found that makes it fit.
+    Exit code 0 when all fit (tight included), 3 when one does not, 1 for an invalid recipe.
+
+    Example: recipe fit-check recipes/mistral7b.yaml --gpu rtx2080 -v
+    """
+    from pathlib import Path
+
+    from .errors import UsageError
+    from .paths import shipped_recipes
+    from .report import check_files, failure_text, fit_json, fitted_yaml, format_fit_check, target_gpu
+
+    if write_to is not None and len(files) != 1:
+        raise UsageError("--write needs exactly one recipe file")
+    if write_to is not None and Path(write_to).resolve() == Path(files[0]).resolve():
+        raise UsageError(f"--write {write_to} would overwrite the recipe itself; choose a new file")
+    gpu = target_gpu(vram, gpu_name)
+    parallelism = parallelism or ("ddp" if num_gpus > 1 else "none")
+    rows, failures = check_files(files or shipped_recipes(), gpu, num_gpus, parallelism, skip_abstract=not files)
+    if fmt == "json":
+        click.echo(json.dumps(fit_json(rows, failures, gpu), indent=2))
+    else:
+        if rows:
+            click.echo(format_fit_check(rows, gpu, verbose))
+        for failure in failures:
+            click.echo(failure_text(failure), err=True)
+    if write_to is not None and rows:
+        (row,) = rows
+        if row.suggestion is None:
+            click.echo(f"nothing written to {write_to}: " + ("the recipe fits as it is" if row.verdict.fits
+                                                           else "no change found that fits"), err=True)
+        else:
+            Path(write_to).write_text(fitted_yaml(row, Path(write_to)), encoding="utf-8")
+            click.echo(f"wrote {write_to} (fits: {row.suggestion.verdict.estimate.total_bytes / 2**30:.2f} GiB)",
+                       err=True)
+    if failures:
+        sys.exit(failures[0].error.exit_code)
+    sys.exit(ExitCode.OK if all(r.verdict.fits for r in rows) else ExitCode.DOES_NOT_FIT)
+
+
+@main.command("gpu")
+@click.option("--vram", type=float, metavar="GIB", help=_VRAM_HELP)
+@click.option("--gpu", "gpu_name", metavar="NAME", help=_GPU_HELP + " Describes that card instead of this machine's.")
+def gpu_command(vram: float | None, gpu_name: str | None) -> None:
+    """Show this machine's GPUs: memory, bf16 and FlashAttention 2 support, which shipped
+    recipes fit, and the largest model a standard QLoRA run fits.
+
+    No GPU is not an error: it says so and exits 0.
+
+    Example: recipe gpu        (or, for a card you do not have: recipe gpu --gpu t4)
+    """
+    from . import hardware, resolve
+    from .paths import shipped_recipes
+    from .report import check_files, failure_text, format_gpu, target_gpu
+
+    if vram is not None or gpu_name is not None:
+        gpus = (target_gpu(vram, gpu_name),)
+    else:
+        found = hardware.probe()
+        if not found.gpus:
+            click.echo(f"No GPU detected: {found.note}.\n"
+                       "fit-check still works for any card: recipe fit-check --gpu rtx2080 (or --vram 8)")
+            return
+        gpus = found.gpus
+    for gpu in gpus:
+        rows, failures = check_files(shipped_recipes(), gpu, skip_abstract=True)
+        click.echo(format_gpu(gpu, rows, resolve.largest_qlora_model(gpu)))
+        for failure in failures:
+            click.echo(f"  could not check {failure_text(failure)}", err=True)

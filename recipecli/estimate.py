@@ -1,0 +1,380 @@
+"""Peak training memory per GPU of a recipe, by component, as plain arithmetic.
+
+Models the stack ``recipe run`` uses: transformers + peft + bitsandbytes + TRL's SFTTrainer.
+What each component counts, and why, is written next to it; the numbers come from reading
+those libraries: bitsandbytes ``Params4bit``/``QuantState`` (NF4/FP4 packed two per byte,
+fp32 absmax per 64 weights, or with double quant an 8-bit absmax plus fp32 constants per 256
+blocks), peft's ``prepare_model_for_kbit_training`` (upcasts every non-quantized fp16/bf16
+parameter, embeddings and head included, to fp32), TRL casting LoRA weights of quantized
+models to bf16 and computing the loss in tiles (``add_fused_lm_head``), and transformers'
+``ForCausalLMLoss`` (``logits.float()``) for stacks that materialize logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .architectures import Shape
+from .errors import ExitCode, RecipeError
+
+GIB = 1 << 30
+# CUDA context, cuBLAS/cuDNN workspaces and the bitsandbytes kernels: what nvidia-smi shows
+# before the first tensor is allocated.
+CUDA_CONTEXT_BYTES = 512 << 20
+# What the caching allocator holds beyond the live tensors (block rounding, fragmentation).
+ALLOCATOR_SLACK = 0.05
+# TRL's fused LM head: tokens x vocabulary tile of logits computed at once (trl.kernels).
+LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor",
+              "sgd")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the estimator needs to know about a run, as plain values.
+
+    The fields after ``parallelism`` describe the software stack; their defaults are what
+    ``recipe run`` does, other values let benchmarks/calibration.py describe published runs.
+    """
+
+    method: str  # "qlora" | "lora" | "full"
+    weight_bits: int  # storage of base weights: 4, 8, 16 or 32
+    quant_type: str | None  # "nf4" | "fp4" when weight_bits == 4, else None
+    double_quant: bool
+    compute_bytes: int  # 2 for fp16/bf16 compute, 4 for fp32
+    lora_r: int | None
+    lora_targets: str | tuple[str, ...]  # "all-linear" | "attention" | module names
+    micro_batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool
+    optimizer: str  # one of OPTIMIZERS
+    attention: str  # "eager" | "sdpa" | "flash_attention_2"
+    num_gpus: int = 1
+    parallelism: str = "none"  # none | ddp | fsdp | zero2 | zero3
+    gradient_accumulation_steps: int = 1  # > 1 keeps gradients alive through the next forward
+    lora_dropout: float = 0.05  # > 0 saves a mask and a copy of each adapter's input
+    loss: str = "chunked"  # chunked (TRL's fused head) | fp32_logits (the model's own loss)
+    autocast: bool = True  # the Trainer runs the forward under torch.autocast
+    kbit_upcast: bool = True  # prepare_model_for_kbit_training upcasts 16-bit weights to fp32
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    bytes: int
+    explanation: str  # one line a user reads: how it was computed, with the numbers
+
+
+@dataclass(frozen=True)
+class Estimate:
+    components: tuple[Component, ...]
+    total_params: int  # base model plus adapters, as peft's print_trainable_parameters counts
+    trainable_params: int
+
+    @property
+    def total_bytes(self) -> int:
+        """What the GPU must hold at the peak: compare with its total memory."""
+        return sum(c.bytes for c in self.components)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Live tensors at the peak: torch.cuda.max_memory_allocated()."""
+        return sum(c.bytes for c in self.components if c.name != "cuda_overhead")
+
+    @property
+    def reserved_bytes(self) -> int:
+        """What the caching allocator holds at the peak: torch.cuda.max_memory_reserved()."""
+        return round(self.allocated_bytes * (1 + ALLOCATOR_SLACK))
+
+
+class UnknownTargets(RecipeError):
+    """LoRA target_modules that name no linear layer of the model."""
+
+    exit_code = ExitCode.INVALID
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def lora_modules(shape: Shape, targets: str | tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """The linear layers of one decoder layer that get adapters, matched as peft matches them.
+
+    Args:
+        shape: the model.
+        targets: "all-linear" (every linear layer but the output head), "attention", or module
+            names/suffixes such as ("q_proj", "v_proj").
+
+    Returns:
+        (in_features, out_features) by path inside the layer.
+
+    Raises:
+        UnknownTargets: no linear layer matches.
+    """
+    modules = shape.linear_modules()
+    if targets == "all-linear":
+        return modules
+    names = shape.attention_modules() if targets == "attention" else tuple(targets)
+    chosen = {path: f for path, f in modules.items()
+              if any(path == n or path.endswith("." + n) for n in names)}
+    if not chosen:
+        raise UnknownTargets(f"lora.target_modules {list(names)} match no linear layer of this "
+                             f"{shape.model_type} model; its layers are "
+                             f"{sorted({p.rsplit('.', 1)[-1] for p in modules})}")
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Dtypes:
+    """Bytes per element of each kind of tensor, decided by method, weight_bits and autocast."""
+
+    weight: float  # quantized or plain block linear weights
+    other: int  # embeddings, head, norms, biases
+    train: int  # trainable parameters, their gradients and torch optimizer states
+    compute: int  # matmuls (autocast dtype)
+    residual: int  # residual stream, norms
+    matmul_out: int  # outputs of block linears, MLP activations
+    attention: int  # what the attention kernel saves
+    adapter_in: int  # copy of its input each adapter saves
+
+
+def _dtypes(s: Setup) -> _Dtypes:
+    kbit = s.weight_bits in (4, 8)
+    c = s.compute_bytes
+    # prepare_model_for_kbit_training upcasts what bitsandbytes left in 16-bit to fp32.
+    other = (4 if s.kbit_upcast else c) if kbit else s.weight_bits // 8
+    # TRL casts the adapters of quantized models to bf16; peft keeps the others in fp32.
+    lora = 2 if kbit else 4
+    train = lora if s.method != "full" else s.weight_bits // 8
+    # Linear4bit/8bitLt cast their output back to the input's dtype (fp32 after the upcast).
+    matmul_out = other if kbit else (c if s.autocast else s.weight_bits // 8)
+    return _Dtypes(weight=s.weight_bits / 8, other=other, train=train, compute=c, residual=other,
+                   matmul_out=matmul_out, attention=c if s.autocast else matmul_out,
+                   adapter_in=c if s.autocast else lora)
+
+
+def _check(s: Setup) -> None:
+    # The recipe was validated already; a bad Setup is a bug in the caller, so it crashes.
+    allowed = {"method": ("qlora", "lora", "full"), "optimizer": OPTIMIZERS,
+               "attention": ("eager", "sdpa", "flash_attention_2"),
+               "parallelism": ("none", "ddp", "fsdp", "zero2", "zero3"),
+               "loss": ("chunked", "fp32_logits"), "compute_bytes": (2, 4),
+               "weight_bits": (4, 8) if s.method == "qlora" else (16, 32)}
+    for field, values in allowed.items():
+        if getattr(s, field) not in values:
+            raise ValueError(f"Setup.{field}={getattr(s, field)!r}; expected one of {values}")
+    if s.method != "full" and not s.lora_r:
+        raise ValueError("Setup.lora_r is required for LoRA methods")
+
+
+def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
+    layers, mods = shape.num_hidden_layers, shape.linear_modules().values()
+    if s.weight_bits == 8:
+        rows = layers * sum(fout for _, fout in mods)
+        return rows * 4, f"LLM.int8 scales: {rows:,} output rows x 4 bytes (fp32)"
+    blocks = [-(-fin * fout // 64) for fin, fout in mods]
+    if s.double_quant:  # 8-bit absmax per block; fp32 absmax per 256 blocks, 256-entry code
+        total = sum(b + 4 * -(-b // 256) + 4 * 256 for b in blocks) * layers
+        how = "1-byte absmax per 64 weights + fp32 constants per 256 blocks (double quant)"
+    else:
+        total = sum(4 * b for b in blocks) * layers
+        how = "fp32 absmax per 64 weights"
+    return total, f"{s.quant_type} constants: {how}"
+
+
+def _optimizer(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict, trainable: int):
+    """Optimizer states, step temporaries and how they were counted."""
+    name, n = s.optimizer, trainable
+    if name == "adamw_torch":
+        # torch's foreach AdamW keeps both moments in the parameters' dtype and allocates one
+        # more parameter-sized buffer (sqrt of the second moment) during step().
+        return (2 * dt.train * n, dt.train * n,
+                f"AdamW: 2 moments x {dt.train} bytes x {n:,} trainable weights")
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        paged = ", paged: can spill to CPU RAM" if name.startswith("paged") else ""
+        return (n * (2 + 8 / 256), 0,
+                f"8-bit AdamW: 2 one-byte moments + fp32 absmax per 256 values x {n:,}{paged}")
+    if name == "paged_adamw_32bit":
+        return 8 * n, 0, f"paged 32-bit AdamW: 2 fp32 moments x {n:,} (can spill to CPU RAM)"
+    if name == "sgd":
+        return 0, 0, "SGD without momentum keeps no state"
+    # Adafactor: an fp32 row and column vector per trainable matrix (vectors are negligible);
+    # step() works on fp32 copies of the largest one (gradient, update, parameter).
+    if adapters:
+        per_layer = [(s.lora_r, f) for f in sum(adapters.values(), ())]
+        others = []
+    else:
+        per_layer = list(shape.linear_modules().values())
+        others = [(shape.vocab_size, shape.hidden_size)] * (1 if shape.tie_word_embeddings else 2)
+    values = shape.num_hidden_layers * sum(map(sum, per_layer)) + sum(map(sum, others))
+    largest = max(a * b for a, b in per_layer + others)
+    return 4 * values, 12 * largest, f"Adafactor: factored fp32 moments ({values:,} values)"
+
+
+def _layer_bytes_per_token(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict) -> float:
+    """Bytes one decoder layer saves for backward, per token."""
+    h, i, seq = shape.hidden_size, shape.intermediate_size, s.seq_len
+    heads = shape.num_attention_heads
+    hq, hkv = heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
+    full = s.method == "full"
+    # Each norm keeps its input in fp32; a trainable norm weight also keeps the normalized input.
+    norms = shape.norms_per_layer * (4 + (dt.residual if full else 0)) * h
+    if s.attention == "eager":  # q, repeated k/v, fp32 softmax and its cast: heads x seq scores
+        attention = 3 * hq * dt.attention + (4 + dt.attention) * heads * seq
+    elif s.attention == "sdpa" and s.micro_batch_size > 1:
+        # A padding mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned
+        # into a float bias per layer.
+        attention = 4 * hq * dt.attention + seq * dt.attention
+    else:  # q, k, v, output
+        attention = (2 * hq + 2 * hkv) * dt.attention
+    # Gated: gate output (act input), activation and up output (product inputs); plain: fc1 out.
+    mlp = (3 if shape.gated_mlp else 1) * i * dt.matmul_out
+    inputs = 0
+    if full:  # trainable linears keep their inputs; autocast copies per linear when dtypes differ
+        n_attn = len(shape.attention_modules()) - 1
+        n_mlp = len(shape.linear_modules()) - n_attn - 2
+        copies = n_attn + n_mlp if dt.residual != dt.compute else 2
+        inputs = (copies * h + hq + i) * dt.compute
+    elif s.weight_bits == 8:  # LLM.int8's matmul keeps its input even for a frozen weight
+        inputs = 2 * h * dt.residual + hq * dt.attention + i * dt.matmul_out
+    # Each adapter saves its input (dropout mask + dropped copy) and its rank-r projection.
+    mask = 1 if s.lora_dropout > 0 else 0
+    adapter = sum(fin * (dt.adapter_in + mask) + s.lora_r * dt.adapter_in
+                  for fin, _ in adapters.values())
+    return norms + attention + mlp + inputs + adapter
+
+
+def _loss_bytes(shape: Shape, s: Setup, dt: _Dtypes, tokens: int) -> tuple[float, str]:
+    """Peak working set of the LM head and the loss."""
+    v, h = shape.vocab_size, shape.hidden_size
+    if s.loss == "fp32_logits":
+        # ForCausalLMLoss calls logits.float() (and autocast runs cross-entropy in fp32 anyway):
+        # backward through log_softmax holds its saved fp32 output and fp32 gradients in and out.
+        return 12 * tokens * v, f"{tokens:,} tokens x {v:,} vocab x 12 bytes (fp32 logits)"
+    # TRL's fused head: one tile of logits, the head cast to compute dtype, fp32 grad of hidden.
+    tile = min(tokens, LOSS_TILE_TOKENS) * min(v, LOSS_TILE_VOCAB) * dt.compute
+    head_dtype = dt.train if s.method == "full" else dt.other
+    cast = min(v, LOSS_TILE_VOCAB) * h * dt.compute if head_dtype != dt.compute else 0
+    hidden = tokens * h * (dt.residual + 4)
+    head_grad = 4 * v * h if s.method == "full" else 0  # accumulated in fp32, then cast
+    return (tile + cast + hidden + head_grad,
+            f"chunked loss: {_gib(tile)} logits tile + {_gib(cast)} head cast + {_gib(hidden)} "
+            f"hidden states and their fp32 grad" + (f" + {_gib(head_grad)} fp32 head grad"
+                                                     if head_grad else ""))
+
+
+def _weights(shape: Shape, s: Setup, dt: _Dtypes) -> tuple[float, str]:
+    br = shape.breakdown()
+    if s.weight_bits >= 16:
+        return br.total * dt.weight, f"{br.total:,} weights x {dt.weight:g} bytes"
+    other = br.total - br.block_linear
+    return (br.block_linear * dt.weight + other * dt.other,
+            f"{br.block_linear:,} block weights x {dt.weight:g} byte ({s.weight_bits}-bit) + "
+            f"{other:,} embedding/head/norm weights x {dt.other} bytes"
+            + (" (fp32 after prepare_model_for_kbit_training)" if s.kbit_upcast else ""))
+
+
+def _activations(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict, tokens: int):
+    """(saved until backward, extra while one layer runs backward, how it was counted)."""
+    layers, h = shape.num_hidden_layers, shape.hidden_size
+    per_token = _layer_bytes_per_token(shape, s, dt, adapters)
+    # Autocast keeps fp16 copies of fp32 weights for the backward of the layers that used them.
+    amp_casts = s.weight_bits == 32 and s.autocast and dt.compute == 2
+    one_layer = per_token * tokens + (shape.breakdown().block_linear / layers * dt.compute
+                                      if amp_casts else 0)
+    gradients = 3 * shape.intermediate_size * dt.matmul_out * tokens  # grads inside the MLP
+    final_norm = 4 * h * tokens
+    if s.gradient_checkpointing:  # only layer inputs are kept; one layer is recomputed at a time
+        return (layers * tokens * h * dt.residual + final_norm, one_layer + gradients,
+                f"{layers} layer inputs x {tokens:,} tokens x {h} x {dt.residual} bytes "
+                f"(gradient checkpointing) + one layer recomputed ({per_token / 1024:.0f} "
+                f"KiB/token)")
+    return (layers * one_layer + final_norm, gradients,
+            f"{layers} layers x {tokens:,} tokens x {per_token / 1024:.0f} KiB/token saved for "
+            f"backward ({s.attention})")
+
+
+def estimate(shape: Shape, setup: Setup) -> Estimate:
+    """Peak training memory per GPU.
+
+    The peak is the larger of two moments: the end of the forward pass (every saved
+    activation, the loss working set) and the end of the backward pass / the optimizer step
+    (every gradient, the optimizer's temporaries). Components are what is alive at the larger.
+
+    Args:
+        shape: the model.
+        setup: method, precision, batch, optimizer and parallelism.
+
+    Returns:
+        The components, parameter counts and total.
+
+    Raises:
+        UnknownTargets: the LoRA targets name no layer of the model.
+        ValueError: the setup is inconsistent (a caller bug, never a user's recipe).
+    """
+    s = setup
+    _check(s)
+    dt = _dtypes(s)
+    br, layers = shape.breakdown(), shape.num_hidden_layers
+    tokens = s.micro_batch_size * s.seq_len
+    adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
+    lora_params = layers * sum(s.lora_r * (fin + fout) for fin, fout in adapters.values())
+    trainable = lora_params if adapters else br.total
+    # fsdp/zero3 shard everything; zero2 gradients and optimizer states; ddp copies gradients.
+    shard_w = s.num_gpus if s.parallelism in ("fsdp", "zero3") else 1
+    shard_g = s.num_gpus if s.parallelism in ("fsdp", "zero2", "zero3") else 1
+
+    weights, weights_how = _weights(shape, s, dt)
+    weights /= shard_w
+    if shard_w > 1:  # the unsharded parameters of the running and the prefetched layer
+        gathered = 2 * max(br.block_linear // layers, br.embedding) * dt.weight
+        weights += gathered
+        weights_how += f", sharded over {s.num_gpus} GPUs + {_gib(gathered)} gathered"
+    kbit = s.weight_bits < 16
+    quant, quant_how = _quant_constants(shape, s) if kbit else (0, "weights are not quantized")
+    biggest = max(fin * fout for fin, fout in shape.linear_modules().values())
+    dequant = biggest * dt.compute if kbit else 0
+    states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable)
+    states, step_temp = states / shard_g, step_temp / shard_g
+    grads = trainable * dt.train / shard_g * (2 if s.parallelism == "ddp" else 1)
+    saved, in_backward, act_how = _activations(shape, s, dt, adapters, tokens)
+    loss, loss_how = _loss_bytes(shape, s, dt, tokens)
+
+    if s.gradient_accumulation_steps > 1:
+        early, grad_how = grads, "kept across micro-batches"
+    elif adapters:
+        early, grad_how = 0, "none yet: they appear during backward"
+    else:  # the head's gradient comes first in backward (for tied heads, the embedding's)
+        early = (br.lm_head or br.embedding) * dt.train / shard_g
+        grad_how = "only the head's so far"
+    forward_peak = saved + max(loss, in_backward) + dequant + early
+    step_peak = grads + max(step_temp, in_backward + dequant)
+    if forward_peak >= step_peak:
+        act, grad_now = saved + (in_backward if in_backward > loss else 0), early
+        loss, step_temp = (loss if loss >= in_backward else 0), 0
+    else:
+        act, grad_now, loss = (in_backward if in_backward + dequant > step_temp else 0), grads, 0
+        grad_how = "all of them, at the end of backward"
+        act_how = "one layer's backward, the last" if act else "freed before the optimizer step"
+        dequant, step_temp = (dequant, 0) if act else (0, step_temp)
+    lora = lora_params * dt.train / shard_w
+    per_gpu = f", / {s.num_gpus} GPUs" if shard_g > 1 else ""
+    allocated = weights + quant / shard_w + lora + grad_now + states + step_temp + act + loss \
+        + dequant
+    parts = (
+        ("weights", weights, weights_how),
+        ("quant_constants", quant / shard_w, quant_how),
+        ("lora", lora, f"{lora_params:,} adapter weights (r={s.lora_r}) x {dt.train} bytes"
+         if adapters else "no adapters"),
+        ("gradients", grad_now, f"{dt.train} bytes x {trainable:,} trainable weights{per_gpu}, "
+         f"{grad_how}" + (" (+ DDP's all-reduce buckets)" if s.parallelism == "ddp" else "")),
+        ("optimizer", states + step_temp, opt_how + per_gpu
+         + (f" + {_gib(step_temp)} step temporaries" if step_temp else "")),
+        ("activations", act, act_how),
+        ("logits", loss, loss_how if loss else "freed before the peak"),
+        ("dequant_buffer", dequant, f"largest quantized layer ({biggest:,} weights) in "
+         f"{dt.compute}-byte compute dtype" if dequant else "no quantized layer at the peak"),
+        ("cuda_overhead", CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * allocated,
+         f"CUDA context {_gib(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"),
+    )
+    return Estimate(tuple(Component(n, round(b), e) for n, b, e in parts),
+                    total_params=br.total + lora_params, trainable_params=trainable)
