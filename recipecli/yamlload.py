@@ -21,6 +21,8 @@ MAX_BYTES = 1 << 20  # a recipe is a few KB; refuse tens of MB before parsing an
 MAX_DEPTH = 32  # recipes nest 4 deep; thousands of '[' would overflow the composer's recursion
 MAX_ALIASES = 100  # anchors are rare in recipes; bombs need many references
 MAX_NODES = 100_000  # nodes after alias expansion: a billion-laughs file exceeds it at once
+# libyaml parses about ten times faster than pure Python, and validate should start instantly.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Path_ = tuple  # a JSON path as a tuple of keys and indexes: ("lora", "r"), ("data", "datasets", 0)
 
@@ -91,10 +93,7 @@ def load_text(raw: bytes, name: str) -> Document:
                     "save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")
     _check_events(text, name)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:  # events parsed, so only composer errors (undefined alias) remain
-        raise _yaml_problem(exc, name) from None
+    root = _clearly(lambda loader: yaml.compose(text, Loader=loader), name)
     if root is None:
         raise _fail(Location(name, 1, 1), "empty recipe (no YAML content)",
                     "start from a shipped recipe, e.g. recipes/tiny-demo.yaml")
@@ -109,28 +108,46 @@ def load_text(raw: bytes, name: str) -> Document:
 
 def _check_events(text: str, name: str) -> None:
     """Bound depth, aliases and tags on the event stream, before anything is built."""
-    depth = aliases = 0
+    _clearly(lambda loader: _walk_events(yaml.parse(text, Loader=loader), name), name)
+
+
+def _clearly(step, name: str):
+    """Run a parsing step with libyaml; on a YAML error, explain it with the pure-Python parser.
+
+    libyaml's messages are terse (no tab hint, no alias name, its own depth limit), so the broken
+    file is read again by the parser whose message names the problem. Errors are rare: the fast
+    path stays fast.
+    """
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise _fail(_loc(event, name), f"nested more than {MAX_DEPTH} levels deep",
-                                "a recipe nests a few levels; is this the right file?")
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-            elif isinstance(event, yaml.AliasEvent):
-                aliases += 1
-                if aliases > MAX_ALIASES:
-                    raise _fail(_loc(event, name), f"more than {MAX_ALIASES} aliases (*ref)",
-                                "refused: this looks like an alias bomb; use extends to share settings")
-            tag = getattr(event, "tag", None)
-            if tag and not _tag_allowed(tag, event):
-                shown = tag.replace(_TAG, "!!")
-                raise _fail(_loc(event, name), f"YAML tag {shown} is not allowed",
-                            "recipes hold plain values; tags such as !!python/object are refused, never executed")
-    except yaml.YAMLError as exc:
-        raise _yaml_problem(exc, name) from None
+        return step(_LOADER)
+    except yaml.YAMLError as fast_error:
+        try:
+            step(yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            raise _yaml_problem(exc, name) from None
+        raise _yaml_problem(fast_error, name) from None
+
+
+def _walk_events(events, name: str) -> None:
+    depth = aliases = 0
+    for event in events:
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _fail(_loc(event, name), f"nested more than {MAX_DEPTH} levels deep",
+                            "a recipe nests a few levels; is this the right file?")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _fail(_loc(event, name), f"more than {MAX_ALIASES} aliases (*ref)",
+                            "refused: this looks like an alias bomb; use extends to share settings")
+        tag = getattr(event, "tag", None)
+        if tag and not _tag_allowed(tag, event):
+            shown = tag.replace(_TAG, "!!")
+            raise _fail(_loc(event, name), f"YAML tag {shown} is not allowed",
+                        "recipes hold plain values; tags such as !!python/object are refused, never executed")
 
 
 def _tag_allowed(tag: str, event) -> bool:
@@ -185,7 +202,7 @@ class _Walker:
         return out
 
     def scalar(self, node):
-        if node.tag == _TAG + "str" and node.style is None and _FLOAT_WITHOUT_DOT.match(node.value):
+        if node.tag == _TAG + "str" and not node.style and _FLOAT_WITHOUT_DOT.match(node.value):
             return float(node.value)
         if node.tag in (_TAG + "str", _TAG + "timestamp", "!"):
             return node.value  # dates stay text: no recipe field is a date
