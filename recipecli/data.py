@@ -1,0 +1,310 @@
+"""Training data: read every dataset of a recipe, check each record, and turn the mix into the
+columns TRL's SFTTrainer reads.
+
+Runs before any model is loaded, so a typo on line 9,000 of a data file costs a second, not a
+download. Every problem names the file, the record and the field.
+
+TRL 1.16 understands three layouts, and every dataset of a mix must end up in the same one:
+
+=================  ===================  =========================================================
+recipe format      columns for TRL      answer-only loss comes from
+=================  ===================  =========================================================
+alpaca             prompt, completion   ``completion_only_loss`` (prompt tokens masked)
+prompt_completion  prompt, completion   ``completion_only_loss``
+chat, sharegpt     messages             ``assistant_only_loss`` (``{% generation %}`` in template)
+text               text                 nothing: every token is trained
+=================  ===================  =========================================================
+
+A mix of prompt/completion and conversational datasets becomes conversational (the prompt is
+the user turn, the completion the assistant turn); plain text mixes with neither.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+from .errors import DataError
+from .recipe import LOCAL_DATA_SUFFIXES, Dataset, Format, Recipe
+
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+_LAYOUT: dict[str, str] = {
+    "alpaca": "prompt_completion",
+    "prompt_completion": "prompt_completion",
+    "chat": "messages",
+    "sharegpt": "messages",
+    "text": "text",
+}
+_CHAT_ROLES = ("system", "user", "assistant")
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                   "assistant": "assistant"}
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:
+    """The fixed prompt an alpaca record is trained (and should be queried) with.
+
+    Args:
+        instruction: the task.
+        input: optional context; empty leaves the Input section out.
+
+    Returns:
+        The prompt, ending where the response starts.
+    """
+    if input:
+        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT.format(instruction=instruction)
+
+
+def layout(recipe: Recipe) -> str:
+    """Columns the recipe's mix becomes: ``prompt_completion``, ``messages`` or ``text``.
+
+    Raises:
+        DataError: plain text mixed with datasets that have prompts or roles.
+    """
+    layouts = {_LAYOUT[d.format] for d in recipe.data.datasets}
+    if "text" in layouts and len(layouts) > 1:
+        text = next(d.path for d in recipe.data.datasets if d.format == "text")
+        other = next(d.path for d in recipe.data.datasets if d.format != "text")
+        raise DataError(
+            f"{text} (format text) cannot be mixed with {other}: plain text has no prompt or roles to line up "
+            "with. Hint: train them in separate recipes, or convert the text data to prompt_completion."
+        )
+    return "messages" if "messages" in layouts else layouts.pop()
+
+
+def sft_flags(recipe: Recipe) -> dict:
+    """SFTConfig arguments that follow from the data section, so the runner does not re-derive them.
+
+    Returns:
+        ``completion_only_loss`` / ``assistant_only_loss`` (answer-only loss mapped onto the flag TRL
+        reads for this layout; TRL rejects the other one), ``max_length`` and ``packing``.
+    """
+    columns = layout(recipe)
+    answer_only = recipe.data.completion_only_loss
+    return {
+        "completion_only_loss": answer_only and columns == "prompt_completion",
+        "assistant_only_loss": answer_only and columns == "messages",
+        "max_length": recipe.data.max_seq_length,
+        "packing": recipe.data.packing,
+    }
+
+
+def load_examples(recipe: Recipe, tokenizer=None):
+    """Read, check, convert, mix and split the recipe's datasets.
+
+    Args:
+        recipe: a loaded recipe.
+        tokenizer: the model's tokenizer, when already loaded: conversational data needs its chat
+            template, and this fails early when it has none.
+
+    Returns:
+        ``(train, eval)`` as ``datasets.Dataset``; eval is None without ``data.val_fraction``.
+
+    Raises:
+        DataError: a file that is missing or unreadable, a hub dataset that cannot be downloaded,
+            a record with a missing or mistyped field, an empty dataset, a tokenizer without chat
+            template for conversational data, or too few examples to hold some out.
+    """
+    from datasets import Dataset as HFDataset
+
+    columns = layout(recipe)
+    if columns == "messages" and tokenizer is not None and not tokenizer.chat_template:
+        conversational = next(d.path for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
+        raise DataError(
+            f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no chat template. "
+            "Hint: use a chat/instruct variant of the model, or data in format alpaca or prompt_completion."
+        )
+    examples = []
+    for spec in recipe.data.datasets:
+        where = _where(spec)
+        before = len(examples)
+        for record_no, record in itertools.islice(_records(spec), spec.max_samples):
+            example = _convert(spec.format, record, f"{where}{record_no}")
+            examples.append(_as_messages(example) if columns == "messages" and "prompt" in example else example)
+        if len(examples) == before:
+            raise DataError(f"{_display(spec)} has no records. "
+                            "Hint: check the file, or the split and subset of a hub dataset.")
+    # The order of a mix is part of the run: it follows the recipe's seed, nothing else.
+    random.Random(recipe.training.seed).shuffle(examples)
+    if recipe.data.val_fraction is None:
+        return HFDataset.from_list(examples), None
+    n_eval = max(1, round(len(examples) * recipe.data.val_fraction))
+    if n_eval >= len(examples):
+        raise DataError(
+            f"data.val_fraction {recipe.data.val_fraction} of {len(examples)} examples leaves nothing to train on. "
+            "Hint: lower val_fraction or add data."
+        )
+    return HFDataset.from_list(examples[n_eval:]), HFDataset.from_list(examples[:n_eval])
+
+
+def fingerprint(spec: Dataset) -> str:
+    """Identity of a dataset for the run folder: what was trained on, not just its name.
+
+    Returns:
+        ``sha256:<hex>`` of a local file's bytes; ``hub:<id>[/<subset>]:<split>`` for a hub dataset,
+        which has no content hash before download.
+
+    Raises:
+        DataError: the local file cannot be read.
+    """
+    if not spec.is_local:
+        subset = f"/{spec.subset}" if spec.subset else ""
+        return f"hub:{spec.path}{subset}:{spec.split}"
+    digest = hashlib.sha256()
+    try:
+        with open(spec.local_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise DataError(f"{_display(spec)}: cannot read: {e.strerror}.") from e
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _display(spec: Dataset) -> str:
+    if not spec.is_local:
+        return spec.path
+    try:
+        return str(spec.local_path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(spec.local_path)
+
+
+def _where(spec: Dataset) -> str:
+    """Prefix of the position of a record: lines for line-based files, record numbers otherwise."""
+    line_based = spec.is_local and spec.local_path.suffix in (".jsonl", ".csv")
+    return f"{_display(spec)}:{'line' if line_based else 'record'} "
+
+
+def _records(spec: Dataset) -> Iterator[tuple[int, object]]:
+    """Yield (1-based line or record number, record) of one dataset, raw as written."""
+    if not spec.is_local:
+        yield from enumerate(_hub_rows(spec), 1)
+        return
+    path = spec.local_path
+    if path.suffix not in LOCAL_DATA_SUFFIXES:
+        raise DataError(f"{_display(spec)}: unsupported file type '{path.suffix}'. "
+                        f"Hint: use one of {', '.join(LOCAL_DATA_SUFFIXES)}.")
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet  # datasets' own dependency; columns stay typed, as written
+
+            yield from enumerate(pyarrow.parquet.read_table(path).to_pylist(), 1)
+            return
+        with open(path, encoding="utf-8", newline="") as f:
+            if path.suffix == ".jsonl":
+                yield from _jsonl_rows(f, _display(spec))
+            elif path.suffix == ".csv":
+                # csv, not pandas: every cell stays the string it was, so "7" is not turned into 7.
+                reader = csv.DictReader(f)
+                for row in reader:
+                    yield reader.line_num, row
+            else:
+                yield from enumerate(_json_rows(f, _display(spec)), 1)
+    except FileNotFoundError as e:
+        raise DataError(f"{_display(spec)}: file not found. Hint: paths are relative to the recipe file.") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{_display(spec)}: not UTF-8 text ({e.reason} at byte {e.start}).") from e
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{_display(spec)}: cannot read: {e}") from e
+
+
+def _jsonl_rows(f, name: str) -> Iterator[tuple[int, object]]:
+    for line_no, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}:line {line_no}: not valid JSON: {e.msg} (column {e.colno}).") from e
+
+
+def _json_rows(f, name: str) -> list:
+    try:
+        document = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{name}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}.") from e
+    if not isinstance(document, list):
+        raise DataError(f"{name}: expected a JSON array of records, got {type(document).__name__}. "
+                        "Hint: use .jsonl for one record per line.")
+    return document
+
+
+def _hub_rows(spec: Dataset):
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError is an OSError
+        raise DataError(
+            f"{spec.path}: could not download hub dataset (subset {spec.subset}, split {spec.split}): {e}. "
+            "Hint: check the id and your connection, or save it as a local .jsonl/.parquet file and use that path."
+        ) from e
+    return loaded  # iterated row by row: max_samples stops early on a large set
+
+
+def _convert(format: Format, record: object, where: str) -> dict:
+    """One raw record to TRL columns; ``where`` names it in errors."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with fields, got {type(record).__name__}.")
+    if format == "alpaca":
+        instruction = _text(record, "instruction", where)
+        output = _text(record, "output", where)
+        context = _text(record, "input", where, required=False)
+        return {"prompt": alpaca_prompt(instruction, context), "completion": output}
+    if format == "prompt_completion":
+        return {"prompt": _text(record, "prompt", where), "completion": _text(record, "completion", where)}
+    if format == "text":
+        return {"text": _text(record, "text", where)}
+    field, turn = ("messages", _chat_turn) if format == "chat" else ("conversations", _sharegpt_turn)
+    turns = record.get(field)
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of turns, got {turns!r:.60}.")
+    messages = [turn(t, f"{where}: {field}[{i}]") for i, t in enumerate(turns)]
+    # Nothing to learn from a conversation without an answer, and TRL stops on it mid-epoch.
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: field '{field}' has no assistant turn. Hint: drop the record.")
+    return {"messages": messages}
+
+
+def _text(record: dict, field: str, where: str, required: bool = True) -> str:
+    value = record.get(field)
+    if value is None and not required:
+        return ""
+    if value is None:
+        present = ", ".join(sorted(map(str, record))) or "none"
+        raise DataError(f"{where}: field '{field}' is missing (fields present: {present}). "
+                        "Hint: check the dataset's format in the recipe.")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__} {value!r:.40}. "
+                        "Hint: quote it in the file.")
+    return value
+
+
+def _chat_turn(turn: object, where: str) -> dict:
+    if not isinstance(turn, dict):
+        raise DataError(f"{where}: expected {{role, content}}, got {turn!r:.60}.")
+    role = _text(turn, "role", where)
+    if role not in _CHAT_ROLES:
+        raise DataError(f"{where}: field 'role' is {role!r}; expected one of {', '.join(_CHAT_ROLES)}.")
+    return {"role": role, "content": _text(turn, "content", where)}
+
+
+def _sharegpt_turn(turn: object, where: str) -> dict:
+    if not isinstance(turn, dict):
+        raise DataError(f"{where}: expected {{from, value}}, got {turn!r:.60}.")
+    speaker = _text(turn, "from", where)
+    if speaker not in _SHAREGPT_ROLES:
+        raise DataError(f"{where}: field 'from' is {speaker!r}; "
+                        f"expected one of {', '.join(_SHAREGPT_ROLES)}.")
+    return {"role": _SHAREGPT_ROLES[speaker], "content": _text(turn, "value", where)}
+
+
+def _as_messages(example: dict) -> dict:
+    return {"messages": [{"role": "user", "content": example["prompt"]},
+                         {"role": "assistant", "content": example["completion"]}]}
