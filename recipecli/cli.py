@@ -23,6 +23,9 @@ class _Group(click.Group):
         except RecipeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(int(exc.exit_code))
+        except KeyboardInterrupt:  # before training starts (loading a model): nothing to save yet
+            click.echo("interrupted", err=True)
+            ctx.exit(int(ExitCode.INTERRUPTED))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,3 +207,62 @@ def gpu_command(vram: float | None, gpu_name: str | None) -> None:
         click.echo(format_gpu(gpu, rows, resolve.largest_qlora_model(gpu)))
         for failure in failures:
             click.echo(f"  could not check {failure_text(failure)}", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field for this run, e.g. --set training.learning_rate=1e-4 (repeatable); "
+                   "checked like the file and recorded in the run folder.")
+@click.option("--force", is_flag=True, help="Train even when fit-check says the recipe does not fit.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run folder.")
+def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, resume: bool) -> None:
+    """Fine-tune: the recipe becomes a TRL SFTTrainer run in its run folder.
+
+    Refuses a recipe that does not fit the detected GPU (unless --force), printing the breakdown
+    and the change that would fit. Ctrl-C or SIGTERM saves a checkpoint first; --resume goes on.
+
+    Example: recipe run recipes/tiny-demo.yaml --set training.max_steps=20
+    """
+    from .load import load_recipe
+    from .runner import run as train
+
+    result = train(load_recipe(file, overrides), force=force, overwrite=overwrite, resume=resume)
+    if result.interrupted:
+        click.echo(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}. "
+                   f"Continue with: recipe run {file} --resume", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    click.echo(f"done: {result.steps} steps{loss}; run folder {result.run_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+def merge(run_dir: str) -> None:
+    """Merge a run's LoRA adapter into its base model and save it to RUN_DIR/merged.
+
+    Example: recipe merge runs/tiny-demo
+    """
+    from pathlib import Path
+
+    from .after import merge as merge_adapter
+
+    click.echo(f"merged model saved to {merge_adapter(Path(run_dir))}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--prompt", required=True, help="What to ask, formatted as in training.")
+@click.option("--input", "context", default="", help="alpaca data only: the Input section of the prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+def generate(run_dir: str, prompt: str, context: str, max_new_tokens: int) -> None:
+    """Answer a prompt with a trained run, formatting it exactly as the training data was.
+
+    Example: recipe generate runs/tiny-demo --prompt "Reverse the words." --input "red green blue"
+    """
+    from pathlib import Path
+
+    from .after import generate as answer
+
+    click.echo(answer(Path(run_dir), prompt, max_new_tokens, input=context))

@@ -1,0 +1,130 @@
+"""After training: merge the adapter into its base model, and ask the trained model something.
+
+Both read the run folder only (its recipe.yaml says which base, which quantization, which
+prompt format), so they work on a run made on another machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import data, hardware, runfolder, runner
+from .errors import UsageError
+from .hardware import Gpu
+from .load import load_recipe
+from .recipe import Recipe
+
+
+def _run_recipe(run_dir: Path) -> Recipe:
+    """The recipe a run folder was trained with.
+
+    Raises:
+        UsageError: the folder is not a run folder, or training did not finish.
+        InvalidRecipe: its recipe.yaml no longer loads (e.g. the base model folder moved).
+    """
+    if not (run_dir / runfolder.RECIPE).is_file():
+        raise UsageError(f"{run_dir} is not a run folder (it has no {runfolder.RECIPE})")
+    recipe = load_recipe(run_dir / runfolder.RECIPE)
+    trained = run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)
+    if not trained.is_dir():
+        raise UsageError(f"{run_dir} has no {trained.name}/: training did not finish "
+                         f"(continue it with `recipe run {run_dir / runfolder.RECIPE} --resume`)")
+    return recipe
+
+
+def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
+    """Merge the LoRA adapter into the base model and save it, with the tokenizer, to run_dir/merged.
+
+    The base is loaded unquantized (a qlora base too: 4-bit weights cannot absorb an adapter) in
+    the run's precision (16-bit where the GPU has it, 32-bit on the CPU), and merged on the CPU,
+    which holds a model that the GPU could only hold quantized.
+
+    Args:
+        run_dir: a finished run folder.
+        gpus: the GPUs whose precision the merge uses; None detects them.
+
+    Returns:
+        The merged model's folder, loadable with ``AutoModelForCausalLM.from_pretrained``.
+
+    Raises:
+        UsageError: not a finished run folder, or a full fine-tune (which has nothing to merge).
+    """
+    recipe = _run_recipe(run_dir)
+    if recipe.lora is None:
+        raise UsageError(f"{run_dir} is a full fine-tune: {run_dir / runfolder.FULL_MODEL} already is the whole model")
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    gpus = hardware.detect() if gpus is None else tuple(gpus)
+    recipe, choices = runner.settings(recipe, gpus[0] if gpus else None)
+    base = runner.load_model(recipe, choices, cuda=False, quantize=False, train=False)
+    merged = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER)).merge_and_unload()
+    # Written beside and renamed into place: an interrupted merge leaves no half model behind.
+    target, partial = run_dir / runfolder.MERGED, run_dir / f"{runfolder.MERGED}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(str(partial))
+    AutoTokenizer.from_pretrained(str(run_dir / runfolder.ADAPTER)).save_pretrained(str(partial))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def generate(run_dir: Path, prompt: str, max_new_tokens: int = 128, *, input: str = "",
+             gpus: Optional[Sequence[Gpu]] = None) -> str:
+    """The trained model's answer to a prompt, formatted exactly as the training examples were.
+
+    alpaca data: the prompt is the instruction (and ``input`` the Input section) in the alpaca
+    template; chat and sharegpt data: a user turn through the tokenizer's chat template;
+    prompt_completion and text: as given. Decoding is greedy, so the same run and prompt always
+    give the same answer.
+
+    Args:
+        run_dir: a finished run folder.
+        prompt: what to ask.
+        max_new_tokens: the most tokens to generate.
+        input: alpaca only: the context of the instruction.
+        gpus: None detects them; the first one generates, the CPU without one.
+
+    Returns:
+        The completion alone, without the prompt and special tokens.
+
+    Raises:
+        UsageError: not a finished run folder, or an input for data that has no Input section.
+    """
+    recipe = _run_recipe(run_dir)
+    alpaca = data.layout(recipe) != "messages" and recipe.data.datasets[0].format == "alpaca"
+    if input and not alpaca:
+        raise UsageError("an input is part of alpaca prompts only; put the whole question in the prompt")
+    from transformers import AutoTokenizer
+
+    gpus = hardware.detect() if gpus is None else tuple(gpus)
+    gpu = runner.training_gpu(gpus)
+    recipe, choices = runner.settings(recipe, gpu)
+    if recipe.lora is None:
+        trained = dataclasses.replace(recipe.model, local_path=run_dir / runfolder.FULL_MODEL)
+        model = runner.load_model(dataclasses.replace(recipe, model=trained), choices, cuda=gpu is not None,
+                                  train=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / runfolder.FULL_MODEL))
+    else:
+        from peft import PeftModel
+
+        base = runner.load_model(recipe, choices, cuda=gpu is not None, train=False)
+        model = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER))
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / runfolder.ADAPTER))
+    model.eval()
+    inputs = _prompt_inputs(recipe, tokenizer, prompt, input).to(model.device)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _prompt_inputs(recipe: Recipe, tokenizer, prompt: str, input: str = ""):
+    """Token ids of the prompt, made the way TRL made the training prompts (trl.data_utils._tokenize)."""
+    if data.layout(recipe) == "messages":
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True, return_tensors="pt")
+    # A mix of alpaca and prompt_completion trains on both; the first dataset sets the convention.
+    text = data.alpaca_prompt(prompt, input) if recipe.data.datasets[0].format == "alpaca" else prompt
+    return tokenizer(text=text, return_tensors="pt")

@@ -1,0 +1,396 @@
+"""`recipe run`: a recipe becomes a TRL SFTTrainer run, read top to bottom.
+
+    refuse what does not fit the GPU -> tokenizer -> data (before the model: data errors come
+    first) -> model (4/8-bit) -> LoRA -> SFTConfig -> SFTTrainer -> train -> save -> run folder
+
+torch, transformers, peft and trl are imported inside the functions that use them, so importing
+recipecli (``recipe validate``, ``recipe --help``) never pays for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from . import data, hardware, resolve, runfolder
+from .architectures import UnknownModel, shape_from_config
+from .errors import DoesNotFit, RecipeError
+from .estimate import UnknownTargets
+from .hardware import GIB, Gpu
+from .recipe import Recipe, Wandb
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced; the run folder holds the details."""
+
+    run_dir: Path
+    saved: Optional[Path]  # adapter/ (lora, qlora) or model/ (full); None when interrupted
+    checkpoint: Optional[Path]  # the last checkpoint, for --resume
+    steps: int
+    final_loss: Optional[float]
+    eval_loss: Optional[float]
+    interrupted: bool  # a signal stopped training early; the CLI exits with ExitCode.INTERRUPTED
+    estimate_bytes: Optional[int]  # estimated peak reserved GPU memory; None on the CPU
+    peak_bytes: Optional[int]  # measured peak reserved GPU memory; None on the CPU
+
+
+def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume: bool = False,
+        gpus: Optional[Sequence[Gpu]] = None, callbacks: Sequence = ()) -> RunResult:
+    """Train a recipe and fill its run folder (``recipe.output_dir``).
+
+    Args:
+        recipe: a loaded recipe (``load.load_recipe``).
+        force: train even when the estimate exceeds the GPU's memory.
+        overwrite: replace an existing run folder.
+        resume: continue from the last checkpoint in the run folder.
+        gpus: the GPUs to check the recipe against; None detects them. The first one trains.
+            Empty trains on the CPU.
+        callbacks: extra transformers TrainerCallbacks (progress displays, early stopping, tests).
+
+    Returns:
+        The result; ``interrupted`` is set when Ctrl-C or SIGTERM stopped training after a checkpoint.
+
+    Raises:
+        UsageError: the run folder exists (without overwrite/resume), or there is nothing to resume.
+        DoesNotFit: the estimate exceeds the GPU and force is off; carries the breakdown and a fix.
+        InvalidRecipe: the GPU cannot run a setting (bf16 or FlashAttention 2 on an old card).
+        DataError: the data cannot become examples (raised before the model loads).
+        UnknownTargets: a LoRA target module matches no layer of the model.
+        RecipeError: the model or tokenizer cannot be loaded.
+    """
+    run_dir = recipe.output_dir
+    runfolder.check_free(run_dir, overwrite=overwrite, resume=resume)
+    checkpoint = runfolder.last_checkpoint(run_dir) if resume else None
+    gpus = hardware.detect() if gpus is None else tuple(gpus)
+    estimate = _refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
+    gpu = training_gpu(gpus)
+    cuda = gpu is not None
+    recipe, choices = settings(recipe, gpu)
+    for note in choices.notes:
+        _say(f"note: {note}")
+    if recipe.model.trust_remote_code:
+        _say(f"warning: model.trust_remote_code is true: Python code shipped with {recipe.model.id} runs on "
+             "this machine. Only do this for models whose code you trust.")
+
+    tokenizer = load_tokenizer(recipe)
+    train_set, eval_set = data.load_examples(recipe, tokenizer)
+    model = load_model(recipe, choices, cuda=cuda)
+    peft_config = _lora_config(recipe, model)
+    args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda)
+
+    from trl import SFTTrainer
+
+    stop = runfolder.StopRequest()
+    run_info = _run_info(recipe, choices, gpu, train_set, eval_set)
+    if checkpoint is not None:
+        run_info["resumed_from"] = checkpoint.name
+    with _wandb_env(recipe.wandb):
+        with runfolder.creating(run_dir, overwrite=overwrite, resume=resume):
+            runfolder.write_recipe(run_dir, recipe)
+            runfolder.write_run(run_dir, run_info)
+            if estimate is not None:
+                runfolder.write_estimate(run_dir, estimate)
+            trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                 processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+            # First in line, so the console printer and W&B see the memory columns it adds.
+            trainer.callback_handler.callbacks.insert(0, runfolder.recorder(run_dir, stop, cuda=cuda))
+        with stop.listening(), _out_of_memory_explained(cuda):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        state = trainer.state
+        interrupted = stop.signal_name is not None and state.global_step < state.max_steps
+        saved = eval_loss = None
+        if not interrupted:
+            saved = run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)
+            trainer.save_model(str(saved))
+            if eval_set is not None:
+                eval_loss = trainer.evaluate()["eval_loss"]
+        if recipe.wandb is not None:
+            import wandb  # only with a logging.wandb section; the trainer imported it already
+
+            wandb.finish()
+
+    losses = [r["loss"] for r in state.log_history if "loss" in r]
+    peak = _peak_reserved_bytes() if cuda else None
+    result = RunResult(run_dir, saved, runfolder.last_checkpoint(run_dir), state.global_step,
+                       losses[-1] if losses else None, eval_loss, interrupted,
+                       estimate["reserved_bytes"] if estimate else None, peak)
+    runfolder.plot_loss(run_dir, state.log_history)
+    run_info["result"] = {"finished": runfolder.now(), "steps": result.steps, "final_loss": result.final_loss,
+                          "eval_loss": eval_loss, "interrupted": interrupted,
+                          "estimated_reserved_gib": _gib(result.estimate_bytes), "measured_reserved_gib": _gib(peak)}
+    runfolder.write_run(run_dir, run_info)
+    if peak is not None and result.estimate_bytes is not None:
+        _say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
+             "(peak reserved by PyTorch)")
+    return result
+
+
+def _run_info(recipe: Recipe, choices: resolve.Choices, gpu: Optional[Gpu], train_set, eval_set) -> dict:
+    """run.yaml before training: environment, data identity, what "auto" became."""
+    return {**runfolder.environment(recipe, _device_text(gpu)),
+            "datasets": [{"path": d.path, "format": d.format, "fingerprint": data.fingerprint(d)}
+                         for d in recipe.data.datasets],
+            "examples": {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0},
+            "settings": {"precision": choices.precision, "attention": choices.attention,
+                         "compute_dtype": choices.compute_dtype},
+            "notes": list(choices.notes)}
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _gib(n: Optional[int]) -> Optional[float]:
+    return None if n is None else round(n / GIB, 2)
+
+
+def _refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optional[dict]:
+    """The fit estimate as a dict for estimate.json; DoesNotFit when it exceeds the GPU.
+
+    On the CPU there is no card to exceed, so nothing is refused and nothing is estimated.
+    """
+    if gpu is None:
+        return None
+    try:
+        verdict = resolve.check(recipe, gpu)
+    except UnknownModel as e:  # the download will tell; a missing estimate is no reason not to train
+        _say(f"note: no memory estimate ({e}); training without a fit check")
+        return None
+    need = verdict.estimate.total_bytes
+    if not verdict.fits and not force:
+        from .report import format_breakdown  # the same breakdown `recipe fit-check -v` prints
+
+        suggestion = resolve.suggest(recipe, gpu)
+        fix = ("suggested change: " + "; ".join(suggestion.changes)) if suggestion else "no change found that fits"
+        raise DoesNotFit(f"{recipe.name} needs about {need / GIB:.1f} GiB, {gpu.name} has {gpu.total_bytes / GIB:.1f} GiB:"
+                         f"\n{format_breakdown(verdict)}\n{fix}\n(--force trains anyway)")
+    if not verdict.fits:
+        _say(f"warning: --force: the estimate ({need / GIB:.1f} GiB) exceeds {gpu.name} "
+             f"({gpu.total_bytes / GIB:.1f} GiB); expect CUDA out of memory")
+    estimate = verdict.estimate
+    return {"gpu": gpu.name, "vram_bytes": gpu.total_bytes, "status": verdict.status, "total_bytes": need,
+            "allocated_bytes": estimate.allocated_bytes, "reserved_bytes": estimate.reserved_bytes,
+            **dataclasses.asdict(estimate)}
+
+
+def training_gpu(gpus: Sequence[Gpu]) -> Optional[Gpu]:
+    """The GPU that trains: the first one, if this torch can use CUDA at all."""
+    if not gpus:
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return gpus[0]
+    _say(f"note: {gpus[0].name} is present but this torch build has no CUDA support: training on the CPU")
+    return None
+
+
+def settings(recipe: Recipe, gpu: Optional[Gpu]) -> tuple[Recipe, resolve.Choices]:
+    """What precision, attention and compute dtype become on this device (None: the CPU).
+
+    The CPU has no fp16/bf16 mixed precision worth having: half settings run as fp32, with a note.
+    """
+    if gpu is None:
+        quant = recipe.quantization
+        half = [f"training.precision {recipe.training.precision}"] if recipe.training.precision in ("fp16", "bf16") else []
+        if quant is not None and quant.compute_dtype in ("float16", "bfloat16"):
+            half.append(f"quantization.compute_dtype {quant.compute_dtype}")
+        if half:
+            recipe = dataclasses.replace(
+                recipe, training=dataclasses.replace(recipe.training, precision="fp32"),
+                quantization=quant and dataclasses.replace(quant, compute_dtype="float32"))
+            choices = resolve.choose(recipe, None)
+            note = f"no GPU: {' and '.join(half)} run as fp32 on the CPU"
+            return recipe, dataclasses.replace(choices, notes=(*choices.notes, note))
+    return recipe, resolve.choose(recipe, gpu)
+
+
+def _device_text(gpu: Optional[Gpu]) -> str:
+    if gpu is None:
+        return f"cpu ({os.cpu_count()} cores)"
+    return f"cuda:0 {gpu.name} ({gpu.total_bytes / GIB:.1f} GiB, CC {gpu.capability_text}, driver {gpu.driver})"
+
+
+def _source(recipe: Recipe) -> str:
+    return str(recipe.model.local_path) if recipe.model.local_path else recipe.model.id
+
+
+def load_tokenizer(recipe: Recipe):
+    """The model's tokenizer, as the recipe names it.
+
+    Raises:
+        RecipeError: it cannot be found (offline, missing folder, wrong id or revision).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(_source(recipe), revision=recipe.model.revision,
+                                             trust_remote_code=recipe.model.trust_remote_code)
+    except OSError as e:  # what from_pretrained raises for a missing repo, file or connection
+        raise RecipeError(f"cannot load the tokenizer of {recipe.model.id}: {e}") from e
+
+
+def load_model(recipe: Recipe, choices: resolve.Choices, *, cuda: bool, quantize: bool = True, train: bool = True):
+    """The base model, quantized as the recipe says and prepared for k-bit training.
+
+    Args:
+        recipe: the recipe, as :func:`settings` returns it.
+        choices: resolved precision, attention and compute dtype.
+        cuda: load onto cuda:0; otherwise the CPU, where bitsandbytes' CPU backend quantizes.
+        quantize: False loads a qlora base unquantized, in its compute dtype (for merging).
+        train: False skips the k-bit training preparation (fp32 norms, input gradients).
+
+    Raises:
+        RecipeError: the model cannot be loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    # fp16 mixed precision unscales fp32 gradients: fully trained weights must stay fp32 for it.
+    dtype = torch.float32 if recipe.method == "full" and choices.precision == "fp16" else dtypes[choices.precision]
+    quant = recipe.quantization if quantize else None
+    config = None
+    if recipe.quantization is not None:
+        dtype = getattr(torch, choices.compute_dtype)
+    if quant is not None and quant.bits == 4:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.type,
+                                    bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
+    elif quant is not None:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            _source(recipe), revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
+            dtype=dtype, attn_implementation=choices.attention, quantization_config=config,
+            device_map={"": 0} if cuda else None)
+    except OSError as e:
+        raise RecipeError(f"cannot load the model {recipe.model.id}: {e}") from e
+    if config is not None and train:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.training.gradient_checkpointing)
+    return model
+
+
+def _lora_config(recipe: Recipe, model):
+    """peft LoraConfig for lora/qlora; None trains every weight (method full)."""
+    if recipe.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = recipe.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                      target_modules=lora_targets(lora.target_modules, model))
+
+
+def lora_targets(wanted, model):
+    """Turn the recipe's target_modules into the module names peft matches in this model.
+
+    "all-linear" is peft's own. "attention" becomes the architecture's query/key/value/output
+    projections as the memory estimator counts them (architectures.LAYOUTS), so the estimate and
+    the run adapt the same layers. Every name is checked against the model: peft silently skips
+    a misspelt name as long as another one matches.
+
+    Raises:
+        UnknownTargets: a name matches no linear layer of the model.
+    """
+    if wanted == "all-linear":
+        return wanted
+    import torch
+
+    names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        layers = sorted({".".join(n.split(".")[-2:]) for n in linear})
+        raise UnknownTargets(f"lora.target_modules {wanted if isinstance(wanted, str) else ', '.join(wanted)}: "
+                             f"{', '.join(missing)} match no linear layer of this {model.config.model_type} model; "
+                             f"its layers are {', '.join(layers)}")
+    if wanted == "attention":
+        _say(f"note: lora.target_modules attention -> {', '.join(names)}")
+    return list(names)
+
+
+def _sft_config(recipe: Recipe, choices: resolve.Choices, run_dir: Path, *, has_eval: bool, cuda: bool):
+    """Every training field of the recipe, translated to TRL's SFTConfig."""
+    from trl import SFTConfig
+
+    t = recipe.training
+    return SFTConfig(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=choices.precision == "bf16",
+        fp16=choices.precision == "fp16",
+        use_cpu=not cuda,
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.save_steps,
+        report_to=["wandb"] if recipe.wandb else "none",
+        run_name=(recipe.wandb.run_name or recipe.name) if recipe.wandb else recipe.name,
+        **data.sft_flags(recipe),
+    )
+
+
+@contextmanager
+def _wandb_env(wandb: Optional[Wandb]) -> Iterator[None]:
+    """Point W&B at the recipe's project for the run, through the variables wandb reads.
+
+    The API key is never set here: wandb reads WANDB_API_KEY (or its login) itself.
+    """
+    if wandb is None:
+        yield
+        return
+    values = {"WANDB_PROJECT": wandb.project, "WANDB_ENTITY": wandb.entity, "WANDB_MODE": wandb.mode,
+              "WANDB_TAGS": ",".join(wandb.tags) or None}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _peak_reserved_bytes() -> int:
+    import torch
+
+    return torch.cuda.max_memory_reserved()
+
+
+@contextmanager
+def _out_of_memory_explained(cuda: bool) -> Iterator[None]:
+    """CUDA out of memory becomes a RecipeError that says which knobs to turn."""
+    if not cuda:
+        yield
+        return
+    import torch
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        raise RecipeError(f"CUDA out of memory: {str(e).splitlines()[0]}\nLower training.micro_batch_size "
+                          "(raise gradient_accumulation_steps to keep the batch), data.max_seq_length or lora.r, "
+                          "or turn on training.gradient_checkpointing; `recipe fit-check` shows where memory "
+                          "goes. The last checkpoint (if any) continues with --resume.") from e
