@@ -10,11 +10,13 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import data, hardware, runfolder, runner
+from . import data, hardware, runfolder
 from .errors import UsageError
 from .hardware import Gpu
 from .load import load_recipe
+from .model import load_model, training_gpu
 from .recipe import Recipe
+from .resolve import choose
 
 
 def _run_recipe(run_dir: Path) -> Recipe:
@@ -58,8 +60,8 @@ def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
     from transformers import AutoTokenizer
 
     gpus = hardware.detect() if gpus is None else tuple(gpus)
-    recipe, choices = runner.settings(recipe, gpus[0] if gpus else None)
-    base = runner.load_model(recipe, choices, cuda=False, quantize=False, train=False)
+    choices = choose(recipe, gpus[0] if gpus else None)
+    base = load_model(recipe, choices, cuda=False, quantize=False, train=False)
     merged = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER)).merge_and_unload()
     # Written beside and renamed into place: an interrupted merge leaves no half model behind.
     target, partial = run_dir / runfolder.MERGED, run_dir / f"{runfolder.MERGED}.partial"
@@ -100,17 +102,16 @@ def generate(run_dir: Path, prompt: str, max_new_tokens: int = 128, *, input: st
     from transformers import AutoTokenizer
 
     gpus = hardware.detect() if gpus is None else tuple(gpus)
-    gpu = runner.training_gpu(gpus)
-    recipe, choices = runner.settings(recipe, gpu)
+    gpu = training_gpu(gpus)
+    choices = choose(recipe, gpu)
     if recipe.lora is None:
         trained = dataclasses.replace(recipe.model, local_path=run_dir / runfolder.FULL_MODEL)
-        model = runner.load_model(dataclasses.replace(recipe, model=trained), choices, cuda=gpu is not None,
-                                  train=False)
+        model = load_model(dataclasses.replace(recipe, model=trained), choices, cuda=gpu is not None, train=False)
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir / runfolder.FULL_MODEL))
     else:
         from peft import PeftModel
 
-        base = runner.load_model(recipe, choices, cuda=gpu is not None, train=False)
+        base = load_model(recipe, choices, cuda=gpu is not None, train=False)
         model = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER))
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir / runfolder.ADAPTER))
     model.eval()

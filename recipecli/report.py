@@ -16,7 +16,8 @@ from .errors import InvalidRecipe, RecipeError, UsageError
 from .hardware import GIB, Gpu, card, gpu_from_vram, probe
 from .load import Resolved, deep_merge
 from .recipe import Recipe
-from .resolve import Suggestion, Verdict
+from .resolve import Verdict
+from .suggest import Suggestion, suggest
 
 BAR_WIDTH = 40  # characters standing for the whole card in -v breakdowns
 
@@ -64,7 +65,7 @@ def check_files(files: Sequence[str | Path], gpu: Gpu, num_gpus: int = 1, parall
                 continue
             recipe = load.load_recipe(file)  # raises for an abstract base: it cannot run
             verdict = resolve.check(recipe, gpu, num_gpus, parallelism, locate=resolved.locate)
-            suggestion = None if verdict.fits else resolve.suggest(recipe, gpu, num_gpus, parallelism)
+            suggestion = None if verdict.fits else suggest(recipe, gpu, num_gpus, parallelism)
         except RecipeError as exc:
             failures.append(Failure(str(file), exc))
             continue
@@ -142,11 +143,23 @@ def _bar(part: int, whole: int) -> str:
     return ("#" * (BAR_WIDTH - 1) + ">") if filled > BAR_WIDTH else ("#" * filled).ljust(BAR_WIDTH)
 
 
-def format_suggestion(row: Row) -> str:
-    """Why a recipe does not fit, and the change that makes it fit, with the patch as YAML."""
-    need = f"{row.recipe.name} needs {gib(row.verdict.estimate.total_bytes)}, {row.verdict.gpu.name} has " \
-           f"{gib(row.verdict.vram_bytes)}."
-    suggestion = row.suggestion
+def format_verdict(recipe: Recipe, verdict: Verdict) -> str:
+    """The verdict and its breakdown, as `recipe fit-check -v` prints them for each recipe."""
+    return f"{recipe.name}: {verdict_text(verdict)}\n{format_breakdown(verdict)}"
+
+
+def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Suggestion]) -> str:
+    """Why a recipe does not fit, and the change that makes it fit, with the patch as YAML.
+
+    Args:
+        recipe: the recipe that does not fit.
+        verdict: its verdict on the card.
+        suggestion: what :func:`suggest.suggest` found; None when nothing fits.
+
+    Returns:
+        A paragraph for people (what `recipe fit-check` and a refused `recipe run` print).
+    """
+    need = f"{recipe.name} needs {gib(verdict.estimate.total_bytes)}, {verdict.gpu.name} has {gib(verdict.vram_bytes)}."
     if suggestion is None:
         return (f"{need} No combination of the memory knobs makes it fit: use a smaller model or a card "
                 "with more memory.")
@@ -168,8 +181,8 @@ def format_fit_check(rows: Sequence[Row], gpu: Gpu, verbose: bool = False) -> st
     """The whole fit-check report for people: card, table, breakdowns (-v), suggestions, notes."""
     parts = [gpu_line(gpu), format_table(rows)]
     if verbose:
-        parts += [f"{r.recipe.name}: {verdict_text(r.verdict)}\n{format_breakdown(r.verdict)}" for r in rows]
-    parts += [format_suggestion(r) for r in rows if not r.verdict.fits]
+        parts += [format_verdict(r.recipe, r.verdict) for r in rows]
+    parts += [format_suggestion(r.recipe, r.verdict, r.suggestion) for r in rows if not r.verdict.fits]
     notes = notes_of(rows)
     if notes:
         parts.append("\n".join(f"note: {n}" for n in notes))

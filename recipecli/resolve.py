@@ -1,21 +1,18 @@
 """From a recipe and a GPU to a verdict: the settings "auto" becomes, the rules the card imposes,
-whether the estimate fits, and the smallest change that makes it fit.
+and whether the estimate fits. The smallest change that makes it fit is suggest.py's.
 
 Pure: the GPU arrives as data (``hardware.Gpu``), nothing here asks CUDA or imports torch.
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Literal, Optional
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
 
 from .architectures import CATALOG, Shape, find_shape
 from .errors import InvalidRecipe, Location, Problem
 from .estimate import Estimate, Setup, estimate
 from .hardware import GIB, Gpu
-from .load import deep_merge
-from .recipe import Lora, Quantization, Recipe
-from .schema import defaults_of
+from .recipe import Recipe
 from .yamlload import json_path
 
 # benchmarks/calibration.py finds estimates within ~6 % of published peaks of this stack (few
@@ -47,11 +44,13 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
         locate: where recipe values were written (``load.Resolved.locate``), for precise problems.
 
     Returns:
-        The resolved settings with a note for every choice a user might not expect.
+        The resolved settings with a note for every choice a user might not expect. Without a GPU,
+        fp16/bf16 precision and compute dtype run as fp32.
 
     Raises:
         InvalidRecipe: the recipe asks for something the card cannot do (bf16 or FlashAttention 2
-            below compute capability 8.0, fp16 without a GPU); each problem names the knob to change.
+            below compute capability 8.0, FlashAttention 2 without a GPU); each problem names the knob
+            to change.
     """
     training = recipe.training
     problems: list[Problem] = []
@@ -71,11 +70,15 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
                      f"checked{auto} (name the card with --gpu to check it)")
 
     precision = training.precision
-    if precision == "auto":
-        if gpu is None:
-            precision = "fp32"
+    if gpu is None:
+        # The CPU has no fp16/bf16 mixed precision worth having; a recipe written for a GPU still runs.
+        if precision == "auto":
             notes.append("no GPU: precision auto -> fp32")
-        elif not cc_known:
+        elif precision != "fp32":
+            notes.append(f"no GPU: precision {precision} runs as fp32 on the CPU")
+        precision = "fp32"
+    elif precision == "auto":
+        if not cc_known:
             precision = "fp16"
         elif not gpu.supports_bf16:
             precision = "fp16"
@@ -85,9 +88,6 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
     elif precision == "bf16" and cc_known and not gpu.supports_bf16:
         problem(("training", "precision"), f"bf16 needs compute capability >= 8.0; {label} lacks it",
                 "set training.precision to auto or fp16")
-    elif precision == "fp16" and gpu is None:
-        problem(("training", "precision"), "fp16 mixed precision needs a CUDA GPU",
-                "set training.precision to auto (fp32 on the CPU)")
 
     attention = "sdpa" if training.attention == "auto" else training.attention
     if attention == "flash_attention_2" and (gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
@@ -99,6 +99,9 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
         compute_dtype = recipe.quantization.compute_dtype
         if compute_dtype == "auto":
             compute_dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
+        elif gpu is None and compute_dtype != "float32":
+            notes.append(f"no GPU: quantization.compute_dtype {compute_dtype} runs as float32 on the CPU")
+            compute_dtype = "float32"
         elif compute_dtype == "bfloat16" and cc_known and not gpu.supports_bf16:
             problem(("quantization", "compute_dtype"), f"bfloat16 needs compute capability >= 8.0; {label} lacks it",
                     "set quantization.compute_dtype to auto (follows training.precision)")
@@ -150,7 +153,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism
 
 
 def _unquantized_bits(method: str, precision: str) -> int:
-    """Width the runner loads unquantized weights in (runner.load_model).
+    """Width the runner loads unquantized weights in (model.load_model).
 
     The training dtype, except that fp16 mixed precision unscales fp32 gradients, so fully
     trained weights stay fp32 under it.
@@ -189,7 +192,18 @@ def status_of(need_bytes: int, vram_bytes: int) -> Status:
     return "tight" if need_bytes > TIGHT_FRACTION * vram_bytes else "fits"
 
 
-def _verdict(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...]) -> Verdict:
+def judge(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...]) -> Verdict:
+    """Estimate a model shape under a setup and judge it against the card.
+
+    Args:
+        shape: the model's architecture.
+        setup: the estimator's view of the recipe (:func:`setup_for`).
+        gpu: the card.
+        notes: carried into the verdict; a note is added when other processes hold the memory it needs.
+
+    Returns:
+        The verdict.
+    """
     result = estimate(shape, setup)
     notes_now = list(notes)
     if gpu.free_bytes is not None and gpu.free_bytes < result.total_bytes <= gpu.total_bytes:
@@ -207,170 +221,17 @@ def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none"
         UnknownModel: the model's shape cannot be found offline.
     """
     setup, notes = setup_for(recipe, gpu, num_gpus, parallelism, locate)
-    return _verdict(_shape(recipe), setup, gpu, tuple(notes))
+    return judge(recipe_shape(recipe), setup, gpu, tuple(notes))
 
 
-def _shape(recipe: Recipe) -> Shape:
-    model = recipe.model
-    return find_shape(model.id, model.local_path, model.architecture, model.revision)
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    """The smallest change found that makes a recipe fit."""
-
-    patch: dict  # nested like the recipe, e.g. {"training": {"micro_batch_size": 1}}
-    changes: tuple[str, ...]  # one line per knob, for people
-    verdict: Verdict  # the re-estimate with the change applied
-
-
-@dataclass(frozen=True)
-class _Move:
-    """One setting of one knob: what it writes into the recipe file, and into the typed recipe."""
-
-    cost: float  # what it costs in speed or quality; cheaper moves are tried first
-    change: str
-    patch: dict
-    edit: Callable[[Recipe], Recipe]
-
-
-def suggest(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none") -> Optional[Suggestion]:
-    """Search the memory knobs for the cheapest change that makes a recipe fit.
-
-    Candidates combine at most one setting per knob and are tried cheapest first: speed-only
-    changes (micro-batch down with accumulation up so the effective batch stays, gradient
-    checkpointing, a paged 8-bit optimizer) before ones that cost some quality (4-bit base, lower
-    LoRA rank, adapters on attention only, shorter sequences), a change of method last. Each is
-    re-estimated through :func:`setup_for`, exactly as the patched recipe will be when loaded.
-
-    Returns:
-        The first candidate whose re-estimate fits (tight included), or None when the recipe
-        already fits or nothing does.
+def recipe_shape(recipe: Recipe) -> Shape:
+    """The architecture of the recipe's model.
 
     Raises:
-        InvalidRecipe, UnknownModel: as :func:`check`.
+        UnknownModel: it cannot be found offline.
     """
-    shape = _shape(recipe)
-
-    def attempt(combo: tuple[_Move, ...]) -> Verdict:
-        changed = recipe
-        for move in combo:
-            changed = move.edit(changed)
-        setup, notes = setup_for(changed, gpu, num_gpus, parallelism)
-        return _verdict(shape, setup, gpu, tuple(notes))
-
-    if attempt(()).fits:
-        return None
-    knobs = [moves for moves in (list(knob(recipe)) for knob in _KNOBS) if moves]
-    # Each knob's last setting saves the most: when all of them together do not fit, nothing does.
-    if not attempt(tuple(moves[-1] for moves in knobs)).fits:
-        return None
-    combos = [tuple(m for m in combo if m is not None)
-              for combo in itertools.product(*[[None, *moves] for moves in knobs])]
-    for combo in sorted(combos[1:], key=lambda c: (sum(m.cost for m in c), len(c))):
-        verdict = attempt(combo)
-        if verdict.fits:
-            patch: dict = {}
-            for move in combo:
-                patch = deep_merge(patch, move.patch)
-            return Suggestion(patch, tuple(m.change for m in combo), verdict)
-    return None
-
-
-def _training(**changes) -> Callable[[Recipe], Recipe]:
-    return lambda r: replace(r, training=replace(r.training, **changes))
-
-
-def _lora(**changes) -> Callable[[Recipe], Recipe]:
-    return lambda r: replace(r, lora=replace(r.lora, **changes))
-
-
-def _checkpointing(recipe: Recipe) -> Iterator[_Move]:
-    if not recipe.training.gradient_checkpointing:
-        yield _Move(1.0, "gradient_checkpointing false -> true (~30 % slower)",
-                    {"training": {"gradient_checkpointing": True}}, _training(gradient_checkpointing=True))
-
-
-def _micro_batch(recipe: Recipe) -> Iterator[_Move]:
-    micro, accum = recipe.training.micro_batch_size, recipe.training.gradient_accumulation_steps
-    # Divisors only, so micro_batch_size * gradient_accumulation_steps stays exactly the same.
-    for step, smaller in enumerate(d for d in range(micro - 1, 0, -1) if micro % d == 0):
-        more = accum * micro // smaller
-        # Cheaper than checkpointing at first: one halving costs less speed than recomputing.
-        yield _Move(0.5 + 0.5 * step, f"micro_batch_size {micro} -> {smaller}, gradient_accumulation_steps "
-                    f"{accum} -> {more} (same effective batch {micro * accum})",
-                    {"training": {"micro_batch_size": smaller, "gradient_accumulation_steps": more}},
-                    _training(micro_batch_size=smaller, gradient_accumulation_steps=more))
-
-
-def _optimizer(recipe: Recipe) -> Iterator[_Move]:
-    if recipe.training.optimizer in ("adamw_torch", "paged_adamw_32bit"):
-        yield _Move(1.5, f"optimizer {recipe.training.optimizer} -> paged_adamw_8bit",
-                    {"training": {"optimizer": "paged_adamw_8bit"}}, _training(optimizer="paged_adamw_8bit"))
-
-
-_FOUR_BIT = {"bits": 4, "type": "nf4", "double_quant": True}
-
-
-def _quantization(recipe: Recipe) -> Iterator[_Move]:
-    quant = recipe.quantization
-    if recipe.method == "lora":
-        four_bit = Quantization(**{**defaults_of("quantization"), **_FOUR_BIT})
-        yield _Move(3.0, "method lora -> qlora (4-bit NF4 base, double quant)",
-                    {"method": "qlora", "quantization": dict(_FOUR_BIT)},
-                    lambda r: replace(r, method="qlora", quantization=four_bit))
-    elif quant is not None and quant.bits == 8:
-        yield _Move(2.0, "quantization.bits 8 -> 4 (NF4, double quant)", {"quantization": dict(_FOUR_BIT)},
-                    lambda r: replace(r, quantization=replace(r.quantization, **_FOUR_BIT)))
-    elif quant is not None and not quant.double_quant:
-        yield _Move(0.5, "quantization.double_quant false -> true", {"quantization": {"double_quant": True}},
-                    lambda r: replace(r, quantization=replace(r.quantization, double_quant=True)))
-
-
-def _method(recipe: Recipe) -> Iterator[_Move]:
-    if recipe.method != "full":
-        return
-    # The patch names the method alone; loading it fills lora (and quantization) from the schema.
-    lora = Lora(**defaults_of("lora"))
-    advice = "; raise training.learning_rate to ~2e-4, LoRA's usual rate"
-    yield _Move(6.0, f"method full -> lora (rank-{lora.r} adapters on a frozen base{advice})",
-                {"method": "lora"}, lambda r: replace(r, method="lora", lora=lora))
-    yield _Move(7.0, f"method full -> qlora (rank-{lora.r} adapters on a 4-bit base{advice})",
-                {"method": "qlora"}, lambda r: replace(r, method="qlora", lora=lora,
-                                                      quantization=Quantization(**defaults_of("quantization"))))
-
-
-def _rank(recipe: Recipe) -> Iterator[_Move]:
-    lora = recipe.lora
-    if lora is None:
-        return
-    for halvings in (1, 2, 3):
-        r = lora.r >> halvings
-        if r < 4:  # below 4 adapters stop learning much; the memory saved there is negligible anyway
-            return
-        alpha = lora.alpha * r / lora.r  # keep alpha / r, the scale of the update
-        alpha = int(alpha) if float(alpha).is_integer() else alpha
-        yield _Move(3.0 * halvings, f"lora.r {lora.r} -> {r}, lora.alpha {lora.alpha:g} -> {alpha:g}",
-                    {"lora": {"r": r, "alpha": alpha}}, _lora(r=r, alpha=alpha))
-
-
-def _targets(recipe: Recipe) -> Iterator[_Move]:
-    if recipe.lora is not None and recipe.lora.target_modules == "all-linear":
-        yield _Move(4.0, "lora.target_modules all-linear -> attention",
-                    {"lora": {"target_modules": "attention"}}, _lora(target_modules="attention"))
-
-
-def _sequence(recipe: Recipe) -> Iterator[_Move]:
-    length = recipe.data.max_seq_length
-    shorter, halvings = 1 << (length - 1).bit_length() - 1, 1  # largest power of two below length
-    while shorter >= 256:  # shorter than 256 tokens truncates most instruction data
-        yield _Move(4.0 * halvings, f"data.max_seq_length {length} -> {shorter} (longer examples truncated)",
-                    {"data": {"max_seq_length": shorter}},
-                    lambda r, n=shorter: replace(r, data=replace(r.data, max_seq_length=n)))
-        shorter, halvings = shorter // 2, halvings + 1
-
-
-_KNOBS = (_checkpointing, _micro_batch, _optimizer, _quantization, _method, _rank, _targets, _sequence)
+    model = recipe.model
+    return find_shape(model.id, model.local_path, model.architecture, model.revision)
 
 
 # What "a standard QLoRA run" means for `recipe gpu`: the settings of recipes/base/qlora-8gb.yaml.
@@ -391,7 +252,7 @@ def largest_qlora_model(gpu: Gpu) -> Optional[tuple[str, Verdict]]:
     for model_id, shape in CATALOG.items():
         families.setdefault(shape, model_id)  # one hub id per shape: the first one listed
     for shape, model_id in sorted(families.items(), key=lambda item: -item[0].param_count()):
-        verdict = _verdict(shape, STANDARD_QLORA, gpu, ())
+        verdict = judge(shape, STANDARD_QLORA, gpu, ())
         if verdict.fits:
             return model_id, verdict
     return None

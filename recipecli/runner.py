@@ -3,6 +3,8 @@
     refuse what does not fit the GPU -> tokenizer -> data (before the model: data errors come
     first) -> model (4/8-bit) -> LoRA -> SFTConfig -> SFTTrainer -> train -> save -> run folder
 
+The tokenizer and model load in model.py, shared with `recipe merge` and `recipe generate`.
+
 torch, transformers, peft and trl are imported inside the functions that use them, so importing
 recipecli (``recipe validate``, ``recipe --help``) never pays for them.
 """
@@ -10,18 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from . import data, hardware, resolve, runfolder
-from .architectures import UnknownModel, shape_from_config
+from .architectures import UnknownModel
 from .errors import DoesNotFit, RecipeError
-from .estimate import UnknownTargets
 from .hardware import GIB, Gpu
+from .model import load_model, load_tokenizer, lora_targets, say, training_gpu
 from .recipe import Recipe, Wandb
+from .suggest import suggest
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,12 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
     estimate = _refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
     gpu = training_gpu(gpus)
     cuda = gpu is not None
-    recipe, choices = settings(recipe, gpu)
+    choices = resolve.choose(recipe, gpu)
     for note in choices.notes:
-        _say(f"note: {note}")
+        say(f"note: {note}")
     if recipe.model.trust_remote_code:
-        _say(f"warning: model.trust_remote_code is true: Python code shipped with {recipe.model.id} runs on "
-             "this machine. Only do this for models whose code you trust.")
+        say(f"warning: model.trust_remote_code is true: Python code shipped with {recipe.model.id} runs on "
+            "this machine. Only do this for models whose code you trust.")
 
     tokenizer = load_tokenizer(recipe)
     train_set, eval_set = data.load_examples(recipe, tokenizer)
@@ -125,7 +127,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                           "estimated_reserved_gib": _gib(result.estimate_bytes), "measured_reserved_gib": _gib(peak)}
     runfolder.write_run(run_dir, run_info)
     if peak is not None and result.estimate_bytes is not None:
-        _say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
+        say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
              "(peak reserved by PyTorch)")
     return result
 
@@ -139,10 +141,6 @@ def _run_info(recipe: Recipe, choices: resolve.Choices, gpu: Optional[Gpu], trai
             "settings": {"precision": choices.precision, "attention": choices.attention,
                          "compute_dtype": choices.compute_dtype},
             "notes": list(choices.notes)}
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _gib(n: Optional[int]) -> Optional[float]:
@@ -159,122 +157,27 @@ def _refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Opti
     try:
         verdict = resolve.check(recipe, gpu)
     except UnknownModel as e:  # the download will tell; a missing estimate is no reason not to train
-        _say(f"note: no memory estimate ({e}); training without a fit check")
+        say(f"note: no memory estimate ({e}); training without a fit check")
         return None
     need = verdict.estimate.total_bytes
     if not verdict.fits and not force:
-        from .report import format_breakdown  # the same breakdown `recipe fit-check -v` prints
+        from .report import format_suggestion, format_verdict  # what `recipe fit-check -v` prints
 
-        suggestion = resolve.suggest(recipe, gpu)
-        fix = ("suggested change: " + "; ".join(suggestion.changes)) if suggestion else "no change found that fits"
-        raise DoesNotFit(f"{recipe.name} needs about {need / GIB:.1f} GiB, {gpu.name} has {gpu.total_bytes / GIB:.1f} GiB:"
-                         f"\n{format_breakdown(verdict)}\n{fix}\n(--force trains anyway)")
+        fix = format_suggestion(recipe, verdict, suggest(recipe, gpu))
+        raise DoesNotFit(f"{format_verdict(recipe, verdict)}\n{fix}\n(--force trains anyway)")
     if not verdict.fits:
-        _say(f"warning: --force: the estimate ({need / GIB:.1f} GiB) exceeds {gpu.name} "
-             f"({gpu.total_bytes / GIB:.1f} GiB); expect CUDA out of memory")
+        say(f"warning: --force: the estimate ({need / GIB:.1f} GiB) exceeds {gpu.name} "
+            f"({gpu.total_bytes / GIB:.1f} GiB); expect CUDA out of memory")
     estimate = verdict.estimate
     return {"gpu": gpu.name, "vram_bytes": gpu.total_bytes, "status": verdict.status, "total_bytes": need,
             "allocated_bytes": estimate.allocated_bytes, "reserved_bytes": estimate.reserved_bytes,
             **dataclasses.asdict(estimate)}
 
 
-def training_gpu(gpus: Sequence[Gpu]) -> Optional[Gpu]:
-    """The GPU that trains: the first one, if this torch can use CUDA at all."""
-    if not gpus:
-        return None
-    import torch
-
-    if torch.cuda.is_available():
-        return gpus[0]
-    _say(f"note: {gpus[0].name} is present but this torch build has no CUDA support: training on the CPU")
-    return None
-
-
-def settings(recipe: Recipe, gpu: Optional[Gpu]) -> tuple[Recipe, resolve.Choices]:
-    """What precision, attention and compute dtype become on this device (None: the CPU).
-
-    The CPU has no fp16/bf16 mixed precision worth having: half settings run as fp32, with a note.
-    """
-    if gpu is None:
-        quant = recipe.quantization
-        half = [f"training.precision {recipe.training.precision}"] if recipe.training.precision in ("fp16", "bf16") else []
-        if quant is not None and quant.compute_dtype in ("float16", "bfloat16"):
-            half.append(f"quantization.compute_dtype {quant.compute_dtype}")
-        if half:
-            recipe = dataclasses.replace(
-                recipe, training=dataclasses.replace(recipe.training, precision="fp32"),
-                quantization=quant and dataclasses.replace(quant, compute_dtype="float32"))
-            choices = resolve.choose(recipe, None)
-            note = f"no GPU: {' and '.join(half)} run as fp32 on the CPU"
-            return recipe, dataclasses.replace(choices, notes=(*choices.notes, note))
-    return recipe, resolve.choose(recipe, gpu)
-
-
 def _device_text(gpu: Optional[Gpu]) -> str:
     if gpu is None:
         return f"cpu ({os.cpu_count()} cores)"
     return f"cuda:0 {gpu.name} ({gpu.total_bytes / GIB:.1f} GiB, CC {gpu.capability_text}, driver {gpu.driver})"
-
-
-def _source(recipe: Recipe) -> str:
-    return str(recipe.model.local_path) if recipe.model.local_path else recipe.model.id
-
-
-def load_tokenizer(recipe: Recipe):
-    """The model's tokenizer, as the recipe names it.
-
-    Raises:
-        RecipeError: it cannot be found (offline, missing folder, wrong id or revision).
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(_source(recipe), revision=recipe.model.revision,
-                                             trust_remote_code=recipe.model.trust_remote_code)
-    except OSError as e:  # what from_pretrained raises for a missing repo, file or connection
-        raise RecipeError(f"cannot load the tokenizer of {recipe.model.id}: {e}") from e
-
-
-def load_model(recipe: Recipe, choices: resolve.Choices, *, cuda: bool, quantize: bool = True, train: bool = True):
-    """The base model, quantized as the recipe says and prepared for k-bit training.
-
-    Args:
-        recipe: the recipe, as :func:`settings` returns it.
-        choices: resolved precision, attention and compute dtype.
-        cuda: load onto cuda:0; otherwise the CPU, where bitsandbytes' CPU backend quantizes.
-        quantize: False loads a qlora base unquantized, in its compute dtype (for merging).
-        train: False skips the k-bit training preparation (fp32 norms, input gradients).
-
-    Raises:
-        RecipeError: the model cannot be loaded.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    # fp16 mixed precision unscales fp32 gradients: fully trained weights must stay fp32 for it.
-    dtype = torch.float32 if recipe.method == "full" and choices.precision == "fp16" else dtypes[choices.precision]
-    quant = recipe.quantization if quantize else None
-    config = None
-    if recipe.quantization is not None:
-        dtype = getattr(torch, choices.compute_dtype)
-    if quant is not None and quant.bits == 4:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.type,
-                                    bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
-    elif quant is not None:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            _source(recipe), revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
-            dtype=dtype, attn_implementation=choices.attention, quantization_config=config,
-            device_map={"": 0} if cuda else None)
-    except OSError as e:
-        raise RecipeError(f"cannot load the model {recipe.model.id}: {e}") from e
-    if config is not None and train:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.training.gradient_checkpointing)
-    return model
 
 
 def _lora_config(recipe: Recipe, model):
@@ -286,34 +189,6 @@ def _lora_config(recipe: Recipe, model):
     lora = recipe.lora
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
                       target_modules=lora_targets(lora.target_modules, model))
-
-
-def lora_targets(wanted, model):
-    """Turn the recipe's target_modules into the module names peft matches in this model.
-
-    "all-linear" is peft's own. "attention" becomes the architecture's query/key/value/output
-    projections as the memory estimator counts them (architectures.LAYOUTS), so the estimate and
-    the run adapt the same layers. Every name is checked against the model: peft silently skips
-    a misspelt name as long as another one matches.
-
-    Raises:
-        UnknownTargets: a name matches no linear layer of the model.
-    """
-    if wanted == "all-linear":
-        return wanted
-    import torch
-
-    names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
-    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in linear)]
-    if missing:
-        layers = sorted({".".join(n.split(".")[-2:]) for n in linear})
-        raise UnknownTargets(f"lora.target_modules {wanted if isinstance(wanted, str) else ', '.join(wanted)}: "
-                             f"{', '.join(missing)} match no linear layer of this {model.config.model_type} model; "
-                             f"its layers are {', '.join(layers)}")
-    if wanted == "attention":
-        _say(f"note: lora.target_modules attention -> {', '.join(names)}")
-    return list(names)
 
 
 def _sft_config(recipe: Recipe, choices: resolve.Choices, run_dir: Path, *, has_eval: bool, cuda: bool):

@@ -7,8 +7,8 @@ import yaml
 from recipecli import load
 from recipecli.errors import InvalidRecipe
 from recipecli.hardware import GIB, Gpu, card, gpu_from_vram
-from recipecli.resolve import (TIGHT_FRACTION, check, largest_qlora_model, setup_for, status_of,
-                               suggest)
+from recipecli.resolve import TIGHT_FRACTION, check, largest_qlora_model, setup_for, status_of
+from recipecli.suggest import suggest
 
 RTX2080 = card("rtx2080")
 A100 = card("a100-80gb")
@@ -61,9 +61,9 @@ def test_every_capability_problem_at_once(make_recipe):
         "$.training.precision", "$.training.attention", "$.quantization.compute_dtype"]
 
 
-def test_fp16_without_gpu_is_a_problem(make_recipe):
-    with pytest.raises(InvalidRecipe, match="needs a CUDA GPU"):
-        setup_for(load.load_recipe(make_recipe({"training": {"precision": "fp16"}})), None)
+def test_fp16_without_gpu_runs_as_fp32_with_a_note(make_recipe):
+    setup, notes = setup_for(load.load_recipe(make_recipe({"training": {"precision": "fp16"}})), None)
+    assert setup.compute_bytes == 4 and notes == ["no GPU: precision fp16 runs as fp32 on the CPU"]
 
 
 def test_unknown_capability_checks_nothing_and_says_so(make_recipe):

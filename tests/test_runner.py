@@ -17,7 +17,9 @@ from recipecli.errors import DataError, DoesNotFit, UsageError
 from recipecli.estimate import UnknownTargets
 from recipecli.hardware import card, gpu_from_vram
 from recipecli.load import load_recipe
-from recipecli.runner import lora_targets, run, settings
+from recipecli.model import load_model, lora_targets
+from recipecli.resolve import choose
+from recipecli.runner import run
 
 from .conftest import RECIPES
 
@@ -62,8 +64,9 @@ def _metrics(run_dir):
 
 
 @pytest.mark.parametrize("model, method, advice", [
-    ("meta-llama/Llama-2-13b-hf", "qlora", "no change found that fits"),
-    ("meta-llama/Llama-2-7b-hf", "lora", "suggested change: method lora -> qlora"),
+    ("meta-llama/Llama-2-13b-hf", "qlora", "No combination of the memory knobs makes it fit"),
+    ("meta-llama/Llama-2-7b-hf", "lora",
+     "  - method lora -> qlora (4-bit NF4 base, double quant)\n  patch:\n    method: qlora"),
 ])
 def test_a_recipe_that_does_not_fit_is_refused_with_breakdown_and_fix(make_recipe, tmp_path, model, method, advice):
     recipe = load_recipe(make_recipe({"model": {"id": model}, "method": method,
@@ -71,7 +74,7 @@ def test_a_recipe_that_does_not_fit_is_refused_with_breakdown_and_fix(make_recip
     with pytest.raises(DoesNotFit) as refused:
         run(recipe, gpus=(card("rtx2080"),))
     message = str(refused.value)
-    assert "RTX 2080 has 8.0 GiB" in message and "weights" in message
+    assert "RTX 2080 has 8.00 GiB" in message and "weights" in message
     assert advice in message and "--force" in message
     assert not (tmp_path / "run").exists()
 
@@ -103,19 +106,22 @@ def test_trust_remote_code_is_announced_before_anything_runs(tiny, tmp_path, cap
 
 
 def test_half_precision_runs_as_fp32_on_the_cpu_with_a_note(tiny):
-    recipe, choices = settings(tiny(**{"training.precision": "fp16", "quantization.compute_dtype": "float16"}), None)
+    import torch
+
+    recipe = tiny(**{"training.precision": "fp16", "quantization.compute_dtype": "float16"})
+    choices = choose(recipe, None)
     assert (choices.precision, choices.compute_dtype) == ("fp32", "float32")
-    assert recipe.training.precision == "fp32"
-    assert any("training.precision fp16" in n and "quantization.compute_dtype float16" in n for n in choices.notes)
+    assert choices.notes == ("no GPU: precision fp16 runs as fp32 on the CPU",
+                             "no GPU: quantization.compute_dtype float16 runs as float32 on the CPU")
+    model = load_model(recipe, choices, cuda=False)
+    assert model.model.layers[0].self_attn.q_proj.compute_dtype == torch.float32
 
 
 def test_lora_targets_follow_the_architecture(tiny):
     from peft import LoraConfig, get_peft_model
 
-    from recipecli.runner import load_model
-
-    recipe, choices = settings(tiny(), None)
-    model = load_model(recipe, choices, cuda=False)
+    recipe = tiny()
+    model = load_model(recipe, choose(recipe, None), cuda=False)
     attention = lora_targets("attention", model)
     assert attention == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
     assert lora_targets(("q_proj", "v_proj"), model) == ["q_proj", "v_proj"]
@@ -130,10 +136,8 @@ TINY_MODEL_LAYERS = json.loads((TINY_MODEL / "config.json").read_text())["num_hi
 
 @pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
 def test_qlora_loads_real_bitsandbytes_layers_on_the_cpu(tiny, bits, layer):
-    from recipecli.runner import load_model
-
-    recipe, choices = settings(tiny(**{"quantization.bits": bits}), None)
-    model = load_model(recipe, choices, cuda=False)
+    recipe = tiny(**{"quantization.bits": bits})
+    model = load_model(recipe, choose(recipe, None), cuda=False)
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer
 
 
