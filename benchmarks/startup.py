@@ -46,7 +46,7 @@ def main() -> None:
             times[name].append(wall(cmd))
     base = statistics.median(times["baseline"])
     print(f"{date.today()} on {platform.machine()} {platform.python_version()}, {args.repeats} runs each, medians:")
-    print(f"| command | median | ratio to `import yaml, jsonschema, click` |")
+    print("| command | median | ratio to `import yaml, jsonschema, click` |")
     print("|---|---|---|")
     print(f"| bare imports (baseline) | {base * 1000:.0f} ms | 1.00 |")
     for name in COMMANDS:

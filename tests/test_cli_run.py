@@ -32,7 +32,7 @@ def test_demo_run_then_generate_and_merge(tmp_path):
                   "--set", "training.logging_steps=2")
     assert proc.returncode == ExitCode.OK, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert f"done: 6 steps, final loss" in proc.stdout
+    assert "done: 6 steps, final loss" in proc.stdout
     assert {"recipe.yaml", "run.yaml", "metrics.jsonl", "loss.png", "adapter"} <= {p.name for p in out.iterdir()}
     # the override is part of the recipe recorded in the run folder
     assert "max_steps: 6" in (out / "recipe.yaml").read_text()
