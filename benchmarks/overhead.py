@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from fresh import ROOT, measure_in_child, report  # benchmarks/ is on sys.path when run as a script
+
 MODEL = ROOT / "recipes" / "models" / "tiny-llama"
 DATA = ROOT / "recipes" / "data" / "tiny-alpaca.jsonl"
 
@@ -107,17 +106,12 @@ def child(arm: str, steps: int) -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = (arm_runner if arm == "runner" else arm_plain)(steps, Path(tmp) / "run")
-    print("RESULT " + json.dumps({**result, "wall_s": time.perf_counter() - start}))
+    report({**result, "wall_s": time.perf_counter() - start})
 
 
 def measure(arm: str, steps: int) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", arm, "--steps", str(steps)], capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
-    if proc.returncode != 0:
-        sys.exit(f"{arm} failed:\n{proc.stderr[-3000:]}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return {**json.loads(line[len("RESULT "):]), "process_s": time.perf_counter() - start}
+    return {**measure_in_child(__file__, arm, steps), "process_s": time.perf_counter() - start}
 
 
 def main() -> None:

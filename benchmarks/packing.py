@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from fresh import ROOT, measure_in_child, report  # benchmarks/ is on sys.path when run as a script
+
 MODEL = ROOT / "recipes" / "models" / "tiny-llama"
 WORDS = ("red", "green", "blue", "gold", "lime", "owl", "cat", "sky", "sea", "tree")
 
@@ -62,17 +60,11 @@ def child(packing: bool, steps: int) -> None:
         log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     tokens = max(r["num_tokens"] for r in log if "num_tokens" in r)
     runtime = next(r["train_runtime"] for r in log if "train_runtime" in r)
-    print("RESULT " + json.dumps({"tokens": tokens, "train_runtime": runtime, "tokens_per_s": tokens / runtime}))
+    report({"tokens": tokens, "train_runtime": runtime, "tokens_per_s": tokens / runtime})
 
 
 def measure(packing: bool, steps: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", "on" if packing else "off", "--steps", str(steps)],
-                          capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
-    if proc.returncode != 0:
-        sys.exit(f"packing={packing} failed:\n{proc.stderr[-3000:]}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return measure_in_child(__file__, "on" if packing else "off", steps)
 
 
 def main() -> None:
