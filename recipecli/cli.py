@@ -148,12 +148,12 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
 
     from .errors import UsageError
     from .paths import shipped_recipes
-    from .report import check_files, failure_text, fit_json, fitted_yaml, format_fit_check, target_gpu
+    from .report import check_files, failure_text, fit_json, fitted_yaml, format_fit_check, gib, target_gpu
 
     if write_to is not None and len(files) != 1:
         raise UsageError("--write needs exactly one recipe file")
-    if write_to is not None and Path(write_to).resolve() == Path(files[0]).resolve():
-        raise UsageError(f"--write {write_to} would overwrite the recipe itself; choose a new file")
+    if write_to is not None and Path(write_to).exists():
+        raise UsageError(f"--write {write_to}: will not overwrite an existing file; choose a new name")
     gpu = target_gpu(vram, gpu_name)
     parallelism = parallelism or ("ddp" if num_gpus > 1 else "none")
     rows, failures = check_files(files or shipped_recipes(), gpu, num_gpus, parallelism, skip_abstract=not files)
@@ -171,8 +171,7 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
                                                            else "no change found that fits"), err=True)
         else:
             Path(write_to).write_text(fitted_yaml(row, Path(write_to)), encoding="utf-8")
-            click.echo(f"wrote {write_to} (fits: {row.suggestion.verdict.estimate.total_bytes / 2**30:.2f} GiB)",
-                       err=True)
+            click.echo(f"wrote {write_to} (fits: {gib(row.suggestion.verdict.estimate.total_bytes)})", err=True)
     if failures:
         sys.exit(failures[0].error.exit_code)
     sys.exit(ExitCode.OK if all(r.verdict.fits for r in rows) else ExitCode.DOES_NOT_FIT)

@@ -105,6 +105,10 @@ def test_write_refuses_to_overwrite_the_recipe_and_needs_one_file(make_recipe):
     result = invoke("fit-check", path, "--gpu", "rtx2080", "--write", path)
     assert result.exit_code == ExitCode.USAGE and "overwrite" in result.output
     assert invoke("fit-check", path, path, "--gpu", "rtx2080", "--write", "x.yaml").exit_code == ExitCode.USAGE
+    teammate = path.with_name("teammate.yaml")
+    teammate.write_text("keep me\n")
+    assert invoke("fit-check", path, "--gpu", "rtx2080", "--write", teammate).exit_code == ExitCode.USAGE
+    assert teammate.read_text() == "keep me\n"
 
 
 def test_nothing_fits_says_so(make_recipe):
