@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import data, hardware, runfolder
-from .errors import UsageError
+from .errors import InvalidRecipe, UsageError
 from .hardware import Gpu
 from .load import load_recipe
-from .model import load_model, training_gpu
+from .model import load_model, load_tokenizer, say, training_gpu
 from .recipe import Recipe
-from .resolve import choose
+from .resolve import Choices, choose
 
 
 def _run_recipe(run_dir: Path) -> Recipe:
@@ -36,12 +36,32 @@ def _run_recipe(run_dir: Path) -> Recipe:
     return recipe
 
 
+def _choices_here(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
+    """The run's precision and attention where this machine has them, else fp32 with sdpa.
+
+    A run trained in bf16 or with FlashAttention 2 on a new card can still be merged or asked on
+    an older card or the CPU: those settings only made training fast, and fp32 with sdpa
+    computes the same model everywhere.
+    """
+    try:
+        return choose(recipe, gpu)
+    except InvalidRecipe as e:
+        unsupported = "; ".join(p.message for p in e.problems)
+        say(f"note: {unsupported}: loading in fp32 with sdpa attention instead")
+        return Choices("fp32", "sdpa", "float32" if recipe.quantization is not None else None, ())
+
+
+def _saved_tokenizer(recipe: Recipe, folder: Path):
+    """The tokenizer saved beside the trained weights, loaded as the recipe loads the base one."""
+    return load_tokenizer(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, local_path=folder)))
+
+
 def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
     """Merge the LoRA adapter into the base model and save it, with the tokenizer, to run_dir/merged.
 
     The base is loaded unquantized (a qlora base too: 4-bit weights cannot absorb an adapter) in
-    the run's precision (16-bit where the GPU has it, 32-bit on the CPU), and merged on the CPU,
-    which holds a model that the GPU could only hold quantized.
+    the run's precision (16-bit where the GPU has it, 32-bit on the CPU or where the GPU lacks the
+    run's bf16), and merged on the CPU, which holds a model that the GPU could only hold quantized.
 
     Args:
         run_dir: a finished run folder.
@@ -57,17 +77,16 @@ def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
     if recipe.lora is None:
         raise UsageError(f"{run_dir} is a full fine-tune: {run_dir / runfolder.FULL_MODEL} already is the whole model")
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     gpus = hardware.detect() if gpus is None else tuple(gpus)
-    choices = choose(recipe, gpus[0] if gpus else None)
+    choices = _choices_here(recipe, gpus[0] if gpus else None)
     base = load_model(recipe, choices, cuda=False, quantize=False, train=False)
     merged = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER)).merge_and_unload()
     # Written beside and renamed into place: an interrupted merge leaves no half model behind.
     target, partial = run_dir / runfolder.MERGED, run_dir / f"{runfolder.MERGED}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(str(partial))
-    AutoTokenizer.from_pretrained(str(run_dir / runfolder.ADAPTER)).save_pretrained(str(partial))
+    _saved_tokenizer(recipe, run_dir / runfolder.ADAPTER).save_pretrained(str(partial))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
@@ -99,26 +118,30 @@ def generate(run_dir: Path, prompt: str, max_new_tokens: int = 128, *, input: st
     alpaca = data.layout(recipe) != "messages" and recipe.data.datasets[0].format == "alpaca"
     if input and not alpaca:
         raise UsageError("an input is part of alpaca prompts only; put the whole question in the prompt")
-    from transformers import AutoTokenizer
 
     gpus = hardware.detect() if gpus is None else tuple(gpus)
     gpu = training_gpu(gpus)
-    choices = choose(recipe, gpu)
+    choices = _choices_here(recipe, gpu)
     if recipe.lora is None:
         trained = dataclasses.replace(recipe.model, local_path=run_dir / runfolder.FULL_MODEL)
         model = load_model(dataclasses.replace(recipe, model=trained), choices, cuda=gpu is not None, train=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / runfolder.FULL_MODEL))
+        tokenizer = _saved_tokenizer(recipe, run_dir / runfolder.FULL_MODEL)
     else:
         from peft import PeftModel
 
         base = load_model(recipe, choices, cuda=gpu is not None, train=False)
         model = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER))
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / runfolder.ADAPTER))
+        tokenizer = _saved_tokenizer(recipe, run_dir / runfolder.ADAPTER)
     model.eval()
     inputs = _prompt_inputs(recipe, tokenizer, prompt, input).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                            pad_token_id=_pad_token_id(tokenizer))
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _pad_token_id(tokenizer) -> int:
+    """The tokenizer's padding id, its end-of-sequence id when it has none (0 is a valid id)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _prompt_inputs(recipe: Recipe, tokenizer, prompt: str, input: str = ""):

@@ -1,19 +1,19 @@
 """Model shapes: enough of a config.json to count parameters and activations exactly.
 
 A ``Shape`` comes from, in order: the recipe's ``model.architecture`` block, a local folder's
-config.json, the catalog below (public config.json values, kept here as data so that fit-check
+config.json, the catalog (catalog.py: public config.json values, kept as data so that fit-check
 works offline), the Hugging Face cache, and last a config-only download. Plain Python: nothing
 here imports torch or transformers.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
-from .errors import ExitCode, RecipeError
+from .catalog import CONFIGS, cached_config, download_config, hub_cache, offline
+from .errors import UnknownModel, UnknownTargets
 
 # Where each layout keeps its linear layers, as paths inside one decoder layer (the suffixes peft
 # matches target_modules against), with the role that fixes each one's shape.
@@ -33,6 +33,8 @@ LAYOUTS = {
                  ("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
 }
 LAYOUTS["bloom"] = LAYOUTS["falcon"]
+# The output head's name, where a layout does not call it lm_head.
+HEADS = {"gpt_neox": "embed_out"}
 ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
 GATED_ROLES = frozenset({"gate", "gate_up"})
 
@@ -93,6 +95,21 @@ class Shape:
         """(in_features, out_features) of each linear layer of one decoder layer, by its path."""
         return {path: self._features(role) for path, role in LAYOUTS[self.layout]}
 
+    @property
+    def head(self) -> str:
+        """Name of the output head in the model (beside the decoder layers)."""
+        return HEADS.get(self.layout, "lm_head")
+
+    def match_targets(self, wanted: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """The linear layers of one decoder layer that LoRA adapts for target_modules names.
+
+        Raises:
+            UnknownTargets: see :func:`match_modules`.
+        """
+        modules = self.linear_modules()
+        matched = match_modules(wanted, [*modules, self.head], self.head, self.model_type)
+        return {path: modules[path] for path in matched}
+
     def attention_modules(self) -> tuple[str, ...]:
         """Paths of the query/key/value/output projections (LoRA's ``attention`` target)."""
         return tuple(path for path, role in LAYOUTS[self.layout] if role in ATTENTION_ROLES)
@@ -120,91 +137,45 @@ class Shape:
         return self.breakdown().total
 
 
-class UnknownModel(RecipeError):
-    """No shape could be found for a model without downloading it."""
+def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[str],
+                  model_type: str) -> list[str]:
+    """The linear layers LoRA adapts for target_modules names, every name checked.
 
-    exit_code = ExitCode.INVALID
+    peft adapts each layer whose name is a wanted name or ends with "." + it, and silently skips
+    a wanted name that matches nothing as long as another one matches: here every name must
+    match. TRL's SFTTrainer refuses an adapter on the output head (it computes the loss from the
+    head's weight directly), so naming the head is refused too. The estimate (the paths of a
+    Shape's layer) and the run (the loaded model's module names) both ask this.
 
+    Args:
+        wanted: module names or paths, such as ("q_proj", "mlp.down_proj").
+        linear: names of the linear layers, the head included.
+        head: the head's name among them; None when the model has none.
+        model_type: for the message.
 
-def _llama(h, i, layers, heads, kv, vocab, tied=False, head_dim=None, model_type="llama", **kw):
-    return Shape(model_type, h, i, layers, heads, kv, head_dim or h // heads, vocab, tied, **kw)
+    Returns:
+        The names in ``linear`` that get adapters.
 
+    Raises:
+        UnknownTargets: names that match no linear layer, or the head; the message lists every
+            one of them and the layers there are.
+    """
+    linear = list(linear)
+    hits = {name: [n for n in linear if n == name or n.endswith("." + name)] for name in wanted}
+    missing = [name for name, found in hits.items() if not found]
+    on_head = [name for name, found in hits.items() if head in found]
+    problems = []
+    if missing:
+        layers = sorted({".".join(n.split(".")[-2:]) for n in linear if n != head})
+        problems.append(f"{', '.join(missing)} match no linear layer of this {model_type} model; "
+                        f"its layers are {', '.join(layers)}")
+    if on_head:
+        problems.append(f"{', '.join(on_head)} is the output head: TRL's SFTTrainer computes the loss "
+                        f"from {head}.weight directly, so it refuses an adapter there; remove it")
+    if problems:
+        raise UnknownTargets("lora.target_modules: " + "; ".join(problems))
+    return [n for n in linear if any(n in found for found in hits.values())]
 
-def _qwen2(h, i, layers, heads, kv, vocab, tied):
-    return _llama(h, i, layers, heads, kv, vocab, tied, model_type="qwen2", qkv_bias=True)
-
-
-def _gemma(h, i, layers, heads, kv, model_type="gemma", norms=2):
-    return _llama(h, i, layers, heads, kv, 256000, True, 256, model_type, norms_per_layer=norms)
-
-
-def _qwen1(h, i, layers, heads, vocab):  # i is one branch: config.json says 2 * i
-    return _llama(h, i, layers, heads, heads, vocab, model_type="qwen", layout="qwen",
-                  qkv_bias=True)
-
-
-def _plain(model_type, layout, h, i, layers, heads, kv, vocab, tied, norms, biases, **kw):
-    return Shape(model_type, h, i, layers, heads, kv, h // heads, vocab, tied, layout,
-                 qkv_bias=biases, o_bias=biases, mlp_bias=biases, norm="layer",
-                 norms_per_layer=norms, **kw)
-
-
-# Public config.json values. Each key is a family of hub ids sharing one shape ("|" separates them).
-_CATALOG = {
-    "TinyLlama/TinyLlama-1.1B-Chat-v1.0|TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T":
-        _llama(2048, 5632, 22, 32, 4, 32000),
-    # LLaMA-1 7B/13B (decapoda-research, huggyllama) share Llama-2's shapes.
-    "meta-llama/Llama-2-7b-hf|meta-llama/Llama-2-7b-chat-hf|decapoda-research/llama-7b-hf"
-    "|huggyllama/llama-7b": _llama(4096, 11008, 32, 32, 32, 32000),
-    "meta-llama/Llama-2-13b-hf|meta-llama/Llama-2-13b-chat-hf|decapoda-research/llama-13b-hf"
-    "|huggyllama/llama-13b": _llama(5120, 13824, 40, 40, 40, 32000),
-    "decapoda-research/llama-30b-hf|huggyllama/llama-30b": _llama(6656, 17920, 60, 52, 52, 32000),
-    "decapoda-research/llama-65b-hf|huggyllama/llama-65b": _llama(8192, 22016, 80, 64, 64, 32000),
-    "meta-llama/Llama-2-70b-hf|meta-llama/Llama-2-70b-chat-hf":
-        _llama(8192, 28672, 80, 64, 8, 32000),
-    "meta-llama/Meta-Llama-3-8B|meta-llama/Meta-Llama-3-8B-Instruct|meta-llama/Llama-3.1-8B"
-    "|meta-llama/Llama-3.1-8B-Instruct|meta-llama/Meta-Llama-3.1-8B"
-    "|meta-llama/Meta-Llama-3.1-8B-Instruct": _llama(4096, 14336, 32, 32, 8, 128256),
-    "meta-llama/Meta-Llama-3-70B|meta-llama/Meta-Llama-3-70B-Instruct|meta-llama/Llama-3.1-70B"
-    "|meta-llama/Llama-3.1-70B-Instruct": _llama(8192, 28672, 80, 64, 8, 128256),
-    "meta-llama/Llama-3.2-1B|meta-llama/Llama-3.2-1B-Instruct":
-        _llama(2048, 8192, 16, 32, 8, 128256, True),
-    "meta-llama/Llama-3.2-3B|meta-llama/Llama-3.2-3B-Instruct":
-        _llama(3072, 8192, 28, 24, 8, 128256, True),
-    "codellama/CodeLlama-34b-hf|codellama/CodeLlama-34b-Instruct-hf|codellama/CodeLlama-34b-Python-hf":
-        _llama(8192, 22016, 48, 64, 8, 32000),
-    "mistralai/Mistral-7B-v0.1|mistralai/Mistral-7B-Instruct-v0.1|mistralai/Mistral-7B-Instruct-v0.2":
-        _llama(4096, 14336, 32, 32, 8, 32000, model_type="mistral"),
-    "mistralai/Mistral-7B-v0.3|mistralai/Mistral-7B-Instruct-v0.3":
-        _llama(4096, 14336, 32, 32, 8, 32768, model_type="mistral"),
-    "google/gemma-2b|google/gemma-2b-it|google/gemma-1.1-2b-it": _gemma(2048, 16384, 18, 8, 1),
-    "google/gemma-7b|google/gemma-7b-it|google/gemma-1.1-7b-it": _gemma(3072, 24576, 28, 16, 16),
-    "google/gemma-2-9b|google/gemma-2-9b-it": _gemma(3584, 14336, 42, 16, 8, "gemma2", norms=4),
-    "Qwen/Qwen2.5-0.5B|Qwen/Qwen2.5-0.5B-Instruct": _qwen2(896, 4864, 24, 14, 2, 151936, True),
-    "Qwen/Qwen2.5-1.5B|Qwen/Qwen2.5-1.5B-Instruct": _qwen2(1536, 8960, 28, 12, 2, 151936, True),
-    "Qwen/Qwen2.5-3B|Qwen/Qwen2.5-3B-Instruct": _qwen2(2048, 11008, 36, 16, 2, 151936, True),
-    "Qwen/Qwen2.5-7B|Qwen/Qwen2.5-7B-Instruct": _qwen2(3584, 18944, 28, 28, 4, 152064, False),
-    "Qwen/Qwen2.5-14B|Qwen/Qwen2.5-14B-Instruct": _qwen2(5120, 13824, 48, 40, 8, 152064, False),
-    "Qwen/Qwen-1_8B|Qwen/Qwen-1_8B-Chat|Qwen/Qwen-1_8B-Chat-Int4": _qwen1(2048, 5504, 24, 16, 151936),
-    "Qwen/Qwen-7B|Qwen/Qwen-7B-Chat|Qwen/Qwen-7B-Chat-Int4": _qwen1(4096, 11008, 32, 32, 151936),
-    "Qwen/Qwen-14B|Qwen/Qwen-14B-Chat|Qwen/Qwen-14B-Chat-Int4": _qwen1(5120, 13696, 40, 40, 152064),
-    "microsoft/phi-2": _plain("phi", "phi", 2560, 10240, 32, 32, 32, 51200, False, 1, True,
-                              lm_head_bias=True),
-    "microsoft/phi-1_5": _plain("phi", "phi", 2048, 8192, 24, 32, 32, 51200, False, 1, True,
-                                lm_head_bias=True),
-    "microsoft/Phi-3-mini-4k-instruct": _llama(3072, 8192, 32, 32, 32, 32064, model_type="phi3",
-                                               layout="phi3"),
-    "tiiuae/falcon-7b|tiiuae/falcon-7b-instruct":
-        _plain("falcon", "falcon", 4544, 18176, 32, 71, 1, 65024, True, 1, False),
-    "stabilityai/stablelm-base-alpha-3b|stabilityai/stablelm-tuned-alpha-3b":
-        _plain("gpt_neox", "gpt_neox", 4096, 16384, 16, 32, 32, 50688, False, 2, True),
-    "bigscience/bloomz-7b1|bigscience/bloom-7b1":
-        _plain("bloom", "bloom", 4096, 16384, 30, 32, 32, 250880, True, 2, True,
-               embedding_norm=True),
-}
-CATALOG: dict[str, Shape] = {name: shape for names, shape in _CATALOG.items()
-                             for name in names.split("|")}
-_BY_LOWER = {name.lower(): shape for name, shape in CATALOG.items()}
 
 # Config classes whose tie_word_embeddings defaults to True when config.json leaves it out.
 _TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "falcon", "bloom"})
@@ -279,49 +250,17 @@ def shape_from_config(config: dict) -> Shape:
                  norms_per_layer=4 if model_type == "gemma2" else 2)
 
 
+CATALOG: dict[str, Shape] = {name: shape for names, shape in
+                             ((names, shape_from_config(config)) for names, config in CONFIGS.items())
+                             for name in names.split("|")}
+_BY_LOWER = {name.lower(): shape for name, shape in CATALOG.items()}
+
+
 def _read_config(path: Path) -> Shape:
     try:
         return shape_from_config(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as err:
         raise UnknownModel(f"{path} is not valid JSON: {err}") from err
-
-
-def _hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"
-
-
-def cached_config(model_id: str, revision: str = "main") -> Optional[Path]:
-    """config.json of a hub model in the local Hugging Face cache, or None.
-
-    The snapshot the revision's ref points at wins; otherwise the newest snapshot that has one.
-    """
-    repo = _hub_cache() / ("models--" + model_id.replace("/", "--"))
-    ref = repo / "refs" / revision
-    if ref.is_file():
-        pinned = repo / "snapshots" / ref.read_text(encoding="utf-8").strip() / "config.json"
-        if pinned.is_file():
-            return pinned
-    found = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _download_config(model_id: str, revision: str) -> Optional[Path]:
-    from huggingface_hub import hf_hub_download  # only here: the only network path
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(model_id, "config.json", revision=revision))
-    # No network, no such repo or file, a gated repo, an id the hub rejects: all mean "not found".
-    except (OSError, EntryNotFoundError, ValueError):
-        return None
 
 
 def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=None,
@@ -351,11 +290,11 @@ def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=No
     if model_id.lower() in _BY_LOWER:
         return _BY_LOWER[model_id.lower()]
     config = cached_config(model_id, revision)
-    if config is None and not _offline():
-        config = _download_config(model_id, revision)
+    if config is None and not offline():
+        config = download_config(model_id, revision)
     if config is None:
-        where = "offline (HF_HUB_OFFLINE is set)" if _offline() else "on the hub or offline"
+        where = "offline (HF_HUB_OFFLINE is set)" if offline() else "on the hub or offline"
         raise UnknownModel(f"cannot find the architecture of {model_id!r} {where}: it is not in "
-                           f"recipe's catalog nor in the Hugging Face cache at {_hub_cache()}.\n"
+                           f"recipe's catalog nor in the Hugging Face cache at {hub_cache()}.\n"
                            f"{_FIXES}")
     return _read_config(config)

@@ -225,12 +225,14 @@ def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, res
     Example: recipe run recipes/tiny-demo.yaml --set training.max_steps=20
     """
     from .load import load_recipe
+    from .runfolder import RECIPE
     from .runner import run as train
 
     result = train(load_recipe(file, overrides), force=force, overwrite=overwrite, resume=resume)
     if result.interrupted:
+        # The run folder's recipe.yaml holds the --set overrides too: resuming with it changes nothing.
         click.echo(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}. "
-                   f"Continue with: recipe run {file} --resume", err=True)
+                   f"Continue with: recipe run {result.run_dir / RECIPE} --resume", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     click.echo(f"done: {result.steps} steps{loss}; run folder {result.run_dir}")

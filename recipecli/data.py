@@ -114,12 +114,8 @@ def load_examples(recipe: Recipe, tokenizer=None):
     from datasets import Dataset as HFDataset
 
     columns = layout(recipe)
-    if columns == "messages" and tokenizer is not None and not tokenizer.chat_template:
-        conversational = next(d.path for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
-        raise DataError(
-            f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no chat template. "
-            "Hint: use a chat/instruct variant of the model, or data in format alpaca or prompt_completion."
-        )
+    if columns == "messages" and tokenizer is not None:
+        _check_chat_template(recipe, tokenizer)
     examples = []
     for spec in recipe.data.datasets:
         where = _where(spec)
@@ -141,6 +137,34 @@ def load_examples(recipe: Recipe, tokenizer=None):
             "Hint: lower val_fraction or add data."
         )
     return HFDataset.from_list(examples[n_eval:]), HFDataset.from_list(examples[:n_eval])
+
+
+def _check_chat_template(recipe: Recipe, tokenizer) -> None:
+    """Refuse a chat template that TRL cannot train conversational data with.
+
+    Answer-only loss on conversations needs ``{% generation %}`` markers in the template; TRL
+    patches a known list of templates and raises in SFTTrainer's constructor for any other one.
+    The same check, with TRL's own helpers, here: before the model loads, naming the knob.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    conversational = next(d.path for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
+    if not tokenizer.chat_template:
+        raise DataError(
+            f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no chat template. "
+            "Hint: use a chat/instruct variant of the model, or data in format alpaca or prompt_completion."
+        )
+    if not sft_flags(recipe)["assistant_only_loss"] or has_generation_markers(tokenizer.chat_template):
+        return
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError as e:  # TRL has no training version of this template
+        raise DataError(
+            f"{conversational} is conversational and data.completion_only_loss is true, but the chat template "
+            f"of {recipe.model.id} does not mark assistant turns ({{% generation %}}) and TRL cannot patch it. "
+            "Hint: set data.completion_only_loss: false, or use a tokenizer whose chat template marks "
+            "assistant turns."
+        ) from e
 
 
 def fingerprint(spec: Dataset) -> str:
@@ -196,7 +220,9 @@ def _records(spec: Dataset) -> Iterator[tuple[int, object]]:
 
             yield from enumerate(pyarrow.parquet.read_table(path).to_pylist(), 1)
             return
-        with open(path, encoding="utf-8", newline="") as f:
+        # utf-8-sig: files saved by Excel and Windows Notepad start with a byte order mark, which
+        # would otherwise become part of the first CSV header or break the first JSON line.
+        with open(path, encoding="utf-8-sig", newline="") as f:
             if path.suffix == ".jsonl":
                 yield from _jsonl_rows(f, _display(spec))
             elif path.suffix == ".csv":
@@ -238,14 +264,17 @@ def _json_rows(f, name: str) -> list:
 def _hub_rows(spec: Dataset):
     import datasets
 
+    # A split slice ("train[:100]") keeps only the first max_samples rows; datasets still downloads
+    # and prepares the whole split (into its cache), so a large set costs its full download once.
+    split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
     try:
-        loaded = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split)
+        loaded = datasets.load_dataset(spec.path, name=spec.subset, split=split)
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError is an OSError
         raise DataError(
             f"{spec.path}: could not download hub dataset (subset {spec.subset}, split {spec.split}): {e}. "
             "Hint: check the id and your connection, or save it as a local .jsonl/.parquet file and use that path."
         ) from e
-    return loaded  # iterated row by row: max_samples stops early on a large set
+    return loaded
 
 
 def _convert(format: Format, record: object, where: str) -> dict:

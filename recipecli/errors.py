@@ -87,3 +87,15 @@ class UsageError(RecipeError):
     """The command line asks for something impossible (unknown GPU name...)."""
 
     exit_code = ExitCode.USAGE
+
+
+class UnknownModel(RecipeError):
+    """No shape could be found for a model without downloading it."""
+
+    exit_code = ExitCode.INVALID
+
+
+class UnknownTargets(RecipeError):
+    """LoRA target_modules that name no linear layer of the model, or one LoRA cannot adapt."""
+
+    exit_code = ExitCode.INVALID

@@ -12,20 +12,25 @@ models to bf16 and computing the loss in tiles (``add_fused_lm_head``), and tran
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from .architectures import Shape
-from .errors import ExitCode, RecipeError
+from .hardware import GIB, gib
+from .recipe import Attention, Bits, Method, Optimizer, QuantType
 
-GIB = 1 << 30
 # CUDA context, cuBLAS/cuDNN workspaces and the bitsandbytes kernels: what nvidia-smi shows
 # before the first tensor is allocated.
-CUDA_CONTEXT_BYTES = 512 << 20
+CUDA_CONTEXT_BYTES = GIB // 2
 # What the caching allocator holds beyond the live tensors (block rounding, fragmentation).
 ALLOCATOR_SLACK = 0.05
 # TRL's fused LM head: tokens x vocabulary tile of logits computed at once (trl.kernels).
 LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor",
-              "sgd")
+# What training.attention "auto" resolves among.
+ATTENTION_KERNELS = tuple(a for a in get_args(Attention) if a != "auto")
+# How the work is spread over GPUs (the CLI's --parallelism); how the loss is computed
+# (benchmarks/calibration.py describes stacks other than `recipe run`'s).
+Parallelism = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
+Loss = Literal["chunked", "fp32_logits"]
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,9 @@ class Setup:
     ``recipe run`` does, other values let benchmarks/calibration.py describe published runs.
     """
 
-    method: str  # "qlora" | "lora" | "full"
+    method: Method
     weight_bits: int  # storage of base weights: 4, 8, 16 or 32
-    quant_type: str | None  # "nf4" | "fp4" when weight_bits == 4, else None
+    quant_type: QuantType | None  # when weight_bits == 4
     double_quant: bool
     compute_bytes: int  # 2 for fp16/bf16 compute, 4 for fp32
     lora_r: int | None
@@ -46,13 +51,13 @@ class Setup:
     micro_batch_size: int
     seq_len: int
     gradient_checkpointing: bool
-    optimizer: str  # one of OPTIMIZERS
-    attention: str  # "eager" | "sdpa" | "flash_attention_2"
+    optimizer: Optimizer
+    attention: str  # one of ATTENTION_KERNELS
+    gradient_accumulation_steps: int  # > 1 keeps gradients alive through the next forward
+    lora_dropout: float  # > 0 saves a mask and a copy of each adapter's input
     num_gpus: int = 1
-    parallelism: str = "none"  # none | ddp | fsdp | zero2 | zero3
-    gradient_accumulation_steps: int = 1  # > 1 keeps gradients alive through the next forward
-    lora_dropout: float = 0.05  # > 0 saves a mask and a copy of each adapter's input
-    loss: str = "chunked"  # chunked (TRL's fused head) | fp32_logits (the model's own loss)
+    parallelism: Parallelism = "none"
+    loss: Loss = "chunked"  # chunked (TRL's fused head) | fp32_logits (the model's own loss)
     autocast: bool = True  # the Trainer runs the forward under torch.autocast
     kbit_upcast: bool = True  # prepare_model_for_kbit_training upcasts 16-bit weights to fp32
 
@@ -86,16 +91,6 @@ class Estimate:
         return round(self.allocated_bytes * (1 + ALLOCATOR_SLACK))
 
 
-class UnknownTargets(RecipeError):
-    """LoRA target_modules that name no linear layer of the model."""
-
-    exit_code = ExitCode.INVALID
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
-
-
 def lora_modules(shape: Shape, targets: str | tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """The linear layers of one decoder layer that get adapters, matched as peft matches them.
 
@@ -108,19 +103,12 @@ def lora_modules(shape: Shape, targets: str | tuple[str, ...]) -> dict[str, tupl
         (in_features, out_features) by path inside the layer.
 
     Raises:
-        UnknownTargets: no linear layer matches.
+        UnknownTargets: a name matches no linear layer, or reaches the output head
+            (architectures.match_modules, the rule `recipe run` applies too).
     """
-    modules = shape.linear_modules()
     if targets == "all-linear":
-        return modules
-    names = shape.attention_modules() if targets == "attention" else tuple(targets)
-    chosen = {path: f for path, f in modules.items()
-              if any(path == n or path.endswith("." + n) for n in names)}
-    if not chosen:
-        raise UnknownTargets(f"lora.target_modules {list(names)} match no linear layer of this "
-                             f"{shape.model_type} model; its layers are "
-                             f"{sorted({p.rsplit('.', 1)[-1] for p in modules})}")
-    return chosen
+        return shape.linear_modules()
+    return shape.match_targets(shape.attention_modules() if targets == "attention" else targets)
 
 
 @dataclass(frozen=True)
@@ -154,11 +142,10 @@ def _dtypes(s: Setup) -> _Dtypes:
 
 def _check(s: Setup) -> None:
     # The recipe was validated already; a bad Setup is a bug in the caller, so it crashes.
-    allowed = {"method": ("qlora", "lora", "full"), "optimizer": OPTIMIZERS,
-               "attention": ("eager", "sdpa", "flash_attention_2"),
-               "parallelism": ("none", "ddp", "fsdp", "zero2", "zero3"),
-               "loss": ("chunked", "fp32_logits"), "compute_bytes": (2, 4),
-               "weight_bits": (4, 8) if s.method == "qlora" else (16, 32)}
+    allowed = {"method": get_args(Method), "optimizer": get_args(Optimizer),
+               "attention": ATTENTION_KERNELS, "parallelism": get_args(Parallelism),
+               "loss": get_args(Loss), "compute_bytes": (2, 4),
+               "weight_bits": get_args(Bits) if s.method == "qlora" else (16, 32)}
     for field, values in allowed.items():
         if getattr(s, field) not in values:
             raise ValueError(f"Setup.{field}={getattr(s, field)!r}; expected one of {values}")
@@ -257,8 +244,8 @@ def _loss_bytes(shape: Shape, s: Setup, dt: _Dtypes, tokens: int) -> tuple[float
     hidden = tokens * h * (dt.residual + 4)
     head_grad = 4 * v * h if s.method == "full" else 0  # accumulated in fp32, then cast
     return (tile + cast + hidden + head_grad,
-            f"chunked loss: {_gib(tile)} logits tile + {_gib(cast)} head cast + {_gib(hidden)} "
-            f"hidden states and their fp32 grad" + (f" + {_gib(head_grad)} fp32 head grad"
+            f"chunked loss: {gib(tile)} logits tile + {gib(cast)} head cast + {gib(hidden)} "
+            f"hidden states and their fp32 grad" + (f" + {gib(head_grad)} fp32 head grad"
                                                      if head_grad else ""))
 
 
@@ -308,7 +295,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         The components, parameter counts and total.
 
     Raises:
-        UnknownTargets: the LoRA targets name no layer of the model.
+        UnknownTargets: a LoRA target names no linear layer of the model, or its output head.
         ValueError: the setup is inconsistent (a caller bug, never a user's recipe).
     """
     s = setup
@@ -328,7 +315,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     if shard_w > 1:  # the unsharded parameters of the running and the prefetched layer
         gathered = 2 * max(br.block_linear // layers, br.embedding) * dt.weight
         weights += gathered
-        weights_how += f", sharded over {s.num_gpus} GPUs + {_gib(gathered)} gathered"
+        weights_how += f", sharded over {s.num_gpus} GPUs + {gib(gathered)} gathered"
     kbit = s.weight_bits < 16
     quant, quant_how = _quant_constants(shape, s) if kbit else (0, "weights are not quantized")
     biggest = max(fin * fout for fin, fout in shape.linear_modules().values())
@@ -368,13 +355,13 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         ("gradients", grad_now, f"{dt.train} bytes x {trainable:,} trainable weights{per_gpu}, "
          f"{grad_how}" + (" (+ DDP's all-reduce buckets)" if s.parallelism == "ddp" else "")),
         ("optimizer", states + step_temp, opt_how + per_gpu
-         + (f" + {_gib(step_temp)} step temporaries" if step_temp else "")),
+         + (f" + {gib(step_temp)} step temporaries" if step_temp else "")),
         ("activations", act, act_how),
         ("logits", loss, loss_how if loss else "freed before the peak"),
         ("dequant_buffer", dequant, f"largest quantized layer ({biggest:,} weights) in "
          f"{dt.compute}-byte compute dtype" if dequant else "no quantized layer at the peak"),
         ("cuda_overhead", CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * allocated,
-         f"CUDA context {_gib(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"),
+         f"CUDA context {gib(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"),
     )
     return Estimate(tuple(Component(n, round(b), e) for n, b, e in parts),
                     total_params=br.total + lora_params, trainable_params=trainable)

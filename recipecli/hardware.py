@@ -23,6 +23,11 @@ BF16_MIN_CAPABILITY = (8, 0)
 FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
 
 
+def gib(n: float) -> str:
+    """Bytes for people: 8589934592 -> '8.00 GiB'."""
+    return f"{n / GIB:.2f} GiB"
+
+
 @dataclass(frozen=True)
 class Gpu:
     """One GPU, detected or described.
@@ -155,6 +160,7 @@ CARDS: tuple[Gpu, ...] = tuple(_catalog_card(*spec) for spec in (
     ("RTX 3080", 10240, (8, 6)),
     ("RTX 3080 12GB", 12288, (8, 6)),
     ("RTX 3090", 24576, (8, 6)),
+    ("RTX 4060", 8188, (8, 9)),
     ("RTX 4060 Ti 16GB", 16380, (8, 9)),
     ("RTX 4070", 12282, (8, 9)),
     ("RTX 4080", 16376, (8, 9)),
@@ -170,6 +176,7 @@ CARDS: tuple[Gpu, ...] = tuple(_catalog_card(*spec) for spec in (
 ))
 
 _NOISE = re.compile(r"nvidia|geforce|tesla|rtx|gtx|[^a-z0-9]")
+_MEMORY_SIZE = re.compile(r"\d+gb")
 
 
 def _key(name: str) -> str:
@@ -180,7 +187,9 @@ def _key(name: str) -> str:
 def card(name: str) -> Gpu:
     """A catalog card by forgiving name: 'rtx2080', 'RTX 2080', '2080', 'a100-80gb', 'h100'.
 
-    A name that is the start of exactly one card is enough ('h100', '4060ti').
+    The memory size of a card may be left out when only one card of that name is in the catalog
+    ('h100', '4060ti'), nothing else: 'rtx 4060' is the RTX 4060, never the first card whose name
+    starts with it.
 
     Raises:
         UsageError: no card, or more than one, matches; the message lists close names.
@@ -189,12 +198,14 @@ def card(name: str) -> Gpu:
     by_key = {_key(c.name): c for c in CARDS}
     if key in by_key:
         return by_key[key]
-    starting = [c for k, c in by_key.items() if key and k.startswith(key)]
-    if len(starting) == 1:
-        return starting[0]
-    if starting:
-        raise UsageError(f"GPU name {name!r} matches several cards: {', '.join(c.name for c in starting)}; name one")
+    starting = {k: c for k, c in by_key.items() if key and k.startswith(key)}
+    sized = [c for k, c in starting.items() if _MEMORY_SIZE.fullmatch(k[len(key):])]
+    if len(sized) == 1:
+        return sized[0]
+    if sized:
+        raise UsageError(f"GPU name {name!r} matches several cards: {', '.join(c.name for c in sized)}; name one")
     close = [by_key[k].name for k in difflib.get_close_matches(key, by_key, n=4, cutoff=0.5)]
+    close = list(dict.fromkeys([c.name for c in starting.values()] + close))[:4]
     listed = ", ".join(close) if close else ", ".join(c.name for c in CARDS)
     raise UsageError(f"unknown GPU {name!r}; {'did you mean' if close else 'known cards are'}: {listed} "
                      "(or give the memory with --vram GIB)")

@@ -9,9 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from .architectures import shape_from_config
+from .architectures import match_modules, shape_from_config
 from .errors import RecipeError
-from .estimate import UnknownTargets
 from .hardware import Gpu
 from .recipe import Recipe
 from .resolve import Choices
@@ -38,19 +37,33 @@ def _source(recipe: Recipe) -> str:
     return str(recipe.model.local_path) if recipe.model.local_path else recipe.model.id
 
 
+def _load_failure(what: str, error: Exception) -> RecipeError:
+    """The error from_pretrained raised, with the fix that usually applies to its kind."""
+    hints = {
+        ValueError: "an unknown model type needs a newer transformers; a model that ships its own code needs "
+                    "model.trust_remote_code: true (only for code you trust)",
+        ImportError: "install the package the message names; instead of flash_attn, training.attention auto uses sdpa",
+    }
+    hint = next((h for kind, h in hints.items() if isinstance(error, kind)), "")
+    return RecipeError(f"cannot load {what}: {error}" + (f"\nHint: {hint}." if hint else ""))
+
+
 def load_tokenizer(recipe: Recipe):
     """The model's tokenizer, as the recipe names it.
 
     Raises:
-        RecipeError: it cannot be found (offline, missing folder, wrong id or revision).
+        RecipeError: it cannot be found (offline, missing folder, wrong id or revision) or needs
+            remote code or a package that is missing.
     """
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(_source(recipe), revision=recipe.model.revision,
                                              trust_remote_code=recipe.model.trust_remote_code)
-    except OSError as e:  # what from_pretrained raises for a missing repo, file or connection
-        raise RecipeError(f"cannot load the tokenizer of {recipe.model.id}: {e}") from e
+    # OSError: a missing repo, file or connection; ValueError: code the model ships without
+    # trust_remote_code, or a tokenizer class this transformers lacks; ImportError: a missing package.
+    except (OSError, ValueError, ImportError) as e:
+        raise _load_failure(f"the tokenizer of {recipe.model.id}", e) from e
 
 
 def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool = True, train: bool = True):
@@ -64,18 +77,15 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
         train: False skips the k-bit training preparation (fp32 norms, input gradients).
 
     Raises:
-        RecipeError: the model cannot be loaded.
+        RecipeError: the model cannot be loaded (not found, unknown architecture, remote code
+            without trust_remote_code, a missing package such as flash-attn).
     """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    # fp16 mixed precision unscales fp32 gradients: fully trained weights must stay fp32 for it.
-    dtype = torch.float32 if recipe.method == "full" and choices.precision == "fp16" else dtypes[choices.precision]
+    dtype = getattr(torch, choices.weight_dtype)  # resolve.choose decides it, as the estimate counts it
     quant = recipe.quantization if quantize else None
     config = None
-    if recipe.quantization is not None:
-        dtype = getattr(torch, choices.compute_dtype)
     if quant is not None and quant.bits == 4:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.type,
                                     bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
@@ -86,8 +96,10 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
             _source(recipe), revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
             dtype=dtype, attn_implementation=choices.attention, quantization_config=config,
             device_map={"": 0} if cuda else None)
-    except OSError as e:
-        raise RecipeError(f"cannot load the model {recipe.model.id}: {e}") from e
+    # ValueError: an architecture this transformers does not know, remote code without
+    # trust_remote_code, an attention the model lacks; ImportError: flash-attn or bitsandbytes missing.
+    except (OSError, ValueError, ImportError) as e:
+        raise _load_failure(f"the model {recipe.model.id}", e) from e
     if config is not None and train:
         from peft import prepare_model_for_kbit_training
 
@@ -100,11 +112,11 @@ def lora_targets(wanted, model):
 
     "all-linear" is peft's own. "attention" becomes the architecture's query/key/value/output
     projections as the memory estimator counts them (architectures.LAYOUTS), so the estimate and
-    the run adapt the same layers. Every name is checked against the model: peft silently skips
-    a misspelt name as long as another one matches.
+    the run adapt the same layers. Every name is checked against the model's linear layers by the
+    rule fit-check applies (architectures.match_modules).
 
     Raises:
-        UnknownTargets: a name matches no linear layer of the model.
+        UnknownTargets: a name matches no linear layer of the model, or reaches its output head.
     """
     if wanted == "all-linear":
         return wanted
@@ -112,12 +124,9 @@ def lora_targets(wanted, model):
 
     names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
     linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in linear)]
-    if missing:
-        layers = sorted({".".join(n.split(".")[-2:]) for n in linear})
-        raise UnknownTargets(f"lora.target_modules {wanted if isinstance(wanted, str) else ', '.join(wanted)}: "
-                             f"{', '.join(missing)} match no linear layer of this {model.config.model_type} model; "
-                             f"its layers are {', '.join(layers)}")
+    output = model.get_output_embeddings()
+    head = next((name for name, module in model.named_modules() if module is output), None)
+    match_modules(names, linear, head, model.config.model_type)
     if wanted == "attention":
         say(f"note: lora.target_modules attention -> {', '.join(names)}")
     return list(names)

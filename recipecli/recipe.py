@@ -14,6 +14,12 @@ Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
+LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+Bits = Literal[4, 8]
+QuantType = Literal["nf4", "fp4"]
+ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
+TargetShorthand = Literal["all-linear", "attention"]
+WandbMode = Literal["online", "offline"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -44,10 +50,10 @@ class Model:
 
 @dataclass(frozen=True)
 class Quantization:
-    bits: Literal[4, 8]
-    type: Literal["nf4", "fp4"]
+    bits: Bits
+    type: QuantType
     double_quant: bool
-    compute_dtype: Literal["auto", "float16", "bfloat16", "float32"]
+    compute_dtype: ComputeDtype
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class Lora:
     r: int
     alpha: float
     dropout: float
-    target_modules: Union[str, tuple[str, ...]]  # "all-linear", "attention" or module names
+    target_modules: Union[TargetShorthand, tuple[str, ...]]  # a shorthand or module names
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Training:
     epochs: float
     max_steps: Optional[int]
     learning_rate: float
-    lr_scheduler: str
+    lr_scheduler: LrScheduler
     warmup_ratio: float
     weight_decay: float
     max_grad_norm: float
@@ -108,7 +114,7 @@ class Wandb:
     entity: Optional[str]
     run_name: Optional[str]
     tags: tuple[str, ...]
-    mode: Literal["online", "offline"]
+    mode: WandbMode
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import yaml
 
 from . import load, resolve
 from .errors import InvalidRecipe, RecipeError, UsageError
-from .hardware import GIB, Gpu, card, gpu_from_vram, probe
+from .hardware import Gpu, card, gib, gpu_from_vram, probe
 from .load import Resolved, deep_merge
 from .recipe import Recipe
 from .resolve import Verdict
@@ -90,10 +90,6 @@ def target_gpu(vram: Optional[float], name: Optional[str]) -> Gpu:
         raise UsageError(f"no GPU detected ({found.note}); name the card to check against with --gpu NAME "
                          "(e.g. --gpu rtx2080) or give its memory with --vram GIB (e.g. --vram 8)")
     return found.gpus[0]
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
 
 
 def params(n: int) -> str:
@@ -223,8 +219,13 @@ def fitted_yaml(row: Row, dest: Path) -> str:
 
     Extends are merged in (the base may not be reachable from dest) and local paths are
     rewritten relative to dest, so the file runs where it is written.
+
+    Raises:
+        ValueError: the row has no suggestion (it fits as it is, or nothing fits): a caller bug.
     """
-    assert row.suggestion is not None, "only recipes with a suggestion are fitted"
+    if row.suggestion is None:
+        raise ValueError(f"{row.file} has no suggestion to apply: only a recipe that does not fit, "
+                         "and has a change that fits, is fitted")
     doc = deep_merge(row.resolved.raw, row.suggestion.patch)
     doc.pop("abstract", None)
     recipe = row.recipe
@@ -258,9 +259,20 @@ def format_gpu(gpu: Gpu, rows: Sequence[Row], largest: Optional[tuple[str, Verdi
     if unfit:
         lines.append(f"  do not fit: {', '.join(unfit)}")
     if largest is None:
-        lines.append(f"  largest model for QLoRA: none of the catalog fits ({resolve.STANDARD_QLORA_TEXT})")
+        lines.append(f"  largest model for QLoRA: none of the catalog fits ({_standard_qlora_text()})")
     else:
         model, verdict = largest
         lines.append(f"  largest model for QLoRA: {model} ({params(verdict.estimate.total_params)} params, "
-                     f"{gib(verdict.estimate.total_bytes)}, {verdict_text(verdict)}; {resolve.STANDARD_QLORA_TEXT})")
+                     f"{gib(verdict.estimate.total_bytes)}, {verdict_text(verdict)}; {_standard_qlora_text()})")
     return "\n".join(lines)
+
+
+def _standard_qlora_text() -> str:
+    """The settings the largest QLoRA model is judged under, read from the base they come from."""
+    recipe = resolve.standard_qlora()
+    quant, lora, training = recipe.quantization, recipe.lora, recipe.training
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    base = resolve.STANDARD_QLORA_BASE
+    return (f"QLoRA of {base.parent.name}/{base.name}: {quant.bits}-bit {quant.type.upper()}, r {lora.r} on "
+            f"{targets}, {recipe.data.max_seq_length} tokens, micro-batch {training.micro_batch_size}, "
+            f"{training.optimizer}")

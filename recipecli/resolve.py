@@ -6,12 +6,15 @@ Pure: the GPU arrives as data (``hardware.Gpu``), nothing here asks CUDA or impo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Literal, Optional
 
+from . import load
 from .architectures import CATALOG, Shape, find_shape
 from .errors import InvalidRecipe, Location, Problem
 from .estimate import Estimate, Setup, estimate
 from .hardware import GIB, Gpu
+from .paths import RECIPES_DIR
 from .recipe import Recipe
 from .yamlload import json_path
 
@@ -22,16 +25,33 @@ TIGHT_FRACTION = 0.90
 
 Status = Literal["fits", "tight", "does_not_fit"]
 Locate = Callable[[tuple, bool], Location]
+DtypeName = Literal["float16", "bfloat16", "float32"]  # torch's names: getattr(torch, name)
+DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
 class Choices:
-    """What the recipe's "auto" settings become on a GPU."""
+    """What the recipe's "auto" settings become on a GPU, and the dtypes the run uses for them."""
 
     precision: Literal["bf16", "fp16", "fp32"]
     attention: Literal["eager", "sdpa", "flash_attention_2"]
-    compute_dtype: Optional[Literal["float16", "bfloat16", "float32"]]  # qlora only
+    compute_dtype: Optional[DtypeName]  # bitsandbytes' compute dtype: quantized bases only
     notes: tuple[str, ...]
+    # fp16 mixed precision unscales fp32 gradients: a full fine-tune under it keeps fp32 weights.
+    fp32_weights: bool = False
+
+    @property
+    def weight_dtype(self) -> DtypeName:
+        """What the base model is loaded in (model.load_model), as the estimate counts it."""
+        if self.compute_dtype is not None:  # the 16-bit leftovers of a quantized base compute in it
+            return self.compute_dtype
+        return "float32" if self.fp32_weights else DTYPE_OF[self.precision]
+
+    @property
+    def matmul_dtype(self) -> DtypeName:
+        """What matmuls compute in: bitsandbytes' compute dtype, else the training precision."""
+        return self.compute_dtype or DTYPE_OF[self.precision]
 
 
 def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) -> Choices:
@@ -91,14 +111,15 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
 
     attention = "sdpa" if training.attention == "auto" else training.attention
     if attention == "flash_attention_2" and (gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
-        problem(("training", "attention"), f"flash_attention_2 needs compute capability >= 8.0; {label} lacks it",
+        lacking = " (an NVIDIA GPU); there is no GPU here" if gpu is None else f"; {label} lacks it"
+        problem(("training", "attention"), f"flash_attention_2 needs compute capability >= 8.0{lacking}",
                 "set training.attention to auto (sdpa: same memory, slightly slower)")
 
     compute_dtype = None
     if recipe.quantization is not None:
         compute_dtype = recipe.quantization.compute_dtype
         if compute_dtype == "auto":
-            compute_dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
+            compute_dtype = DTYPE_OF[precision]
         elif gpu is None and compute_dtype != "float32":
             notes.append(f"no GPU: quantization.compute_dtype {compute_dtype} runs as float32 on the CPU")
             compute_dtype = "float32"
@@ -108,7 +129,8 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
 
     if problems:
         raise InvalidRecipe(problems)
-    return Choices(precision, attention, compute_dtype, tuple(notes))
+    return Choices(precision, attention, compute_dtype, tuple(notes),
+                   fp32_weights=recipe.method == "full" and precision == "fp16")
 
 
 def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism: str = "none",
@@ -133,10 +155,10 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism
     four_bit = quant is not None and quant.bits == 4
     setup = Setup(
         method=recipe.method,
-        weight_bits=quant.bits if quant is not None else _unquantized_bits(recipe.method, choices.precision),
+        weight_bits=quant.bits if quant is not None else 8 * DTYPE_BYTES[choices.weight_dtype],
         quant_type=quant.type if four_bit else None,
         double_quant=four_bit and quant.double_quant,
-        compute_bytes=4 if choices.precision == "fp32" else 2,
+        compute_bytes=DTYPE_BYTES[choices.matmul_dtype],
         lora_r=lora.r if lora else None,
         lora_targets=lora.target_modules if lora else (),
         micro_batch_size=recipe.training.micro_batch_size,
@@ -150,15 +172,6 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism
         lora_dropout=lora.dropout if lora else 0.0,
     )
     return setup, list(choices.notes)
-
-
-def _unquantized_bits(method: str, precision: str) -> int:
-    """Width the runner loads unquantized weights in (model.load_model).
-
-    The training dtype, except that fp16 mixed precision unscales fp32 gradients, so fully
-    trained weights stay fp32 under it.
-    """
-    return 32 if precision == "fp32" or (method == "full" and precision == "fp16") else 16
 
 
 @dataclass(frozen=True)
@@ -234,12 +247,19 @@ def recipe_shape(recipe: Recipe) -> Shape:
     return find_shape(model.id, model.local_path, model.architecture, model.revision)
 
 
-# What "a standard QLoRA run" means for `recipe gpu`: the settings of recipes/base/qlora-8gb.yaml.
-STANDARD_QLORA = Setup(method="qlora", weight_bits=4, quant_type="nf4", double_quant=True, compute_bytes=2,
-                       lora_r=16, lora_targets="all-linear", micro_batch_size=1, seq_len=1024,
-                       gradient_checkpointing=True, optimizer="paged_adamw_8bit", attention="sdpa",
-                       gradient_accumulation_steps=16, lora_dropout=0.05)
-STANDARD_QLORA_TEXT = "4-bit NF4 QLoRA, r 16 on all linear layers, 1024 tokens, micro-batch 1, paged 8-bit AdamW"
+# What `recipe gpu` calls a standard QLoRA run: the shipped base the 8 GB recipes extend.
+STANDARD_QLORA_BASE = RECIPES_DIR / "base" / "qlora-8gb.yaml"
+
+
+@lru_cache(maxsize=1)
+def standard_qlora() -> Recipe:
+    """recipes/base/qlora-8gb.yaml with the schema's defaults, as the recipes extending it get them.
+
+    The base names no model and no name, which a Recipe needs; the largest-model search below
+    judges each catalog shape under it, so the model written here is never looked up.
+    """
+    resolved = load.resolve(STANDARD_QLORA_BASE, ["name=standard-qlora", "model.id=catalog/any"])
+    return load.to_recipe(resolved.with_defaults(), resolved)
 
 
 def largest_qlora_model(gpu: Gpu) -> Optional[tuple[str, Verdict]]:
@@ -248,11 +268,12 @@ def largest_qlora_model(gpu: Gpu) -> Optional[tuple[str, Verdict]]:
     Returns:
         (hub id, verdict) of the model with the most parameters that fits, or None when none does.
     """
+    setup, notes = setup_for(standard_qlora(), gpu)
     families: dict[Shape, str] = {}
     for model_id, shape in CATALOG.items():
         families.setdefault(shape, model_id)  # one hub id per shape: the first one listed
     for shape, model_id in sorted(families.items(), key=lambda item: -item[0].param_count()):
-        verdict = judge(shape, STANDARD_QLORA, gpu, ())
+        verdict = judge(shape, setup, gpu, tuple(notes))
         if verdict.fits:
             return model_id, verdict
     return None

@@ -71,8 +71,58 @@ def check_free(path: Path, *, overwrite: bool, resume: bool) -> None:
         raise UsageError(f"{path} already exists: pass --overwrite to replace it, --resume to continue it, "
                          "or choose another output.dir (e.g. --set output.dir=runs/NEW)")
     # --overwrite deletes a folder: make sure it is one of ours, not a home directory named by mistake.
-    if not (path / RECIPE).is_file():
-        raise UsageError(f"{path} is not a run folder (it has no {RECIPE}); refusing to delete it with --overwrite")
+    # recipe.yaml alone is no proof (a folder of recipes has one); run.yaml is written by recipecli only.
+    if not ((path / RECIPE).is_file() and (path / RUN).is_file()):
+        raise UsageError(f"{path} is not a run folder (it needs both {RECIPE} and {RUN}); "
+                         "refusing to delete it with --overwrite")
+
+
+# What may change between a run and its --resume: how long it goes on, how often it logs and
+# saves, where it is written. Anything else would continue the checkpoint as a different run.
+RESUMABLE_CHANGES = ("training.max_steps", "training.epochs", "training.logging_steps", "training.save_steps",
+                     "training.save_total_limit", "output")
+
+
+def check_resumable(path: Path, recipe: Recipe) -> None:
+    """Refuse to resume a run folder with a recipe that trains something else than it started.
+
+    Args:
+        path: the run folder to resume; its recipe.yaml is the recipe it started with.
+        recipe: the recipe about to continue it.
+
+    Raises:
+        UsageError: the folder has no readable recipe.yaml, or a field outside
+            ``RESUMABLE_CHANGES`` differs; every such field is named.
+    """
+    try:
+        started = yaml.safe_load((path / RECIPE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"{path / RECIPE} cannot be read ({e}); it is needed to resume the run") from e
+    # Through YAML and back, as write_recipe wrote it, so tuples and lists compare equal.
+    before = _flat(started if isinstance(started, dict) else {})
+    now = _flat(yaml.safe_load(yaml.safe_dump(recipe_document(recipe))))
+    changed = sorted(key for key in before.keys() | now.keys()
+                     if before.get(key) != now.get(key) and not _may_change(key))
+    if changed:
+        raise UsageError(f"--resume of {path} with a changed recipe: {', '.join(changed)} differ from its {RECIPE}. "
+                         f"Only {', '.join(RESUMABLE_CHANGES)} may change when resuming. Hint: resume with the "
+                         f"recipe as it ran (recipe run {path / RECIPE} --resume), or start a new run "
+                         "(--set output.dir=runs/NEW) to train the changed recipe")
+
+
+def _may_change(key: str) -> bool:
+    return any(key == name or key.startswith(f"{name}.") for name in RESUMABLE_CHANGES)
+
+
+def _flat(document: dict, prefix: str = "") -> dict:
+    """Nested mappings as {"training.max_steps": 6, ...}; lists stay whole values."""
+    flat = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 @contextmanager
@@ -179,11 +229,6 @@ def _git_commit(recipe_file: Path) -> Optional[str]:
 def write_run(path: Path, run: dict) -> None:
     """Write (or rewrite, when the result is known) run.yaml."""
     (path / RUN).write_text(yaml.safe_dump(run, sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-def read_run(path: Path) -> dict:
-    """run.yaml of a run folder, as written by :func:`write_run`."""
-    return yaml.safe_load((path / RUN).read_text(encoding="utf-8"))
 
 
 def write_estimate(path: Path, estimate: dict) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from . import data, hardware, resolve, runfolder
-from .architectures import UnknownModel
-from .errors import DoesNotFit, RecipeError
+from .errors import DoesNotFit, RecipeError, UnknownModel
 from .hardware import GIB, Gpu
 from .model import load_model, load_tokenizer, lora_targets, say, training_gpu
 from .recipe import Recipe, Wandb
@@ -58,15 +57,18 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
         The result; ``interrupted`` is set when Ctrl-C or SIGTERM stopped training after a checkpoint.
 
     Raises:
-        UsageError: the run folder exists (without overwrite/resume), or there is nothing to resume.
+        UsageError: the run folder exists (without overwrite/resume), there is nothing to resume,
+            or resume with a recipe changed beyond its length, logging and saving.
         DoesNotFit: the estimate exceeds the GPU and force is off; carries the breakdown and a fix.
         InvalidRecipe: the GPU cannot run a setting (bf16 or FlashAttention 2 on an old card).
         DataError: the data cannot become examples (raised before the model loads).
         UnknownTargets: a LoRA target module matches no layer of the model.
-        RecipeError: the model or tokenizer cannot be loaded.
+        RecipeError: the model or tokenizer cannot be loaded, or W&B cannot start (no login).
     """
     run_dir = recipe.output_dir
     runfolder.check_free(run_dir, overwrite=overwrite, resume=resume)
+    if resume:
+        runfolder.check_resumable(run_dir, recipe)
     checkpoint = runfolder.last_checkpoint(run_dir) if resume else None
     gpus = hardware.detect() if gpus is None else tuple(gpus)
     estimate = _refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
@@ -101,7 +103,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                                  processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
             # First in line, so the console printer and W&B see the memory columns it adds.
             trainer.callback_handler.callbacks.insert(0, runfolder.recorder(run_dir, stop, cuda=cuda))
-        with stop.listening(), _out_of_memory_explained(cuda):
+        with stop.listening(), _out_of_memory_explained(cuda), _wandb_failure_explained(recipe.wandb):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         state = trainer.state
         interrupted = stop.signal_name is not None and state.global_step < state.max_steps
@@ -116,10 +118,9 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
 
             wandb.finish()
 
-    losses = [r["loss"] for r in state.log_history if "loss" in r]
     peak = _peak_reserved_bytes() if cuda else None
     result = RunResult(run_dir, saved, runfolder.last_checkpoint(run_dir), state.global_step,
-                       losses[-1] if losses else None, eval_loss, interrupted,
+                       _final_loss(state.log_history), eval_loss, interrupted,
                        estimate["reserved_bytes"] if estimate else None, peak)
     runfolder.plot_loss(run_dir, state.log_history)
     run_info["result"] = {"finished": runfolder.now(), "steps": result.steps, "final_loss": result.final_loss,
@@ -141,6 +142,15 @@ def _run_info(recipe: Recipe, choices: resolve.Choices, gpu: Optional[Gpu], trai
             "settings": {"precision": choices.precision, "attention": choices.attention,
                          "compute_dtype": choices.compute_dtype},
             "notes": list(choices.notes)}
+
+
+def _final_loss(log_history: list[dict]) -> Optional[float]:
+    """The last logged training loss, or the run's mean loss (train_loss, the trainer's last record)
+    when the run was shorter than logging_steps and logged none."""
+    losses = [r["loss"] for r in log_history if "loss" in r]
+    if losses:
+        return losses[-1]
+    return log_history[-1].get("train_loss") if log_history else None
 
 
 def _gib(n: Optional[int]) -> Optional[float]:
@@ -236,6 +246,10 @@ def _wandb_env(wandb: Optional[Wandb]) -> Iterator[None]:
         return
     values = {"WANDB_PROJECT": wandb.project, "WANDB_ENTITY": wandb.entity, "WANDB_MODE": wandb.mode,
               "WANDB_TAGS": ",".join(wandb.tags) or None}
+    # Someone who switched W&B off or offline for this shell (CI, an air-gapped cluster, no consent
+    # to upload) is not overruled by a shared recipe that says online: the environment wins there.
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        del values["WANDB_MODE"]
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update({k: v for k, v in values.items() if v is not None})
     try:
@@ -246,6 +260,25 @@ def _wandb_env(wandb: Optional[Wandb]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def _wandb_failure_explained(wandb: Optional[Wandb]) -> Iterator[None]:
+    """W&B failing to start (no login, no network, a bad entity) becomes a RecipeError with the way out.
+
+    The trainer starts the W&B run when training begins, so that is where this wraps.
+    """
+    if wandb is None:
+        yield
+        return
+    import wandb as wandb_sdk
+
+    try:
+        yield
+    except wandb_sdk.errors.Error as e:
+        raise RecipeError(f"W&B failed: {e}\nHint: `wandb login`, or set logging.wandb.mode: offline "
+                          "(or WANDB_MODE=offline / disabled in the environment); then run again with "
+                          "--resume if a checkpoint was saved, else with --overwrite.") from e
 
 
 def _peak_reserved_bytes() -> int:

@@ -110,19 +110,21 @@ def _optimizer(recipe: Recipe) -> Iterator[_Move]:
                     {"training": {"optimizer": "paged_adamw_8bit"}}, _training(optimizer="paged_adamw_8bit"))
 
 
-_FOUR_BIT = {"bits": 4, "type": "nf4", "double_quant": True}
-
-
 def _quantization(recipe: Recipe) -> Iterator[_Move]:
     quant = recipe.quantization
+    # The schema's quantization is the smallest base (4-bit NF4, double quant); compute_dtype is
+    # left as the recipe has it, since it follows the precision.
+    smallest = {k: v for k, v in defaults_of("quantization").items() if k != "compute_dtype"}
+    bits, kind = smallest["bits"], smallest["type"].upper()
+    double = ", double quant" if smallest["double_quant"] else ""
     if recipe.method == "lora":
-        four_bit = Quantization(**{**defaults_of("quantization"), **_FOUR_BIT})
-        yield _Move(3.0, "method lora -> qlora (4-bit NF4 base, double quant)",
-                    {"method": "qlora", "quantization": dict(_FOUR_BIT)},
+        four_bit = Quantization(**defaults_of("quantization"))
+        yield _Move(3.0, f"method lora -> qlora ({bits}-bit {kind} base{double})",
+                    {"method": "qlora", "quantization": smallest},
                     lambda r: replace(r, method="qlora", quantization=four_bit))
-    elif quant is not None and quant.bits == 8:
-        yield _Move(2.0, "quantization.bits 8 -> 4 (NF4, double quant)", {"quantization": dict(_FOUR_BIT)},
-                    lambda r: replace(r, quantization=replace(r.quantization, **_FOUR_BIT)))
+    elif quant is not None and quant.bits > bits:
+        yield _Move(2.0, f"quantization.bits {quant.bits} -> {bits} ({kind}{double})", {"quantization": smallest},
+                    lambda r: replace(r, quantization=replace(r.quantization, **smallest)))
     elif quant is not None and not quant.double_quant:
         yield _Move(0.5, "quantization.double_quant false -> true", {"quantization": {"double_quant": True}},
                     lambda r: replace(r, quantization=replace(r.quantization, double_quant=True)))

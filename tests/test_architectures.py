@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from recipecli.architectures import (CATALOG, UnknownModel, find_shape, shape_from_config)
-from recipecli.errors import ExitCode, RecipeError
+from recipecli.architectures import CATALOG, find_shape, shape_from_config
+from recipecli.errors import ExitCode, RecipeError, UnknownModel, UnknownTargets
 from recipecli.load import load_recipe
 
 CALIBRATION = Path(__file__).parents[2] / "shared" / "calibration" / "architectures.yaml"
@@ -197,3 +198,54 @@ def test_unknown_model_offline_names_the_three_fixes(offline):
     assert "local folder" in message and "model.architecture" in message
     assert "network access" in message
     assert isinstance(err.value, RecipeError) and err.value.exit_code == ExitCode.INVALID
+
+
+def _snapshot(repo: Path, sha: str, config: dict) -> None:
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text(json.dumps(config))
+
+
+def test_cached_config_follows_a_pinned_revision(offline):
+    repo = offline / "models--acme--revised"
+    tiny, phi = CONFIGS["TinyLlama/TinyLlama-1.1B-Chat-v1.0"], CONFIGS["microsoft/phi-2"]
+    old, new = "a" * 40, "b" * 40
+    _snapshot(repo, old, tiny)
+    _snapshot(repo, new, phi)
+    os.utime(repo / "snapshots" / old / "config.json", (0, 0))  # new is the newest snapshot
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(new)
+    (repo / "refs" / "v1").write_text(old)
+    assert find_shape("acme/revised", revision=old) == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+    assert find_shape("acme/revised", revision="v1") == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+    assert find_shape("acme/revised") == CATALOG["microsoft/phi-2"]
+    # A commit that is not in the cache is not answered by another commit's config.
+    with pytest.raises(UnknownModel, match="acme/revised"):
+        find_shape("acme/revised", revision="c" * 40)
+
+
+TINY_LLAMA = Path(__file__).parents[1] / "recipes" / "models" / "tiny-llama"
+
+
+@pytest.mark.parametrize("targets", [
+    ("q_proj", "v_proj"), ("self_attn.o_proj", "down_proj"),  # names and paths, as peft matches them
+    ("q_proj", "q_prj"), ("mlp",),  # a typo beside a good name; a module that is not a linear layer
+    ("q_proj", "lm_head"),  # the head: TRL refuses an adapter on it
+])
+def test_fit_check_and_run_judge_lora_targets_alike(targets):
+    """The estimate (a Shape) and the run (the real torch model) accept and refuse the same names."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recipecli.model import lora_targets
+
+    def verdict(match) -> str:
+        try:
+            match(targets)
+        except UnknownTargets as err:
+            return str(err)
+        return "accepted"
+
+    config = json.loads((TINY_LLAMA / "config.json").read_text())
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_LLAMA))
+    expected = verdict(shape_from_config(config).match_targets)
+    assert verdict(lambda wanted: lora_targets(wanted, model)) == expected
+    assert (expected == "accepted") == (targets[-1] not in ("q_prj", "mlp", "lm_head"))

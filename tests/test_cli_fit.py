@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from recipecli import load
 from recipecli.cli import main
 from recipecli.errors import ExitCode
-from recipecli.hardware import detect
+from recipecli.hardware import card, detect
+from recipecli.report import check_files, fitted_yaml
 
 from .conftest import ROOT
 
@@ -109,6 +110,13 @@ def test_write_refuses_to_overwrite_the_recipe_and_needs_one_file(make_recipe):
     teammate.write_text("keep me\n")
     assert invoke("fit-check", path, "--gpu", "rtx2080", "--write", teammate).exit_code == ExitCode.USAGE
     assert teammate.read_text() == "keep me\n"
+
+
+def test_only_a_recipe_with_a_suggestion_is_fitted(make_recipe, tmp_path):
+    (row,), _ = check_files([make_recipe()], card("rtx2080"))
+    assert row.suggestion is None  # it fits as it is
+    with pytest.raises(ValueError, match="no suggestion"):
+        fitted_yaml(row, tmp_path / "fitted.yaml")
 
 
 def test_nothing_fits_says_so(make_recipe):

@@ -58,6 +58,19 @@ def test_invalid_override_is_reported_like_the_file(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_model_of_an_unknown_architecture_is_an_error_not_a_traceback(tmp_path):
+    unknown = tmp_path / "qwen9"
+    shutil.copytree(RECIPES / "models" / "tiny-llama", unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "qwen9_moe"}))
+    proc = recipe("run", DEMO, "--set", f"model.id={unknown}", "--set", f"output.dir={tmp_path / 'run'}")
+    assert proc.returncode == ExitCode.RUNTIME, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: cannot load the model" in proc.stderr and "qwen9_moe" in proc.stderr
+    assert "Hint: an unknown model type needs a newer transformers" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     args = ["run", DEMO, "--set", f"output.dir={out}", "--set", "training.max_steps=400",
@@ -72,7 +85,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == ExitCode.INTERRUPTED, err[-3000:]
-    assert "Traceback" not in err and "--resume" in err
+    assert "Traceback" not in err
+    # The recipe as it ran, --set overrides included: resuming with it passes the changed-recipe check.
+    assert f"Continue with: recipe run {out / 'recipe.yaml'} --resume" in err
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert checkpoints, "a checkpoint was saved before exiting"
     stopped_at = int(checkpoints[-1].name.split("-")[1])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,43 @@ def test_conversations_need_a_chat_template(recipe, tokenizer):
     tokenizer.chat_template = None
     with pytest.raises(DataError, match="tiny-chat.jsonl is conversational, but .* has no chat template"):
         data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")), tokenizer)
+
+
+def test_answer_only_loss_needs_assistant_turns_marked_in_the_chat_template(recipe, tmp_path):
+    """TRL refuses, in SFTTrainer's constructor, a template without {% generation %} it cannot patch."""
+    from transformers import AutoTokenizer
+
+    unmarked = tmp_path / "tiny-llama"
+    shutil.copytree(RECIPES / "models" / "tiny-llama", unmarked)
+    template = unmarked / "chat_template.jinja"
+    template.write_text(template.read_text().replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    tokenizer = AutoTokenizer.from_pretrained(unmarked)
+    chat = recipe((DATA / "tiny-chat.jsonl", "chat"))
+    with pytest.raises(DataError, match=r"tiny-chat.jsonl is conversational.*"
+                                        r"Hint: set data.completion_only_loss: false, or use a tokenizer"):
+        data.load_examples(chat, tokenizer)
+    whole = dataclasses.replace(chat, data=dataclasses.replace(chat.data, completion_only_loss=False))
+    assert len(data.load_examples(whole, tokenizer)[0]) == N_DEMO
+
+
+def test_a_byte_order_mark_is_not_part_of_the_data(recipe, tmp_path):
+    """Excel and Notepad save UTF-8 with a BOM in front of the first header or record."""
+    for name in ("tiny-alpaca.csv", "tiny-alpaca.jsonl"):
+        with_bom = tmp_path / name
+        with_bom.write_text((DATA / name).read_text(encoding="utf-8"), encoding="utf-8-sig")
+        assert with_bom.read_bytes().startswith(b"\xef\xbb\xbf")
+        loaded = data.load_examples(recipe((with_bom, "alpaca")))[0].to_list()
+        assert loaded == data.load_examples(recipe((DATA / name, "alpaca")))[0].to_list()
+
+
+def test_max_samples_of_a_hub_dataset_is_a_split_slice(make_recipe, tmp_path, monkeypatch):
+    # datasets resolves a hub id to a folder of that name first: the hub path, without a network.
+    folder = tmp_path / "org" / "set"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(10)))
+    monkeypatch.chdir(tmp_path)
+    path = make_recipe({"data": {"datasets": [{"path": "org/set", "format": "text", "max_samples": 3}]}})
+    assert sorted(e["text"] for e in data.load_examples(load_recipe(path))[0]) == ["row 0", "row 1", "row 2"]
 
 
 @pytest.mark.parametrize("name, fmt, where, message", [

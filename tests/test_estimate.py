@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from recipecli.architectures import CATALOG, Shape
-from recipecli.estimate import (CUDA_CONTEXT_BYTES, Setup, UnknownTargets, estimate,
-                                lora_modules)
+from recipecli.errors import UnknownTargets
+from recipecli.estimate import CUDA_CONTEXT_BYTES, Setup, estimate, lora_modules
 
 # Toy llama: h 64, MLP 128, 2 layers, 4 heads of 16, 2 KV heads, vocab 100, untied.
 # Per layer: q 64x64=4096, k 64x32=2048, v 2048, o 4096, gate/up/down 8192 each -> 36,864
@@ -20,7 +20,7 @@ TOY = Shape("llama", 64, 128, 2, 4, 2, 16, 100, False)
 QLORA = Setup(method="qlora", weight_bits=4, quant_type="nf4", double_quant=False,
               compute_bytes=2, lora_r=4, lora_targets="all-linear", micro_batch_size=1,
               seq_len=8, gradient_checkpointing=False, optimizer="adamw_torch", attention="sdpa",
-              gradient_accumulation_steps=2)
+              gradient_accumulation_steps=2, lora_dropout=0.05)
 
 
 def parts(shape: Shape, setup: Setup, **changes) -> dict[str, int]:
@@ -145,7 +145,7 @@ MISTRAL = CATALOG["mistralai/Mistral-7B-v0.1"]
 GUIDE = Setup(method="qlora", weight_bits=4, quant_type="nf4", double_quant=True,
               compute_bytes=2, lora_r=16, lora_targets="all-linear", micro_batch_size=1,
               seq_len=1024, gradient_checkpointing=True, optimizer="paged_adamw_8bit",
-              attention="sdpa")
+              attention="sdpa", gradient_accumulation_steps=1, lora_dropout=0.05)
 LORA16 = dataclasses.replace(GUIDE, method="lora", weight_bits=16, quant_type=None,
                              double_quant=False, optimizer="adamw_torch")
 FULL = dataclasses.replace(LORA16, method="full", lora_r=None, weight_bits=32)
@@ -239,3 +239,18 @@ def test_calibration_against_published_runs():
     # (see BENCHMARKS.md); they are the only misses.
     missed = {r.row["id"]: r for r in results if r.row["id"] in summary.oom_predicted_fit}
     assert all(not r.hf and r.row["num_gpus"] > 1 for r in missed.values())
+
+
+@pytest.mark.parametrize("targets, named", [
+    (("q_proj", "q_prj"), "q_prj"),  # peft would adapt q_proj and skip the typo silently
+    (("query", "q_prj"), "query, q_prj"),  # every unknown name is listed
+])
+def test_every_lora_target_must_name_a_layer(targets, named):
+    with pytest.raises(UnknownTargets, match=f"{named} match no linear layer.*self_attn.q_proj"):
+        estimate(TOY, dataclasses.replace(QLORA, lora_targets=targets))
+
+
+def test_lora_on_the_output_head_is_refused_as_trl_refuses_it():
+    with pytest.raises(UnknownTargets, match="lm_head.*TRL") as exc:
+        estimate(TOY, dataclasses.replace(QLORA, lora_targets=("q_proj", "lm_head")))
+    assert "remove" in str(exc.value)

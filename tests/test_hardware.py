@@ -98,3 +98,12 @@ def test_cuda_visible_devices_picks_and_orders_gpus():
     assert [g.index for g in _visible(found, "1,7,0")] == [1]
     assert [g.index for g in _visible(found, "0,0,1")] == [0]
     assert _visible(found, "") == () and _visible(found, "-1") == ()
+
+
+def test_a_prefix_is_taken_only_when_the_rest_is_the_memory_size():
+    # "rtx 4060" is its own card, not the first card whose name starts with it (the 4060 Ti).
+    assert card("rtx 4060").name == "RTX 4060"
+    assert card("NVIDIA GeForce RTX 4060").total_bytes == 8188 * (1 << 20)
+    assert card("rtx 4060 ti").name == "RTX 4060 Ti 16GB"  # only a size left over
+    with pytest.raises(UsageError, match="unknown GPU '4060 t'.*RTX 4060 Ti 16GB"):
+        card("4060 t")

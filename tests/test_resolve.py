@@ -6,7 +6,8 @@ import pytest
 from recipecli import load
 from recipecli.errors import InvalidRecipe
 from recipecli.hardware import GIB, Gpu, card, gpu_from_vram
-from recipecli.resolve import TIGHT_FRACTION, check, largest_qlora_model, setup_for, status_of
+from recipecli.resolve import (STANDARD_QLORA_BASE, TIGHT_FRACTION, check, largest_qlora_model, setup_for,
+                               standard_qlora, status_of)
 
 RTX2080 = card("rtx2080")
 A100 = card("a100-80gb")
@@ -129,3 +130,29 @@ def test_largest_qlora_model_grows_with_the_card():
     assert 6e9 < eight[1].estimate.total_params < 8e9  # a 7B model on 8 GB
     assert sixteen[1].estimate.total_params > eight[1].estimate.total_params
     assert largest_qlora_model(gpu_from_vram(0.5)) is None
+
+
+def test_quantized_compute_dtype_sets_the_compute_width(make_recipe):
+    # fp16 autocast, but bitsandbytes dequantizes to fp32 for its matmuls.
+    recipe = load.load_recipe(make_recipe({"training": {"precision": "fp16"},
+                                           "quantization": {"compute_dtype": "float32"}}))
+    assert setup_for(recipe, RTX2080)[0].compute_bytes == 4
+    fp16 = load.load_recipe(make_recipe({"training": {"precision": "fp16"}}))
+    assert setup_for(fp16, RTX2080)[0].compute_bytes == 2
+
+
+def test_flash_attention_2_without_a_gpu_says_so(make_recipe):
+    recipe = load.load_recipe(make_recipe({"training": {"attention": "flash_attention_2"}}))
+    with pytest.raises(InvalidRecipe) as exc:
+        setup_for(recipe, None)
+    (problem,) = exc.value.problems
+    assert problem.message == ("flash_attention_2 needs compute capability >= 8.0 (an NVIDIA GPU); "
+                               "there is no GPU here")
+    assert "training.attention to auto" in problem.hint
+
+
+def test_the_standard_qlora_run_is_what_a_recipe_extending_the_base_gets(make_recipe):
+    extending = load.load_recipe(make_recipe(base={"recipe_version": 1, "name": "x",
+                                                   "extends": str(STANDARD_QLORA_BASE), **SEVEN_B}))
+    for gpu in (RTX2080, A100):
+        assert setup_for(standard_qlora(), gpu) == setup_for(extending, gpu)

@@ -19,6 +19,7 @@ def test_a_new_or_empty_folder_is_free(tmp_path):
 
 def test_an_existing_run_is_not_overwritten_without_asking(tmp_path):
     (tmp_path / runfolder.RECIPE).write_text("name: old\n")
+    (tmp_path / runfolder.RUN).write_text("started: yesterday\n")
     with pytest.raises(UsageError, match="already exists: pass --overwrite"):
         runfolder.check_free(tmp_path, overwrite=False, resume=False)
     runfolder.check_free(tmp_path, overwrite=True, resume=False)
@@ -28,6 +29,35 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")
     with pytest.raises(UsageError, match="not a run folder"):
         runfolder.check_free(tmp_path, overwrite=True, resume=False)
+
+
+def test_overwrite_refuses_a_folder_with_a_recipe_but_without_run_yaml(tmp_path):
+    (tmp_path / runfolder.RECIPE).write_text("name: mine\n")
+    (tmp_path / "notes.md").write_text("keep")
+    with pytest.raises(UsageError, match="not a run folder .*run.yaml"):
+        runfolder.check_free(tmp_path, overwrite=True, resume=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md", runfolder.RECIPE]
+
+
+def test_resume_allows_only_length_logging_saving_and_output_to_change(make_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    base = {"data": {"datasets": [{"path": "org/set", "format": "alpaca"}]}}
+    runfolder.write_recipe(run_dir, load_recipe(make_recipe(base)))
+    longer = {"training.max_steps": 50, "training.epochs": 2, "training.logging_steps": 3, "training.save_steps": 7,
+              "training.save_total_limit": 1, "output.dir": str(tmp_path / "elsewhere")}
+    runfolder.check_resumable(run_dir, load_recipe(make_recipe(base), [f"{k}={v}" for k, v in longer.items()]))
+    changed = load_recipe(make_recipe(base), ["training.seed=1", "lora.r=4", "data.max_seq_length=64",
+                                              "logging.wandb.project=p", "training.max_steps=50"])
+    with pytest.raises(UsageError, match="changed recipe: data.max_seq_length, logging.wandb.mode, "
+                                         "logging.wandb.project, logging.wandb.tags, lora.r, training.seed differ"):
+        runfolder.check_resumable(run_dir, changed)
+
+
+def test_resume_needs_the_recipe_the_run_started_with(make_recipe, tmp_path):
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(UsageError, match="recipe.yaml cannot be read"):
+        runfolder.check_resumable(tmp_path / "run", load_recipe(make_recipe()))
 
 
 def test_a_file_is_not_a_run_folder(tmp_path):

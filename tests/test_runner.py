@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
 import yaml
 
 from recipecli import after, runfolder
-from recipecli.errors import DataError, DoesNotFit, UsageError
-from recipecli.estimate import UnknownTargets
+from recipecli.errors import DataError, DoesNotFit, RecipeError, UnknownTargets, UsageError
 from recipecli.hardware import card, gpu_from_vram
 from recipecli.load import load_recipe
 from recipecli.model import load_model, lora_targets
@@ -60,6 +60,10 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / runfolder.METRICS).read_text().splitlines()]
 
 
+def _run_yaml(run_dir):
+    return yaml.safe_load((run_dir / runfolder.RUN).read_text())
+
+
 # --- before any training -------------------------------------------------------------------------
 
 
@@ -85,6 +89,41 @@ def test_an_existing_run_folder_is_refused_before_anything_loads(tiny, tmp_path)
     with pytest.raises(UsageError, match="--overwrite"):
         run(tiny(), gpus=())
     assert (tmp_path / "run" / runfolder.RECIPE).read_text() == "name: earlier\n"
+
+
+def test_overwrite_refuses_a_folder_with_a_recipe_but_no_run_record(tiny, tmp_path):
+    """A folder of recipes has a recipe.yaml too; only run.yaml, which recipecli alone writes, marks a run."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / runfolder.RECIPE).write_text("name: mine\n")
+    (folder / "thesis.tex").write_text("years of work")
+    with pytest.raises(UsageError, match="not a run folder.*run.yaml.*refusing to delete"):
+        run(tiny(), overwrite=True, gpus=())
+    assert sorted(p.name for p in folder.iterdir()) == [runfolder.RECIPE, "thesis.tex"]
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
+def test_resume_with_a_changed_recipe_is_refused_before_anything_is_written(tiny, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    runfolder.write_recipe(folder, tiny())
+    (folder / "checkpoint-2").mkdir()
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    changed = tiny(**{"training.learning_rate": 1e-3, "lora.r": 8, "training.max_steps": 9})
+    with pytest.raises(UsageError, match=r"changed recipe: lora.r, training.learning_rate differ"):
+        run(changed, resume=True, gpus=())
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["checkpoint-2"]
+
+
+def test_a_model_transformers_does_not_know_is_a_recipe_error(tiny, tmp_path):
+    unknown = tmp_path / "qwen9"
+    shutil.copytree(TINY_MODEL, unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "qwen9_moe"}))
+    recipe = tiny({"model": {"id": str(unknown)}})
+    with pytest.raises(RecipeError, match=r"(?s)cannot load the model .*qwen9_moe.*\nHint: an unknown model type"):
+        load_model(recipe, choose(recipe, None), cuda=False)
 
 
 def test_data_errors_come_before_the_model_and_leave_no_folder(tiny, tmp_path):
@@ -152,7 +191,7 @@ def _assert_complete_run(result, recipe):
     losses = [m["loss"] for m in _metrics(run_dir) if "loss" in m]
     assert len(losses) == recipe.training.max_steps and result.final_loss == losses[-1]
     assert (run_dir / runfolder.LOSS_PLOT).read_bytes().startswith(b"\x89PNG")
-    info = runfolder.read_run(run_dir)
+    info = _run_yaml(run_dir)
     assert info["result"]["steps"] == result.steps and info["libraries"]["trl"]
     assert info["device"].startswith("cpu") and info["settings"]["precision"] == "fp32"
     assert [d["fingerprint"][:7] for d in info["datasets"]] == ["sha256:"] * len(recipe.data.datasets)
@@ -191,7 +230,7 @@ def test_mixed_datasets_with_validation_split_and_packing(tiny):
         "val_fraction": 0.25, "packing": True}})
     result = run(recipe, gpus=())
     _assert_complete_run(result, recipe)
-    assert result.eval_loss is not None and runfolder.read_run(result.run_dir)["examples"] == {"train": 24, "eval": 8}
+    assert result.eval_loss is not None and _run_yaml(result.run_dir)["examples"] == {"train": 24, "eval": 8}
 
 
 @pytest.mark.slow
@@ -224,7 +263,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny):
     assert stopped.checkpoint == stopped.run_dir / f"checkpoint-{stopped.steps}"
 
     resumed = run(tiny(out="stopped", **settings_), gpus=(), resume=True)
-    assert runfolder.read_run(resumed.run_dir)["resumed_from"] == stopped.checkpoint.name
+    assert _run_yaml(resumed.run_dir)["resumed_from"] == stopped.checkpoint.name
     straight = run(tiny(out="straight", **settings_), gpus=())
     # The resumed run trained only the missing steps: metrics.jsonl counts each step once.
     assert [m["step"] for m in _metrics(resumed.run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
@@ -237,7 +276,18 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-2
 
 
+@pytest.fixture
+def fresh_wandb():
+    """wandb reads its environment once per process, into a singleton: each test starts without one."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("fresh_wandb")
 def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
@@ -259,6 +309,40 @@ def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny,
         if path.is_file():
             content = path.read_bytes()
             assert not any(v.encode() in content for v in secrets.values()), path
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_logging_steps_still_reports_a_loss(tiny):
+    result = run(tiny(**{"training.max_steps": 2, "training.logging_steps": 5}), gpus=())
+    assert not any("loss" in m for m in _metrics(result.run_dir))  # nothing logged at step 5
+    assert result.final_loss is not None and result.final_loss > 0
+    assert _run_yaml(result.run_dir)["result"]["final_loss"] == result.final_loss
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_wandb")
+def test_wandb_switched_off_in_the_environment_beats_the_recipe(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    (tmp_path / "wandb").mkdir()
+    result = run(tiny({"logging": {"wandb": {"project": "recipecli-test", "mode": "offline"}}}), gpus=())
+    assert result.saved is not None
+    assert not any((tmp_path / "wandb").rglob("offline-run-*"))  # the recipe's offline would write one
+    assert os.environ["WANDB_MODE"] == "disabled"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_wandb")
+def test_wandb_that_cannot_start_is_a_recipe_error(tiny, tmp_path, monkeypatch):
+    # Online without any API key: wandb refuses at once, before touching the network.
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for name, folder in (("HOME", "home"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DIR", "wandb")):
+        (tmp_path / folder).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / folder))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    with pytest.raises(RecipeError, match="W&B failed: .*API key.*\nHint: `wandb login`"):
+        run(tiny({"logging": {"wandb": {"project": "recipecli-test", "mode": "online"}}}), gpus=())
 
 
 @pytest.mark.slow
@@ -303,6 +387,54 @@ def test_merge_gives_the_same_model_as_base_plus_adapter(trained):
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
         assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-3)  # the adapter did something
+
+
+def _moved_run(trained, recipe, run_dir):
+    """The trained adapter in a run folder whose recipe.yaml says something else about where it ran."""
+    run_dir.mkdir()
+    runfolder.write_recipe(run_dir, recipe)
+    shutil.copytree(trained.saved, run_dir / runfolder.ADAPTER)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_merge_and_generate_work_where_the_training_gpu_settings_do_not(trained, tiny, tmp_path, capsys):
+    """Trained in bf16 with FlashAttention 2 on a new card; merged on an RTX 2080, asked on the CPU."""
+    recipe = tiny(**{"training.precision": "bf16", "training.attention": "flash_attention_2"})
+    run_dir = _moved_run(trained, recipe, tmp_path / "ampere")
+    assert (after.merge(run_dir, gpus=(card("rtx2080"),)) / "config.json").is_file()
+    assert "loading in fp32 with sdpa attention instead" in capsys.readouterr().err
+    assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=()), str)
+    assert "flash_attention_2 needs compute capability" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_merge_and_generate_trust_remote_code_of_the_saved_tokenizer(trained, tiny, tmp_path):
+    """A tokenizer with its own code, saved with the adapter, loads only with trust_remote_code."""
+    from transformers import AutoTokenizer
+
+    custom = tmp_path / "custom-tokenizer"
+    shutil.copytree(TINY_MODEL, custom)
+    (custom / "my_tokenizer.py").write_text("from transformers import PreTrainedTokenizerFast\n\n\n"
+                                            "class MyTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    config = json.loads((custom / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="MyTokenizer", auto_map={"AutoTokenizer": [None, "my_tokenizer.MyTokenizer"]})
+    (custom / "tokenizer_config.json").write_text(json.dumps(config))
+    run_dir = _moved_run(trained, tiny({"model": {"id": str(custom), "trust_remote_code": True}}), tmp_path / "run")
+    # As the trainer saves it: the tokenizer's code travels with the adapter.
+    AutoTokenizer.from_pretrained(custom, trust_remote_code=True).save_pretrained(run_dir / runfolder.ADAPTER)
+    assert (run_dir / runfolder.ADAPTER / "my_tokenizer.py").is_file()
+    assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=()), str)
+    assert (after.merge(run_dir, gpus=()) / "my_tokenizer.py").is_file()
+
+
+def test_generate_pads_with_the_pad_token_even_when_its_id_is_0():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    assert tokenizer.pad_token_id == 0 and after._pad_token_id(tokenizer) == 0
+    tokenizer.pad_token = None
+    assert after._pad_token_id(tokenizer) == tokenizer.eos_token_id
 
 
 @pytest.mark.slow
