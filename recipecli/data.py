@@ -1,5 +1,5 @@
-"""Training data: read every dataset of a recipe, check each record, and turn the mix into the
-columns TRL's SFTTrainer reads.
+"""Training data: read every dataset of a recipe (datafiles.py reads the files), check each record,
+and turn the mix into the columns TRL's SFTTrainer reads.
 
 Runs before any model is loaded, so a typo on line 9,000 of a data file costs a second, not a
 download. Every problem names the file, the record and the field.
@@ -20,16 +20,12 @@ the user turn, the completion the assistant turn); plain text mixes with neither
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import itertools
-import json
 import random
-from pathlib import Path
-from typing import Iterator
 
+from . import datafiles
 from .errors import DataError
-from .recipe import LOCAL_DATA_SUFFIXES, Dataset, Format, Recipe
+from .recipe import Format, Recipe
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -118,13 +114,13 @@ def load_examples(recipe: Recipe, tokenizer=None):
         _check_chat_template(recipe, tokenizer)
     examples = []
     for spec in recipe.data.datasets:
-        where = _where(spec)
+        where = datafiles.where(spec)
         before = len(examples)
-        for record_no, record in itertools.islice(_records(spec), spec.max_samples):
+        for record_no, record in itertools.islice(datafiles.records(spec), spec.max_samples):
             example = _convert(spec.format, record, f"{where}{record_no}")
             examples.append(_as_messages(example) if columns == "messages" and "prompt" in example else example)
         if len(examples) == before:
-            raise DataError(f"{_display(spec)} has no records. "
+            raise DataError(f"{datafiles.display(spec)} has no records. "
                             "Hint: check the file, or the split and subset of a hub dataset.")
     # The order of a mix is part of the run: it follows the recipe's seed, nothing else.
     random.Random(recipe.training.seed).shuffle(examples)
@@ -165,116 +161,6 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
             "Hint: set data.completion_only_loss: false, or use a tokenizer whose chat template marks "
             "assistant turns."
         ) from e
-
-
-def fingerprint(spec: Dataset) -> str:
-    """Identity of a dataset for the run folder: what was trained on, not just its name.
-
-    Returns:
-        ``sha256:<hex>`` of a local file's bytes; ``hub:<id>[/<subset>]:<split>`` for a hub dataset,
-        which has no content hash before download.
-
-    Raises:
-        DataError: the local file cannot be read.
-    """
-    if not spec.is_local:
-        subset = f"/{spec.subset}" if spec.subset else ""
-        return f"hub:{spec.path}{subset}:{spec.split}"
-    digest = hashlib.sha256()
-    try:
-        with open(spec.local_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as e:
-        raise DataError(f"{_display(spec)}: cannot read: {e.strerror}.") from e
-    return f"sha256:{digest.hexdigest()}"
-
-
-def _display(spec: Dataset) -> str:
-    if not spec.is_local:
-        return spec.path
-    try:
-        return str(spec.local_path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(spec.local_path)
-
-
-def _where(spec: Dataset) -> str:
-    """Prefix of the position of a record: lines for line-based files, record numbers otherwise."""
-    line_based = spec.is_local and spec.local_path.suffix in (".jsonl", ".csv")
-    return f"{_display(spec)}:{'line' if line_based else 'record'} "
-
-
-def _records(spec: Dataset) -> Iterator[tuple[int, object]]:
-    """Yield (1-based line or record number, record) of one dataset, raw as written."""
-    if not spec.is_local:
-        yield from enumerate(_hub_rows(spec), 1)
-        return
-    path = spec.local_path
-    if path.suffix not in LOCAL_DATA_SUFFIXES:
-        raise DataError(f"{_display(spec)}: unsupported file type '{path.suffix}'. "
-                        f"Hint: use one of {', '.join(LOCAL_DATA_SUFFIXES)}.")
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet  # datasets' own dependency; columns stay typed, as written
-
-            yield from enumerate(pyarrow.parquet.read_table(path).to_pylist(), 1)
-            return
-        # utf-8-sig: files saved by Excel and Windows Notepad start with a byte order mark, which
-        # would otherwise become part of the first CSV header or break the first JSON line.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if path.suffix == ".jsonl":
-                yield from _jsonl_rows(f, _display(spec))
-            elif path.suffix == ".csv":
-                # csv, not pandas: every cell stays the string it was, so "7" is not turned into 7.
-                reader = csv.DictReader(f)
-                for row in reader:
-                    yield reader.line_num, row
-            else:
-                yield from enumerate(_json_rows(f, _display(spec)), 1)
-    except FileNotFoundError as e:
-        raise DataError(f"{_display(spec)}: file not found. Hint: paths are relative to the recipe file.") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{_display(spec)}: not UTF-8 text ({e.reason} at byte {e.start}).") from e
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"{_display(spec)}: cannot read: {e}") from e
-
-
-def _jsonl_rows(f, name: str) -> Iterator[tuple[int, object]]:
-    for line_no, line in enumerate(f, 1):
-        if not line.strip():
-            continue
-        try:
-            yield line_no, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}:line {line_no}: not valid JSON: {e.msg} (column {e.colno}).") from e
-
-
-def _json_rows(f, name: str) -> list:
-    try:
-        document = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{name}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}.") from e
-    if not isinstance(document, list):
-        raise DataError(f"{name}: expected a JSON array of records, got {type(document).__name__}. "
-                        "Hint: use .jsonl for one record per line.")
-    return document
-
-
-def _hub_rows(spec: Dataset):
-    import datasets
-
-    # A split slice ("train[:100]") keeps only the first max_samples rows; datasets still downloads
-    # and prepares the whole split (into its cache), so a large set costs its full download once.
-    split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
-    try:
-        loaded = datasets.load_dataset(spec.path, name=spec.subset, split=split)
-    except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError is an OSError
-        raise DataError(
-            f"{spec.path}: could not download hub dataset (subset {spec.subset}, split {spec.split}): {e}. "
-            "Hint: check the id and your connection, or save it as a local .jsonl/.parquet file and use that path."
-        ) from e
-    return loaded
 
 
 def _convert(format: Format, record: object, where: str) -> dict:

@@ -8,12 +8,14 @@ blocks), peft's ``prepare_model_for_kbit_training`` (upcasts every non-quantized
 parameter, embeddings and head included, to fp32), TRL casting LoRA weights of quantized
 models to bf16 and computing the loss in tiles (``add_fused_lm_head``), and transformers'
 ``ForCausalLMLoss`` (``logits.float()``) for stacks that materialize logits.
+The activation and logits arithmetic is in activations.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from . import activations
 from .architectures import Shape
 from .hardware import GIB, gib
 from .recipe import Attention, Bits, Method, Optimizer, QuantType
@@ -23,8 +25,6 @@ from .recipe import Attention, Bits, Method, Optimizer, QuantType
 CUDA_CONTEXT_BYTES = GIB // 2
 # What the caching allocator holds beyond the live tensors (block rounding, fragmentation).
 ALLOCATOR_SLACK = 0.05
-# TRL's fused LM head: tokens x vocabulary tile of logits computed at once (trl.kernels).
-LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768
 # What training.attention "auto" resolves among.
 ATTENTION_KERNELS = tuple(a for a in get_args(Attention) if a != "auto")
 # How the work is spread over GPUs (the CLI's --parallelism); how the loss is computed
@@ -112,7 +112,7 @@ def lora_modules(shape: Shape, targets: str | tuple[str, ...]) -> dict[str, tupl
 
 
 @dataclass(frozen=True)
-class _Dtypes:
+class Dtypes:
     """Bytes per element of each kind of tensor, decided by method, weight_bits and autocast."""
 
     weight: float  # quantized or plain block linear weights
@@ -125,7 +125,7 @@ class _Dtypes:
     adapter_in: int  # copy of its input each adapter saves
 
 
-def _dtypes(s: Setup) -> _Dtypes:
+def _dtypes(s: Setup) -> Dtypes:
     kbit = s.weight_bits in (4, 8)
     c = s.compute_bytes
     # prepare_model_for_kbit_training upcasts what bitsandbytes left in 16-bit to fp32.
@@ -135,9 +135,9 @@ def _dtypes(s: Setup) -> _Dtypes:
     train = lora if s.method != "full" else s.weight_bits // 8
     # Linear4bit/8bitLt cast their output back to the input's dtype (fp32 after the upcast).
     matmul_out = other if kbit else (c if s.autocast else s.weight_bits // 8)
-    return _Dtypes(weight=s.weight_bits / 8, other=other, train=train, compute=c, residual=other,
-                   matmul_out=matmul_out, attention=c if s.autocast else matmul_out,
-                   adapter_in=c if s.autocast else lora)
+    return Dtypes(weight=s.weight_bits / 8, other=other, train=train, compute=c, residual=other,
+                  matmul_out=matmul_out, attention=c if s.autocast else matmul_out,
+                  adapter_in=c if s.autocast else lora)
 
 
 def _check(s: Setup) -> None:
@@ -168,7 +168,7 @@ def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
     return total, f"{s.quant_type} constants: {how}"
 
 
-def _optimizer(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict, trainable: int):
+def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: int):
     """Optimizer states, step temporaries and how they were counted."""
     name, n = s.optimizer, trainable
     if name == "adamw_torch":
@@ -197,59 +197,7 @@ def _optimizer(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict, trainable: i
     return 4 * values, 12 * largest, f"Adafactor: factored fp32 moments ({values:,} values)"
 
 
-def _layer_bytes_per_token(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict) -> float:
-    """Bytes one decoder layer saves for backward, per token."""
-    h, i, seq = shape.hidden_size, shape.intermediate_size, s.seq_len
-    heads = shape.num_attention_heads
-    hq, hkv = heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
-    full = s.method == "full"
-    # Each norm keeps its input in fp32; a trainable norm weight also keeps the normalized input.
-    norms = shape.norms_per_layer * (4 + (dt.residual if full else 0)) * h
-    if s.attention == "eager":  # q, repeated k/v, fp32 softmax and its cast: heads x seq scores
-        attention = 3 * hq * dt.attention + (4 + dt.attention) * heads * seq
-    elif s.attention == "sdpa" and s.micro_batch_size > 1:
-        # A padding mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned
-        # into a float bias per layer.
-        attention = 4 * hq * dt.attention + seq * dt.attention
-    else:  # q, k, v, output
-        attention = (2 * hq + 2 * hkv) * dt.attention
-    # Gated: gate output (act input), activation and up output (product inputs); plain: fc1 out.
-    mlp = (3 if shape.gated_mlp else 1) * i * dt.matmul_out
-    inputs = 0
-    if full:  # trainable linears keep their inputs; autocast copies per linear when dtypes differ
-        n_attn = len(shape.attention_modules()) - 1
-        n_mlp = len(shape.linear_modules()) - n_attn - 2
-        copies = n_attn + n_mlp if dt.residual != dt.compute else 2
-        inputs = (copies * h + hq + i) * dt.compute
-    elif s.weight_bits == 8:  # LLM.int8's matmul keeps its input even for a frozen weight
-        inputs = 2 * h * dt.residual + hq * dt.attention + i * dt.matmul_out
-    # Each adapter saves its input (dropout mask + dropped copy) and its rank-r projection.
-    mask = 1 if s.lora_dropout > 0 else 0
-    adapter = sum(fin * (dt.adapter_in + mask) + s.lora_r * dt.adapter_in
-                  for fin, _ in adapters.values())
-    return norms + attention + mlp + inputs + adapter
-
-
-def _loss_bytes(shape: Shape, s: Setup, dt: _Dtypes, tokens: int) -> tuple[float, str]:
-    """Peak working set of the LM head and the loss."""
-    v, h = shape.vocab_size, shape.hidden_size
-    if s.loss == "fp32_logits":
-        # ForCausalLMLoss calls logits.float() (and autocast runs cross-entropy in fp32 anyway):
-        # backward through log_softmax holds its saved fp32 output and fp32 gradients in and out.
-        return 12 * tokens * v, f"{tokens:,} tokens x {v:,} vocab x 12 bytes (fp32 logits)"
-    # TRL's fused head: one tile of logits, the head cast to compute dtype, fp32 grad of hidden.
-    tile = min(tokens, LOSS_TILE_TOKENS) * min(v, LOSS_TILE_VOCAB) * dt.compute
-    head_dtype = dt.train if s.method == "full" else dt.other
-    cast = min(v, LOSS_TILE_VOCAB) * h * dt.compute if head_dtype != dt.compute else 0
-    hidden = tokens * h * (dt.residual + 4)
-    head_grad = 4 * v * h if s.method == "full" else 0  # accumulated in fp32, then cast
-    return (tile + cast + hidden + head_grad,
-            f"chunked loss: {gib(tile)} logits tile + {gib(cast)} head cast + {gib(hidden)} "
-            f"hidden states and their fp32 grad" + (f" + {gib(head_grad)} fp32 head grad"
-                                                     if head_grad else ""))
-
-
-def _weights(shape: Shape, s: Setup, dt: _Dtypes) -> tuple[float, str]:
+def _weights(shape: Shape, s: Setup, dt: Dtypes) -> tuple[float, str]:
     br = shape.breakdown()
     if s.weight_bits >= 16:
         return br.total * dt.weight, f"{br.total:,} weights x {dt.weight:g} bytes"
@@ -258,26 +206,6 @@ def _weights(shape: Shape, s: Setup, dt: _Dtypes) -> tuple[float, str]:
             f"{br.block_linear:,} block weights x {dt.weight:g} byte ({s.weight_bits}-bit) + "
             f"{other:,} embedding/head/norm weights x {dt.other} bytes"
             + (" (fp32 after prepare_model_for_kbit_training)" if s.kbit_upcast else ""))
-
-
-def _activations(shape: Shape, s: Setup, dt: _Dtypes, adapters: dict, tokens: int):
-    """(saved until backward, extra while one layer runs backward, how it was counted)."""
-    layers, h = shape.num_hidden_layers, shape.hidden_size
-    per_token = _layer_bytes_per_token(shape, s, dt, adapters)
-    # Autocast keeps fp16 copies of fp32 weights for the backward of the layers that used them.
-    amp_casts = s.weight_bits == 32 and s.autocast and dt.compute == 2
-    one_layer = per_token * tokens + (shape.breakdown().block_linear / layers * dt.compute
-                                      if amp_casts else 0)
-    gradients = 3 * shape.intermediate_size * dt.matmul_out * tokens  # grads inside the MLP
-    final_norm = 4 * h * tokens
-    if s.gradient_checkpointing:  # only layer inputs are kept; one layer is recomputed at a time
-        return (layers * tokens * h * dt.residual + final_norm, one_layer + gradients,
-                f"{layers} layer inputs x {tokens:,} tokens x {h} x {dt.residual} bytes "
-                f"(gradient checkpointing) + one layer recomputed ({per_token / 1024:.0f} "
-                f"KiB/token)")
-    return (layers * one_layer + final_norm, gradients,
-            f"{layers} layers x {tokens:,} tokens x {per_token / 1024:.0f} KiB/token saved for "
-            f"backward ({s.attention})")
 
 
 def estimate(shape: Shape, setup: Setup) -> Estimate:
@@ -323,8 +251,8 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable)
     states, step_temp = states / shard_g, step_temp / shard_g
     grads = trainable * dt.train / shard_g * (2 if s.parallelism == "ddp" else 1)
-    saved, in_backward, act_how = _activations(shape, s, dt, adapters, tokens)
-    loss, loss_how = _loss_bytes(shape, s, dt, tokens)
+    saved, in_backward, act_how = activations.saved_bytes(shape, s, dt, adapters, tokens)
+    loss, loss_how = activations.loss_bytes(shape, s, dt, tokens)
 
     if s.gradient_accumulation_steps > 1:
         early, grad_how = grads, "kept across micro-batches"

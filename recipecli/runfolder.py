@@ -11,9 +11,7 @@ keep one run from destroying another.
     checkpoint-N/   the last checkpoints, for --resume
     merged/         written by `recipe merge`: the base model with the adapter merged in
 
-Also what writes into the folder while training: the trainer callback (metrics.jsonl, GPU
-memory, a checkpoint when Ctrl-C or SIGTERM arrives). Only that callback imports torch and
-transformers, inside its function.
+What writes into the folder while training, the trainer callback, is in callbacks.py.
 """
 from __future__ import annotations
 
@@ -22,10 +20,7 @@ import datetime
 import json
 import platform
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +29,6 @@ from typing import Iterator, Optional
 import yaml
 
 from .errors import UsageError
-from .hardware import GIB
 from .recipe import Recipe
 
 RECIPE = "recipe.yaml"
@@ -266,50 +260,3 @@ def plot_loss(path: Path, log_history: list[dict]) -> Optional[Path]:
     out = path / LOSS_PLOT
     figure.savefig(out)
     return out
-
-
-class StopRequest:
-    """Set by Ctrl-C or SIGTERM during training; the callback then checkpoints and stops."""
-
-    def __init__(self) -> None:
-        self.signal_name: Optional[str] = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None:  # a second signal: the user does not want to wait
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        print(f"{self.signal_name}: saving a checkpoint after this step, then stopping (again to stop at once)",
-              file=sys.stderr, flush=True)
-
-    @contextmanager
-    def listening(self) -> Iterator[None]:
-        # Python only lets the main thread install handlers; elsewhere signals keep their default.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-
-def recorder(run_dir: Path, stop: StopRequest, *, cuda: bool):
-    """The trainer callback of a run: GPU memory beside the loss, metrics.jsonl, stop on a signal."""
-    import torch
-    from transformers import TrainerCallback
-
-    class RunCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if cuda:
-                logs["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
-                logs["gpu_reserved_gib"] = round(torch.cuda.memory_reserved() / GIB, 3)
-            append_metrics(run_dir, {"step": state.global_step, **logs})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if stop.signal_name is not None:
-                control.should_save = True
-                control.should_training_stop = True
-
-    return RunCallback()

@@ -4,6 +4,7 @@
     first) -> model (4/8-bit) -> LoRA -> SFTConfig -> SFTTrainer -> train -> save -> run folder
 
 The tokenizer and model load in model.py, shared with `recipe merge` and `recipe generate`.
+The trainer callback that writes metrics.jsonl is in callbacks.py, W&B's setup in tracking.py.
 
 torch, transformers, peft and trl are imported inside the functions that use them, so importing
 recipecli (``recipe validate``, ``recipe --help``) never pays for them.
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from . import data, hardware, resolve, runfolder
+from . import data, datafiles, hardware, resolve, runfolder, tracking
+from .callbacks import StopRequest, recorder
 from .errors import DoesNotFit, RecipeError, UnknownModel
 from .hardware import GIB, Gpu
 from .model import load_model, load_tokenizer, lora_targets, say, training_gpu
-from .recipe import Recipe, Wandb
+from .recipe import Recipe
 from .suggest import suggest
 
 
@@ -89,11 +91,11 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
 
     from trl import SFTTrainer
 
-    stop = runfolder.StopRequest()
+    stop = StopRequest()
     run_info = _run_info(recipe, choices, gpu, train_set, eval_set)
     if checkpoint is not None:
         run_info["resumed_from"] = checkpoint.name
-    with _wandb_env(recipe.wandb):
+    with tracking.environment(recipe.wandb):
         with runfolder.creating(run_dir, overwrite=overwrite, resume=resume):
             runfolder.write_recipe(run_dir, recipe)
             runfolder.write_run(run_dir, run_info)
@@ -102,8 +104,8 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                  processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
             # First in line, so the console printer and W&B see the memory columns it adds.
-            trainer.callback_handler.callbacks.insert(0, runfolder.recorder(run_dir, stop, cuda=cuda))
-        with stop.listening(), _out_of_memory_explained(cuda), _wandb_failure_explained(recipe.wandb):
+            trainer.callback_handler.callbacks.insert(0, recorder(run_dir, stop, cuda=cuda))
+        with stop.listening(), _out_of_memory_explained(cuda), tracking.failure_explained(recipe.wandb):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         state = trainer.state
         interrupted = stop.signal_name is not None and state.global_step < state.max_steps
@@ -113,10 +115,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             trainer.save_model(str(saved))
             if eval_set is not None:
                 eval_loss = trainer.evaluate()["eval_loss"]
-        if recipe.wandb is not None:
-            import wandb  # only with a logging.wandb section; the trainer imported it already
-
-            wandb.finish()
+        tracking.finish(recipe.wandb)
 
     peak = _peak_reserved_bytes() if cuda else None
     result = RunResult(run_dir, saved, runfolder.last_checkpoint(run_dir), state.global_step,
@@ -136,7 +135,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
 def _run_info(recipe: Recipe, choices: resolve.Choices, gpu: Optional[Gpu], train_set, eval_set) -> dict:
     """run.yaml before training: environment, data identity, what "auto" became."""
     return {**runfolder.environment(recipe, _device_text(gpu)),
-            "datasets": [{"path": d.path, "format": d.format, "fingerprint": data.fingerprint(d)}
+            "datasets": [{"path": d.path, "format": d.format, "fingerprint": datafiles.fingerprint(d)}
                          for d in recipe.data.datasets],
             "examples": {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0},
             "settings": {"precision": choices.precision, "attention": choices.attention,
@@ -233,52 +232,6 @@ def _sft_config(recipe: Recipe, choices: resolve.Choices, run_dir: Path, *, has_
         run_name=(recipe.wandb.run_name or recipe.name) if recipe.wandb else recipe.name,
         **data.sft_flags(recipe),
     )
-
-
-@contextmanager
-def _wandb_env(wandb: Optional[Wandb]) -> Iterator[None]:
-    """Point W&B at the recipe's project for the run, through the variables wandb reads.
-
-    The API key is never set here: wandb reads WANDB_API_KEY (or its login) itself.
-    """
-    if wandb is None:
-        yield
-        return
-    values = {"WANDB_PROJECT": wandb.project, "WANDB_ENTITY": wandb.entity, "WANDB_MODE": wandb.mode,
-              "WANDB_TAGS": ",".join(wandb.tags) or None}
-    # Someone who switched W&B off or offline for this shell (CI, an air-gapped cluster, no consent
-    # to upload) is not overruled by a shared recipe that says online: the environment wins there.
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        del values["WANDB_MODE"]
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
-def _wandb_failure_explained(wandb: Optional[Wandb]) -> Iterator[None]:
-    """W&B failing to start (no login, no network, a bad entity) becomes a RecipeError with the way out.
-
-    The trainer starts the W&B run when training begins, so that is where this wraps.
-    """
-    if wandb is None:
-        yield
-        return
-    import wandb as wandb_sdk
-
-    try:
-        yield
-    except wandb_sdk.errors.Error as e:
-        raise RecipeError(f"W&B failed: {e}\nHint: `wandb login`, or set logging.wandb.mode: offline "
-                          "(or WANDB_MODE=offline / disabled in the environment); then run again with "
-                          "--resume if a checkpoint was saved, else with --overwrite.") from e
 
 
 def _peak_reserved_bytes() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recipecli import data
+from recipecli import data, datafiles
 from recipecli.errors import DataError
 from recipecli.load import load_recipe
 
@@ -227,9 +227,9 @@ def test_fingerprint_is_the_file_content_or_the_hub_coordinates(recipe, tmp_path
     local = recipe((DATA / "tiny-alpaca.jsonl", "alpaca")).data.datasets[0]
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(local.local_path.read_bytes())
-    assert data.fingerprint(local) == data.fingerprint(dataclasses.replace(local, local_path=copy))
-    assert data.fingerprint(local).startswith("sha256:") and len(data.fingerprint(local)) == 7 + 64
+    assert datafiles.fingerprint(local) == datafiles.fingerprint(dataclasses.replace(local, local_path=copy))
+    assert datafiles.fingerprint(local).startswith("sha256:") and len(datafiles.fingerprint(local)) == 7 + 64
     copy.write_bytes(copy.read_bytes() + b"\n")
-    assert data.fingerprint(local) != data.fingerprint(dataclasses.replace(local, local_path=copy))
+    assert datafiles.fingerprint(local) != datafiles.fingerprint(dataclasses.replace(local, local_path=copy))
     hub = recipe(("org/set", "chat")).data.datasets[0]
-    assert data.fingerprint(hub) == "hub:org/set:train"
+    assert datafiles.fingerprint(hub) == "hub:org/set:train"
