@@ -286,12 +286,18 @@ def fresh_wandb():
     wandb.teardown()
 
 
+@pytest.fixture
+def wandb_dir(fresh_wandb, tmp_path, monkeypatch):
+    """Where wandb writes its local runs in a test: a fresh folder, never the user's."""
+    folder = tmp_path / "wandb"
+    folder.mkdir()
+    monkeypatch.setenv("WANDB_DIR", str(folder))
+    return folder
+
+
 @pytest.mark.slow
-@pytest.mark.usefixtures("fresh_wandb")
-def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny, tmp_path, monkeypatch):
+def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny, wandb_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    (tmp_path / "wandb").mkdir()
     secrets = {"WANDB_API_KEY": "wandb-secret-9f3a1c", "HF_TOKEN": "hf_secret_77b2e0"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
@@ -299,7 +305,7 @@ def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny,
                                          "tags": ["ci"], "mode": "offline"}}})
     result = run(recipe, gpus=())
 
-    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     log = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"recipecli-test" in log and b"tiny-offline" in log
@@ -320,14 +326,11 @@ def test_a_run_shorter_than_logging_steps_still_reports_a_loss(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("fresh_wandb")
-def test_wandb_switched_off_in_the_environment_beats_the_recipe(tiny, tmp_path, monkeypatch):
+def test_wandb_switched_off_in_the_environment_beats_the_recipe(tiny, wandb_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    (tmp_path / "wandb").mkdir()
     result = run(tiny({"logging": {"wandb": {"project": "recipecli-test", "mode": "offline"}}}), gpus=())
     assert result.saved is not None
-    assert not any((tmp_path / "wandb").rglob("offline-run-*"))  # the recipe's offline would write one
+    assert not any(wandb_dir.rglob("offline-run-*"))  # the recipe's offline would write one
     assert os.environ["WANDB_MODE"] == "disabled"
 
 
@@ -346,14 +349,12 @@ def test_wandb_that_cannot_start_is_a_recipe_error(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_without_a_wandb_section_no_wandb_run_starts(tiny, tmp_path, monkeypatch):
+def test_without_a_wandb_section_no_wandb_run_starts(tiny, wandb_dir, monkeypatch):
     # transformers and trl import wandb themselves whenever it is installed; what matters is that
     # recipecli never reports to it: no run, no offline folder, nothing sent.
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    (tmp_path / "wandb").mkdir()
     run(tiny(), gpus=())
-    assert not any((tmp_path / "wandb").rglob("offline-run-*"))
+    assert not any(wandb_dir.rglob("offline-run-*"))
 
 
 # --- after training ------------------------------------------------------------------------------
