@@ -128,7 +128,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
     runfolder.write_run(run_dir, run_info)
     if peak is not None and result.estimate_bytes is not None:
         say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
-             "(peak reserved by PyTorch)")
+            "(peak reserved by PyTorch)")
     return result
 
 
