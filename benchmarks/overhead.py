@@ -9,7 +9,6 @@ Both arms must end on the same loss, or the comparison is void: the script check
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fresh import ROOT, measure_in_child, report  # benchmarks/ is on sys.path when run as a script
+from fresh import ROOT, alternate, arguments, measure_in_child, report  # benchmarks/ is on sys.path when run as a script
 
 MODEL = ROOT / "recipes" / "models" / "tiny-llama"
 DATA = ROOT / "recipes" / "data" / "tiny-alpaca.jsonl"
@@ -115,21 +114,15 @@ def measure(arm: str, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--child", choices=["runner", "plain"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = arguments(__doc__, ("runner", "plain"), repeats=5, steps=60)
     if args.child:
         return child(args.child, args.steps)
 
-    results: dict[str, list[dict]] = {"runner": [], "plain": []}
-    for i in range(args.repeats):
-        for arm in (("runner", "plain") if i % 2 == 0 else ("plain", "runner")):
-            r = measure(arm, args.steps)
-            results[arm].append(r)
-            print(f"repeat {i + 1} {arm:<6}  process {r['process_s']:6.2f} s  in-process {r['wall_s']:6.2f} s  "
-                  f"train {r['train_runtime']:6.2f} s  {r['tokens_per_s']:7.1f} tok/s  loss {r['final_loss']:.4f}")
+    def show(repeat: int, arm: str, r: dict) -> None:
+        print(f"repeat {repeat} {arm:<6}  process {r['process_s']:6.2f} s  in-process {r['wall_s']:6.2f} s  "
+              f"train {r['train_runtime']:6.2f} s  {r['tokens_per_s']:7.1f} tok/s  loss {r['final_loss']:.4f}")
+
+    results = alternate(("runner", "plain"), args.repeats, lambda arm: measure(arm, args.steps), show)
     losses = {round(r["final_loss"], 4) for arm in results.values() for r in arm}
     if len(losses) != 1:
         sys.exit(f"the arms trained differently (final losses {sorted(losses)}): settings are not identical")

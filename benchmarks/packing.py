@@ -9,14 +9,13 @@ trained per second: TRL's num_tokens / train_runtime.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
 import tempfile
 from pathlib import Path
 
-from fresh import ROOT, measure_in_child, report  # benchmarks/ is on sys.path when run as a script
+from fresh import ROOT, alternate, arguments, measure_in_child, report  # benchmarks/ is on sys.path when run as a script
 
 MODEL = ROOT / "recipes" / "models" / "tiny-llama"
 WORDS = ("red", "green", "blue", "gold", "lime", "owl", "cat", "sky", "sea", "tree")
@@ -63,27 +62,17 @@ def child(packing: bool, steps: int) -> None:
     report({"tokens": tokens, "train_runtime": runtime, "tokens_per_s": tokens / runtime})
 
 
-def measure(packing: bool, steps: int) -> dict:
-    return measure_in_child(__file__, "on" if packing else "off", steps)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = arguments(__doc__, ("on", "off"), repeats=3, steps=20)
     if args.child:
         return child(args.child == "on", args.steps)
 
-    results: dict[bool, list[dict]] = {True: [], False: []}
-    for i in range(args.repeats):
-        for packing in ((True, False) if i % 2 == 0 else (False, True)):
-            r = measure(packing, args.steps)
-            results[packing].append(r)
-            print(f"repeat {i + 1} packing {'on ' if packing else 'off'}  {r['tokens']:7.0f} tokens in "
-                  f"{r['train_runtime']:6.2f} s  {r['tokens_per_s']:7.1f} tok/s")
-    on, off = (statistics.median(r["tokens_per_s"] for r in results[p]) for p in (True, False))
+    def show(repeat: int, arm: str, r: dict) -> None:
+        print(f"repeat {repeat} packing {arm:<3}  {r['tokens']:7.0f} tokens in "
+              f"{r['train_runtime']:6.2f} s  {r['tokens_per_s']:7.1f} tok/s")
+
+    results = alternate(("on", "off"), args.repeats, lambda arm: measure_in_child(__file__, arm, args.steps), show)
+    on, off = (statistics.median(r["tokens_per_s"] for r in results[arm]) for arm in ("on", "off"))
     print(f"\n{args.steps} steps x {args.repeats} repeats, median tokens/s: packing on {on:.1f}, off {off:.1f}, "
           f"ratio {on / off:.2f}")
 
