@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/packing.py
 
 tiny-model: $(STAMP)
-	$(BIN)/python -m recipecli.tiny recipes/models/tiny-llama
+	$(BIN)/python -m recipecli.train.tiny recipes/models/tiny-llama
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -24,9 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recipecli.architectures import CATALOG, LAYOUTS, Shape  # noqa: E402
-from recipecli.estimate import Setup, estimate  # noqa: E402
-from recipecli.hardware import GIB  # noqa: E402
+from recipecli.fit.architectures import CATALOG, LAYOUTS, Shape  # noqa: E402
+from recipecli.fit.estimate import Setup, estimate  # noqa: E402
+from recipecli.units import GIB  # noqa: E402
 
 RUNS = ROOT.parent / "shared" / "calibration" / "published_runs.yaml"
 # Stacks the data file marks as "not exact targets" (see its header).

@@ -54,8 +54,8 @@ output: {{dir: {out}}}
 
 
 def arm_runner(steps: int, out: Path) -> dict:
-    from recipecli.load import load_recipe
-    from recipecli.runner import run
+    from recipecli.read.load import load_recipe
+    from recipecli.train.runner import run
 
     recipe_file = out.parent / "overhead.yaml"
     recipe_file.write_text(recipe_yaml(steps, out))

@@ -48,8 +48,8 @@ output: {{dir: {out}}}
 
 
 def child(packing: bool, steps: int) -> None:
-    from recipecli.load import load_recipe
-    from recipecli.runner import run
+    from recipecli.read.load import load_recipe
+    from recipecli.train.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         data, recipe_file = Path(tmp) / "varlen.jsonl", Path(tmp) / "recipe.yaml"

@@ -49,7 +49,7 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
 
     Example: recipe validate recipes/mistral7b.yaml recipes/phi-2.yaml
     """
-    from .load import resolve
+    from .read.load import resolve
 
     results = []  # (file, problems, warnings)
     for file in files:
@@ -84,8 +84,8 @@ def show(file: str, overrides: tuple[str, ...]) -> None:
 
     Example: recipe show recipes/mistral7b.yaml --set data.max_seq_length=512
     """
-    from .display import resolved_yaml
-    from .load import resolve
+    from .report.show import resolved_yaml
+    from .read.load import resolve
 
     click.echo(resolved_yaml(resolve(file, overrides)), nl=False)
 
@@ -98,8 +98,8 @@ def diff(first: str, second: str) -> None:
 
     Example: recipe diff recipes/tinyllama-1.1b.yaml my-tinyllama.yaml
     """
-    from .display import changes
-    from .load import resolve
+    from .report.show import changes
+    from .read.load import resolve
 
     lines = changes(resolve(first).with_defaults(), resolve(second).with_defaults())
     click.echo("\n".join(lines) if lines else "no differences")
@@ -112,7 +112,7 @@ def schema_command(print_path: bool) -> None:
 
     Example: recipe schema --path
     """
-    from .paths import SCHEMA_PATH
+    from .shipped import SCHEMA_PATH
 
     click.echo(str(SCHEMA_PATH) if print_path else SCHEMA_PATH.read_text(encoding="utf-8"), nl=print_path)
 
@@ -147,8 +147,9 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
     from pathlib import Path
 
     from .errors import UsageError
-    from .paths import shipped_recipes
-    from .report import check_files, failure_text, fit_json, fitted_yaml, format_fit_check, gib, target_gpu
+    from .shipped import shipped_recipes
+    from .report.fit import check_files, failure_text, fit_json, fitted_yaml, format_fit_check, target_gpu
+    from .units import gib
 
     if write_to is not None and len(files) != 1:
         raise UsageError("--write needs exactly one recipe file")
@@ -188,9 +189,10 @@ def gpu_command(vram: float | None, gpu_name: str | None) -> None:
 
     Example: recipe gpu        (or, for a card you do not have: recipe gpu --gpu t4)
     """
-    from . import hardware, resolve
-    from .paths import shipped_recipes
-    from .report import check_files, failure_text, format_gpu, target_gpu
+    from .fit import hardware
+    from .report.fit import check_files, failure_text, target_gpu
+    from .report.gpu import format_gpu, largest_qlora_model
+    from .shipped import shipped_recipes
 
     if vram is not None or gpu_name is not None:
         gpus = (target_gpu(vram, gpu_name),)
@@ -203,7 +205,7 @@ def gpu_command(vram: float | None, gpu_name: str | None) -> None:
         gpus = found.gpus
     for gpu in gpus:
         rows, failures = check_files(shipped_recipes(), gpu, skip_abstract=True)
-        click.echo(format_gpu(gpu, rows, resolve.largest_qlora_model(gpu)))
+        click.echo(format_gpu(gpu, rows, largest_qlora_model(gpu)))
         for failure in failures:
             click.echo(f"  could not check {failure_text(failure)}", err=True)
 
@@ -224,9 +226,9 @@ def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, res
 
     Example: recipe run recipes/tiny-demo.yaml --set training.max_steps=20
     """
-    from .load import load_recipe
-    from .runfolder import RECIPE
-    from .runner import run as train
+    from .read.load import load_recipe
+    from .train.runfolder import RECIPE
+    from .train.runner import run as train
 
     result = train(load_recipe(file, overrides), force=force, overwrite=overwrite, resume=resume)
     if result.interrupted:
@@ -247,7 +249,7 @@ def merge(run_dir: str) -> None:
     """
     from pathlib import Path
 
-    from .after import merge as merge_adapter
+    from .train.after import merge as merge_adapter
 
     click.echo(f"merged model saved to {merge_adapter(Path(run_dir))}")
 
@@ -264,6 +266,6 @@ def generate(run_dir: str, prompt: str, context: str, max_new_tokens: int) -> No
     """
     from pathlib import Path
 
-    from .after import generate as answer
+    from .train.after import generate as answer
 
     click.echo(answer(Path(run_dir), prompt, max_new_tokens, input=context))

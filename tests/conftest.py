@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipecli.load import deep_merge
+from recipecli.read.load import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

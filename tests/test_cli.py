@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from recipecli.cli import main
 from recipecli.errors import ExitCode
-from recipecli.paths import SCHEMA_PATH
+from recipecli.shipped import SCHEMA_PATH
 
 from .conftest import RECIPES
 

@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from recipecli.cli import main
-from recipecli.load import load_recipe, resolve
-from recipecli.paths import shipped_recipes
+from recipecli.read.load import load_recipe, resolve
+from recipecli.shipped import shipped_recipes
 
 from .conftest import RECIPES, SHIPPED
 

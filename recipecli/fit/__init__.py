@@ -1,0 +1,12 @@
+"""Fitting a recipe to a card: how much memory its training step needs and whether that fits.
+
+    model_catalog + architectures (model shapes from config.json values)
+    -> setup + precision (the recipe as the estimator sees it, on a given card)
+    -> estimate + activations (bytes by component) -> verdict (fits / tight / does not fit)
+    -> suggest (the cheapest change that fits)
+    hardware (Gpu as data; the only NVML caller) + gpu_catalog (cards by name)
+
+Owns: every memory number and every decision that depends on the card.
+May import: the standard library, ``recipecli.units``, ``recipecli.errors`` and ``recipecli.read``
+(typed recipes in, never YAML). Never torch: a fit-check for a card you do not own is arithmetic.
+"""

@@ -1,0 +1,300 @@
+"""Model shapes: enough of a config.json to count parameters and activations exactly.
+
+A ``Shape`` comes from, in order: the recipe's ``model.architecture`` block, a local folder's
+config.json, the catalog (model_catalog.py: public config.json values, kept as data so that fit-check
+works offline), the Hugging Face cache, and last a config-only download. Plain Python: nothing
+here imports torch or transformers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import UnknownModel, UnknownTargets
+from .model_catalog import CONFIGS, cached_config, download_config, hub_cache, offline
+
+# Where each layout keeps its linear layers, as paths inside one decoder layer (the suffixes peft
+# matches target_modules against), with the role that fixes each one's shape.
+LAYOUTS = {
+    "llama": (("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v"),
+              ("self_attn.o_proj", "o"), ("mlp.gate_proj", "gate"), ("mlp.up_proj", "up"),
+              ("mlp.down_proj", "down")),
+    "phi": (("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v"),
+            ("self_attn.dense", "o"), ("mlp.fc1", "up"), ("mlp.fc2", "down")),
+    "phi3": (("self_attn.qkv_proj", "qkv"), ("self_attn.o_proj", "o"),
+             ("mlp.gate_up_proj", "gate_up"), ("mlp.down_proj", "down")),
+    "qwen": (("attn.c_attn", "qkv"), ("attn.c_proj", "o"), ("mlp.w1", "gate"), ("mlp.w2", "up"),
+             ("mlp.c_proj", "down")),
+    "falcon": (("self_attention.query_key_value", "qkv"), ("self_attention.dense", "o"),
+               ("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
+    "gpt_neox": (("attention.query_key_value", "qkv"), ("attention.dense", "o"),
+                 ("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
+}
+LAYOUTS["bloom"] = LAYOUTS["falcon"]
+# The output head's name, where a layout does not call it lm_head.
+HEADS = {"gpt_neox": "embed_out"}
+ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
+GATED_ROLES = frozenset({"gate", "gate_up"})
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Parameter counts by where they live; their sum is the model's total."""
+
+    embedding: int  # token embedding (+ its LayerNorm for bloom)
+    block_linear: int  # weight matrices of the decoder layers: what bitsandbytes quantizes
+    block_other: int  # biases and norms of the decoder layers: never quantized
+    final_norm: int
+    lm_head: int  # 0 when tied to the embedding
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.block_linear + self.block_other + self.final_norm + self.lm_head
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A decoder-only transformer, as far as memory is concerned.
+
+    ``intermediate_size`` is the width of one MLP branch (Qwen-1's config.json states twice it).
+    ``layout`` names the linear layers (see LAYOUTS); whether the MLP is gated (SwiGLU/GeGLU,
+    three matrices) or plain (two matrices) follows from it.
+    """
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    layout: str = "llama"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    norm: str = "rms"  # "rms" (weight only) or "layer" (weight and bias)
+    norms_per_layer: int = 2
+    embedding_norm: bool = False
+    lm_head_bias: bool = False
+
+    @property
+    def gated_mlp(self) -> bool:
+        return any(role in GATED_ROLES for _, role in LAYOUTS[self.layout])
+
+    def _features(self, role: str) -> tuple[int, int]:
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return {"q": (h, q), "k": (h, kv), "v": (h, kv), "qkv": (h, q + 2 * kv), "o": (q, h),
+                "gate": (h, i), "up": (h, i), "gate_up": (h, 2 * i), "down": (i, h)}[role]
+
+    def linear_modules(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer of one decoder layer, by its path."""
+        return {path: self._features(role) for path, role in LAYOUTS[self.layout]}
+
+    @property
+    def head(self) -> str:
+        """Name of the output head in the model (beside the decoder layers)."""
+        return HEADS.get(self.layout, "lm_head")
+
+    def match_targets(self, wanted: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """The linear layers of one decoder layer that LoRA adapts for target_modules names.
+
+        Raises:
+            UnknownTargets: see :func:`match_modules`.
+        """
+        modules = self.linear_modules()
+        matched = match_modules(wanted, [*modules, self.head], self.head, self.model_type)
+        return {path: modules[path] for path in matched}
+
+    def attention_modules(self) -> tuple[str, ...]:
+        """Paths of the query/key/value/output projections (LoRA's ``attention`` target)."""
+        return tuple(path for path, role in LAYOUTS[self.layout] if role in ATTENTION_ROLES)
+
+    def breakdown(self) -> Breakdown:
+        """Count every parameter, grouped as the estimator stores them."""
+        h, norm = self.hidden_size, (2 if self.norm == "layer" else 1) * self.hidden_size
+        linear = bias = 0
+        for path, role in LAYOUTS[self.layout]:
+            fan_in, fan_out = self._features(role)
+            linear += fan_in * fan_out
+            has_bias = {"q": self.qkv_bias, "k": self.qkv_bias, "v": self.qkv_bias,
+                        "qkv": self.qkv_bias, "o": self.o_bias}.get(role, self.mlp_bias)
+            bias += fan_out if has_bias else 0
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return Breakdown(
+            embedding=self.vocab_size * h + (norm if self.embedding_norm else 0),
+            block_linear=linear * self.num_hidden_layers,
+            block_other=(bias + norm * self.norms_per_layer) * self.num_hidden_layers,
+            final_norm=norm,
+            lm_head=head + (self.vocab_size if self.lm_head_bias else 0))
+
+    def param_count(self) -> int:
+        """Exact number of parameters, as ``sum(p.numel() for p in model.parameters())``."""
+        return self.breakdown().total
+
+
+def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[str],
+                  model_type: str) -> list[str]:
+    """The linear layers LoRA adapts for target_modules names, every name checked.
+
+    peft adapts each layer whose name is a wanted name or ends with "." + it, and silently skips
+    a wanted name that matches nothing as long as another one matches: here every name must
+    match. TRL's SFTTrainer refuses an adapter on the output head (it computes the loss from the
+    head's weight directly), so naming the head is refused too. The estimate (the paths of a
+    Shape's layer) and the run (the loaded model's module names) both ask this.
+
+    Args:
+        wanted: module names or paths, such as ("q_proj", "mlp.down_proj").
+        linear: names of the linear layers, the head included.
+        head: the head's name among them; None when the model has none.
+        model_type: for the message.
+
+    Returns:
+        The names in ``linear`` that get adapters.
+
+    Raises:
+        UnknownTargets: names that match no linear layer, or the head; the message lists every
+            one of them and the layers there are.
+    """
+    linear = list(linear)
+    hits = {name: [n for n in linear if n == name or n.endswith("." + name)] for name in wanted}
+    missing = [name for name, found in hits.items() if not found]
+    on_head = [name for name, found in hits.items() if head in found]
+    problems = []
+    if missing:
+        layers = sorted({".".join(n.split(".")[-2:]) for n in linear if n != head})
+        problems.append(f"{', '.join(missing)} match no linear layer of this {model_type} model; "
+                        f"its layers are {', '.join(layers)}")
+    if on_head:
+        problems.append(f"{', '.join(on_head)} is the output head: TRL's SFTTrainer computes the loss "
+                        f"from {head}.weight directly, so it refuses an adapter there; remove it")
+    if problems:
+        raise UnknownTargets("lora.target_modules: " + "; ".join(problems))
+    return [n for n in linear if any(n in found for found in hits.values())]
+
+
+# Config classes whose tie_word_embeddings defaults to True when config.json leaves it out.
+_TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "falcon", "bloom"})
+_FIXES = (
+    "Fix it in one of three ways:\n"
+    "  1. put the model's config.json in a local folder and set model.id to that folder;\n"
+    "  2. add a model.architecture block to the recipe with the config.json values: hidden_size,\n"
+    "     intermediate_size, num_hidden_layers, num_attention_heads, vocab_size (and, where the\n"
+    "     model has them, num_key_value_heads, head_dim, tie_word_embeddings, model_type);\n"
+    "  3. run once with network access (HF_HUB_OFFLINE unset) so config.json lands in the\n"
+    "     Hugging Face cache.")
+
+
+def _first(config: dict, *keys: str):
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def shape_from_config(config: dict) -> Shape:
+    """Read a Hugging Face config.json (as a dict) into a Shape.
+
+    Args:
+        config: the parsed config.json; llama, mistral, qwen2, gemma, gemma2, phi, phi3, Qwen-1
+            (``qwen``), falcon, bloom and gpt_neox are read with their own layouts, any other
+            decoder-only model_type as llama-like (gated MLP, RMSNorm).
+
+    Returns:
+        The model's Shape.
+
+    Raises:
+        UnknownModel: an encoder-decoder model, or a config without the sizes.
+    """
+    model_type = config.get("model_type", "llama")
+    if config.get("is_encoder_decoder"):
+        raise UnknownModel(f"model_type {model_type!r} is an encoder-decoder model; recipe "
+                           "fine-tunes decoder-only causal language models")
+    h = _first(config, "hidden_size", "n_embd", "n_embed")
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _first(config, "num_attention_heads", "n_head")
+    vocab = config.get("vocab_size")
+    if None in (h, layers, heads, vocab):
+        raise UnknownModel(f"config.json of model_type {model_type!r} lacks hidden_size, "
+                           f"num_hidden_layers, num_attention_heads or vocab_size.\n{_FIXES}")
+    kv = _first(config, "num_key_value_heads", "num_kv_heads") or heads
+    head_dim = _first(config, "head_dim", "kv_channels") or h // heads
+    tied = config.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
+    inter = _first(config, "intermediate_size", "ffn_hidden_size", "n_inner") or 4 * h
+    base = dict(model_type=model_type, hidden_size=h, intermediate_size=inter,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied)
+    biased = dict(qkv_bias=True, o_bias=True, mlp_bias=True, norm="layer")
+    if model_type == "phi":
+        return Shape(**base, layout="phi", **biased, norms_per_layer=1, lm_head_bias=True)
+    if model_type == "phi3":
+        return Shape(**base, layout="phi3")
+    if model_type == "qwen":  # Qwen-1 remote code: w1 and w2 each carry half of intermediate_size
+        return Shape(**{**base, "intermediate_size": inter // 2}, layout="qwen", qkv_bias=True,
+                     o_bias=not config.get("no_bias", True))
+    if model_type == "falcon":
+        new_arch = config.get("new_decoder_architecture", False)
+        kv = kv if new_arch else (1 if config.get("multi_query", True) else heads)
+        norms = 2 if new_arch or not config.get("parallel_attn", True) else 1
+        bias = config.get("bias", False)
+        return Shape(**{**base, "num_key_value_heads": kv}, layout="falcon", qkv_bias=bias,
+                     o_bias=bias, mlp_bias=bias, norm="layer", norms_per_layer=norms)
+    if model_type == "bloom":
+        return Shape(**base, layout="bloom", **biased, embedding_norm=True)
+    if model_type == "gpt_neox":
+        return Shape(**base, layout="gpt_neox", **biased)
+    bias = config.get("attention_bias", False)
+    return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias,
+                 mlp_bias=config.get("mlp_bias", False),
+                 norms_per_layer=4 if model_type == "gemma2" else 2)
+
+
+CATALOG: dict[str, Shape] = {name: shape for names, shape in
+                             ((names, shape_from_config(config)) for names, config in CONFIGS.items())
+                             for name in names.split("|")}
+_BY_LOWER = {name.lower(): shape for name, shape in CATALOG.items()}
+
+
+def _read_config(path: Path) -> Shape:
+    try:
+        return shape_from_config(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as err:
+        raise UnknownModel(f"{path} is not valid JSON: {err}") from err
+
+
+def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=None,
+               revision: str = "main") -> Shape:
+    """The Shape of a model, found without downloading weights.
+
+    Args:
+        model_id: hub id (org/name) or the recipe's model.id.
+        local_path: the local model folder, when model.id names one.
+        architecture: the recipe's ``model.architecture`` block (recipecli.recipe.Architecture).
+        revision: hub revision, for the cache and the config-only download.
+
+    Returns:
+        The first shape found: recipe block, local config.json, catalog, Hugging Face cache,
+        then (unless HF_HUB_OFFLINE is set) a download of config.json alone.
+
+    Raises:
+        UnknownModel: none of those knows the model; the message says how to fix it.
+    """
+    if architecture is not None:
+        return shape_from_config({k: v for k, v in asdict(architecture).items() if v is not None})
+    if local_path is not None:
+        config = Path(local_path) / "config.json"
+        if not config.is_file():
+            raise UnknownModel(f"model folder {local_path} has no config.json.\n{_FIXES}")
+        return _read_config(config)
+    if model_id.lower() in _BY_LOWER:
+        return _BY_LOWER[model_id.lower()]
+    config = cached_config(model_id, revision)
+    if config is None and not offline():
+        config = download_config(model_id, revision)
+    if config is None:
+        where = "offline (HF_HUB_OFFLINE is set)" if offline() else "on the hub or offline"
+        raise UnknownModel(f"cannot find the architecture of {model_id!r} {where}: it is not in "
+                           f"recipe's catalog nor in the Hugging Face cache at {hub_cache()}.\n"
+                           f"{_FIXES}")
+    return _read_config(config)

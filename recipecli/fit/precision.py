@@ -1,0 +1,124 @@
+"""What a recipe's precision settings become on a card: the dtypes of the run, decided once.
+
+Pure: the card arrives as data (``gpu_catalog.Gpu``, None for the CPU); nothing here asks CUDA.
+The runner loads and trains with these choices and the estimate counts them, so the two agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
+
+from ..errors import InvalidRecipe, Location, Problem
+from ..read.recipe import Recipe
+from ..read.yamlload import json_path
+from .gpu_catalog import Gpu
+
+Locate = Callable[[tuple, bool], Location]
+DtypeName = Literal["float16", "bfloat16", "float32"]  # torch's names: getattr(torch, name)
+DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What the recipe's "auto" settings become on a GPU, and the dtypes the run uses for them."""
+
+    precision: Literal["bf16", "fp16", "fp32"]
+    attention: Literal["eager", "sdpa", "flash_attention_2"]
+    compute_dtype: Optional[DtypeName]  # bitsandbytes' compute dtype: quantized bases only
+    notes: tuple[str, ...]
+    # fp16 mixed precision unscales fp32 gradients: a full fine-tune under it keeps fp32 weights.
+    fp32_weights: bool = False
+
+    @property
+    def weight_dtype(self) -> DtypeName:
+        """What the base model is loaded in (model.load_model), as the estimate counts it."""
+        if self.compute_dtype is not None:  # the 16-bit leftovers of a quantized base compute in it
+            return self.compute_dtype
+        return "float32" if self.fp32_weights else DTYPE_OF[self.precision]
+
+    @property
+    def matmul_dtype(self) -> DtypeName:
+        """What matmuls compute in: bitsandbytes' compute dtype, else the training precision."""
+        return self.compute_dtype or DTYPE_OF[self.precision]
+
+
+def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) -> Choices:
+    """Resolve precision, attention and the 4-bit compute dtype for a GPU, checking what it supports.
+
+    Args:
+        recipe: the loaded recipe.
+        gpu: the card; None trains on the CPU. A card with unknown compute capability (``--vram``)
+            is not checked: bf16 and fp16 need the same memory, so the estimate does not depend on it.
+        locate: where recipe values were written (``load.Resolved.locate``), for precise problems.
+
+    Returns:
+        The resolved settings with a note for every choice a user might not expect. Without a GPU,
+        fp16/bf16 precision and compute dtype run as fp32.
+
+    Raises:
+        InvalidRecipe: the recipe asks for something the card cannot do (bf16 or FlashAttention 2
+            below compute capability 8.0, FlashAttention 2 without a GPU); each problem names the knob
+            to change.
+    """
+    training = recipe.training
+    problems: list[Problem] = []
+    notes: list[str] = []
+
+    def problem(path: tuple, message: str, hint: str) -> None:
+        where = locate(path, False) if locate else Location(str(recipe.source), 1, 1)
+        problems.append(Problem(where, json_path(path), message, hint))
+
+    cc_known = gpu is not None and gpu.compute_capability is not None
+    label = "no GPU" if gpu is None else f"{gpu.name} (CC {gpu.capability_text})"
+    if gpu is not None and not cc_known:
+        # fp16 is the larger estimate (full fine-tuning keeps fp32 weights under it), so a card
+        # of unknown generation is taken to be pre-Ampere.
+        auto = "; precision auto counted as fp16" if training.precision == "auto" else ""
+        notes.append(f"{gpu.name}: compute capability unknown, so bf16/FlashAttention 2 support is not "
+                     f"checked{auto} (name the card with --gpu to check it)")
+
+    precision = training.precision
+    if gpu is None:
+        # The CPU has no fp16/bf16 mixed precision worth having; a recipe written for a GPU still runs.
+        if precision == "auto":
+            notes.append("no GPU: precision auto -> fp32")
+        elif precision != "fp32":
+            notes.append(f"no GPU: precision {precision} runs as fp32 on the CPU")
+        precision = "fp32"
+    elif precision == "auto":
+        if not cc_known:
+            precision = "fp16"
+        elif not gpu.supports_bf16:
+            precision = "fp16"
+            notes.append(f"{label} has no bf16: precision auto -> fp16")
+        else:
+            precision = "bf16"
+    elif precision == "bf16" and cc_known and not gpu.supports_bf16:
+        problem(("training", "precision"), f"bf16 needs compute capability >= 8.0; {label} lacks it",
+                "set training.precision to auto or fp16")
+
+    attention = "sdpa" if training.attention == "auto" else training.attention
+    if attention == "flash_attention_2" and (gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
+        lacking = " (an NVIDIA GPU); there is no GPU here" if gpu is None else f"; {label} lacks it"
+        problem(("training", "attention"), f"flash_attention_2 needs compute capability >= 8.0{lacking}",
+                "set training.attention to auto (sdpa: same memory, slightly slower)")
+
+    compute_dtype = None
+    if recipe.quantization is not None:
+        compute_dtype = recipe.quantization.compute_dtype
+        if compute_dtype == "auto":
+            compute_dtype = DTYPE_OF[precision]
+        elif gpu is None and compute_dtype != "float32":
+            notes.append(f"no GPU: quantization.compute_dtype {compute_dtype} runs as float32 on the CPU")
+            compute_dtype = "float32"
+        elif compute_dtype == "bfloat16" and cc_known and not gpu.supports_bf16:
+            problem(("quantization", "compute_dtype"), f"bfloat16 needs compute capability >= 8.0; {label} lacks it",
+                    "set quantization.compute_dtype to auto (follows training.precision)")
+
+    if problems:
+        raise InvalidRecipe(problems)
+    return Choices(precision, attention, compute_dtype, tuple(notes),
+                   fp32_weights=recipe.method == "full" and precision == "fp16")
+
+

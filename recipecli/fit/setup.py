@@ -1,0 +1,75 @@
+"""The estimator's view of a run: the recipe reduced to plain values (``Setup``), and the bytes
+per element each kind of tensor takes under it (``Dtypes``). Shared by estimate.py and
+activations.py, which both read these and nothing else of the recipe.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from ..read.recipe import Attention, Method, Optimizer, QuantType
+
+# What training.attention "auto" resolves among.
+ATTENTION_KERNELS = tuple(a for a in get_args(Attention) if a != "auto")
+# How the work is spread over GPUs (the CLI's --parallelism); how the loss is computed
+# (benchmarks/calibration.py describes stacks other than `recipe run`'s).
+Parallelism = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
+Loss = Literal["chunked", "fp32_logits"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the estimator needs to know about a run, as plain values.
+
+    The fields after ``parallelism`` describe the software stack; their defaults are what
+    ``recipe run`` does, other values let benchmarks/calibration.py describe published runs.
+    """
+
+    method: Method
+    weight_bits: int  # storage of base weights: 4, 8, 16 or 32
+    quant_type: QuantType | None  # when weight_bits == 4
+    double_quant: bool
+    compute_bytes: int  # 2 for fp16/bf16 compute, 4 for fp32
+    lora_r: int | None
+    lora_targets: str | tuple[str, ...]  # "all-linear" | "attention" | module names
+    micro_batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool
+    optimizer: Optimizer
+    attention: str  # one of ATTENTION_KERNELS
+    gradient_accumulation_steps: int  # > 1 keeps gradients alive through the next forward
+    lora_dropout: float  # > 0 saves a mask and a copy of each adapter's input
+    num_gpus: int = 1
+    parallelism: Parallelism = "none"
+    loss: Loss = "chunked"  # chunked (TRL's fused head) | fp32_logits (the model's own loss)
+    autocast: bool = True  # the Trainer runs the forward under torch.autocast
+    kbit_upcast: bool = True  # prepare_model_for_kbit_training upcasts 16-bit weights to fp32
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """Bytes per element of each kind of tensor, decided by method, weight_bits and autocast."""
+
+    weight: float  # quantized or plain block linear weights
+    other: int  # embeddings, head, norms, biases
+    train: int  # trainable parameters, their gradients and torch optimizer states
+    compute: int  # matmuls (autocast dtype)
+    residual: int  # residual stream, norms
+    matmul_out: int  # outputs of block linears, MLP activations
+    attention: int  # what the attention kernel saves
+    adapter_in: int  # copy of its input each adapter saves
+
+
+def dtypes_of(s: Setup) -> Dtypes:
+    kbit = s.weight_bits in (4, 8)
+    c = s.compute_bytes
+    # prepare_model_for_kbit_training upcasts what bitsandbytes left in 16-bit to fp32.
+    other = (4 if s.kbit_upcast else c) if kbit else s.weight_bits // 8
+    # TRL casts the adapters of quantized models to bf16; peft keeps the others in fp32.
+    lora = 2 if kbit else 4
+    train = lora if s.method != "full" else s.weight_bits // 8
+    # Linear4bit/8bitLt cast their output back to the input's dtype (fp32 after the upcast).
+    matmul_out = other if kbit else (c if s.autocast else s.weight_bits // 8)
+    return Dtypes(weight=s.weight_bits / 8, other=other, train=train, compute=c, residual=other,
+                  matmul_out=matmul_out, attention=c if s.autocast else matmul_out,
+                  adapter_in=c if s.autocast else lora)

@@ -1,0 +1,234 @@
+"""Safe YAML loading that remembers where every value was written.
+
+PyYAML's SafeLoader alone is not enough for files that travel between teammates: it silently
+keeps the last of two duplicate keys, expands alias bombs before anyone can look at them, recurses
+until Python's stack overflows on deep nesting, and drops positions. So the file is checked in
+stages that each bound the work of the next: size and encoding, then the event stream (depth,
+aliases, tags; iterative, so nothing recurses), then the node graph is walked into plain Python
+values with a position for every path.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import InvalidRecipe, Location, Problem
+
+MAX_BYTES = 1 << 20  # a recipe is a few KB; refuse tens of MB before parsing anything
+MAX_DEPTH = 32  # recipes nest 4 deep; thousands of '[' would overflow the composer's recursion
+MAX_ALIASES = 100  # anchors are rare in recipes; bombs need many references
+MAX_NODES = 100_000  # nodes after alias expansion: a billion-laughs file exceeds it at once
+# libyaml parses about ten times faster than pure Python, and validate should start instantly.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+Path_ = tuple  # a JSON path as a tuple of keys and indexes: ("lora", "r"), ("data", "datasets", 0)
+
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+# YAML 1.1 (PyYAML) reads 1e-4 as a string; YAML 1.2 and every user read it as a number.
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A loaded YAML mapping with the location of every key and value."""
+
+    file: str
+    data: dict
+    values: dict  # path tuple -> Location of the value
+    keys: dict  # path tuple -> Location of the key that names it
+
+
+def json_path(path: Path_) -> str:
+    """Render ("data", "datasets", 0, "path") as $.data.datasets[0].path."""
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def load_file(path: str | Path) -> Document:
+    """Read and check one recipe file.
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        The document with positions.
+
+    Raises:
+        InvalidRecipe: with one problem naming the file, line and what to do.
+    """
+    name = str(path)
+    start = Location(name, 1, 1)
+    file = Path(path)
+    if not file.exists():
+        raise _fail(start, "file not found", "check the path; extends paths are relative to the file that names them")
+    if file.is_dir():
+        raise _fail(start, "is a directory, not a recipe file", "pass a .yaml file, e.g. recipes/tiny-demo.yaml")
+    try:
+        with file.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise _fail(start, f"cannot read: {exc.strerror}", "check the file's permissions") from None
+    if len(raw) > MAX_BYTES:
+        raise _fail(start, f"file is larger than {MAX_BYTES // 1024} KiB", "a recipe is a few KB of YAML; is this the right file?")
+    return load_text(raw, name)
+
+
+def load_text(raw: bytes, name: str) -> Document:
+    """Check and parse recipe bytes; see :func:`load_file`."""
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise _fail(Location(name, line, 1), "binary data (NUL byte)", "a recipe is a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _fail(Location(name, line, col), f"not UTF-8 (byte 0x{raw[exc.start]:02x})",
+                    "save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff")
+    _check_events(text, name)
+    root = _clearly(lambda loader: yaml.compose(text, Loader=loader), name)
+    if root is None:
+        raise _fail(Location(name, 1, 1), "empty recipe (no YAML content)",
+                    "start from a shipped recipe, e.g. recipes/tiny-demo.yaml")
+    if not isinstance(root, yaml.MappingNode):
+        kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+        raise _fail(_loc(root, name), f"the top level is {kind}, not a mapping",
+                    "a recipe is a mapping of sections: recipe_version, name, model, method, data...")
+    walker = _Walker(name)
+    data = walker.value(root, ())
+    return Document(name, data, walker.values, walker.keys)
+
+
+def _check_events(text: str, name: str) -> None:
+    """Bound depth, aliases and tags on the event stream, before anything is built."""
+    _clearly(lambda loader: _walk_events(yaml.parse(text, Loader=loader), name), name)
+
+
+def _clearly(step, name: str):
+    """Run a parsing step with libyaml; on a YAML error, explain it with the pure-Python parser.
+
+    libyaml's messages are terse (no tab hint, no alias name, its own depth limit), so the broken
+    file is read again by the parser whose message names the problem. Errors are rare: the fast
+    path stays fast.
+    """
+    try:
+        return step(_LOADER)
+    except yaml.YAMLError as fast_error:
+        try:
+            step(yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            raise _yaml_problem(exc, name) from None
+        raise _yaml_problem(fast_error, name) from None
+
+
+def _walk_events(events, name: str) -> None:
+    depth = aliases = 0
+    for event in events:
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _fail(_loc(event, name), f"nested more than {MAX_DEPTH} levels deep",
+                            "a recipe nests a few levels; is this the right file?")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _fail(_loc(event, name), f"more than {MAX_ALIASES} aliases (*ref)",
+                            "refused: this looks like an alias bomb; use extends to share settings")
+        tag = getattr(event, "tag", None)
+        if tag and not _tag_allowed(tag, event):
+            shown = tag.replace(_TAG, "!!")
+            raise _fail(_loc(event, name), f"YAML tag {shown} is not allowed",
+                        "recipes hold plain values; tags such as !!python/object are refused, never executed")
+
+
+def _tag_allowed(tag: str, event) -> bool:
+    if isinstance(event, yaml.MappingStartEvent):
+        return tag == _TAG + "map"
+    if isinstance(event, yaml.SequenceStartEvent):
+        return tag == _TAG + "seq"
+    return tag in _SCALAR_TAGS or tag == "!"
+
+
+class _Walker:
+    """Turns the node graph into plain values, counting nodes as aliases expand them."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes = 0
+        self.values: dict = {}
+        self.keys: dict = {}
+        self.constructor = yaml.SafeLoader("")
+
+    def value(self, node, path: Path_):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _fail(_loc(node, self.name), f"more than {MAX_NODES} values after expanding aliases",
+                        "refused: this looks like an alias bomb; use extends to share settings")
+        self.values[path] = _loc(node, self.name)
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self.scalar(node)
+
+    def mapping(self, node, path: Path_) -> dict:
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _TAG + "merge":
+                raise _fail(_loc(key_node, self.name), "merge keys (<<) are not supported",
+                            "use extends to reuse a base recipe")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _fail(_loc(key_node, self.name), "a key must be a plain name", "write key: value")
+            key = self.scalar(key_node)
+            if not isinstance(key, str):
+                key = key_node.value  # `1: x` or `yes: x` are names here, not numbers or booleans
+            if key in out:
+                first = self.keys[path + (key,)]
+                raise InvalidRecipe([Problem(
+                    _loc(key_node, self.name), json_path(path + (key,)),
+                    f"duplicate key '{key}' (first at line {first.line})",
+                    "keep one: YAML would silently take the last, hiding a merge conflict")])
+            self.keys[path + (key,)] = _loc(key_node, self.name)
+            out[key] = self.value(value_node, path + (key,))
+        return out
+
+    def scalar(self, node):
+        if node.tag == _TAG + "str" and not node.style and _FLOAT_WITHOUT_DOT.match(node.value):
+            return float(node.value)
+        if node.tag in (_TAG + "str", _TAG + "timestamp", "!"):
+            return node.value  # dates stay text: no recipe field is a date
+        try:
+            return self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise _fail(_loc(node, self.name), f"bad value {node.value!r}: {exc}", "quote it to keep it as text")
+
+
+def _loc(node_or_event, name: str) -> Location:
+    mark = node_or_event.start_mark
+    return Location(name, mark.line + 1, mark.column + 1)
+
+
+def _fail(location: Location, message: str, hint: str) -> InvalidRecipe:
+    return InvalidRecipe([Problem(location, "$", message, hint)])
+
+
+def _yaml_problem(exc: yaml.YAMLError, name: str) -> InvalidRecipe:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    location = Location(name, mark.line + 1, mark.column + 1) if mark else Location(name, 1, 1)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"malformed YAML: {problem}" + (f" ({context})" if context else "")
+    if "'\\t'" in problem:
+        hint = "indent with spaces; YAML does not allow tabs for indentation"
+    else:
+        hint = "check indentation and ':' after keys around this line"
+    return _fail(location, message, hint)

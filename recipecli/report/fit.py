@@ -1,0 +1,247 @@
+"""What `recipe fit-check` computes and prints, as plain functions returning data or text.
+
+cli.py only parses options and echoes; everything here can be called and tested directly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from ..errors import InvalidRecipe, RecipeError, UsageError
+from ..fit import verdict as fit_verdict
+from ..fit.gpu_catalog import Gpu, card, gpu_from_vram
+from ..fit.hardware import probe
+from ..fit.suggest import Suggestion, suggest
+from ..fit.verdict import Verdict
+from ..read import load
+from ..read.load import Resolved, deep_merge
+from ..read.recipe import Recipe
+from ..units import gib
+
+BAR_WIDTH = 40  # characters standing for the whole card in -v breakdowns
+
+
+@dataclass(frozen=True)
+class Row:
+    """One recipe checked against one GPU."""
+
+    file: str
+    resolved: Resolved
+    recipe: Recipe
+    verdict: Verdict
+    suggestion: Optional[Suggestion]  # only for recipes that do not fit
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A recipe that could not be checked (invalid, unknown model...)."""
+
+    file: str
+    error: RecipeError
+
+
+def check_files(files: Sequence[str | Path], gpu: Gpu, num_gpus: int = 1, parallelism: str = "none",
+                skip_abstract: bool = False) -> tuple[list[Row], list[Failure]]:
+    """Load, estimate and judge each recipe file; one bad file does not stop the others.
+
+    Args:
+        files: recipe files.
+        gpu: the card of every process.
+        num_gpus, parallelism: see :func:`fit.verdict.setup_for`.
+        skip_abstract: leave out abstract bases silently (for the shipped recipes) instead of
+            reporting them as failures.
+
+    Returns:
+        A row per checked recipe (with a suggestion for those that do not fit) and a failure
+        per file that could not be checked, each in the order given.
+    """
+    rows: list[Row] = []
+    failures: list[Failure] = []
+    for file in files:
+        try:
+            resolved = load.resolve(file)
+            if skip_abstract and resolved.abstract:
+                continue
+            recipe = load.load_recipe(file)  # raises for an abstract base: it cannot run
+            verdict = fit_verdict.check(recipe, gpu, num_gpus, parallelism, locate=resolved.locate)
+            suggestion = None if verdict.fits else suggest(recipe, gpu, num_gpus, parallelism)
+        except RecipeError as exc:
+            failures.append(Failure(str(file), exc))
+            continue
+        rows.append(Row(str(file), resolved, recipe, verdict, suggestion))
+    return rows, failures
+
+
+def target_gpu(vram: Optional[float], name: Optional[str]) -> Gpu:
+    """The card to check against: --vram, --gpu, or else the first GPU of this machine.
+
+    Raises:
+        UsageError: both options, an unknown card name, or no option and no GPU detected.
+    """
+    if vram is not None and name is not None:
+        raise UsageError("give --vram or --gpu, not both")
+    if name is not None:
+        return card(name)
+    if vram is not None:
+        return gpu_from_vram(vram)
+    found = probe()
+    if not found.gpus:
+        raise UsageError(f"no GPU detected ({found.note}); name the card to check against with --gpu NAME "
+                         "(e.g. --gpu rtx2080) or give its memory with --vram GIB (e.g. --vram 8)")
+    return found.gpus[0]
+
+
+def params(n: int) -> str:
+    """6738415616 -> 6.7B, 124439808 -> 124M."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}" if n < 100 * size else f"{n / size:.0f}{unit}"
+    return str(n)
+
+
+def gpu_line(gpu: Gpu) -> str:
+    """'RTX 2080: 8.00 GiB, compute capability 7.5'."""
+    free = f" ({gib(gpu.free_bytes)} free)" if gpu.free_bytes is not None else ""
+    return f"{gpu.name}: {gib(gpu.total_bytes)}{free}, compute capability {gpu.capability_text}"
+
+
+def verdict_text(verdict: Verdict) -> str:
+    share = verdict.estimate.total_bytes / verdict.vram_bytes
+    return {"fits": "fits", "tight": "tight", "does_not_fit": "DOES NOT FIT"}[verdict.status] + f" ({share:.0%})"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Aligned table: recipe, model, params, method, estimate, VRAM, verdict."""
+    head = ("recipe", "model", "params", "method", "estimate", "VRAM", "verdict")
+    body = [(r.recipe.name, r.recipe.model.id, params(r.verdict.estimate.total_params), r.recipe.method,
+             gib(r.verdict.estimate.total_bytes), gib(r.verdict.vram_bytes), verdict_text(r.verdict)) for r in rows]
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    right = {2, 4, 5}  # numbers align right
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+                     for line in [head, *body])
+
+
+def format_breakdown(verdict: Verdict) -> str:
+    """Each memory component with a bar scaled to the card, and how it was counted."""
+    lines = [f"  {part.name:<16}{gib(part.bytes):>10}  {_bar(part.bytes, verdict.vram_bytes)}  {part.explanation}"
+             for part in sorted(verdict.estimate.components, key=lambda c: -c.bytes) if part.bytes]
+    lines.append(f"  {'total':<16}{gib(verdict.estimate.total_bytes):>10}  "
+                 f"{_bar(verdict.estimate.total_bytes, verdict.vram_bytes)}| {verdict.gpu.name} "
+                 f"{gib(verdict.vram_bytes)}, headroom {gib(verdict.headroom_bytes)}")
+    return "\n".join(lines)
+
+
+def _bar(part: int, whole: int) -> str:
+    """BAR_WIDTH characters stand for the card; a part larger than the card ends in '>'."""
+    filled = round(part * BAR_WIDTH / whole)
+    return ("#" * (BAR_WIDTH - 1) + ">") if filled > BAR_WIDTH else ("#" * filled).ljust(BAR_WIDTH)
+
+
+def format_verdict(recipe: Recipe, verdict: Verdict) -> str:
+    """The verdict and its breakdown, as `recipe fit-check -v` prints them for each recipe."""
+    return f"{recipe.name}: {verdict_text(verdict)}\n{format_breakdown(verdict)}"
+
+
+def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Suggestion]) -> str:
+    """Why a recipe does not fit, and the change that makes it fit, with the patch as YAML.
+
+    Args:
+        recipe: the recipe that does not fit.
+        verdict: its verdict on the card.
+        suggestion: what :func:`suggest.suggest` found; None when nothing fits.
+
+    Returns:
+        A paragraph for people (what `recipe fit-check` and a refused `recipe run` print).
+    """
+    need = f"{recipe.name} needs {gib(verdict.estimate.total_bytes)}, {verdict.gpu.name} has {gib(verdict.vram_bytes)}."
+    if suggestion is None:
+        return (f"{need} No combination of the memory knobs makes it fit: use a smaller model or a card "
+                "with more memory.")
+    changes = "\n".join(f"  - {c}" for c in suggestion.changes)
+    patch = yaml.safe_dump(suggestion.patch, sort_keys=False).rstrip()
+    after = suggestion.verdict
+    share = after.estimate.total_bytes / after.vram_bytes
+    return (f"{need} It fits{' tightly' if after.status == 'tight' else ''} at {gib(after.estimate.total_bytes)} "
+            f"({share:.0%}) with:\n{changes}\n  patch:\n"
+            + "\n".join("    " + line for line in patch.splitlines()))
+
+
+def notes_of(rows: Sequence[Row]) -> list[str]:
+    """Every distinct note, in order of first appearance."""
+    return list(dict.fromkeys(note for row in rows for note in row.verdict.notes))
+
+
+def format_fit_check(rows: Sequence[Row], gpu: Gpu, verbose: bool = False) -> str:
+    """The whole fit-check report for people: card, table, breakdowns (-v), suggestions, notes."""
+    parts = [gpu_line(gpu), format_table(rows)]
+    if verbose:
+        parts += [format_verdict(r.recipe, r.verdict) for r in rows]
+    parts += [format_suggestion(r.recipe, r.verdict, r.suggestion) for r in rows if not r.verdict.fits]
+    notes = notes_of(rows)
+    if notes:
+        parts.append("\n".join(f"note: {n}" for n in notes))
+    return "\n\n".join(parts)
+
+
+def failure_text(failure: Failure) -> str:
+    """A file that could not be checked; located problems already name their file."""
+    if isinstance(failure.error, InvalidRecipe):
+        return str(failure.error)
+    return f"{failure.file}: {failure.error}"
+
+
+def fit_json(rows: Sequence[Row], failures: Sequence[Failure], gpu: Gpu) -> dict:
+    """The fit-check result for tools: GPU, one entry per recipe, and the files that failed."""
+    def entry(row: Row) -> dict:
+        est, sug = row.verdict.estimate, row.suggestion
+        return {
+            "file": row.file, "name": row.recipe.name, "model": row.recipe.model.id, "method": row.recipe.method,
+            "status": row.verdict.status, "estimate_bytes": est.total_bytes, "vram_bytes": row.verdict.vram_bytes,
+            "headroom_bytes": row.verdict.headroom_bytes, "total_params": est.total_params,
+            "trainable_params": est.trainable_params, "notes": list(row.verdict.notes),
+            "components": [{"name": c.name, "bytes": c.bytes, "explanation": c.explanation} for c in est.components],
+            "suggestion": None if sug is None else {
+                "changes": list(sug.changes), "patch": sug.patch, "status": sug.verdict.status,
+                "estimate_bytes": sug.verdict.estimate.total_bytes},
+        }
+    return {
+        "gpu": {"name": gpu.name, "total_bytes": gpu.total_bytes, "free_bytes": gpu.free_bytes,
+                "compute_capability": gpu.capability_text},
+        "recipes": [entry(r) for r in rows],
+        "errors": [{"file": f.file, "exit_code": int(f.error.exit_code), "message": str(f.error)} for f in failures],
+    }
+
+
+def fitted_yaml(row: Row, dest: Path) -> str:
+    """The recipe with its suggestion applied, as a self-contained file to be written at dest.
+
+    Extends are merged in (the base may not be reachable from dest) and local paths are
+    rewritten relative to dest, so the file runs where it is written.
+
+    Raises:
+        ValueError: the row has no suggestion (it fits as it is, or nothing fits): a caller bug.
+    """
+    if row.suggestion is None:
+        raise ValueError(f"{row.file} has no suggestion to apply: only a recipe that does not fit, "
+                         "and has a change that fits, is fitted")
+    doc = deep_merge(row.resolved.raw, row.suggestion.patch)
+    doc.pop("abstract", None)
+    recipe = row.recipe
+    if recipe.model.local_path is not None and not Path(recipe.model.id).expanduser().is_absolute():
+        doc["model"]["id"] = _relative(recipe.model.local_path, dest)
+    for written, dataset in zip(doc["data"]["datasets"], recipe.data.datasets):
+        if dataset.is_local and not Path(dataset.path).expanduser().is_absolute():
+            written["path"] = _relative(dataset.local_path, dest)
+    header = (f"# {recipe.source} fitted to {row.verdict.gpu.name} by recipe fit-check:\n"
+              + "".join(f"#   {c}\n" for c in row.suggestion.changes))
+    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def _relative(target: Path, dest: Path) -> str:
+    rel = os.path.relpath(target, dest.resolve().parent)
+    return rel if rel.startswith("..") else f"./{rel}"

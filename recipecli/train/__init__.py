@@ -1,0 +1,10 @@
+"""Training a recipe: data, model, the TRL SFTTrainer run, the run folder, merge and generate.
+
+    datafiles (raw records) -> data (checked examples, TRL columns) -> model (tokenizer,
+    4/8-bit base, LoRA targets) -> runner (the run, top to bottom; callbacks, tracking)
+    -> runfolder (what a run leaves behind) -> after (merge, generate); tiny (the demo model)
+
+Owns: everything that touches torch, transformers, peft, trl, bitsandbytes, datasets and wandb.
+Those are imported inside functions only, so importing this package stays cheap.
+May import: every other stage (read, fit) and the standard library.
+"""

@@ -1,0 +1,251 @@
+"""Shapes: exact parameter counts, layer names, and where a shape is found."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipecli.fit.architectures import CATALOG, find_shape, shape_from_config
+from recipecli.errors import ExitCode, RecipeError, UnknownModel, UnknownTargets
+from recipecli.read.load import load_recipe
+
+CALIBRATION = Path(__file__).parents[3] / "shared" / "calibration" / "architectures.yaml"
+PUBLISHED = yaml.safe_load(CALIBRATION.read_text()) if CALIBRATION.is_file() else []
+
+
+@pytest.mark.skipif(not PUBLISHED, reason="shared/calibration/architectures.yaml not present")
+@pytest.mark.parametrize("entry", PUBLISHED, ids=lambda e: e["hf_id"])
+def test_param_count_matches_published_total_and_breakdown(entry):
+    shape = CATALOG[entry["hf_id"]]
+    parts, published = shape.breakdown(), entry["param_count_breakdown"]
+    assert shape.param_count() == entry["param_count_total"]
+    assert parts.embedding == published["embedding"]
+    assert parts.block_linear + parts.block_other == published["transformer_blocks"]
+    assert parts.final_norm + parts.lm_head == published["final_norm_and_head"]
+
+
+@pytest.mark.parametrize("model_id, total", [
+    # sum(p.numel()) figures quoted on the models' hub pages and in public PEFT logs
+    ("Qwen/Qwen2.5-1.5B", 1_543_714_304),
+    ("Qwen/Qwen2.5-3B", 3_085_938_688),
+    ("Qwen/Qwen2.5-14B", 14_770_033_664),
+    ("meta-llama/Llama-2-70b-hf", 68_976_648_192),
+    ("meta-llama/Meta-Llama-3-70B", 70_553_706_496),
+    ("google/gemma-2-9b", 9_241_705_984),
+    ("codellama/CodeLlama-34b-hf", 33_743_970_304),
+    ("mistralai/Mistral-7B-v0.3", 7_248_023_552),
+    ("tiiuae/falcon-7b", 6_921_720_704),
+    ("bigscience/bloomz-7b1", 7_069_016_064),
+    ("microsoft/phi-1_5", 1_418_270_720),
+    ("huggyllama/llama-30b", 32_528_943_616),
+    ("huggyllama/llama-65b", 65_285_660_672),
+])
+def test_param_count_of_models_outside_the_calibration_file(model_id, total):
+    assert CATALOG[model_id].param_count() == total
+
+
+def test_aliases_share_one_shape():
+    assert CATALOG["meta-llama/Llama-2-7b-chat-hf"] is CATALOG["meta-llama/Llama-2-7b-hf"]
+    assert CATALOG["meta-llama/Llama-3.1-8B"] is CATALOG["meta-llama/Meta-Llama-3-8B"]
+    assert CATALOG["Qwen/Qwen2.5-7B-Instruct"] is CATALOG["Qwen/Qwen2.5-7B"]
+    assert CATALOG["mistralai/Mistral-7B-Instruct-v0.2"] is CATALOG["mistralai/Mistral-7B-v0.1"]
+
+
+def test_linear_modules_of_llama_with_grouped_query_attention():
+    modules = CATALOG["mistralai/Mistral-7B-v0.1"].linear_modules()
+    assert modules == {
+        "self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 1024),
+        "self_attn.v_proj": (4096, 1024), "self_attn.o_proj": (4096, 4096),
+        "mlp.gate_proj": (4096, 14336), "mlp.up_proj": (4096, 14336),
+        "mlp.down_proj": (14336, 4096)}
+    assert CATALOG["mistralai/Mistral-7B-v0.1"].gated_mlp
+
+
+def test_linear_modules_of_phi_and_qwen1_use_their_own_names():
+    phi = CATALOG["microsoft/phi-2"]
+    assert phi.linear_modules() == {
+        "self_attn.q_proj": (2560, 2560), "self_attn.k_proj": (2560, 2560),
+        "self_attn.v_proj": (2560, 2560), "self_attn.dense": (2560, 2560),
+        "mlp.fc1": (2560, 10240), "mlp.fc2": (10240, 2560)}
+    assert not phi.gated_mlp
+    assert phi.attention_modules() == ("self_attn.q_proj", "self_attn.k_proj",
+                                       "self_attn.v_proj", "self_attn.dense")
+    # Qwen-1 has two modules called c_proj, told apart by their parents.
+    qwen = CATALOG["Qwen/Qwen-7B"].linear_modules()
+    assert qwen["attn.c_attn"] == (4096, 3 * 4096)
+    assert qwen["attn.c_proj"] == (4096, 4096) and qwen["mlp.c_proj"] == (11008, 4096)
+
+
+def test_gemma_query_width_differs_from_hidden_size():
+    gemma = CATALOG["google/gemma-7b"].linear_modules()
+    assert gemma["self_attn.q_proj"] == (3072, 16 * 256)
+    assert gemma["self_attn.o_proj"] == (16 * 256, 3072)
+
+
+CONFIGS = {  # config.json values as published, reduced to what matters
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": {
+        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632,
+        "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
+        "vocab_size": 32000, "tie_word_embeddings": False, "attention_bias": False},
+    "Qwen/Qwen2.5-0.5B": {
+        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "vocab_size": 151936, "tie_word_embeddings": True},
+    "google/gemma-2b": {
+        "model_type": "gemma", "hidden_size": 2048, "intermediate_size": 16384,
+        "num_hidden_layers": 18, "num_attention_heads": 8, "num_key_value_heads": 1,
+        "head_dim": 256, "vocab_size": 256000},
+    "microsoft/phi-2": {
+        "model_type": "phi", "hidden_size": 2560, "intermediate_size": 10240,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "vocab_size": 51200, "tie_word_embeddings": False},
+    "microsoft/Phi-3-mini-4k-instruct": {
+        "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "vocab_size": 32064, "tie_word_embeddings": False},
+    "Qwen/Qwen-7B": {
+        "model_type": "qwen", "hidden_size": 4096, "intermediate_size": 22016,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "kv_channels": 128,
+        "vocab_size": 151936, "no_bias": True},
+    "tiiuae/falcon-7b": {
+        "model_type": "falcon", "hidden_size": 4544, "num_hidden_layers": 32,
+        "num_attention_heads": 71, "multi_query": True, "parallel_attn": True, "bias": False,
+        "vocab_size": 65024},
+    "bigscience/bloomz-7b1": {
+        "model_type": "bloom", "hidden_size": 4096, "n_layer": 30, "n_head": 32,
+        "vocab_size": 250880},
+    "stabilityai/stablelm-base-alpha-3b": {
+        "model_type": "gpt_neox", "hidden_size": 4096, "intermediate_size": 16384,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "vocab_size": 50688,
+        "tie_word_embeddings": False},
+}
+
+
+@pytest.mark.parametrize("model_id", sorted(CONFIGS))
+def test_shape_from_config_equals_the_catalog(model_id):
+    assert shape_from_config(CONFIGS[model_id]) == CATALOG[model_id]
+
+
+def test_unknown_decoder_type_is_read_as_llama_like():
+    shape = shape_from_config({"model_type": "olmo2", "hidden_size": 64,
+                               "intermediate_size": 128, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "vocab_size": 100})
+    assert shape.layout == "llama" and shape.num_key_value_heads == 4 and shape.head_dim == 16
+
+
+def test_encoder_decoder_and_incomplete_configs_are_refused():
+    with pytest.raises(UnknownModel, match="encoder-decoder"):
+        shape_from_config({"model_type": "t5", "is_encoder_decoder": True, "d_model": 512})
+    with pytest.raises(UnknownModel, match="lacks hidden_size"):
+        shape_from_config({"model_type": "llama", "hidden_size": 64})
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, and an empty Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_find_shape_reads_the_recipe_architecture_block(tmp_path, offline):
+    recipe = tmp_path / "private.yaml"
+    recipe.write_text(
+        "recipe_version: 1\nname: private\n"
+        f"extends: {Path(__file__).parents[2] / 'recipes' / 'base' / 'qlora-8gb.yaml'}\n"
+        "model:\n  id: acme/private-model\n  architecture:\n"
+        "    {hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2,\n"
+        "     num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 100}\n")
+    model = load_recipe(recipe).model
+    shape = find_shape(model.id, model.local_path, model.architecture)
+    assert (shape.num_key_value_heads, shape.head_dim, shape.layout) == (2, 16, "llama")
+    # embedding 6400 + 2 layers x (q 4096 + k 2048 + v 2048 + o 4096 + 3 x 8192 MLP
+    # + 2 x 64 norms) + final norm 64 + untied head 6400
+    assert shape.param_count() == 6400 + 2 * (4096 + 2048 + 2048 + 4096 + 3 * 8192 + 128) \
+        + 64 + 6400
+
+
+def test_find_shape_reads_a_local_folder(tmp_path, offline):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIGS["microsoft/phi-2"]))
+    assert find_shape("./my-phi", local_path=tmp_path) == CATALOG["microsoft/phi-2"]
+    with pytest.raises(UnknownModel, match="has no config.json"):
+        find_shape("./empty", local_path=tmp_path / "nothing-here")
+
+
+def test_find_shape_ignores_case_in_catalog_ids(offline):
+    assert find_shape("TINYLLAMA/tinyllama-1.1b-chat-v1.0") is \
+        CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+
+
+def test_find_shape_reads_the_hugging_face_cache(offline):
+    repo = offline / "models--acme--cached-7b"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    config = dict(CONFIGS["TinyLlama/TinyLlama-1.1B-Chat-v1.0"])
+    (repo / "snapshots" / "abc123" / "config.json").write_text(json.dumps(config))
+    assert find_shape("acme/cached-7b") == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+
+
+def test_unknown_model_offline_names_the_three_fixes(offline):
+    with pytest.raises(UnknownModel) as err:
+        find_shape("acme/never-seen")
+    message = str(err.value)
+    assert "acme/never-seen" in message and "HF_HUB_OFFLINE" in message
+    assert "local folder" in message and "model.architecture" in message
+    assert "network access" in message
+    assert isinstance(err.value, RecipeError) and err.value.exit_code == ExitCode.INVALID
+
+
+def _snapshot(repo: Path, sha: str, config: dict) -> None:
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text(json.dumps(config))
+
+
+def test_cached_config_follows_a_pinned_revision(offline):
+    repo = offline / "models--acme--revised"
+    tiny, phi = CONFIGS["TinyLlama/TinyLlama-1.1B-Chat-v1.0"], CONFIGS["microsoft/phi-2"]
+    old, new = "a" * 40, "b" * 40
+    _snapshot(repo, old, tiny)
+    _snapshot(repo, new, phi)
+    os.utime(repo / "snapshots" / old / "config.json", (0, 0))  # new is the newest snapshot
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(new)
+    (repo / "refs" / "v1").write_text(old)
+    assert find_shape("acme/revised", revision=old) == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+    assert find_shape("acme/revised", revision="v1") == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+    assert find_shape("acme/revised") == CATALOG["microsoft/phi-2"]
+    # A commit that is not in the cache is not answered by another commit's config.
+    with pytest.raises(UnknownModel, match="acme/revised"):
+        find_shape("acme/revised", revision="c" * 40)
+
+
+TINY_LLAMA = Path(__file__).parents[2] / "recipes" / "models" / "tiny-llama"
+
+
+@pytest.mark.parametrize("targets", [
+    ("q_proj", "v_proj"), ("self_attn.o_proj", "down_proj"),  # names and paths, as peft matches them
+    ("q_proj", "q_prj"), ("mlp",),  # a typo beside a good name; a module that is not a linear layer
+    ("q_proj", "lm_head"),  # the head: TRL refuses an adapter on it
+])
+def test_fit_check_and_run_judge_lora_targets_alike(targets):
+    """The estimate (a Shape) and the run (the real torch model) accept and refuse the same names."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recipecli.train.model import lora_targets
+
+    def verdict(match) -> str:
+        try:
+            match(targets)
+        except UnknownTargets as err:
+            return str(err)
+        return "accepted"
+
+    config = json.loads((TINY_LLAMA / "config.json").read_text())
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_LLAMA))
+    expected = verdict(shape_from_config(config).match_targets)
+    assert verdict(lambda wanted: lora_targets(wanted, model)) == expected
+    assert (expected == "accepted") == (targets[-1] not in ("q_prj", "mlp", "lm_head"))

@@ -1,0 +1,195 @@
+"""`recipe fit-check` and `recipe gpu` through the real entry point: verdicts, exit codes, --write."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from recipecli.read import load
+from recipecli.cli import main
+from recipecli.errors import ExitCode
+from recipecli.fit.gpu_catalog import card
+from recipecli.fit.hardware import detect
+from recipecli.report.fit import check_files, fitted_yaml
+
+from ..conftest import ROOT
+
+SEVEN_B = {"model": {"id": "mistralai/Mistral-7B-v0.1"}}
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
+no_gpu_here = pytest.mark.skipif(bool(detect()), reason="this machine has a GPU")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_shipped_recipes_on_an_rtx2080_as_the_seed_guide_says():
+    recipe = Path(sys.executable).parent / "recipe"
+    result = subprocess.run([str(recipe), "fit-check", "--gpu", "rtx2080", "--format", "json"],
+                            capture_output=True, text=True, cwd=ROOT, env=OFFLINE, timeout=120)
+    assert result.returncode == ExitCode.DOES_NOT_FIT, result.stderr
+    report = json.loads(result.stdout)
+    status = {r["name"]: r["status"] for r in report["recipes"]}
+    for fits in ("tinyllama-1.1b-qlora", "phi-2-qlora", "gemma-2b-qlora", "mistral7b-qlora-8gb"):
+        assert status[fits] in ("fits", "tight"), fits
+    assert status["llama2-13b-qlora"] == "does_not_fit"
+    assert report["errors"] == [] and report["gpu"]["compute_capability"] == "7.5"
+    assert "qlora-8gb" not in " ".join(r["file"] for r in report["recipes"])  # abstract base left out
+
+
+def test_table_columns_and_exit_ok(make_recipe):
+    result = invoke("fit-check", make_recipe(), "--gpu", "rtx2080")
+    assert result.exit_code == ExitCode.OK, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "RTX 2080: 8.00 GiB, compute capability 7.5"
+    assert lines[2].split() == ["recipe", "model", "params", "method", "estimate", "VRAM", "verdict"]
+    assert lines[3].split()[:4] == ["t", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "1.11B", "qlora"]
+    assert "fits" in lines[3] and "note: RTX 2080 (CC 7.5) has no bf16: precision auto -> fp16" in result.output
+
+
+def test_verbose_draws_every_component(make_recipe):
+    result = invoke("fit-check", make_recipe(), "--vram", "8", "-v")
+    assert result.exit_code == ExitCode.OK
+    for component in ("weights", "activations", "cuda_overhead", "total"):
+        assert f"  {component} " in result.output
+    assert "#" in result.output and "headroom" in result.output
+
+
+@pytest.mark.parametrize("delta", [{**SEVEN_B, "method": "full"}, {**SEVEN_B, "method": "lora"}])
+def test_7b_full_and_16bit_lora_do_not_fit_8gb_and_the_written_fix_does(make_recipe, tmp_path, delta):
+    path = make_recipe(delta)
+    fitted = tmp_path / "fitted" / "fitted.yaml"
+    fitted.parent.mkdir()
+    result = invoke("fit-check", path, "--gpu", "rtx2080", "--write", fitted)
+    assert result.exit_code == ExitCode.DOES_NOT_FIT
+    assert "DOES NOT FIT" in result.output and "It fits" in result.output and "patch:" in result.output
+    assert yaml.safe_load(fitted.read_text())["method"] == "qlora"
+    again = invoke("fit-check", fitted, "--gpu", "rtx2080", "--format", "json")
+    assert again.exit_code == ExitCode.OK
+    assert json.loads(again.output)["recipes"][0]["status"] in ("fits", "tight")
+
+
+def test_json_carries_breakdown_and_suggestion(make_recipe):
+    result = invoke("fit-check", make_recipe({**SEVEN_B, "method": "lora"}), "--gpu", "rtx2080", "--format", "json")
+    (entry,) = json.loads(result.output)["recipes"]
+    assert entry["status"] == "does_not_fit" and entry["headroom_bytes"] < 0
+    assert sum(c["bytes"] for c in entry["components"]) == entry["estimate_bytes"]
+    assert entry["suggestion"]["patch"]["method"] == "qlora"
+    assert entry["suggestion"]["estimate_bytes"] <= entry["vram_bytes"]
+
+
+def test_write_keeps_local_paths_working_from_another_folder(make_recipe, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
+    path = make_recipe({**SEVEN_B, "method": "lora", "data": {"datasets": [{"path": "./train.jsonl",
+                                                                           "format": "alpaca"}]}})
+    fitted = tmp_path / "elsewhere" / "fitted.yaml"
+    fitted.parent.mkdir()
+    assert invoke("fit-check", path, "--gpu", "rtx2080", "--write", fitted).exit_code == ExitCode.DOES_NOT_FIT
+    recipe = load.load_recipe(fitted)
+    assert recipe.data.datasets[0].local_path == data.resolve()
+    assert fitted.read_text().startswith(f"# {path} fitted to RTX 2080")
+
+
+def test_write_refuses_to_overwrite_the_recipe_and_needs_one_file(make_recipe):
+    path = make_recipe({**SEVEN_B, "method": "lora"})
+    result = invoke("fit-check", path, "--gpu", "rtx2080", "--write", path)
+    assert result.exit_code == ExitCode.USAGE and "overwrite" in result.output
+    assert invoke("fit-check", path, path, "--gpu", "rtx2080", "--write", "x.yaml").exit_code == ExitCode.USAGE
+    teammate = path.with_name("teammate.yaml")
+    teammate.write_text("keep me\n")
+    assert invoke("fit-check", path, "--gpu", "rtx2080", "--write", teammate).exit_code == ExitCode.USAGE
+    assert teammate.read_text() == "keep me\n"
+
+
+def test_only_a_recipe_with_a_suggestion_is_fitted(make_recipe, tmp_path):
+    (row,), _ = check_files([make_recipe()], card("rtx2080"))
+    assert row.suggestion is None  # it fits as it is
+    with pytest.raises(ValueError, match="no suggestion"):
+        fitted_yaml(row, tmp_path / "fitted.yaml")
+
+
+def test_nothing_fits_says_so(make_recipe):
+    result = invoke("fit-check", make_recipe({"model": {"id": "meta-llama/Llama-2-70b-hf"}}), "--gpu", "rtx2080")
+    assert result.exit_code == ExitCode.DOES_NOT_FIT
+    assert "No combination of the memory knobs makes it fit" in result.output
+
+
+def test_capability_problem_is_invalid_and_other_files_still_checked(make_recipe):
+    good = make_recipe(name="good.yaml")
+    bf16 = make_recipe({"training": {"precision": "bf16"}}, name="bf16.yaml")
+    result = CliRunner().invoke(main, ["fit-check", str(good), str(bf16), "--gpu", "rtx2080"])
+    assert result.exit_code == ExitCode.INVALID
+    assert "$.training.precision" in result.stderr and f"{bf16}:" in result.stderr
+    assert "fits" in result.stdout  # the good recipe still got its row
+
+
+def test_gpu_options_are_checked():
+    assert invoke("fit-check", "--gpu", "rtx2090").exit_code == ExitCode.USAGE
+    assert "did you mean" in invoke("fit-check", "--gpu", "rtx2090").output
+    assert invoke("fit-check", "--gpu", "t4", "--vram", "8").exit_code == ExitCode.USAGE
+    assert invoke("fit-check", "--vram", "0").exit_code == ExitCode.USAGE
+
+
+@no_gpu_here
+def test_without_gpu_or_option_fit_check_explains_how_to_name_a_card(make_recipe):
+    result = invoke("fit-check", make_recipe())
+    assert result.exit_code == ExitCode.USAGE
+    assert "no GPU detected" in result.output and "--vram" in result.output and "--gpu" in result.output
+
+
+@no_gpu_here
+def test_gpu_command_without_gpu_says_so_and_exits_0():
+    result = invoke("gpu")
+    assert result.exit_code == ExitCode.OK
+    assert result.output.startswith("No GPU detected:") and "--gpu rtx2080" in result.output
+
+
+def test_gpu_command_for_a_named_card():
+    result = invoke("gpu", "--gpu", "rtx2080")
+    assert result.exit_code == ExitCode.OK, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "RTX 2080: 8.00 GiB, compute capability 7.5"
+    assert "bf16: no" in lines[1] and "FlashAttention 2: no" in lines[1]
+    assert "tinyllama-1.1b-qlora" in lines[2] and lines[3] == "  do not fit: llama2-13b-qlora"
+    assert "largest model for QLoRA: " in lines[4]
+    assert "bf16: yes" in invoke("gpu", "--gpu", "a100-80gb").output
+
+
+def test_multi_gpu_options_reach_the_estimate(make_recipe):
+    path = make_recipe({**SEVEN_B, "method": "full"})
+    one = json.loads(invoke("fit-check", path, "--gpu", "a100-80gb", "--format", "json").output)
+    eight = json.loads(invoke("fit-check", path, "--gpu", "a100-80gb", "--gpus", "8", "--parallelism", "fsdp",
+                              "--format", "json").output)
+    assert eight["recipes"][0]["estimate_bytes"] < one["recipes"][0]["estimate_bytes"]
+
+
+@pytest.mark.parametrize("command", ["fit-check", "gpu"])
+def test_help_ends_with_an_example(command):
+    help_text = invoke(command, "--help").output
+    assert "Example: recipe" in help_text and "GiB" in help_text
+
+
+def test_fit_check_of_every_shipped_recipe_leaves_torch_out():
+    code = ("import sys\n"
+            "from click.testing import CliRunner\n"
+            "from recipecli.cli import main\n"
+            "for args in (['fit-check', '--gpu', 'rtx2080', '-v'], ['gpu', '--gpu', 't4'], ['gpu']):\n"
+            "    result = CliRunner().invoke(main, args)\n"
+            "    assert result.exit_code in (0, 3), (args, result.output)\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=OFFLINE,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,235 @@
+"""The data pipeline on the shipped demo data and on small broken files (tests/data)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recipecli.train import data, datafiles
+from recipecli.errors import DataError
+from recipecli.read.load import load_recipe
+
+from ..conftest import RECIPES
+
+DATA = RECIPES / "data"
+BAD = Path(__file__).parent / "data"  # one small broken file per error
+N_DEMO = 256
+
+
+@pytest.fixture
+def recipe(make_recipe):
+    """A loaded recipe training on the given (path, format) datasets, plus data-section extras."""
+
+    def make(*datasets: tuple[str, str], **data_section):
+        specs = [{"path": str(path), "format": fmt} for path, fmt in datasets]
+        return load_recipe(make_recipe({"data": {"datasets": specs, **data_section}}))
+
+    return make
+
+
+@pytest.fixture
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(RECIPES / "models" / "tiny-llama")
+
+
+@pytest.mark.parametrize("name, fmt, columns", [
+    ("tiny-alpaca.jsonl", "alpaca", ["prompt", "completion"]),
+    ("tiny-alpaca.json", "alpaca", ["prompt", "completion"]),
+    ("tiny-alpaca.csv", "alpaca", ["prompt", "completion"]),
+    ("tiny-alpaca.parquet", "alpaca", ["prompt", "completion"]),
+    ("tiny-prompt-completion.jsonl", "prompt_completion", ["prompt", "completion"]),
+    ("tiny-chat.jsonl", "chat", ["messages"]),
+    ("tiny-sharegpt.jsonl", "sharegpt", ["messages"]),
+    ("tiny-text.jsonl", "text", ["text"]),
+])
+def test_every_format_and_file_type_becomes_trl_columns(recipe, name, fmt, columns):
+    train, evaluation = data.load_examples(recipe((DATA / name, fmt)))
+    assert train.column_names == columns
+    assert len(train) == N_DEMO and evaluation is None
+
+
+def test_every_alpaca_file_type_reads_the_same_examples(recipe):
+    loaded = [data.load_examples(recipe((DATA / f"tiny-alpaca{s}", "alpaca")))[0].to_list()
+              for s in (".jsonl", ".json", ".csv", ".parquet")]
+    assert all(examples == loaded[0] for examples in loaded)
+
+
+def test_alpaca_becomes_the_fixed_prompt_with_and_without_input(recipe):
+    examples = data.load_examples(recipe((DATA / "tiny-alpaca.jsonl", "alpaca")))[0].to_list()
+    with_input = next(e for e in examples if "### Input:" in e["prompt"])
+    without = next(e for e in examples if "### Input:" not in e["prompt"])
+    assert with_input["prompt"].startswith("### Instruction:\n")
+    assert with_input["prompt"].endswith("### Response:\n")
+    assert without["prompt"] == data.alpaca_prompt(without["prompt"].split("\n")[1])
+
+
+def test_sharegpt_speakers_become_chat_roles(recipe):
+    chat = data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")))[0].to_list()
+    sharegpt = data.load_examples(recipe((DATA / "tiny-sharegpt.jsonl", "sharegpt")))[0].to_list()
+    assert sharegpt == chat
+    assert {m["role"] for e in chat for m in e["messages"]} == {"system", "user", "assistant"}
+
+
+def test_max_samples_takes_the_first_records(recipe, make_recipe):
+    path = make_recipe({"data": {"datasets": [{"path": str(DATA / "tiny-text.jsonl"), "format": "text",
+                                               "max_samples": 5}]}})
+    texts = {e["text"] for e in data.load_examples(load_recipe(path))[0]}
+    first = [json.loads(line)["text"] for line in (DATA / "tiny-text.jsonl").read_text().splitlines()[:5]]
+    assert texts == set(first)
+
+
+def test_a_mix_is_concatenated_and_shuffled_by_the_seed(recipe):
+    mix = recipe((DATA / "tiny-alpaca.jsonl", "alpaca"),
+                 (DATA / "tiny-prompt-completion.jsonl", "prompt_completion"))
+    first = data.load_examples(mix)[0].to_list()
+    assert len(first) == 2 * N_DEMO
+    assert first == data.load_examples(mix)[0].to_list()
+    assert {e["prompt"][:3] for e in first[:20]} == {"###", "Q: "}  # interleaved, not one file after the other
+    reseeded = dataclasses.replace(mix, training=dataclasses.replace(mix.training, seed=mix.training.seed + 1))
+    assert data.load_examples(reseeded)[0].to_list() != first
+
+
+def test_prompt_completion_mixed_with_chat_becomes_conversations(recipe):
+    mix = recipe((DATA / "tiny-alpaca.jsonl", "alpaca"), (DATA / "tiny-sharegpt.jsonl", "sharegpt"))
+    train, _ = data.load_examples(mix)
+    assert train.column_names == ["messages"] and len(train) == 2 * N_DEMO
+    assert data.sft_flags(mix)["assistant_only_loss"] is True
+
+
+def test_text_does_not_mix_with_prompts(recipe):
+    mix = recipe((DATA / "tiny-text.jsonl", "text"), (DATA / "tiny-chat.jsonl", "chat"))
+    with pytest.raises(DataError, match="tiny-text.jsonl.*cannot be mixed with.*tiny-chat.jsonl"):
+        data.load_examples(mix)
+
+
+def test_val_fraction_holds_out_that_share(recipe):
+    train, evaluation = data.load_examples(recipe((DATA / "tiny-alpaca.jsonl", "alpaca"), val_fraction=0.25))
+    assert (len(train), len(evaluation)) == (192, 64)
+    assert not {e["prompt"] + e["completion"] for e in evaluation} & {e["prompt"] + e["completion"] for e in train}
+
+
+def test_val_fraction_that_leaves_nothing_to_train_on(recipe, make_recipe):
+    path = make_recipe({"data": {"datasets": [{"path": str(DATA / "tiny-text.jsonl"), "format": "text",
+                                               "max_samples": 1}], "val_fraction": 0.5}})
+    with pytest.raises(DataError, match="val_fraction 0.5 of 1 examples leaves nothing to train on"):
+        data.load_examples(load_recipe(path))
+
+
+@pytest.mark.parametrize("fmt, flags", [
+    ("alpaca", {"completion_only_loss": True, "assistant_only_loss": False}),
+    ("prompt_completion", {"completion_only_loss": True, "assistant_only_loss": False}),
+    ("chat", {"completion_only_loss": False, "assistant_only_loss": True}),
+    ("sharegpt", {"completion_only_loss": False, "assistant_only_loss": True}),
+    ("text", {"completion_only_loss": False, "assistant_only_loss": False}),
+])
+def test_answer_only_loss_maps_to_the_flag_trl_reads_for_the_format(recipe, fmt, flags):
+    r = recipe((DATA / "tiny-text.jsonl", fmt), max_seq_length=64, packing=True)
+    assert data.sft_flags(r) == {**flags, "max_length": 64, "packing": True}
+    off = dataclasses.replace(r, data=dataclasses.replace(r.data, completion_only_loss=False))
+    assert not data.sft_flags(off)["completion_only_loss"] and not data.sft_flags(off)["assistant_only_loss"]
+
+
+def test_the_flags_work_in_trl_with_the_tiny_tokenizer(recipe, tokenizer):
+    """What sft_flags says must be what TRL accepts: the answer, and only it, is trained."""
+    from trl import SFTConfig
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    for name, fmt in (("tiny-alpaca.jsonl", "alpaca"), ("tiny-chat.jsonl", "chat")):
+        flags = data.sft_flags(recipe((DATA / name, fmt)))
+        SFTConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False, **flags)
+    assert is_chat_template_stop_token_trained(tokenizer)
+    messages = data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")), tokenizer)[0][0]["messages"]
+    out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    answer = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tokenizer.decode(answer) == messages[-1]["content"] + tokenizer.eos_token
+
+
+def test_conversations_need_a_chat_template(recipe, tokenizer):
+    tokenizer.chat_template = None
+    with pytest.raises(DataError, match="tiny-chat.jsonl is conversational, but .* has no chat template"):
+        data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")), tokenizer)
+
+
+def test_answer_only_loss_needs_assistant_turns_marked_in_the_chat_template(recipe, tmp_path):
+    """TRL refuses, in SFTTrainer's constructor, a template without {% generation %} it cannot patch."""
+    from transformers import AutoTokenizer
+
+    unmarked = tmp_path / "tiny-llama"
+    shutil.copytree(RECIPES / "models" / "tiny-llama", unmarked)
+    template = unmarked / "chat_template.jinja"
+    template.write_text(template.read_text().replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    tokenizer = AutoTokenizer.from_pretrained(unmarked)
+    chat = recipe((DATA / "tiny-chat.jsonl", "chat"))
+    with pytest.raises(DataError, match=r"tiny-chat.jsonl is conversational.*"
+                                        r"Hint: set data.completion_only_loss: false, or use a tokenizer"):
+        data.load_examples(chat, tokenizer)
+    whole = dataclasses.replace(chat, data=dataclasses.replace(chat.data, completion_only_loss=False))
+    assert len(data.load_examples(whole, tokenizer)[0]) == N_DEMO
+
+
+def test_a_byte_order_mark_is_not_part_of_the_data(recipe, tmp_path):
+    """Excel and Notepad save UTF-8 with a BOM in front of the first header or record."""
+    for name in ("tiny-alpaca.csv", "tiny-alpaca.jsonl"):
+        with_bom = tmp_path / name
+        with_bom.write_text((DATA / name).read_text(encoding="utf-8"), encoding="utf-8-sig")
+        assert with_bom.read_bytes().startswith(b"\xef\xbb\xbf")
+        loaded = data.load_examples(recipe((with_bom, "alpaca")))[0].to_list()
+        assert loaded == data.load_examples(recipe((DATA / name, "alpaca")))[0].to_list()
+
+
+def test_max_samples_of_a_hub_dataset_is_a_split_slice(make_recipe, tmp_path, monkeypatch):
+    # datasets resolves a hub id to a folder of that name first: the hub path, without a network.
+    folder = tmp_path / "org" / "set"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(10)))
+    monkeypatch.chdir(tmp_path)
+    path = make_recipe({"data": {"datasets": [{"path": "org/set", "format": "text", "max_samples": 3}]}})
+    assert sorted(e["text"] for e in data.load_examples(load_recipe(path))[0]) == ["row 0", "row 1", "row 2"]
+
+
+@pytest.mark.parametrize("name, fmt, where, message", [
+    ("missing_output.jsonl", "alpaca", "missing_output.jsonl:line 2", "field 'output' is missing"),
+    ("number_output.jsonl", "alpaca", "number_output.jsonl:line 3", "field 'output' must be a string, got int 7"),
+    ("not_json.jsonl", "alpaca", "not_json.jsonl:line 2", "not valid JSON"),
+    ("unknown_speaker.jsonl", "sharegpt", "unknown_speaker.jsonl:line 1",
+     "conversations[1]: field 'from' is 'bot'"),
+    ("unknown_role.jsonl", "chat", "unknown_role.jsonl:line 2", "messages[0]: field 'role' is 'human'"),
+    ("no_answer.jsonl", "chat", "no_answer.jsonl:line 1", "field 'messages' has no assistant turn"),
+    ("content_list.jsonl", "chat", "content_list.jsonl:line 1", "messages[1]: field 'content' must be a string"),
+    ("missing_text.csv", "text", "missing_text.csv:line 2", "field 'text' is missing"),
+    ("number_prompt.json", "prompt_completion", "number_prompt.json:record 2", "field 'prompt' must be a string"),
+    ("not_a_list.json", "alpaca", "not_a_list.json", "expected a JSON array of records"),
+    ("empty.jsonl", "alpaca", "empty.jsonl", "has no records"),
+])
+def test_bad_records_name_file_record_and_field(recipe, name, fmt, where, message):
+    with pytest.raises(DataError) as error:
+        data.load_examples(recipe((BAD / name, fmt)))
+    assert where in str(error.value) and message in str(error.value)
+
+
+def test_a_hub_dataset_that_cannot_be_downloaded(recipe, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    # Offline, as the tests always are: fail at once instead of retrying a network that is not there.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match="nobody/no-such-set: could not download hub dataset"):
+        data.load_examples(recipe(("nobody/no-such-set", "alpaca")))
+
+
+def test_fingerprint_is_the_file_content_or_the_hub_coordinates(recipe, tmp_path):
+    local = recipe((DATA / "tiny-alpaca.jsonl", "alpaca")).data.datasets[0]
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(local.local_path.read_bytes())
+    assert datafiles.fingerprint(local) == datafiles.fingerprint(dataclasses.replace(local, local_path=copy))
+    assert datafiles.fingerprint(local).startswith("sha256:") and len(datafiles.fingerprint(local)) == 7 + 64
+    copy.write_bytes(copy.read_bytes() + b"\n")
+    assert datafiles.fingerprint(local) != datafiles.fingerprint(dataclasses.replace(local, local_path=copy))
+    hub = recipe(("org/set", "chat")).data.datasets[0]
+    assert datafiles.fingerprint(hub) == "hub:org/set:train"

@@ -1,0 +1,165 @@
+"""The run folder: refusal to clobber, clean failure, the recipe as it ran, the loss plot."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from recipecli.train import runfolder
+from recipecli.errors import UsageError
+from recipecli.read.load import load_recipe
+
+
+def test_a_new_or_empty_folder_is_free(tmp_path):
+    runfolder.check_free(tmp_path / "absent", overwrite=False, resume=False)
+    (tmp_path / "empty").mkdir()
+    runfolder.check_free(tmp_path / "empty", overwrite=False, resume=False)
+
+
+def test_an_existing_run_is_not_overwritten_without_asking(tmp_path):
+    (tmp_path / runfolder.RECIPE).write_text("name: old\n")
+    (tmp_path / runfolder.RUN).write_text("started: yesterday\n")
+    with pytest.raises(UsageError, match="already exists: pass --overwrite"):
+        runfolder.check_free(tmp_path, overwrite=False, resume=False)
+    runfolder.check_free(tmp_path, overwrite=True, resume=False)
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(UsageError, match="not a run folder"):
+        runfolder.check_free(tmp_path, overwrite=True, resume=False)
+
+
+def test_overwrite_refuses_a_folder_with_a_recipe_but_without_run_yaml(tmp_path):
+    (tmp_path / runfolder.RECIPE).write_text("name: mine\n")
+    (tmp_path / "notes.md").write_text("keep")
+    with pytest.raises(UsageError, match="not a run folder .*run.yaml"):
+        runfolder.check_free(tmp_path, overwrite=True, resume=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md", runfolder.RECIPE]
+
+
+def test_resume_allows_only_length_logging_saving_and_output_to_change(make_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    base = {"data": {"datasets": [{"path": "org/set", "format": "alpaca"}]}}
+    runfolder.write_recipe(run_dir, load_recipe(make_recipe(base)))
+    longer = {"training.max_steps": 50, "training.epochs": 2, "training.logging_steps": 3, "training.save_steps": 7,
+              "training.save_total_limit": 1, "output.dir": str(tmp_path / "elsewhere")}
+    runfolder.check_resumable(run_dir, load_recipe(make_recipe(base), [f"{k}={v}" for k, v in longer.items()]))
+    changed = load_recipe(make_recipe(base), ["training.seed=1", "lora.r=4", "data.max_seq_length=64",
+                                              "logging.wandb.project=p", "training.max_steps=50"])
+    with pytest.raises(UsageError, match="changed recipe: data.max_seq_length, logging.wandb.mode, "
+                                         "logging.wandb.project, logging.wandb.tags, lora.r, training.seed differ"):
+        runfolder.check_resumable(run_dir, changed)
+
+
+def test_resume_needs_the_recipe_the_run_started_with(make_recipe, tmp_path):
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(UsageError, match="recipe.yaml cannot be read"):
+        runfolder.check_resumable(tmp_path / "run", load_recipe(make_recipe()))
+
+
+def test_a_file_is_not_a_run_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        runfolder.check_free(tmp_path / "notes.txt", overwrite=True, resume=False)
+
+
+def test_resume_needs_a_checkpoint_and_excludes_overwrite(tmp_path):
+    with pytest.raises(UsageError, match="no checkpoint"):
+        runfolder.check_free(tmp_path, overwrite=False, resume=True)
+    (tmp_path / "checkpoint-4").mkdir()
+    runfolder.check_free(tmp_path, overwrite=False, resume=True)
+    with pytest.raises(UsageError, match="contradict"):
+        runfolder.check_free(tmp_path, overwrite=True, resume=True)
+
+
+def test_last_checkpoint_is_the_highest_step_not_the_last_name(tmp_path):
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-x", "other"):
+        (tmp_path / name).mkdir()
+    assert runfolder.last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert runfolder.last_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_failed_setup_leaves_no_folder(tmp_path):
+    run_dir = tmp_path / "runs" / "x"
+    with pytest.raises(RuntimeError):
+        with runfolder.creating(run_dir, overwrite=False, resume=False):
+            (run_dir / runfolder.RECIPE).write_text("half")
+            raise RuntimeError("tokenizing failed")
+    assert not run_dir.exists()
+
+
+def test_overwrite_replaces_the_old_run(tmp_path):
+    (tmp_path / "stale.txt").write_text("old")
+    with runfolder.creating(tmp_path, overwrite=True, resume=False):
+        pass
+    assert tmp_path.is_dir() and not (tmp_path / "stale.txt").exists()
+
+
+def test_resume_keeps_the_folder_even_when_setup_fails(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(RuntimeError):
+        with runfolder.creating(tmp_path, overwrite=False, resume=True):
+            raise RuntimeError("boom")
+    assert (tmp_path / "checkpoint-3").is_dir()
+
+
+@pytest.mark.parametrize("quantization", [{"bits": 4, "type": "fp4"}, {"bits": 8}])
+def test_the_written_recipe_loads_back_to_the_same_recipe(make_recipe, tmp_path, quantization):
+    source = make_recipe({
+        "model": {"id": "./model"},
+        "data": {"datasets": [{"path": "data.jsonl", "format": "chat", "max_samples": 5},
+                              {"path": "org/set", "format": "alpaca", "subset": "en"}], "val_fraction": 0.1},
+        "lora": {"target_modules": ["q_proj", "v_proj"]},
+        "quantization": quantization,
+        "logging": {"wandb": {"project": "p", "tags": ["a"], "mode": "offline"}},
+        "training": {"max_steps": 7},
+    })
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    recipe = load_recipe(source)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runfolder.write_recipe(run_dir, recipe)
+    again = load_recipe(run_dir / runfolder.RECIPE)
+    # Local paths are written absolute, so the copy runs from anywhere; everything else is identical.
+    assert again.model.local_path == recipe.model.local_path
+    assert [d.local_path for d in again.data.datasets] == [d.local_path for d in recipe.data.datasets]
+    assert runfolder.recipe_document(again) == runfolder.recipe_document(recipe)
+    assert (again.training, again.lora, again.wandb, again.quantization) == \
+        (recipe.training, recipe.lora, recipe.wandb, recipe.quantization)
+
+
+def test_loss_plot_is_a_png_and_absent_without_losses(tmp_path):
+    assert runfolder.plot_loss(tmp_path, [{"step": 1, "train_runtime": 3.0}]) is None
+    history = [{"step": s, "loss": 5.0 / s} for s in range(1, 6)] + [{"step": 5, "eval_loss": 1.2}]
+    out = runfolder.plot_loss(tmp_path, history)
+    assert out == tmp_path / runfolder.LOSS_PLOT and out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_metrics_are_appended_one_json_per_line(tmp_path):
+    runfolder.append_metrics(tmp_path, {"step": 1, "loss": 2.5})
+    runfolder.append_metrics(tmp_path, {"step": 2, "loss": 2.0})
+    assert (tmp_path / runfolder.METRICS).read_text().splitlines() == ['{"step": 1, "loss": 2.5}',
+                                                                        '{"step": 2, "loss": 2.0}']
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_environment_records_the_git_commit_and_dirty_state(make_recipe, tmp_path):
+    recipe_file = make_recipe()
+    assert runfolder.environment(load_recipe(recipe_file), "cpu")["git_commit"] is None
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", recipe_file.name)
+    git("commit", "-qm", "recipe")
+    env = runfolder.environment(load_recipe(recipe_file), "cpu")
+    assert len(env["git_commit"]) == 40 and env["libraries"]["recipecli"]
+    recipe_file.write_text(recipe_file.read_text() + "# edited\n")
+    assert runfolder.environment(load_recipe(recipe_file), "cpu")["git_commit"].endswith("-dirty")

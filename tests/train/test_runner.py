@@ -1,0 +1,504 @@
+"""The runner end to end on the project's tiny Llama: real 4-bit/8-bit bitsandbytes, peft and TRL
+on the CPU, a few optimizer steps each. Nothing of the training stack is mocked.
+
+Heavy libraries are imported inside the tests, so collecting this file stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import yaml
+
+from recipecli.train import after, runfolder
+from recipecli.errors import DataError, DoesNotFit, RecipeError, UnknownTargets, UsageError
+from recipecli.fit.gpu_catalog import card, gpu_from_vram
+from recipecli.read.load import load_recipe
+from recipecli.train.model import load_model, lora_targets
+from recipecli.fit.precision import choose
+from recipecli.train.runner import run
+
+from ..conftest import RECIPES
+
+TINY_MODEL = RECIPES / "models" / "tiny-llama"
+DATA = RECIPES / "data"
+
+# A few seconds per run on 2 CPU cores: short sequences, a handful of steps, a small rank.
+TINY = {
+    "recipe_version": 1,
+    "name": "tiny",
+    "model": {"id": str(TINY_MODEL)},
+    "method": "qlora",
+    "lora": {"r": 4, "alpha": 8},
+    "data": {"datasets": [{"path": str(DATA / "tiny-alpaca.jsonl"), "format": "alpaca", "max_samples": 24}],
+             "max_seq_length": 64},
+    "training": {"max_steps": 3, "micro_batch_size": 2, "learning_rate": 5e-3, "logging_steps": 1,
+                 "save_steps": 100, "gradient_checkpointing": False},
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny(make_recipe, tmp_path):
+    """Load TINY plus a delta, training into tmp_path/<out>."""
+
+    def make(delta: dict | None = None, out: str = "run", **overrides):
+        path = make_recipe({"output": {"dir": str(tmp_path / out)}, **(delta or {})}, name=f"{out}.yaml", base=TINY)
+        return load_recipe(path, [f"{k}={v}" for k, v in overrides.items()])
+
+    return make
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / runfolder.METRICS).read_text().splitlines()]
+
+
+def _run_yaml(run_dir):
+    return yaml.safe_load((run_dir / runfolder.RUN).read_text())
+
+
+# --- before any training -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, method, advice", [
+    ("meta-llama/Llama-2-13b-hf", "qlora", "No combination of the memory knobs makes it fit"),
+    ("meta-llama/Llama-2-7b-hf", "lora",
+     "  - method lora -> qlora (4-bit NF4 base, double quant)\n  patch:\n    method: qlora"),
+])
+def test_a_recipe_that_does_not_fit_is_refused_with_breakdown_and_fix(make_recipe, tmp_path, model, method, advice):
+    recipe = load_recipe(make_recipe({"model": {"id": model}, "method": method,
+                                      "output": {"dir": str(tmp_path / "run")}}))
+    with pytest.raises(DoesNotFit) as refused:
+        run(recipe, gpus=(card("rtx2080"),))
+    message = str(refused.value)
+    assert "RTX 2080 has 8.00 GiB" in message and "weights" in message
+    assert advice in message and "--force" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_folder_is_refused_before_anything_loads(tiny, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / runfolder.RECIPE).write_text("name: earlier\n")
+    with pytest.raises(UsageError, match="--overwrite"):
+        run(tiny(), gpus=())
+    assert (tmp_path / "run" / runfolder.RECIPE).read_text() == "name: earlier\n"
+
+
+def test_overwrite_refuses_a_folder_with_a_recipe_but_no_run_record(tiny, tmp_path):
+    """A folder of recipes has a recipe.yaml too; only run.yaml, which recipecli alone writes, marks a run."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / runfolder.RECIPE).write_text("name: mine\n")
+    (folder / "thesis.tex").write_text("years of work")
+    with pytest.raises(UsageError, match="not a run folder.*run.yaml.*refusing to delete"):
+        run(tiny(), overwrite=True, gpus=())
+    assert sorted(p.name for p in folder.iterdir()) == [runfolder.RECIPE, "thesis.tex"]
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
+def test_resume_with_a_changed_recipe_is_refused_before_anything_is_written(tiny, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    runfolder.write_recipe(folder, tiny())
+    (folder / "checkpoint-2").mkdir()
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    changed = tiny(**{"training.learning_rate": 1e-3, "lora.r": 8, "training.max_steps": 9})
+    with pytest.raises(UsageError, match=r"changed recipe: lora.r, training.learning_rate differ"):
+        run(changed, resume=True, gpus=())
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["checkpoint-2"]
+
+
+def test_a_model_transformers_does_not_know_is_a_recipe_error(tiny, tmp_path):
+    unknown = tmp_path / "qwen9"
+    shutil.copytree(TINY_MODEL, unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "qwen9_moe"}))
+    recipe = tiny({"model": {"id": str(unknown)}})
+    with pytest.raises(RecipeError, match=r"(?s)cannot load the model .*qwen9_moe.*\nHint: an unknown model type"):
+        load_model(recipe, choose(recipe, None), cuda=False)
+
+
+def test_data_errors_come_before_the_model_and_leave_no_folder(tiny, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "there"}\n{"instruction": "no answer"}\n')
+    recipe = tiny({"data": {"datasets": [{"path": str(bad), "format": "alpaca"}]}})
+    with pytest.raises(DataError, match=r"bad.jsonl:line 2: field 'output' is missing"):
+        run(recipe, gpus=())
+    assert not (tmp_path / "run").exists()
+
+
+def test_trust_remote_code_is_announced_before_anything_runs(tiny, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no records"):
+        run(tiny({"model": {"trust_remote_code": True}, "data": {"datasets": [{"path": str(empty),
+                                                                               "format": "alpaca"}]}}), gpus=())
+    assert "warning: model.trust_remote_code is true" in capsys.readouterr().err
+
+
+def test_half_precision_runs_as_fp32_on_the_cpu_with_a_note(tiny):
+    import torch
+
+    recipe = tiny(**{"training.precision": "fp16", "quantization.compute_dtype": "float16"})
+    choices = choose(recipe, None)
+    assert (choices.precision, choices.compute_dtype) == ("fp32", "float32")
+    assert choices.notes == ("no GPU: precision fp16 runs as fp32 on the CPU",
+                             "no GPU: quantization.compute_dtype float16 runs as float32 on the CPU")
+    model = load_model(recipe, choices, cuda=False)
+    assert model.model.layers[0].self_attn.q_proj.compute_dtype == torch.float32
+
+
+def test_lora_targets_follow_the_architecture(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    recipe = tiny()
+    model = load_model(recipe, choose(recipe, None), cuda=False)
+    attention = lora_targets("attention", model)
+    assert attention == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    assert lora_targets(("q_proj", "v_proj"), model) == ["q_proj", "v_proj"]
+    with pytest.raises(UnknownTargets, match="q_prj match no linear layer.*self_attn.q_proj"):
+        lora_targets(("q_proj", "q_prj"), model)
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=attention)).targeted_module_names
+    assert len(adapted) == 4 * TINY_MODEL_LAYERS and all(".self_attn." in n for n in adapted)
+
+
+TINY_MODEL_LAYERS = json.loads((TINY_MODEL / "config.json").read_text())["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_qlora_loads_real_bitsandbytes_layers_on_the_cpu(tiny, bits, layer):
+    recipe = tiny(**{"quantization.bits": bits})
+    model = load_model(recipe, choose(recipe, None), cuda=False)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+def _assert_complete_run(result, recipe):
+    run_dir = result.run_dir
+    assert not result.interrupted and result.steps == recipe.training.max_steps
+    assert result.saved == run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)
+    assert (result.saved / ("config.json" if recipe.method == "full" else "adapter_config.json")).is_file()
+    losses = [m["loss"] for m in _metrics(run_dir) if "loss" in m]
+    assert len(losses) == recipe.training.max_steps and result.final_loss == losses[-1]
+    assert (run_dir / runfolder.LOSS_PLOT).read_bytes().startswith(b"\x89PNG")
+    info = _run_yaml(run_dir)
+    assert info["result"]["steps"] == result.steps and info["libraries"]["trl"]
+    assert info["device"].startswith("cpu") and info["settings"]["precision"] == "fp32"
+    assert [d["fingerprint"][:7] for d in info["datasets"]] == ["sha256:"] * len(recipe.data.datasets)
+    assert load_recipe(run_dir / runfolder.RECIPE).training == recipe.training
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file, format", [
+    ("tiny-alpaca.jsonl", "alpaca"),
+    ("tiny-chat.jsonl", "chat"),
+    ("tiny-sharegpt.jsonl", "sharegpt"),
+    ("tiny-text.jsonl", "text"),
+    ("tiny-prompt-completion.jsonl", "prompt_completion"),
+])
+def test_every_data_format_trains_end_to_end(tiny, file, format):
+    recipe = tiny({"data": {"datasets": [{"path": str(DATA / file), "format": format, "max_samples": 24}]}})
+    _assert_complete_run(run(recipe, gpus=()), recipe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delta", [
+    {"quantization": {"bits": 8}},
+    {"method": "lora"},
+    {"method": "full", "lora": None},
+], ids=["qlora-8bit", "lora", "full"])
+def test_every_method_trains_end_to_end(tiny, delta):
+    recipe = tiny(delta)
+    _assert_complete_run(run(recipe, gpus=()), recipe)
+
+
+@pytest.mark.slow
+def test_mixed_datasets_with_validation_split_and_packing(tiny):
+    recipe = tiny({"data": {"datasets": [
+        {"path": str(DATA / "tiny-alpaca.jsonl"), "format": "alpaca", "max_samples": 16},
+        {"path": str(DATA / "tiny-chat.jsonl"), "format": "chat", "max_samples": 16}],
+        "val_fraction": 0.25, "packing": True}})
+    result = run(recipe, gpus=())
+    _assert_complete_run(result, recipe)
+    assert result.eval_loss is not None and _run_yaml(result.run_dir)["examples"] == {"train": 24, "eval": 8}
+
+
+@pytest.mark.slow
+def test_force_trains_a_recipe_the_card_cannot_hold(tiny):
+    recipe = tiny()
+    with pytest.raises(DoesNotFit):
+        run(recipe, gpus=(gpu_from_vram(1e-6),))
+    # No CUDA here, so the forced run falls back to the CPU; on a GPU it would try the card.
+    result = run(recipe, gpus=(gpu_from_vram(1e-6),), force=True)
+    assert result.saved is not None
+    estimate = json.loads((result.run_dir / runfolder.ESTIMATE).read_text())
+    assert estimate["status"] == "does_not_fit" and estimate["total_bytes"] > estimate["vram_bytes"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_result(tiny):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class SigtermAfterStep2(TrainerCallback):
+        """A real SIGTERM to this process, as `kill` or a scheduler would send it."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    settings_ = {"training.max_steps": 6, "lora.dropout": 0.1}
+    stopped = run(tiny(out="stopped", **settings_), gpus=(), callbacks=[SigtermAfterStep2()])
+    assert stopped.interrupted and stopped.saved is None and stopped.steps < 6
+    assert stopped.checkpoint == stopped.run_dir / f"checkpoint-{stopped.steps}"
+
+    resumed = run(tiny(out="stopped", **settings_), gpus=(), resume=True)
+    assert _run_yaml(resumed.run_dir)["resumed_from"] == stopped.checkpoint.name
+    straight = run(tiny(out="straight", **settings_), gpus=())
+    # The resumed run trained only the missing steps: metrics.jsonl counts each step once.
+    assert [m["step"] for m in _metrics(resumed.run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert resumed.steps == straight.steps == 6
+    # Same data order, dropout masks and optimizer state; bf16 adapter weights round a little.
+    assert resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-3)
+    a = load_file(resumed.saved / "adapter_model.safetensors")
+    b = load_file(straight.saved / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-2
+
+
+@pytest.fixture
+def fresh_wandb():
+    """wandb reads its environment once per process, into a singleton: each test starts without one."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
+@pytest.fixture
+def wandb_dir(fresh_wandb, tmp_path, monkeypatch):
+    """Where wandb writes its local runs in a test: a fresh folder, never the user's."""
+    folder = tmp_path / "wandb"
+    folder.mkdir()
+    monkeypatch.setenv("WANDB_DIR", str(folder))
+    return folder
+
+
+@pytest.mark.slow
+def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny, wandb_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    secrets = {"WANDB_API_KEY": "wandb-secret-9f3a1c", "HF_TOKEN": "hf_secret_77b2e0"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    recipe = tiny({"logging": {"wandb": {"project": "recipecli-test", "run_name": "tiny-offline",
+                                         "tags": ["ci"], "mode": "offline"}}})
+    result = run(recipe, gpus=())
+
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"recipecli-test" in log and b"tiny-offline" in log
+    assert b"train/loss" in log and json.dumps(result.final_loss).encode() in log
+    assert "WANDB_PROJECT" not in os.environ  # the recipe's settings do not outlive the run
+    for path in result.run_dir.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert not any(v.encode() in content for v in secrets.values()), path
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_logging_steps_still_reports_a_loss(tiny):
+    result = run(tiny(**{"training.max_steps": 2, "training.logging_steps": 5}), gpus=())
+    assert not any("loss" in m for m in _metrics(result.run_dir))  # nothing logged at step 5
+    assert result.final_loss is not None and result.final_loss > 0
+    assert _run_yaml(result.run_dir)["result"]["final_loss"] == result.final_loss
+
+
+@pytest.mark.slow
+def test_wandb_switched_off_in_the_environment_beats_the_recipe(tiny, wandb_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    result = run(tiny({"logging": {"wandb": {"project": "recipecli-test", "mode": "offline"}}}), gpus=())
+    assert result.saved is not None
+    assert not any(wandb_dir.rglob("offline-run-*"))  # the recipe's offline would write one
+    assert os.environ["WANDB_MODE"] == "disabled"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_wandb")
+def test_wandb_that_cannot_start_is_a_recipe_error(tiny, tmp_path, monkeypatch):
+    # Online without any API key: wandb refuses at once, before touching the network.
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for name, folder in (("HOME", "home"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DIR", "wandb")):
+        (tmp_path / folder).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / folder))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    with pytest.raises(RecipeError, match="W&B failed: .*API key.*\nHint: `wandb login`"):
+        run(tiny({"logging": {"wandb": {"project": "recipecli-test", "mode": "online"}}}), gpus=())
+
+
+@pytest.mark.slow
+def test_without_a_wandb_section_no_wandb_run_starts(tiny, wandb_dir, monkeypatch):
+    # transformers and trl import wandb themselves whenever it is installed; what matters is that
+    # recipecli never reports to it: no run, no offline folder, nothing sent.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run(tiny(), gpus=())
+    assert not any(wandb_dir.rglob("offline-run-*"))
+
+
+# --- after training ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished alpaca QLoRA run, shared by the merge and generate tests."""
+    root = tmp_path_factory.mktemp("trained")
+    recipe_file = root / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({**TINY, "output": {"dir": str(root / "run")},
+                                           "training": {**TINY["training"], "max_steps": 4}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return run(load_recipe(recipe_file), gpus=())
+
+
+@pytest.mark.slow
+def test_merge_gives_the_same_model_as_base_plus_adapter(trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged_dir = after.merge(trained.run_dir, gpus=())
+    assert merged_dir == trained.run_dir / runfolder.MERGED and (merged_dir / "tokenizer.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(TINY_MODEL), trained.saved)
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
+        assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-3)  # the adapter did something
+
+
+def _moved_run(trained, recipe, run_dir):
+    """The trained adapter in a run folder whose recipe.yaml says something else about where it ran."""
+    run_dir.mkdir()
+    runfolder.write_recipe(run_dir, recipe)
+    shutil.copytree(trained.saved, run_dir / runfolder.ADAPTER)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_merge_and_generate_work_where_the_training_gpu_settings_do_not(trained, tiny, tmp_path, capsys):
+    """Trained in bf16 with FlashAttention 2 on a new card; merged on an RTX 2080, asked on the CPU."""
+    recipe = tiny(**{"training.precision": "bf16", "training.attention": "flash_attention_2"})
+    run_dir = _moved_run(trained, recipe, tmp_path / "ampere")
+    assert (after.merge(run_dir, gpus=(card("rtx2080"),)) / "config.json").is_file()
+    assert "loading in fp32 with sdpa attention instead" in capsys.readouterr().err
+    assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=()), str)
+    assert "flash_attention_2 needs compute capability" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_merge_and_generate_trust_remote_code_of_the_saved_tokenizer(trained, tiny, tmp_path):
+    """A tokenizer with its own code, saved with the adapter, loads only with trust_remote_code."""
+    from transformers import AutoTokenizer
+
+    custom = tmp_path / "custom-tokenizer"
+    shutil.copytree(TINY_MODEL, custom)
+    (custom / "my_tokenizer.py").write_text("from transformers import PreTrainedTokenizerFast\n\n\n"
+                                            "class MyTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    config = json.loads((custom / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="MyTokenizer", auto_map={"AutoTokenizer": [None, "my_tokenizer.MyTokenizer"]})
+    (custom / "tokenizer_config.json").write_text(json.dumps(config))
+    run_dir = _moved_run(trained, tiny({"model": {"id": str(custom), "trust_remote_code": True}}), tmp_path / "run")
+    # As the trainer saves it: the tokenizer's code travels with the adapter.
+    AutoTokenizer.from_pretrained(custom, trust_remote_code=True).save_pretrained(run_dir / runfolder.ADAPTER)
+    assert (run_dir / runfolder.ADAPTER / "my_tokenizer.py").is_file()
+    assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=()), str)
+    assert (after.merge(run_dir, gpus=()) / "my_tokenizer.py").is_file()
+
+
+def test_generate_pads_with_the_pad_token_even_when_its_id_is_0():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    assert tokenizer.pad_token_id == 0 and after._pad_token_id(tokenizer) == 0
+    tokenizer.pad_token = None
+    assert after._pad_token_id(tokenizer) == tokenizer.eos_token_id
+
+
+@pytest.mark.slow
+def test_generate_answers_deterministically(trained):
+    ask = dict(prompt="Reverse the words.", input="gold red green blue", max_new_tokens=8, gpus=())
+    first = after.generate(trained.run_dir, **ask)
+    assert isinstance(first, str)  # after 4 steps the answer may well be the stop token alone
+    assert after.generate(trained.run_dir, **ask) == first
+
+
+def test_merge_and_generate_refuse_what_is_not_a_finished_run(tiny, tmp_path):
+    with pytest.raises(UsageError, match="not a run folder"):
+        after.merge(tmp_path)
+    with pytest.raises(UsageError, match="not a run folder"):
+        after.generate(tmp_path, "hi")
+    run_dir = tmp_path / "unfinished"
+    run_dir.mkdir()
+    runfolder.write_recipe(run_dir, tiny())
+    with pytest.raises(UsageError, match="training did not finish.*--resume"):
+        after.generate(run_dir, "hi")
+
+
+def _fake_finished_run(recipe, run_dir):
+    """A run folder as far as the checks before loading anything can tell."""
+    run_dir.mkdir()
+    runfolder.write_recipe(run_dir, recipe)
+    (run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)).mkdir()
+    return run_dir
+
+
+def test_a_full_fine_tune_has_nothing_to_merge(tiny, tmp_path):
+    run_dir = _fake_finished_run(tiny({"method": "full", "lora": None}), tmp_path / "full")
+    with pytest.raises(UsageError, match="full fine-tune.*already is the whole model"):
+        after.merge(run_dir, gpus=())
+
+
+def test_an_input_only_goes_with_alpaca_prompts(tiny, tmp_path):
+    chat = tiny({"data": {"datasets": [{"path": str(DATA / "tiny-chat.jsonl"), "format": "chat"}]}})
+    with pytest.raises(UsageError, match="alpaca prompts only"):
+        after.generate(_fake_finished_run(chat, tmp_path / "chat"), "Reverse the words.", input="a b", gpus=())
+
+
+@pytest.mark.parametrize("file, format", [("tiny-alpaca.jsonl", "alpaca"), ("tiny-chat.jsonl", "chat")])
+def test_generate_prompts_are_the_training_prompts(tiny, file, format):
+    """The ids generate feeds the model are exactly the prompt part of a training sequence."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from recipecli.train import data
+
+    recipe = tiny({"data": {"datasets": [{"path": str(DATA / file), "format": format}]}})
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    train, _ = data.load_examples(recipe, tokenizer)
+    if format == "chat":
+        messages = next(e["messages"] for e in train if e["messages"][0]["role"] == "user")
+        asked, context = messages[0]["content"], ""
+        # As TRL tokenizes a conversation (trl.data_utils._tokenize)
+        full = tokenizer.apply_chat_template(messages[:2], tokenize=True, return_dict=True)["input_ids"]
+    else:
+        example = train[0]
+        asked, context = re.fullmatch(r"### Instruction:\n(.*?)(?:\n\n### Input:\n(.*))?\n\n### Response:\n",
+                                      example["prompt"], re.S).groups(default="")
+        full = tokenizer(text=example["prompt"] + example["completion"])["input_ids"]
+    prompt = after._prompt_inputs(recipe, tokenizer, asked, context)["input_ids"][0].tolist()
+    assert full[:len(prompt)] == prompt and len(full) > len(prompt)
