@@ -21,7 +21,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RecipeError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # Located errors start with their place (file:line:col:), as compilers print them.
+            click.echo(str(exc) if exc.where else f"error: {exc}", err=True)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt:  # before training starts (loading a model): nothing to save yet
             click.echo("interrupted", err=True)

@@ -1,11 +1,19 @@
-"""Domain errors and the exit codes they map to: the one place both are defined.
+"""Domain errors, the exit codes they map to, and the one format every error is printed in.
 
-The core raises these; only ``cli.py`` turns them into messages and exit codes.
+The core raises these; only ``cli.py`` turns them into messages and exit codes. Every error,
+a recipe problem, a data problem, a usage or runtime error alike, prints as
+
+    file:line:col: $.path: message
+      hint: what to do
+
+where the location, the path and the hint are left out when there is none (a usage error is
+located at the option it names, e.g. ``--gpu: unknown GPU 'x'``), so editors jump to the place.
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Optional, Union
 
 
 class ExitCode(enum.IntEnum):
@@ -41,8 +49,7 @@ class Problem:
     hint: str = ""
 
     def __str__(self) -> str:
-        text = f"{self.location}: {self.path}: {self.message}"
-        return f"{text} (hint: {self.hint})" if self.hint else text
+        return format_error(self.location, self.path, self.message, self.hint)
 
     def as_dict(self) -> dict:
         return {
@@ -55,10 +62,41 @@ class Problem:
         }
 
 
+def format_error(where: Union[Location, str, None], path: Optional[str], message: str, hint: str = "") -> str:
+    """The one error format: ``where: $.path: message`` and an indented ``hint:`` line."""
+    head = ": ".join(str(part) for part in (where, path) if part)
+    text = f"{head}: {message}" if head else message
+    return f"{text}\n  hint: {hint}" if hint else text
+
+
 class RecipeError(Exception):
-    """Base of every error recipecli reports without a traceback."""
+    """Base of every error recipecli reports without a traceback.
+
+    Args:
+        message: what is wrong, one sentence, no hint in it.
+        hint: what to do about it; empty when there is nothing to suggest.
+        where: the file location (``Location``), a file or folder, or the option (``--gpu``)
+            the error is about; None when it is about nothing in particular.
+        path: the JSON path of the field or record part concerned (``$.lora.r``, ``$.output``).
+    """
 
     exit_code = ExitCode.RUNTIME
+
+    def __init__(self, message: str, hint: str = "", where: Union[Location, str, None] = None,
+                 path: Optional[str] = None):
+        self.message, self.hint, self.where, self.path = message, hint, where, path
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return format_error(self.where, self.path, self.message, self.hint)
+
+    def as_dict(self) -> dict:
+        """For ``--format json``: the same fields as a recipe problem."""
+        where = self.where
+        located = isinstance(where, Location)
+        return {"file": where.file if located else (str(where) if where else None),
+                "line": where.line if located else None, "column": where.column if located else None,
+                "path": self.path, "message": self.message, "hint": self.hint}
 
 
 class InvalidRecipe(RecipeError):
@@ -68,7 +106,11 @@ class InvalidRecipe(RecipeError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        first = problems[0]
+        super().__init__(first.message, first.hint, first.location, first.path)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
 
 
 class DataError(RecipeError):

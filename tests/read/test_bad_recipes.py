@@ -90,13 +90,13 @@ def test_bad_recipe_is_reported(name):
     result = CliRunner().invoke(main, ["validate", str(BAD / name)])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    first = result.output.splitlines()[0]
+    first, hint = result.output.splitlines()[:2]
     assert "Traceback" not in result.output
     assert f": {field}: " in first, first
-    assert words in first, first
+    assert words in f"{first}\n{hint}", (first, hint)
     if line is not None:
         assert first.startswith(f"{BAD / name}:{line}:"), first
-    assert "(hint: " in first
+    assert hint.startswith("  hint: ") and len(hint) > len("  hint: "), hint
 
 
 def test_bad_recipes_in_one_subprocess_call():
