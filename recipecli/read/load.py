@@ -1,24 +1,26 @@
-"""From a recipe file to a typed Recipe: extends, overrides, schema, rules, defaults.
+"""From a recipe file to a typed Recipe: extends, overrides, schema, rules, then the codec.
 
     load_file (each file) -> merge over its extends chain -> apply --set overrides
-    -> schema check -> rules -> fill defaults -> Recipe dataclass
+    -> schema check -> rules -> codec (defaults, absolute paths, Recipe dataclass)
 
 Every problem found on the way is collected and raised together in one InvalidRecipe.
 """
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import InvalidRecipe, Location, Problem
-from . import rules, schema
-from .recipe import (Architecture, Data, Dataset, Lora, Model, Quantization, Recipe, Training,
-                     Wandb)
+from . import codec, paths, rules, schema
+from .recipe import Recipe
 from .yamlload import Document, load_file, load_text
 
 MAX_EXTENDS = 8  # a chain deeper than this is a mistake, not a design
+BASE_SUFFIXES = (".yaml", ".yml")
+OVERRIDE = "--set"  # the file name of values given on the command line
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class Resolved:
             table = self.values
         return table.get(path, Location(str(self.file), 1, 1))
 
+    def directory_of(self, path: tuple) -> Path:
+        """The folder relative paths in the value at path resolve against: the file that wrote
+        it, or the current directory for a --set override (where the person typing it stands)."""
+        written = self.locate(path).file
+        return Path.cwd() if written.startswith(OVERRIDE + " ") else Path(written).absolute().parent
+
     @property
     def warnings(self) -> list[Problem]:
         return rules.warnings(self.raw, self.locate)
@@ -46,8 +54,9 @@ class Resolved:
     def abstract(self) -> bool:
         return self.raw.get("abstract", False) is True
 
-    def with_defaults(self) -> dict:
-        return schema.fill_defaults(self.raw)
+    def document(self) -> dict:
+        """The document with defaults filled and local paths absolute (``codec.normalize``)."""
+        return codec.normalize(self.raw, self.directory_of, abstract=self.abstract)
 
 
 def resolve(path: str | Path, overrides: Sequence[str] = ()) -> Resolved:
@@ -69,7 +78,7 @@ def resolve(path: str | Path, overrides: Sequence[str] = ()) -> Resolved:
     resolved = Resolved(Path(path), doc.data, doc.values, doc.keys)
     problems = schema.check(resolved.raw, resolved.locate, partial=resolved.abstract)
     if not problems:
-        problems = rules.check(resolved.raw, resolved.locate)
+        problems = rules.check(resolved.raw, resolved.locate, resolved.directory_of)
     if problems:
         raise InvalidRecipe(problems)
     return resolved
@@ -81,12 +90,20 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     Raises:
         InvalidRecipe: the file has problems, or it is an abstract base.
     """
-    resolved = resolve(path, overrides)
+    return to_recipe(resolve(path, overrides))
+
+
+def to_recipe(resolved: Resolved) -> Recipe:
+    """The typed Recipe of a checked document.
+
+    Raises:
+        InvalidRecipe: it is an abstract base, which cannot run.
+    """
     if resolved.abstract:
         raise InvalidRecipe([Problem(resolved.locate(("abstract",)), "$.abstract",
                                      "this recipe is an abstract base and cannot be run",
                                      "write a recipe that extends it and run that")])
-    return to_recipe(resolved.with_defaults(), resolved)
+    return codec.from_document(resolved.document(), resolved.file)
 
 
 def _load_chain(path: Path, seen: tuple[Path, ...]) -> Document:
@@ -97,8 +114,14 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> Document:
     where = doc.values[("extends",)]
     if not isinstance(base_ref, str):
         return doc  # the schema reports the wrong type with its location
-    base_path = rules.local_path(base_ref, path)
-    chain = seen + (path.resolve(),)
+    if not base_ref.strip():
+        raise InvalidRecipe([Problem(where, "$.extends", "extends is empty",
+                                     "name a base recipe file, e.g. extends: base/qlora-8gb.yaml, or remove the line")])
+    if not base_ref.endswith(BASE_SUFFIXES):
+        raise InvalidRecipe([Problem(where, "$.extends", f"a base must be a recipe file (.yaml or .yml): {base_ref}",
+                                     "extends names another recipe, e.g. base/qlora-8gb.yaml")])
+    base_path = Path(os.path.realpath(paths.absolute(base_ref, path.absolute().parent)))
+    chain = seen + (Path(os.path.realpath(path)),)
     if base_path in chain:
         cycle = " -> ".join(p.name for p in chain + (base_path,))
         raise InvalidRecipe([Problem(where, "$.extends", f"extends cycle: {cycle}",
@@ -106,7 +129,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> Document:
     if len(chain) > MAX_EXTENDS:
         raise InvalidRecipe([Problem(where, "$.extends", f"more than {MAX_EXTENDS} levels of extends",
                                      "flatten the chain of bases")])
-    if not base_path.is_file():
+    if not os.path.lexists(base_path):  # a dangling or looping link is load_file's to explain
         raise InvalidRecipe([Problem(where, "$.extends", f"base recipe not found: {base_path}",
                                      "extends is a path relative to this file, e.g. base/qlora.yaml")])
     try:
@@ -115,6 +138,10 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> Document:
         problems = [Problem(p.location, p.path, p.message + f" (in the base of {path})", p.hint)
                     for p in exc.problems]
         raise InvalidRecipe(problems) from None
+    if "recipe_version" not in base.data:
+        # Not a recipe: say so without a word of its content (it may be a token or key file).
+        raise InvalidRecipe([Problem(where, "$.extends", f"{base_path} is not a recipe (it has no recipe_version)",
+                                     "extends names a recipe file with recipe_version: 1")])
     base.data.pop("abstract", None)  # being a base is not inherited
     child = Document(doc.file, {k: v for k, v in doc.data.items() if k != "extends"}, doc.values, doc.keys)
     return _merge(base, child)
@@ -139,12 +166,21 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def _override_document(text: str, number: int) -> Document:
     """``training.learning_rate=1e-4`` as a one-value document located at '--set N'."""
-    name = f"--set {text}"
+    # A shell passes bytes that are not UTF-8 as lone surrogates: shown escaped, never encoded.
+    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    name = f"{OVERRIDE} {shown}"
+    if shown != text:
+        raise InvalidRecipe([Problem(Location(name, 1, 1), "$", "an override that is not UTF-8 text",
+                                     "type the value as UTF-8 (check the terminal's encoding)")])
     dotted, sep, value = text.partition("=")
     keys = dotted.strip().split(".")
     if not sep or not all(keys):
         raise InvalidRecipe([Problem(Location(name, 1, 1), "$", "an override is dotted.key=value",
                                      "e.g. --set training.learning_rate=1e-4")])
+    if "\n" in value or "\r" in value:
+        raise InvalidRecipe([Problem(Location(name.splitlines()[0], 1, len(dotted) + 2), "$." + dotted.strip(),
+                                     "an override value is one line",
+                                     "write lists and mappings in flow style, e.g. --set lora.target_modules=[q_proj,v_proj]")])
     parsed = load_text(f"v: {value}".encode(), name).data["v"] if value.strip() else ""
     data: dict = parsed
     for key in reversed(keys):
@@ -167,51 +203,3 @@ def _descendants(value, path: tuple, place: Location) -> dict:
         out[path + (key,)] = place
         out.update(_descendants(sub, path + (key,), place))
     return out
-
-
-def to_recipe(doc: dict, resolved: Resolved) -> Recipe:
-    """Build the typed Recipe from a checked, defaults-filled document."""
-    model = doc["model"]
-    model_file = resolved.locate(("model", "id"))
-    arch = model.get("architecture")
-    method = doc["method"]
-    quant = doc.get("quantization", schema.defaults_of("quantization") if method == "qlora" else None)
-    data = doc["data"]
-    training = doc["training"]
-    wandb = doc["logging"].get("wandb")
-    return Recipe(
-        name=doc["name"],
-        description=doc.get("description"),
-        model=Model(
-            id=model["id"], revision=model["revision"], trust_remote_code=model["trust_remote_code"],
-            architecture=Architecture(**arch) if arch else None,
-            local_path=rules.local_path(model["id"], Path(model_file.file))
-            if rules.is_local_reference(model["id"]) else None),
-        method=method,
-        quantization=Quantization(**quant) if quant is not None else None,
-        lora=_lora(doc["lora"]) if method != "full" else None,
-        data=Data(
-            datasets=tuple(_dataset(d, resolved.locate(("data", "datasets", i, "path")))
-                           for i, d in enumerate(data["datasets"])),
-            max_seq_length=data["max_seq_length"], packing=data["packing"],
-            completion_only_loss=data["completion_only_loss"], val_fraction=data.get("val_fraction")),
-        training=Training(**{k: training.get(k) for k in Training.__dataclass_fields__}),
-        wandb=Wandb(project=wandb["project"], entity=wandb.get("entity"), run_name=wandb.get("run_name"),
-                    tags=tuple(wandb["tags"]), mode=wandb["mode"]) if wandb else None,
-        output_dir=Path(doc["output"].get("dir", f"runs/{doc['name']}")),
-        source=resolved.file,
-    )
-
-
-def _lora(section: dict) -> Lora:
-    targets = section["target_modules"]
-    return Lora(r=section["r"], alpha=section["alpha"], dropout=section["dropout"],
-                target_modules=targets if isinstance(targets, str) else tuple(targets))
-
-
-def _dataset(section: dict, where: Location) -> Dataset:
-    path = section["path"]
-    return Dataset(path=path, format=section["format"], split=section["split"], subset=section.get("subset"),
-                   max_samples=section.get("max_samples"),
-                   local_path=rules.local_path(path, Path(where.file)) if rules.is_local_reference(path) else None)
-

@@ -1,11 +1,16 @@
 """The typed, frozen recipe that every later stage reads.
 
-Built only by ``load.py`` from a document that passed the schema and the rules, with every
-default already filled in from the schema: there is no default here, so none can drift.
+The dataclasses mirror the schema's sections field for field (same names, same nesting), so
+codec.py translates between a YAML document and a ``Recipe`` by walking both, with no
+hand-written map that could drift. Built only by the codec from a document that passed the schema
+and the rules, with every default already filled in from the schema: there is no default here.
+
+Local paths are absolute by then (resolved against the file that wrote them, ``~`` expanded):
+a ``Recipe`` means the same thing whatever the current directory is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -22,6 +27,14 @@ TargetShorthand = Literal["all-linear", "attention"]
 WandbMode = Literal["online", "offline"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# Fields that are not written in a recipe file: the codec skips them both ways.
+NOT_IN_DOCUMENT = {"document": False}
+
+
+def _local(reference: str) -> Optional[Path]:
+    """A local file or folder: the codec stores every local reference as an absolute path."""
+    path = Path(reference)
+    return path if path.is_absolute() else None
 
 
 @dataclass(frozen=True)
@@ -35,24 +48,28 @@ class Architecture:
     vocab_size: int
     model_type: str
     tie_word_embeddings: bool
-    num_key_value_heads: Optional[int] = None
-    head_dim: Optional[int] = None
+    num_key_value_heads: Optional[int]
+    head_dim: Optional[int]
 
 
 @dataclass(frozen=True)
 class Model:
-    id: str
+    id: str  # a hub id (org/name), or the absolute path of a local model folder
     revision: str
     trust_remote_code: bool
     architecture: Optional[Architecture]
-    local_path: Optional[Path]  # set when id names a local folder, resolved against the recipe file
+
+    @property
+    def local_path(self) -> Optional[Path]:
+        """The local model folder, when id names one."""
+        return _local(self.id)
 
 
 @dataclass(frozen=True)
 class Quantization:
     bits: Bits
-    type: QuantType
-    double_quant: bool
+    type: Optional[QuantType]  # 4-bit only
+    double_quant: Optional[bool]  # 4-bit only
     compute_dtype: ComputeDtype
 
 
@@ -66,12 +83,15 @@ class Lora:
 
 @dataclass(frozen=True)
 class Dataset:
-    path: str  # as written in the recipe
+    path: str  # a hub dataset id, or the absolute path of a local file
     format: Format
     split: str
     subset: Optional[str]
     max_samples: Optional[int]
-    local_path: Optional[Path]  # set for local files, resolved against the recipe file
+
+    @property
+    def local_path(self) -> Optional[Path]:
+        return _local(self.path)
 
     @property
     def is_local(self) -> bool:
@@ -91,7 +111,7 @@ class Data:
 class Training:
     micro_batch_size: int
     gradient_accumulation_steps: int
-    epochs: float
+    epochs: Optional[float]  # absent when max_steps is set: it would be ignored
     max_steps: Optional[int]
     learning_rate: float
     lr_scheduler: LrScheduler
@@ -118,9 +138,20 @@ class Wandb:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """A valid, fully resolved recipe (extends merged, defaults filled)."""
+class Logging:
+    wandb: Optional[Wandb]
 
+
+@dataclass(frozen=True)
+class Output:
+    dir: str  # absolute
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A valid, fully resolved recipe (extends merged, overrides applied, defaults filled)."""
+
+    recipe_version: int
     name: str
     description: Optional[str]
     model: Model
@@ -129,6 +160,16 @@ class Recipe:
     lora: Optional[Lora]  # present exactly when method is qlora or lora
     data: Data
     training: Training
-    wandb: Optional[Wandb]
-    output_dir: Path
-    source: Path  # the recipe file this came from
+    logging: Logging
+    output: Output
+    # The recipe file this came from: where it was read, not what it says, so two recipes that
+    # say the same thing are equal wherever they are.
+    source: Path = field(compare=False, metadata=NOT_IN_DOCUMENT)
+
+    @property
+    def wandb(self) -> Optional[Wandb]:
+        return self.logging.wandb
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)

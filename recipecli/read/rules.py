@@ -10,24 +10,22 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import Problem
-from .recipe import LOCAL_DATA_SUFFIXES
+from . import paths
 from .yamlload import json_path
 
 Rule = Callable[[dict, "Context"], Iterator[Problem]]
 
 
 class Context:
-    """What a rule needs beside the document: where each value was written."""
+    """What a rule needs beside the document: where each value was written, and the folder its
+    relative paths resolve against (``load.Resolved.directory_of``)."""
 
-    def __init__(self, locate):
+    def __init__(self, locate, directory_of: Callable[[tuple], Path] = Path.cwd):
         self.locate = locate
+        self.directory_of = directory_of
 
     def problem(self, path: tuple, message: str, hint: str, key: bool = False) -> Problem:
         return Problem(self.locate(path, key), json_path(path), message, hint)
-
-    def file_of(self, path: tuple) -> Path:
-        """The recipe file that wrote the value at path: relative paths resolve against it."""
-        return Path(self.locate(path, False).file)
 
 
 def lora_with_full(doc: dict, ctx: Context):
@@ -67,23 +65,35 @@ def flash_attention_needs_half(doc: dict, ctx: Context):
                           "FlashAttention 2 runs in fp16/bf16 only: use attention sdpa, or precision auto")
 
 
-def local_model_exists(doc: dict, ctx: Context):
+def model_is_a_folder_or_a_hub_id(doc: dict, ctx: Context):
     model_id = doc.get("model", {}).get("id")
-    if model_id is not None and is_local_reference(model_id):
-        folder = local_path(model_id, ctx.file_of(("model", "id")))
-        if not folder.is_dir():
-            yield ctx.problem(("model", "id"), f"local model folder not found: {folder}",
-                              "paths are relative to the recipe file; a hub id looks like org/name")
+    if model_id is None:
+        return
+    folder = paths.model_folder(model_id, ctx.directory_of(("model", "id")))
+    if folder is not None and not folder.is_dir():
+        yield ctx.problem(("model", "id"), f"local model folder not found: {folder}",
+                          "paths are relative to the recipe file; a hub id looks like org/name")
+    elif folder is None and not paths.is_hub_id(model_id):
+        yield ctx.problem(("model", "id"), f"{model_id!r} is neither a hub id nor an existing folder",
+                          "a hub id is org/name (letters, digits, - _ .); a local folder is a path such as "
+                          "./models/my-model, relative to the recipe file")
 
 
-def local_datasets_exist(doc: dict, ctx: Context):
+def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):
     for i, dataset in enumerate(doc.get("data", {}).get("datasets", [])):
         path = dataset.get("path")
-        if path is not None and is_local_reference(path):
-            file = local_path(path, ctx.file_of(("data", "datasets", i, "path")))
+        where = ("data", "datasets", i, "path")
+        if path is None:
+            continue
+        if paths.is_data_file(path):
+            file = paths.absolute(path, ctx.directory_of(where))
             if not file.is_file():
-                yield ctx.problem(("data", "datasets", i, "path"), f"dataset file not found: {file}",
+                yield ctx.problem(where, f"dataset file not found: {file}" if not file.exists() else
+                                  f"not a regular file: {file}",
                                   "paths are relative to the recipe file; a hub dataset id looks like org/name")
+        elif not paths.is_hub_id(path):
+            yield ctx.problem(where, f"{path!r} is neither a hub dataset id nor a data file",
+                              "a hub id is org/name; a local file ends in .jsonl, .json, .csv or .parquet")
 
 
 RULES: tuple[Rule, ...] = (
@@ -92,14 +102,14 @@ RULES: tuple[Rule, ...] = (
     four_bit_options_with_8bit,
     compute_dtype_against_precision,
     flash_attention_needs_half,
-    local_model_exists,
-    local_datasets_exist,
+    model_is_a_folder_or_a_hub_id,
+    datasets_are_files_or_hub_ids,
 )
 
 
-def check(doc: dict, locate) -> list[Problem]:
+def check(doc: dict, locate, directory_of: Callable[[tuple], Path]) -> list[Problem]:
     """Problems from every rule, in rule order."""
-    ctx = Context(locate)
+    ctx = Context(locate, directory_of)
     return [problem for rule in RULES for problem in rule(doc, ctx)]
 
 
@@ -116,14 +126,3 @@ def warnings(doc: dict, locate) -> list[Problem]:
         found.append(ctx.problem(("training", "epochs"), "warning: epochs is ignored because max_steps is set",
                                  "remove one of them"))
     return found
-
-
-def is_local_reference(reference: str) -> bool:
-    """A path, not a hub id: starts like a path or ends like a data file."""
-    return reference.startswith(("./", "../", "/", "~")) or reference.endswith(LOCAL_DATA_SUFFIXES)
-
-
-def local_path(reference: str, recipe_file: Path) -> Path:
-    """Resolve a path written in a recipe against the recipe's folder."""
-    path = Path(reference).expanduser()
-    return path if path.is_absolute() else (recipe_file.parent / path).resolve()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 from functools import lru_cache
 
 import jsonschema
@@ -17,18 +18,38 @@ from ..shipped import SCHEMA_PATH
 from .yamlload import json_path
 
 
+MAX_PROBLEMS = 50  # per file: more says "wrong file", not "fifty typos"
+
+
 @lru_cache(maxsize=None)
 def schema() -> dict:
     """The recipe schema, read once."""
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
+def _is_integer(checker, instance) -> bool:
+    # JSON Schema counts 8.0 as an integer; torch and TRL do not. A whole-number field takes ints only.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_number(checker, instance) -> bool:
+    # NaN and infinity are no learning rate, dropout or fraction: every number must be finite.
+    return (isinstance(instance, (int, float)) and not isinstance(instance, bool)
+            and math.isfinite(instance))
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}))
+
+
 @lru_cache(maxsize=2)
-def _validator(partial: bool) -> jsonschema.Draft202012Validator:
+def _validator(partial: bool):
     body = schema()
     if partial:
         body = _without_required(copy.deepcopy(body))
-    return jsonschema.Draft202012Validator(body)
+    return _Validator(body)
 
 
 def _without_required(node):
@@ -53,13 +74,15 @@ def check(data: dict, locate, *, partial: bool = False) -> list[Problem]:
         return []
     best = jsonschema.exceptions.best_match(errors)
     ordered = [best] + [e for e in errors if e is not best]
-    problems: list[Problem] = []
-    for error in ordered:
-        for problem in _problems(error, locate):
-            if problem not in problems:
-                problems.append(problem)
+    problems = list(dict.fromkeys(p for error in ordered for p in _problems(error, locate)))  # once each
     head, rest = problems[:1], problems[1:]
     rest.sort(key=lambda p: (p.location.file, p.location.line, p.location.column))
+    if len(rest) >= MAX_PROBLEMS:
+        # A file of thousands of wrong keys is the wrong file: a page of problems says so.
+        more = len(rest) - MAX_PROBLEMS + 1
+        rest = rest[:MAX_PROBLEMS - 1] + [Problem(rest[MAX_PROBLEMS - 1].location, "$",
+                                                  f"and {more} more problems not shown",
+                                                  "fix the ones above first; is this the right file?")]
     return head + rest
 
 
@@ -88,14 +111,49 @@ def _problems(error: jsonschema.ValidationError, locate) -> list[Problem]:
         return [Problem(locate(path, False), json_path(path),
                         f"{error.instance!r} is not one of {', '.join(map(str, allowed))}", hint)]
     if error.validator == "type":
-        expected = sub.get("type")
-        got = type(error.instance).__name__.replace("NoneType", "null").replace("dict", "mapping")
-        return [Problem(locate(path, False), json_path(path),
-                        f"expected {_kind(expected)}, got {got} {error.instance!r}"[:200], description)]
+        message, hint = _type_problem(sub.get("type"), error.instance)
+        return [Problem(locate(path, False), json_path(path), message, hint or description)]
     if error.validator in ("oneOf", "anyOf"):
-        return [Problem(locate(path, False), json_path(path), f"{error.instance!r} is not a valid value"[:200],
+        return [Problem(locate(path, False), json_path(path), f"{_shown(error.instance)} is not a valid value",
                         description)]
     return [Problem(locate(path, False), json_path(path), error.message[:200], description)]
+
+
+# YAML 1.1 booleans: YAML 1.2 (what recipes are read as) keeps them as text.
+_YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n"}
+
+
+def _type_problem(expected, value) -> tuple[str, str]:
+    """Message and, where one helps more than the field's description, a hint."""
+    wanted = _kind(expected)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number", "write a finite number; .nan and .inf are not values here"
+    if isinstance(value, float) and "integer" in _types(expected) and value.is_integer():
+        whole = int(value)
+        return (f"expected a whole number, got {value!r}",
+                f"write {whole} (no decimal point or exponent)" if abs(whole) < 10**15
+                else "this is far beyond any sensible value; write a whole number")
+    if isinstance(value, str) and "boolean" in _types(expected) and value.lower() in _YAML11_BOOLEANS:
+        return f"expected true or false, got text {value!r}", "write true or false (YAML 1.2 reads yes/no/on/off as text)"
+    return f"expected {wanted}, got {_shown(value)}", ""
+
+
+def _types(expected) -> list:
+    return expected if isinstance(expected, list) else [expected]
+
+
+def _shown(value) -> str:
+    """A value for a message: scalars as written, collections by kind only.
+
+    A mapping or list may come from a file that is not a recipe at all (a token file named by
+    mistake): its content is never echoed.
+    """
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    kind = type(value).__name__.replace("NoneType", "null").replace("str", "text")
+    return f"{kind} {value!r}"[:120]
 
 
 def _kind(expected) -> str:
@@ -115,14 +173,35 @@ def _description(path: tuple) -> str:
     return found
 
 
+# Names other fine-tuning tools use for our fields, which no spelling distance finds.
+ALIASES = {
+    "lr": "learning_rate", "batch_size": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
+    "num_epochs": "epochs", "num_train_epochs": "epochs", "sequence_len": "max_seq_length",
+    "max_length": "max_seq_length", "seq_len": "max_seq_length", "lora_r": "r", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "optim": "optimizer", "lr_scheduler_type": "lr_scheduler",
+    "load_in_4bit": "bits", "load_in_8bit": "bits", "output_dir": "dir", "base_model": "id",
+}
+
+
 def _unknown_key_hint(key: str, allowed: list[str], path: tuple) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) or [
-        a for a in allowed if _abbreviates(key, a)][:1]
-    if close:
-        return f"did you mean '{close[0]}'?"
+    """What the writer of an unknown key most likely meant.
+
+    A key that is exactly a field of another section belongs there (``datasets`` at the top is
+    ``data.datasets``, not ``data``); a known alias or an abbreviation beats spelling distance
+    (``lr`` is learning_rate, not lr_scheduler); then the closest spelling.
+    """
     home = _section_with(key)
     if home is not None and home != path:
         return f"'{key}' belongs in {json_path(home)}"
+    meant = ALIASES.get(key)
+    if meant in allowed:
+        return f"did you mean '{meant}'?"
+    if meant is not None and _section_with(meant) not in (None, path):
+        return f"did you mean '{meant}' in {json_path(_section_with(meant))}?"
+    close = [a for a in allowed if _abbreviates(key, a)][:1] or difflib.get_close_matches(
+        key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
     return "allowed here: " + ", ".join(allowed)
 
 
@@ -144,21 +223,33 @@ def fill_defaults(data: dict) -> dict:
     """A copy of a valid document with every schema default filled in.
 
     A section with a default (``{}``) appears even when absent, so its fields get their defaults;
-    a section without one (quantization, logging.wandb) stays absent unless written.
+    a section without one (logging.wandb) stays absent unless written. Defaults that depend on
+    another field are stated in the schema as ``allOf: [{if, then, else}]`` beside the properties
+    (quantization only for qlora; nf4 and double quant only for 4 bits; epochs only without
+    max_steps) and are applied once the unconditional ones are in.
     """
     return _fill(copy.deepcopy(data), schema())
 
 
 def _fill(value, node: dict):
     if isinstance(value, dict):
-        for key, sub in node.get("properties", {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
+        props = node.get("properties", {})
+        _add_defaults(value, props)
+        for condition in node.get("allOf", ()):
+            branch = "then" if _Validator(condition["if"]).is_valid(value) else "else"
+            _add_defaults(value, condition.get(branch, {}).get("properties", {}))
+        for key, sub in props.items():
             if key in value:
                 value[key] = _fill(value[key], sub)
     elif isinstance(value, list) and "items" in node:
         value = [_fill(v, node["items"]) for v in value]
     return value
+
+
+def _add_defaults(value: dict, props: dict) -> None:
+    for key, sub in props.items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
 
 
 def defaults_of(section: str) -> dict:

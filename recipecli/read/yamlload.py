@@ -9,7 +9,9 @@ values with a position for every path.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +29,18 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Path_ = tuple  # a JSON path as a tuple of keys and indexes: ("lora", "r"), ("data", "datasets", 0)
 
 _TAG = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
-# YAML 1.1 (PyYAML) reads 1e-4 as a string; YAML 1.2 and every user read it as a number.
-_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+# Plain scalars are read by the YAML 1.2 core schema, what editors, yq and every other YAML 1.2
+# tool do, not by PyYAML's YAML 1.1: there 1e-4 is text, 010 is 8, 0x10 is 16 and on/yes/no are
+# booleans. The forms the two versions read differently, or that no recipe means (octal, hex,
+# a leading zero), are refused with a hint rather than guessed.
+_NULL = re.compile(r"~|null|Null|NULL|")
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_INF = re.compile(r"([-+]?)\.(inf|Inf|INF)")
+_NAN = re.compile(r"\.(nan|NaN|NAN)")
+_OCTAL_OR_HEX = re.compile(r"[-+]?0(o[0-7]+|x[0-9a-fA-F]+)")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -64,13 +75,19 @@ def load_file(path: str | Path) -> Document:
     """
     name = str(path)
     start = Location(name, 1, 1)
-    file = Path(path)
-    if not file.exists():
-        raise _fail(start, "file not found", "check the path; extends paths are relative to the file that names them")
-    if file.is_dir():
-        raise _fail(start, "is a directory, not a recipe file", "pass a .yaml file, e.g. recipes/tiny-demo.yaml")
     try:
-        with file.open("rb") as fh:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise _fail(start, "file not found", "check the path; extends paths are relative to the file that names them") from None
+    except OSError as exc:  # a symlink loop, a path through a file, no permission on a folder
+        raise _fail(start, f"cannot open: {exc.strerror}", "check the path and its symbolic links") from None
+    if stat.S_ISDIR(mode):
+        raise _fail(start, "is a directory, not a recipe file", "pass a .yaml file, e.g. recipes/tiny-demo.yaml")
+    if not stat.S_ISREG(mode):
+        # Opening a FIFO with no writer blocks forever; a device can be endless.
+        raise _fail(start, "not a regular file (a pipe, socket or device)", "pass a recipe file saved on disk")
+    try:
+        with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
         raise _fail(start, f"cannot read: {exc.strerror}", "check the file's permissions") from None
@@ -92,7 +109,7 @@ def load_text(raw: bytes, name: str) -> Document:
         raise _fail(Location(name, line, col), f"not UTF-8 (byte 0x{raw[exc.start]:02x})",
                     "save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")
-    _check_events(text, name)
+    tagged = _check_events(text, name)
     root = _clearly(lambda loader: yaml.compose(text, Loader=loader), name)
     if root is None:
         raise _fail(Location(name, 1, 1), "empty recipe (no YAML content)",
@@ -101,14 +118,18 @@ def load_text(raw: bytes, name: str) -> Document:
         kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
         raise _fail(_loc(root, name), f"the top level is {kind}, not a mapping",
                     "a recipe is a mapping of sections: recipe_version, name, model, method, data...")
-    walker = _Walker(name)
+    walker = _Walker(name, tagged)
     data = walker.value(root, ())
     return Document(name, data, walker.values, walker.keys)
 
 
-def _check_events(text: str, name: str) -> None:
-    """Bound depth, aliases and tags on the event stream, before anything is built."""
-    _clearly(lambda loader: _walk_events(yaml.parse(text, Loader=loader), name), name)
+def _check_events(text: str, name: str) -> set:
+    """Bound depth, aliases and tags on the event stream, before anything is built.
+
+    Returns:
+        The (line, column) of each scalar with an explicit tag (!!str), for the walker.
+    """
+    return _clearly(lambda loader: _walk_events(yaml.parse(text, Loader=loader), name), name)
 
 
 def _clearly(step, name: str):
@@ -128,8 +149,9 @@ def _clearly(step, name: str):
         raise _yaml_problem(fast_error, name) from None
 
 
-def _walk_events(events, name: str) -> None:
+def _walk_events(events, name: str) -> set:
     depth = aliases = 0
+    tagged = set()
     for event in events:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
@@ -148,6 +170,9 @@ def _walk_events(events, name: str) -> None:
             shown = tag.replace(_TAG, "!!")
             raise _fail(_loc(event, name), f"YAML tag {shown} is not allowed",
                         "recipes hold plain values; tags such as !!python/object are refused, never executed")
+        if tag and isinstance(event, yaml.ScalarEvent):
+            tagged.add((event.start_mark.line, event.start_mark.column))
+    return tagged
 
 
 def _tag_allowed(tag: str, event) -> bool:
@@ -155,24 +180,31 @@ def _tag_allowed(tag: str, event) -> bool:
         return tag == _TAG + "map"
     if isinstance(event, yaml.SequenceStartEvent):
         return tag == _TAG + "seq"
-    return tag in _SCALAR_TAGS or tag == "!"
+    # !!str and ! (both: keep this as text) are the only tags a value may carry; !!int 010
+    # would bring YAML 1.1's octal back.
+    return tag in (_TAG + "str", "!")
 
 
 class _Walker:
     """Turns the node graph into plain values, counting nodes as aliases expand them."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, tagged: set):
         self.name = name
+        self.tagged = tagged
         self.nodes = 0
         self.values: dict = {}
         self.keys: dict = {}
-        self.constructor = yaml.SafeLoader("")
 
     def value(self, node, path: Path_):
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _fail(_loc(node, self.name), f"more than {MAX_NODES} values after expanding aliases",
                         "refused: this looks like an alias bomb; use extends to share settings")
+        # Aliases can nest what the text does not (x: &a [*a] is a list inside itself): the depth
+        # bound of the event stream is checked again on the expanded values.
+        if len(path) > MAX_DEPTH:
+            raise _fail(_loc(node, self.name), f"nested more than {MAX_DEPTH} levels deep after expanding aliases",
+                        "an alias inside its own anchor repeats forever; use extends to share settings")
         self.values[path] = _loc(node, self.name)
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, path)
@@ -188,9 +220,7 @@ class _Walker:
                             "use extends to reuse a base recipe")
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _fail(_loc(key_node, self.name), "a key must be a plain name", "write key: value")
-            key = self.scalar(key_node)
-            if not isinstance(key, str):
-                key = key_node.value  # `1: x` or `yes: x` are names here, not numbers or booleans
+            key = key_node.value  # `1: x` or `yes: x` are names here, not numbers or booleans
             if key in out:
                 first = self.keys[path + (key,)]
                 raise InvalidRecipe([Problem(
@@ -202,14 +232,32 @@ class _Walker:
         return out
 
     def scalar(self, node):
-        if node.tag == _TAG + "str" and not node.style and _FLOAT_WITHOUT_DOT.match(node.value):
-            return float(node.value)
-        if node.tag in (_TAG + "str", _TAG + "timestamp", "!"):
-            return node.value  # dates stay text: no recipe field is a date
-        try:
-            return self.constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError) as exc:
-            raise _fail(_loc(node, self.name), f"bad value {node.value!r}: {exc}", "quote it to keep it as text")
+        """A value by the YAML 1.2 core schema; quoted, block and tagged scalars are text."""
+        text = node.value
+        # The parser tags an explicit !!str or ! and no plain scalar with "!"; a plain scalar
+        # the resolver tagged is still read by the 1.2 rules below.
+        if node.style or node.tag == "!" or self.explicit(node):
+            return text
+        if _NULL.fullmatch(text):
+            return None
+        if text in _BOOL:
+            return _BOOL[text]
+        if _OCTAL_OR_HEX.fullmatch(text) or _LEADING_ZERO.fullmatch(text):
+            raise _fail(_loc(node, self.name), f"{text} is octal or hexadecimal (or read so by YAML 1.1)",
+                        f"write the number in decimal without a leading zero, or quote it to keep it as text")
+        if _INT.fullmatch(text):
+            return int(text)
+        if _FLOAT.fullmatch(text):
+            return float(text)
+        if _INF.fullmatch(text):
+            return float(_INF.fullmatch(text).group(1) + "inf")
+        if _NAN.fullmatch(text):
+            return float("nan")
+        return text  # dates, yes/no/on/off, 1_000 and 1:30 are text in YAML 1.2
+
+    def explicit(self, node) -> bool:
+        """Whether the file wrote ``!!str`` before this plain scalar (``_tag_allowed`` refuses others)."""
+        return node.tag == _TAG + "str" and (node.start_mark.line, node.start_mark.column) in self.tagged
 
 
 def _loc(node_or_event, name: str) -> Location:

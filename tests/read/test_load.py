@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from click.testing import CliRunner
+
+from recipecli.cli import main
 from recipecli.errors import InvalidRecipe
 from recipecli.read.load import deep_merge, load_recipe, resolve
 from recipecli.read.schema import schema
@@ -17,7 +20,7 @@ def test_minimal_recipe_gets_schema_defaults(make_recipe):
     assert recipe.lora.r == props["lora"]["properties"]["r"]["default"]
     # qlora without a quantization section gets the section's schema defaults
     assert recipe.quantization.bits == props["quantization"]["properties"]["bits"]["default"]
-    assert recipe.output_dir == Path("runs/t")
+    assert recipe.output_dir == Path.cwd() / "runs" / "t"  # absent: runs/<name> where the command runs
     assert recipe.wandb is None
 
 
@@ -38,8 +41,8 @@ def test_extends_deep_merges_and_lists_replace(make_recipe, tmp_path):
                        name="base/b.yaml")
     child = make_recipe({"extends": "base/b.yaml", "lora": {"r": 8},
                          "data": {"datasets": [{"path": "e/f", "format": "chat"}]}}, name="child.yaml")
-    assert base.exists()
-    recipe = load_recipe(child)
+    assert resolve(base).abstract  # the base stays a base...
+    recipe = load_recipe(child)  # ...and the child is runnable: abstract is not inherited
     assert (recipe.lora.r, recipe.lora.alpha) == (8, 128)
     assert [d.path for d in recipe.data.datasets] == ["e/f"]
 
@@ -94,3 +97,73 @@ def test_deep_merge_does_not_mutate():
     base = {"a": {"b": 1, "c": [1]}}
     out = deep_merge(base, {"a": {"c": [2]}})
     assert out == {"a": {"b": 1, "c": [2]}} and base == {"a": {"b": 1, "c": [1]}}
+
+
+def _problem(path, overrides=()):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(path, overrides)
+    return info.value.problems[0]
+
+
+@pytest.mark.parametrize("content", ["root:$6$secret:19000:0:99999:7:::\n", "token: SECRET-VALUE-123\n",
+                                     '{"token": {"value": "SECRET-VALUE-123"}}\n'])
+@pytest.mark.parametrize("suffix", [".yaml", ".json", ""])
+def test_a_base_that_is_not_a_recipe_is_named_and_never_echoed(make_recipe, tmp_path, content, suffix):
+    """Defect 1: extends: /etc/shadow printed its lines as unknown keys; a JSON base leaked values."""
+    secret = tmp_path / f"secret{suffix}"
+    secret.write_text(content)
+    result = CliRunner().invoke(main, ["validate", str(make_recipe({"extends": str(secret)}))])
+    assert result.exit_code == 1
+    assert "SECRET" not in result.output and "secret:19000" not in result.output and "$6$" not in result.output
+    assert "$.extends" in result.output
+
+
+def test_a_base_must_be_a_yaml_recipe_file(make_recipe):
+    problem = _problem(make_recipe({"extends": "/etc/passwd"}))
+    assert problem.path == "$.extends" and ".yaml or .yml" in problem.message
+
+
+def test_an_empty_extends_says_so(make_recipe):
+    """Defect 17: extends: "" said `base recipe not found: <folder>`."""
+    problem = _problem(make_recipe({"extends": ""}))
+    assert problem.message == "extends is empty"
+
+
+def test_extends_through_a_symlink_loop_is_a_message(make_recipe, tmp_path):
+    """Defect 9."""
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    result = CliRunner().invoke(main, ["validate", str(make_recipe({"extends": "a.yaml"}))])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "cannot open" in result.output
+
+
+def test_override_paths_resolve_against_the_current_directory(make_recipe, tmp_path, monkeypatch):
+    """Defect 6: --set model.id=./models/x resolved against the text of the override."""
+    (tmp_path / "here" / "models" / "x").mkdir(parents=True)
+    (tmp_path / "here" / "d.jsonl").write_text('{"text": "a"}\n')
+    recipe_file = make_recipe()
+    monkeypatch.chdir(tmp_path / "here")
+    recipe = load_recipe(recipe_file, ["model.id=./models/x", "data.datasets=[{path: d.jsonl, format: text}]",
+                                       "output.dir=out"])
+    assert recipe.model.local_path == tmp_path / "here" / "models" / "x"
+    assert recipe.data.datasets[0].local_path == tmp_path / "here" / "d.jsonl"
+    assert recipe.output_dir == tmp_path / "here" / "out"
+
+
+def test_output_dir_expands_home_and_is_absolute(make_recipe, tmp_path, monkeypatch):
+    """Defects 4 and 14: ~/x was a literal ./~/x; a relative dir is absolute in the Recipe."""
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(make_recipe({"output": {"dir": "~/x"}})).output_dir == Path.home() / "x"
+    assert load_recipe(make_recipe({"output": {"dir": "runs/y"}})).output_dir == tmp_path / "runs" / "y"
+
+
+def test_a_bare_existing_model_folder_is_local(make_recipe, tmp_path):
+    """Defect 13: model.id models/tiny-llama (no ./) was taken for a hub id."""
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    assert load_recipe(make_recipe({"model": {"id": "models/m"}})).model.local_path == tmp_path / "models" / "m"
+
+
+def test_an_override_value_is_one_line(make_recipe):
+    """Defect 22: --set 'name=x<newline>w: 1' silently dropped the second line."""
+    problem = _problem(make_recipe(), ["name=x\nw: 1"])
+    assert "one line" in problem.message and problem.path == "$.name"

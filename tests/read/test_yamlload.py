@@ -75,3 +75,51 @@ def test_utf8_bom_is_accepted():
 
 def test_complex_key_is_refused():
     assert "plain name" in problem_of(b"? [a, b]\n: 1\n").message
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-4", 1e-4), ("10", 10), ("-3", -3), ("1.5", 1.5), (".5", 0.5), ("1.", 1.0), ("true", True), ("FALSE", False),
+    ("null", None), ("~", None), ("", None), ("on", "on"), ("yes", "yes"), ("no", "no"), ("1_000", "1_000"),
+    ("1:30", "1:30"), ("2024-01-01", "2024-01-01"), ("0", 0), ("'010'", "010"), ("!!str 010", "010"),
+])
+def test_plain_scalars_follow_yaml_1_2_core(text, value):
+    """Defect 18: YAML 1.1 leftovers (on -> true, 1_000 -> 1000) are not what a recipe means."""
+    assert load_text(f"v: {text}\n".encode(), "f.yaml").data["v"] == value
+
+
+@pytest.mark.parametrize("text", ["010", "0x10", "0o10", "-07"])
+def test_octal_hex_and_leading_zeros_are_refused_with_a_hint(text):
+    """Defect 18: `seed: 010` was 8 and `0x10` was 16, silently."""
+    problem = problem_of(f"seed: {text}\n".encode())
+    assert (problem.location.line, problem.location.column) == (1, 7)
+    assert text in problem.message and "decimal" in problem.hint
+
+
+def test_non_finite_numbers_are_read_so_the_schema_can_refuse_them():
+    data = load_text(b"a: .nan\nb: -.inf\nc: .Inf\n", "f.yaml").data
+    assert data["a"] != data["a"] and data["b"] == float("-inf") and data["c"] == float("inf")
+
+
+@pytest.mark.parametrize("tag", ["!!int", "!!float", "!!bool", "!!null", "!!timestamp"])
+def test_scalar_tags_other_than_str_are_refused(tag):
+    assert "not allowed" in problem_of(f"seed: {tag} 010\n".encode()).message
+
+
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    """Defect 10: validating a FIFO with no writer blocked forever."""
+    import os
+
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidRecipe) as info:
+        load_file(fifo)  # returns at once: a blocking open would hang the test
+    assert "not a regular file" in info.value.problems[0].message
+
+
+def test_a_symlink_loop_is_a_message(tmp_path):
+    """Defect 9: a symlink loop used to raise RuntimeError out of Path.resolve()."""
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    with pytest.raises(InvalidRecipe) as info:
+        load_file(tmp_path / "a.yaml")
+    assert "cannot open" in info.value.problems[0].message
