@@ -6,7 +6,9 @@ which shipped recipes fit and the largest model a standard QLoRA run fits.
 """
 import sys
 
-from recipecli.cli import main
+from recipecli.cli import gpu_command
 
 if __name__ == "__main__":
-    main(["gpu", *sys.argv[1:]], prog_name="check_gpu.py")
+    # The command itself, not `recipe gpu`: its usage line names this script, and its errors
+    # become the same messages and exit codes (cli.Command).
+    gpu_command.main(sys.argv[1:], prog_name="check_gpu.py")

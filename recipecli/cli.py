@@ -11,11 +11,22 @@ import sys
 import click
 
 from . import __version__
-from .errors import ExitCode, InvalidRecipe, RecipeError
+from .errors import ExitCode, RecipeError
 
 
-class _Group(click.Group):
-    """Turns domain errors into messages and exit codes, in one place."""
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+class Command(click.Command):
+    """A command that turns domain errors into messages and exit codes, in one place.
+
+    Every ``recipe`` subcommand is one, so a command run on its own (check_gpu.py runs
+    ``gpu_command``) reports errors exactly as ``recipe`` does.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["context_settings"] = {**HELP_OPTIONS, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -29,7 +40,11 @@ class _Group(click.Group):
             ctx.exit(int(ExitCode.INTERRUPTED))
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    command_class = Command  # @main.command() makes a Command
+
+
+@click.group(cls=_Group, context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="recipe")
 def main() -> None:
     """Declarative, shareable LLM fine-tuning recipes.
@@ -50,30 +65,11 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
 
     Example: recipe validate recipes/mistral7b.yaml recipes/phi-2.yaml
     """
-    from .read.load import resolve
+    from .report.validate import exit_code, validate_files, validate_json, validate_text
 
-    results = []  # (file, problems, warnings)
-    for file in files:
-        try:
-            results.append((file, [], resolve(file).warnings))
-        except InvalidRecipe as exc:
-            results.append((file, exc.problems, []))
-    invalid = sum(1 for _, problems, _ in results if problems)
-    if fmt == "json":
-        click.echo(json.dumps({
-            "files": [{"file": f, "valid": not p, "problems": [x.as_dict() for x in p],
-                       "warnings": [x.as_dict() for x in w]} for f, p, w in results],
-            "valid": len(results) - invalid, "invalid": invalid}, indent=2))
-    else:
-        for file, problems, warnings in results:
-            for problem in problems or warnings:
-                click.echo(str(problem))
-            if not problems:
-                click.echo(f"{file}: ok")
-        count = sum(len(p) for _, p, _ in results)
-        click.echo(f"{len(results)} file{'s' * (len(results) != 1)}: {len(results) - invalid} valid, "
-                   f"{invalid} invalid ({count} problem{'s' * (count != 1)})")
-    sys.exit(ExitCode.INVALID if invalid else ExitCode.OK)
+    results = validate_files(files)
+    click.echo(json.dumps(validate_json(results), indent=2) if fmt == "json" else validate_text(results))
+    sys.exit(exit_code(results))
 
 
 @main.command()
@@ -99,10 +95,10 @@ def diff(first: str, second: str) -> None:
 
     Example: recipe diff recipes/tinyllama-1.1b.yaml my-tinyllama.yaml
     """
-    from .report.show import changes
     from .read.load import resolve
+    from .report.show import changes, document
 
-    lines = changes(resolve(first).with_defaults(), resolve(second).with_defaults())
+    lines = changes(document(resolve(first)), document(resolve(second)))
     click.echo("\n".join(lines) if lines else "no differences")
 
 
@@ -119,11 +115,12 @@ def schema_command(print_path: bool) -> None:
 
 
 _VRAM_HELP = "Memory of the card in GiB, as nvidia-smi shows it / 1024: 8 for an 8 GB card. bf16/FA2 are then not checked."
-_GPU_HELP = "A card by name, e.g. rtx2080, t4, 4090, a100-80gb (memory and compute capability from the catalog)."
+_GPU_HELP = ("A card by name, e.g. rtx2080, t4, 4090, 'rtx 3060 12gb', a100-80gb (memory and compute capability "
+             "from the catalog; a model sold in several sizes needs the size).")
 
 
 @main.command("fit-check")
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path())
 @click.option("--vram", type=float, metavar="GIB", help=_VRAM_HELP)
 @click.option("--gpu", "gpu_name", metavar="NAME", help=_GPU_HELP)
 @click.option("--gpus", "num_gpus", type=click.IntRange(min=1), default=1, show_default=True,
@@ -143,27 +140,30 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
     machine. A recipe that does not fit gets the smallest change found that makes it fit.
     Exit code 0 when all fit (tight included), 3 when one does not, 1 for an invalid recipe.
 
+    With --gpus N every figure is per GPU, under the --parallelism strategy.
+
     Example: recipe fit-check recipes/mistral7b.yaml --gpu rtx2080 -v
     """
     from pathlib import Path
 
     from .errors import UsageError
     from .shipped import shipped_recipes
-    from .report.fit import check_files, failure_text, fit_json, fitted_yaml, format_fit_check, target_gpu
+    from .report.fit import (check_files, failure_text, fit_json, fitted_yaml, format_fit_check,
+                             parallelism_for, target_gpu)
     from .units import gib
 
     if write_to is not None and len(files) != 1:
         raise UsageError("--write needs exactly one recipe file")
     if write_to is not None and Path(write_to).exists():
         raise UsageError(f"--write {write_to}: will not overwrite an existing file; choose a new name")
+    parallelism = parallelism_for(num_gpus, parallelism)
     gpu = target_gpu(vram, gpu_name)
-    parallelism = parallelism or ("ddp" if num_gpus > 1 else "none")
     rows, failures = check_files(files or shipped_recipes(), gpu, num_gpus, parallelism, skip_abstract=not files)
     if fmt == "json":
-        click.echo(json.dumps(fit_json(rows, failures, gpu), indent=2))
+        click.echo(json.dumps(fit_json(rows, failures, gpu, num_gpus, parallelism), indent=2))
     else:
         if rows:
-            click.echo(format_fit_check(rows, gpu, verbose))
+            click.echo(format_fit_check(rows, gpu, verbose, num_gpus, parallelism))
         for failure in failures:
             click.echo(failure_text(failure), err=True)
     if write_to is not None and rows:
@@ -211,19 +211,28 @@ def gpu_command(vram: float | None, gpu_name: str | None) -> None:
             click.echo(f"  could not check {failure_text(failure)}", err=True)
 
 
+_TRUST_HELP = ("Allow the Python code a model ships to run, for a recipe with model.trust_remote_code: true "
+               "(refused without this flag, so a shared recipe never runs code silently).")
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a field for this run, e.g. --set training.learning_rate=1e-4 (repeatable); "
                    "checked like the file and recorded in the run folder.")
-@click.option("--force", is_flag=True, help="Train even when fit-check says the recipe does not fit.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--force", is_flag=True, help="Train even when the recipe does not fit the GPU, or without a GPU "
+                                            "a model too large for the CPU.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder (one recipecli wrote, not a link).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run folder.")
-def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, resume: bool) -> None:
+@click.option("--trust-remote-code", is_flag=True, help=_TRUST_HELP)
+def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, resume: bool,
+        trust_remote_code: bool) -> None:
     """Fine-tune: the recipe becomes a TRL SFTTrainer run in its run folder.
 
-    Refuses a recipe that does not fit the detected GPU (unless --force), printing the breakdown
-    and the change that would fit. Ctrl-C or SIGTERM saves a checkpoint first; --resume goes on.
+    Refuses, before loading anything (unless --force): a recipe that does not fit the detected
+    GPU, printing the breakdown and the change that would fit; without a GPU, a model too large
+    to train on the CPU. Refuses a run folder another run is using. Ctrl-C or SIGTERM saves a
+    checkpoint first (exit 130); --resume goes on. Before training starts, they leave nothing.
 
     Example: recipe run recipes/tiny-demo.yaml --set training.max_steps=20
     """
@@ -231,7 +240,8 @@ def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, res
     from .train.runfolder import RECIPE
     from .train.runner import run as train
 
-    result = train(load_recipe(file, overrides), force=force, overwrite=overwrite, resume=resume)
+    result = train(load_recipe(file, overrides), force=force, overwrite=overwrite, resume=resume,
+                   trust_remote_code=trust_remote_code)
     if result.interrupted:
         # The run folder's recipe.yaml holds the --set overrides too: resuming with it changes nothing.
         click.echo(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}. "
@@ -243,7 +253,8 @@ def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, res
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-def merge(run_dir: str) -> None:
+@click.option("--trust-remote-code", is_flag=True, help=_TRUST_HELP)
+def merge(run_dir: str, trust_remote_code: bool) -> None:
     """Merge a run's LoRA adapter into its base model and save it to RUN_DIR/merged.
 
     Example: recipe merge runs/tiny-demo
@@ -252,7 +263,7 @@ def merge(run_dir: str) -> None:
 
     from .train.after import merge as merge_adapter
 
-    click.echo(f"merged model saved to {merge_adapter(Path(run_dir))}")
+    click.echo(f"merged model saved to {merge_adapter(Path(run_dir), trust_remote_code=trust_remote_code)}")
 
 
 @main.command()
@@ -260,7 +271,8 @@ def merge(run_dir: str) -> None:
 @click.option("--prompt", required=True, help="What to ask, formatted as in training.")
 @click.option("--input", "context", default="", help="alpaca data only: the Input section of the prompt.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
-def generate(run_dir: str, prompt: str, context: str, max_new_tokens: int) -> None:
+@click.option("--trust-remote-code", is_flag=True, help=_TRUST_HELP)
+def generate(run_dir: str, prompt: str, context: str, max_new_tokens: int, trust_remote_code: bool) -> None:
     """Answer a prompt with a trained run, formatting it exactly as the training data was.
 
     Example: recipe generate runs/tiny-demo --prompt "Reverse the words." --input "red green blue"
@@ -269,4 +281,4 @@ def generate(run_dir: str, prompt: str, context: str, max_new_tokens: int) -> No
 
     from .train.after import generate as answer
 
-    click.echo(answer(Path(run_dir), prompt, max_new_tokens, input=context))
+    click.echo(answer(Path(run_dir), prompt, max_new_tokens, input=context, trust_remote_code=trust_remote_code))

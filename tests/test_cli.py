@@ -54,7 +54,7 @@ def test_show_prints_resolved_recipe_in_schema_order(make_recipe):
     assert result.exit_code == 0
     shown = yaml.safe_load(result.output)
     assert shown["lora"]["r"] == 4 and shown["training"]["optimizer"] == "adamw_torch"
-    assert list(shown)[:3] == ["recipe_version", "name", "abstract"]
+    assert list(shown)[:3] == ["recipe_version", "name", "model"]
 
 
 def test_show_of_invalid_recipe_is_a_message_not_a_traceback(make_recipe):
@@ -105,3 +105,14 @@ def test_trust_remote_code_is_shown(make_recipe):
     result = invoke("validate", make_recipe({"model": {"trust_remote_code": True}}))
     assert result.exit_code == 0
     assert "$.model.trust_remote_code: warning: this recipe runs Python code" in result.output
+
+
+def test_every_command_reports_domain_errors_itself_even_run_alone():
+    # check_gpu.py runs `gpu` without the group: its errors must still be messages and exit codes.
+    from recipecli.cli import Command, gpu_command
+
+    assert all(isinstance(command, Command) for command in main.commands.values())
+    result = CliRunner().invoke(gpu_command, ["--gpu", "rtx2090"])
+    assert result.exit_code == ExitCode.USAGE and isinstance(result.exception, SystemExit)  # not a traceback
+    assert result.output.startswith("--gpu: unknown GPU 'rtx2090'")
+    assert CliRunner().invoke(gpu_command, ["-h"]).output.startswith("Usage: gpu [OPTIONS]")  # -h alone too

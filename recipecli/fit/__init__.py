@@ -3,8 +3,8 @@
     model_catalog + architectures (model shapes from config.json values)
     -> setup + precision (the recipe as the estimator sees it, on a given card)
     -> estimate + activations (bytes by component) -> verdict (fits / tight / does not fit)
-    -> suggest (the cheapest change that fits)
-    hardware (Gpu as data; the only NVML caller) + gpu_catalog (cards by name)
+    -> suggest (the cheapest change that fits); cpu (whether a run may train on the CPU)
+    hardware (the only NVML caller) + gpu_catalog (Gpu as data, cards by name)
 
 Owns: every memory number and every decision that depends on the card.
 May import: the standard library, ``recipecli.units``, ``recipecli.errors`` and ``recipecli.read``

@@ -173,20 +173,21 @@ def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[s
         problems.append(f"{', '.join(on_head)} is the output head: TRL's SFTTrainer computes the loss "
                         f"from {head}.weight directly, so it refuses an adapter there; remove it")
     if problems:
-        raise UnknownTargets("lora.target_modules: " + "; ".join(problems))
+        raise UnknownTargets("; ".join(problems), path="$.lora.target_modules")
     return [n for n in linear if any(n in found for found in hits.values())]
 
 
 # Config classes whose tie_word_embeddings defaults to True when config.json leaves it out.
 _TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "falcon", "bloom"})
 _FIXES = (
-    "Fix it in one of three ways:\n"
-    "  1. put the model's config.json in a local folder and set model.id to that folder;\n"
-    "  2. add a model.architecture block to the recipe with the config.json values: hidden_size,\n"
-    "     intermediate_size, num_hidden_layers, num_attention_heads, vocab_size (and, where the\n"
-    "     model has them, num_key_value_heads, head_dim, tie_word_embeddings, model_type);\n"
-    "  3. run once with network access (HF_HUB_OFFLINE unset) so config.json lands in the\n"
-    "     Hugging Face cache.")
+    "fix it in one of three ways:\n"
+    "    1. put the model's config.json in a local folder and set model.id to that folder;\n"
+    "    2. add a model.architecture block to the recipe with the config.json values: hidden_size,\n"
+    "       intermediate_size, num_hidden_layers, num_attention_heads, vocab_size (and, where the\n"
+    "       model has them, num_key_value_heads, head_dim, tie_word_embeddings, model_type);\n"
+    "    3. run once with network access (HF_HUB_OFFLINE unset) so config.json lands in the\n"
+    "       Hugging Face cache.")
+MODEL_PATH = "$.model.id"  # the field an UnknownModel is about
 
 
 def _first(config: dict, *keys: str):
@@ -209,15 +210,15 @@ def shape_from_config(config: dict) -> Shape:
     """
     model_type = config.get("model_type", "llama")
     if config.get("is_encoder_decoder"):
-        raise UnknownModel(f"model_type {model_type!r} is an encoder-decoder model; recipe "
-                           "fine-tunes decoder-only causal language models")
+        raise UnknownModel(f"model_type {model_type!r} is an encoder-decoder model",
+                           hint="recipe fine-tunes decoder-only causal language models", path=MODEL_PATH)
     h = _first(config, "hidden_size", "n_embd", "n_embed")
     layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
     heads = _first(config, "num_attention_heads", "n_head")
     vocab = config.get("vocab_size")
     if None in (h, layers, heads, vocab):
         raise UnknownModel(f"config.json of model_type {model_type!r} lacks hidden_size, "
-                           f"num_hidden_layers, num_attention_heads or vocab_size.\n{_FIXES}")
+                           "num_hidden_layers, num_attention_heads or vocab_size", hint=_FIXES, path=MODEL_PATH)
     kv = _first(config, "num_key_value_heads", "num_kv_heads") or heads
     head_dim = _first(config, "head_dim", "kv_channels") or h // heads
     tied = config.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
@@ -260,7 +261,8 @@ def _read_config(path: Path) -> Shape:
     try:
         return shape_from_config(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as err:
-        raise UnknownModel(f"{path} is not valid JSON: {err}") from err
+        raise UnknownModel(f"{path} is not valid JSON: {err}", hint="fix or replace that config.json",
+                           path=MODEL_PATH) from err
 
 
 def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=None,
@@ -285,7 +287,7 @@ def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=No
     if local_path is not None:
         config = Path(local_path) / "config.json"
         if not config.is_file():
-            raise UnknownModel(f"model folder {local_path} has no config.json.\n{_FIXES}")
+            raise UnknownModel(f"model folder {local_path} has no config.json", hint=_FIXES, path=MODEL_PATH)
         return _read_config(config)
     if model_id.lower() in _BY_LOWER:
         return _BY_LOWER[model_id.lower()]
@@ -295,6 +297,6 @@ def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=No
     if config is None:
         where = "offline (HF_HUB_OFFLINE is set)" if offline() else "on the hub or offline"
         raise UnknownModel(f"cannot find the architecture of {model_id!r} {where}: it is not in "
-                           f"recipe's catalog nor in the Hugging Face cache at {hub_cache()}.\n"
-                           f"{_FIXES}")
+                           f"recipe's catalog nor in the Hugging Face cache at {hub_cache()}",
+                           hint=_FIXES, path=MODEL_PATH)
     return _read_config(config)

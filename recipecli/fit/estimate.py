@@ -6,7 +6,9 @@ those libraries: bitsandbytes ``Params4bit``/``QuantState`` (NF4/FP4 packed two 
 fp32 absmax per 64 weights, or with double quant an 8-bit absmax plus fp32 constants per 256
 blocks), peft's ``prepare_model_for_kbit_training`` (upcasts every non-quantized fp16/bf16
 parameter, embeddings and head included, to fp32), TRL casting LoRA weights of quantized
-models to bf16 and computing the loss in tiles (``add_fused_lm_head``), and transformers'
+models to bf16 (kept under bf16 only: the runner makes them fp32 otherwise, and the adapters
+are counted in the dtype ``precision.dtypes`` decides) and computing the loss in tiles
+(``add_fused_lm_head``), and transformers'
 ``ForCausalLMLoss`` (``logits.float()``) for stacks that materialize logits.
 The activation and logits arithmetic is in activations.py.
 """
@@ -19,7 +21,7 @@ from . import activations
 from ..read.recipe import Bits, Method, Optimizer
 from ..units import GIB, gib
 from .architectures import Shape
-from .setup import ATTENTION_KERNELS, Loss, Parallelism, Setup, dtypes_of
+from .setup import ATTENTION_KERNELS, Dtypes, Loss, Parallelism, Setup, dtypes_of
 
 # CUDA context, cuBLAS/cuDNN workspaces and the bitsandbytes kernels: what nvidia-smi shows
 # before the first tensor is allocated.
@@ -38,8 +40,8 @@ class Component:
 @dataclass(frozen=True)
 class Estimate:
     components: tuple[Component, ...]
-    total_params: int  # base model plus adapters, as peft's print_trainable_parameters counts
-    trainable_params: int
+    base_params: int  # the base model alone, exactly its published count (no adapters)
+    trainable_params: int  # the adapters for LoRA methods, every weight for full fine-tuning
 
     @property
     def total_bytes(self) -> int:
@@ -81,7 +83,7 @@ def _check(s: Setup) -> None:
     # The recipe was validated already; a bad Setup is a bug in the caller, so it crashes.
     allowed = {"method": get_args(Method), "optimizer": get_args(Optimizer),
                "attention": ATTENTION_KERNELS, "parallelism": get_args(Parallelism),
-               "loss": get_args(Loss), "compute_bytes": (2, 4),
+               "loss": get_args(Loss), "compute_bytes": (2, 4), "adapter_bytes": (None, 2, 4),
                "weight_bits": get_args(Bits) if s.method == "qlora" else (16, 32)}
     for field, values in allowed.items():
         if getattr(s, field) not in values:
@@ -106,7 +108,12 @@ def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
 
 
 def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: int):
-    """Optimizer states, step temporaries and how they were counted."""
+    """Optimizer states, step temporaries and how they were counted.
+
+    Raises:
+        ValueError: an optimizer without a memory model here (a caller bug: every
+            ``read.recipe.Optimizer`` has its branch, and a new one must get its own).
+    """
     name, n = s.optimizer, trainable
     if name == "adamw_torch":
         # torch's foreach AdamW keeps both moments in the parameters' dtype and allocates one
@@ -121,6 +128,9 @@ def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: in
         return 8 * n, 0, f"paged 32-bit AdamW: 2 fp32 moments x {n:,} (can spill to CPU RAM)"
     if name == "sgd":
         return 0, 0, "SGD without momentum keeps no state"
+    if name != "adafactor":
+        # Costing an unknown optimizer like another would give a wrong verdict without a word.
+        raise ValueError(f"no memory model for optimizer {name!r}; expected one of {get_args(Optimizer)}")
     # Adafactor: an fp32 row and column vector per trainable matrix (vectors are negligible);
     # step() works on fp32 copies of the largest one (gradient, update, parameter).
     if adapters:
@@ -229,4 +239,4 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
          f"CUDA context {gib(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"),
     )
     return Estimate(tuple(Component(n, round(b), e) for n, b, e in parts),
-                    total_params=br.total + lora_params, trainable_params=trainable)
+                    base_params=br.total, trainable_params=trainable)

@@ -51,71 +51,107 @@ class Gpu:
         return None if cc is None else cc >= FLASH_ATTENTION_2_MIN_CAPABILITY
 
 
-def _catalog_card(name: str, mib: int, capability: tuple[int, int]) -> Gpu:
-    return Gpu(name=name, total_bytes=mib * MIB, free_bytes=None, compute_capability=capability)
+@dataclass(frozen=True)
+class _Entry:
+    """A catalog card and what a user may call it: its model (family) and the size it is sold with."""
+
+    gpu: Gpu
+    family: str  # the name without its memory size, as a key: '3080' for both RTX 3080s
+    gb: int  # the marketed memory size ("12 GB"), which selects among a family's variants
 
 
-# Memory is the total the driver reports (nvidia-smi), which for data-centre cards is below the
-# marketed size (ECC and firmware reservations): a fit-check against a T4 should use 15 GiB, not 16.
-CARDS: tuple[Gpu, ...] = tuple(_catalog_card(*spec) for spec in (
-    ("RTX 2070", 8192, (7, 5)),
-    ("RTX 2080", 8192, (7, 5)),
-    ("RTX 2080 Ti", 11264, (7, 5)),
-    ("RTX 3060", 12288, (8, 6)),
-    ("RTX 3060 Ti", 8192, (8, 6)),
-    ("RTX 3070", 8192, (8, 6)),
-    ("RTX 3080", 10240, (8, 6)),
-    ("RTX 3080 12GB", 12288, (8, 6)),
-    ("RTX 3090", 24576, (8, 6)),
-    ("RTX 4060", 8188, (8, 9)),
-    ("RTX 4060 Ti 16GB", 16380, (8, 9)),
-    ("RTX 4070", 12282, (8, 9)),
-    ("RTX 4080", 16376, (8, 9)),
-    ("RTX 4090", 24564, (8, 9)),
-    ("T4", 15360, (7, 5)),
-    ("L4", 23034, (8, 9)),
-    ("A10G", 23028, (8, 6)),
-    ("V100 16GB", 16384, (7, 0)),
-    ("V100 32GB", 32768, (7, 0)),
-    ("A100 40GB", 40960, (8, 0)),
-    ("A100 80GB", 81920, (8, 0)),
-    ("H100 80GB", 81559, (9, 0)),
-))
+# Name (with the size when the model is sold in several), marketed GB, MiB the driver reports
+# (nvidia-smi), compute capability. The reported memory is below the marketed size for
+# data-centre cards (ECC and firmware reservations): a fit-check against a T4 uses 15 GiB, not 16.
+_SPECS = (
+    ("RTX 2070", 8, 8192, (7, 5)),
+    ("RTX 2080", 8, 8192, (7, 5)),
+    ("RTX 2080 Ti", 11, 11264, (7, 5)),
+    ("RTX 3060 8GB", 8, 8192, (8, 6)),
+    ("RTX 3060 12GB", 12, 12288, (8, 6)),
+    ("RTX 3060 Ti", 8, 8192, (8, 6)),
+    ("RTX 3070", 8, 8192, (8, 6)),
+    ("RTX 3080 10GB", 10, 10240, (8, 6)),
+    ("RTX 3080 12GB", 12, 12288, (8, 6)),
+    ("RTX 3090", 24, 24576, (8, 6)),
+    ("RTX 4060", 8, 8188, (8, 9)),
+    ("RTX 4060 Ti 8GB", 8, 8188, (8, 9)),
+    ("RTX 4060 Ti 16GB", 16, 16380, (8, 9)),
+    ("RTX 4070", 12, 12282, (8, 9)),
+    ("RTX 4080", 16, 16376, (8, 9)),
+    ("RTX 4090", 24, 24564, (8, 9)),
+    ("T4", 16, 15360, (7, 5)),
+    ("L4", 24, 23034, (8, 9)),
+    ("A10G", 24, 23028, (8, 6)),
+    ("V100 16GB", 16, 16384, (7, 0)),
+    ("V100 32GB", 32, 32768, (7, 0)),
+    ("A100 40GB", 40, 40960, (8, 0)),
+    ("A100 80GB", 80, 81920, (8, 0)),
+    ("H100 80GB", 80, 81559, (9, 0)),
+)
 
-_NOISE = re.compile(r"nvidia|geforce|tesla|rtx|gtx|[^a-z0-9]")
-_MEMORY_SIZE = re.compile(r"\d+gb")
+# Words nvidia-smi puts around the model ("NVIDIA GeForce RTX 4060 Ti", "NVIDIA A100-SXM4-80GB",
+# "NVIDIA H100 80GB HBM3"), so a name copied from it is found.
+_NOISE = re.compile(r"nvidia|geforce|tesla|quadro|rtx|gtx|sxm\d*|pcie|hbm\d*e?")
+# A memory size written after the name, apart from it: "3060 12gb", "a100-80gb", "3080 12 GB".
+_SIZED = re.compile(r"(.*[a-z0-9])[^a-z0-9]+(\d+)\s*gi?b")
+_SIZE_SUFFIX = re.compile(r"\s*\d+GB$")
 
 
 def _key(name: str) -> str:
     """'NVIDIA GeForce RTX 2080 Ti' and 'rtx2080ti' both become '2080ti'."""
-    return _NOISE.sub("", name.lower())
+    return re.sub(r"[^a-z0-9]", "", _NOISE.sub(" ", name.lower()))
+
+
+def _entry(name: str, gb: int, mib: int, capability: tuple[int, int]) -> _Entry:
+    gpu = Gpu(name=name, total_bytes=mib * MIB, free_bytes=None, compute_capability=capability)
+    return _Entry(gpu, _key(_SIZE_SUFFIX.sub("", name)), gb)
+
+
+_ENTRIES: tuple[_Entry, ...] = tuple(_entry(*spec) for spec in _SPECS)
+CARDS: tuple[Gpu, ...] = tuple(e.gpu for e in _ENTRIES)
 
 
 def card(name: str) -> Gpu:
     """A catalog card by forgiving name: 'rtx2080', 'RTX 2080', '2080', 'a100-80gb', 'h100'.
 
-    The memory size of a card may be left out when only one card of that name is in the catalog
-    ('h100', '4060ti'), nothing else: 'rtx 4060' is the RTX 4060, never the first card whose name
-    starts with it.
+    A model sold with several memory sizes needs the size after its name ('3080 12gb',
+    'rtx 4060 ti 8gb', 'a100 80gb'); a model sold with one size needs none ('h100', '4090').
+    Nothing else is guessed: 'rtx 4060' is the RTX 4060, never the first card whose name starts
+    with it, and '4060 ti' asks which of the two.
 
     Raises:
-        UsageError: no card, or more than one, matches; the message lists close names.
+        UsageError: no card, or more than one, matches; the message lists the candidates, the
+            sizes a model comes in, or close names.
     """
     key = _key(name)
+    exact = [e.gpu for e in _ENTRIES if _key(e.gpu.name) == key]
+    if key and exact:
+        return exact[0]
+    sized = _SIZED.fullmatch(_NOISE.sub(" ", name.lower()).strip())
+    family, gb = (_key(sized[1]), int(sized[2])) if sized else (key, None)
+    variants = [e for e in _ENTRIES if family and e.family == family]
+    if variants and gb is not None:
+        chosen = [e.gpu for e in variants if e.gb == gb]
+        if chosen:
+            return chosen[0]
+        sizes = " or ".join(f"{e.gb} GB" for e in variants)
+        model = _SIZE_SUFFIX.sub("", variants[0].gpu.name)
+        raise UsageError(f"there is no {gb} GB {model} in the catalog: it comes with {sizes}",
+                         hint=f"name a size it comes with, e.g. --gpu '{sized[1]} {variants[-1].gb}gb', "
+                              f"or give the memory with --vram {gb}", where="--gpu")
+    if len(variants) == 1:
+        return variants[0].gpu
+    if variants:
+        raise UsageError(f"GPU name {name!r} matches several cards: {', '.join(e.gpu.name for e in variants)}",
+                         hint=f"add the memory size, e.g. --gpu '{name} {variants[-1].gb}gb'", where="--gpu")
     by_key = {_key(c.name): c for c in CARDS}
-    if key in by_key:
-        return by_key[key]
-    starting = {k: c for k, c in by_key.items() if key and k.startswith(key)}
-    sized = [c for k, c in starting.items() if _MEMORY_SIZE.fullmatch(k[len(key):])]
-    if len(sized) == 1:
-        return sized[0]
-    if sized:
-        raise UsageError(f"GPU name {name!r} matches several cards: {', '.join(c.name for c in sized)}; name one")
+    starting = [c.name for k, c in by_key.items() if key and k.startswith(key)]
     close = [by_key[k].name for k in difflib.get_close_matches(key, by_key, n=4, cutoff=0.5)]
-    close = list(dict.fromkeys([c.name for c in starting.values()] + close))[:4]
+    close = list(dict.fromkeys(starting + close))[:4]
     listed = ", ".join(close) if close else ", ".join(c.name for c in CARDS)
-    raise UsageError(f"unknown GPU {name!r}; {'did you mean' if close else 'known cards are'}: {listed} "
-                     "(or give the memory with --vram GIB)")
+    raise UsageError(f"unknown GPU {name!r}; {'did you mean' if close else 'known cards are'}: {listed}",
+                     hint="name a card listed here, or give its memory with --vram GIB (e.g. --vram 8)", where="--gpu")
 
 
 def gpu_from_vram(gib: float) -> Gpu:
@@ -129,5 +165,6 @@ def gpu_from_vram(gib: float) -> Gpu:
         UsageError: gib is not a positive number.
     """
     if not (gib > 0 and math.isfinite(gib)):
-        raise UsageError(f"--vram must be a positive number of GiB, got {gib}")
+        raise UsageError(f"must be a positive number of GiB, got {gib}", hint="e.g. --vram 8 for an 8 GB card",
+                         where="--vram")
     return Gpu(name=f"{gib:g} GiB card", total_bytes=int(gib * GIB), free_bytes=None, compute_capability=None)

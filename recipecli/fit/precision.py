@@ -21,26 +21,68 @@ DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 @dataclass(frozen=True)
 class Choices:
-    """What the recipe's "auto" settings become on a GPU, and the dtypes the run uses for them."""
+    """What the recipe's "auto" settings become on a GPU, and the dtype of every kind of tensor.
+
+    The runner loads (``model.load_model``), builds the trainer and enforces
+    (``model.enforce_dtypes``) exactly these; the estimate (``verdict.setup_for``) counts them.
+    """
 
     precision: Literal["bf16", "fp16", "fp32"]
     attention: Literal["eager", "sdpa", "flash_attention_2"]
     compute_dtype: Optional[DtypeName]  # bitsandbytes' compute dtype: quantized bases only
     notes: tuple[str, ...]
-    # fp16 mixed precision unscales fp32 gradients: a full fine-tune under it keeps fp32 weights.
-    fp32_weights: bool = False
-
-    @property
-    def weight_dtype(self) -> DtypeName:
-        """What the base model is loaded in (model.load_model), as the estimate counts it."""
-        if self.compute_dtype is not None:  # the 16-bit leftovers of a quantized base compute in it
-            return self.compute_dtype
-        return "float32" if self.fp32_weights else DTYPE_OF[self.precision]
+    weight_dtype: DtypeName  # what from_pretrained loads the base in (its 16-bit parts when quantized)
+    trainable_dtype: DtypeName  # the trained parameters: LoRA adapters, or every weight (method full)
+    autocast_dtype: Optional[DtypeName]  # the forward's torch.autocast dtype; None: no autocast
+    grad_scaler: bool  # fp16's AMP GradScaler scales the loss and unscales fp32 gradients
 
     @property
     def matmul_dtype(self) -> DtypeName:
         """What matmuls compute in: bitsandbytes' compute dtype, else the training precision."""
         return self.compute_dtype or DTYPE_OF[self.precision]
+
+
+def dtypes(method: str, quantized: bool, precision: str, compute_dtype: Optional[DtypeName]) -> dict:
+    """The dtypes of a run, from what decides them; the fields of ``Choices`` after ``notes``.
+
+    Args:
+        method: qlora, lora or full.
+        quantized: the base is loaded in 4 or 8 bits.
+        precision: the resolved training precision (bf16, fp16 or fp32, never auto).
+        compute_dtype: bitsandbytes' resolved compute dtype (quantized bases only).
+
+    Returns:
+        weight_dtype, trainable_dtype, autocast_dtype and grad_scaler, by name.
+    """
+    half = DTYPE_OF[precision]
+    scaler = precision == "fp16"
+    if quantized:
+        weight = compute_dtype or half  # the 16-bit leftovers of a quantized base compute in it
+    else:
+        # fp16 mixed precision unscales fp32 gradients: a full fine-tune under it keeps fp32 weights.
+        weight = "float32" if method == "full" and scaler else half
+    if method == "full":
+        trainable = weight
+    elif quantized and precision == "bf16":
+        # TRL casts the adapters of quantized models to bf16 (trl/trainer/sft_trainer.py,
+        # SFTTrainer.__init__, "When using QLoRA, the PEFT adapter weights are converted to bf16"),
+        # as the QLoRA paper trains them; kept where bf16 is the precision.
+        trainable = "bfloat16"
+    else:
+        # fp16: the GradScaler refuses fp16 gradients ("Attempting to unscale FP16 gradients") and
+        # bf16 is emulated, slowly, before compute capability 8.0, so TRL's bf16 cast is undone;
+        # fp32: what was asked. 16-bit bases: peft's get_peft_model upcasts adapters to fp32 itself
+        # (peft/tuners/tuners_utils.py, cast_adapter_dtype).
+        trainable = "float32"
+    return {"weight_dtype": weight, "trainable_dtype": trainable,
+            "autocast_dtype": None if precision == "fp32" else half, "grad_scaler": scaler}
+
+
+def portable(recipe: Recipe) -> Choices:
+    """fp32 with sdpa attention: what every machine runs, whatever card the recipe was made for."""
+    quantized = recipe.quantization is not None
+    compute = "float32" if quantized else None
+    return Choices("fp32", "sdpa", compute, (), **dtypes(recipe.method, quantized, "fp32", compute))
 
 
 def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) -> Choices:
@@ -53,8 +95,9 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
         locate: where recipe values were written (``load.Resolved.locate``), for precise problems.
 
     Returns:
-        The resolved settings with a note for every choice a user might not expect. Without a GPU,
-        fp16/bf16 precision and compute dtype run as fp32.
+        The resolved settings and the dtype of every kind of tensor (:func:`dtypes`), with a note
+        for every choice a user might not expect. Without a GPU, fp16/bf16 precision and compute
+        dtype run as fp32.
 
     Raises:
         InvalidRecipe: the recipe asks for something the card cannot do (bf16 or FlashAttention 2
@@ -119,6 +162,6 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
     if problems:
         raise InvalidRecipe(problems)
     return Choices(precision, attention, compute_dtype, tuple(notes),
-                   fp32_weights=recipe.method == "full" and precision == "fp16")
+                   **dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype))
 
 

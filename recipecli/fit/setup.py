@@ -44,6 +44,9 @@ class Setup:
     loss: Loss = "chunked"  # chunked (TRL's fused head) | fp32_logits (the model's own loss)
     autocast: bool = True  # the Trainer runs the forward under torch.autocast
     kbit_upcast: bool = True  # prepare_model_for_kbit_training upcasts 16-bit weights to fp32
+    # Bytes per LoRA adapter parameter: `recipe run` passes precision.choose's trainable_dtype
+    # (verdict.setup_for); None is TRL's own rule, for the published stacks of benchmarks/.
+    adapter_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def dtypes_of(s: Setup) -> Dtypes:
     # prepare_model_for_kbit_training upcasts what bitsandbytes left in 16-bit to fp32.
     other = (4 if s.kbit_upcast else c) if kbit else s.weight_bits // 8
     # TRL casts the adapters of quantized models to bf16; peft keeps the others in fp32.
-    lora = 2 if kbit else 4
+    lora = s.adapter_bytes if s.adapter_bytes is not None else (2 if kbit else 4)
     train = lora if s.method != "full" else s.weight_bits // 8
     # Linear4bit/8bitLt cast their output back to the input's dtype (fp32 after the upcast).
     matmul_out = other if kbit else (c if s.autocast else s.weight_bits // 8)

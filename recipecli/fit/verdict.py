@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from ..errors import UnknownModel, UnknownTargets
 from ..read.recipe import Recipe
 from ..units import GIB
 from .architectures import Shape, find_shape
@@ -62,6 +63,8 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism
         parallelism=parallelism,
         gradient_accumulation_steps=recipe.training.gradient_accumulation_steps,
         lora_dropout=lora.dropout if lora else 0.0,
+        # The dtype the runner enforces on the adapters (model.enforce_dtypes), so the two agree.
+        adapter_bytes=DTYPE_BYTES[choices.trainable_dtype] if lora else None,
     )
     return setup, list(choices.notes)
 
@@ -124,9 +127,18 @@ def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none"
     Raises:
         InvalidRecipe: the card cannot run the recipe's settings (see :func:`choose`).
         UnknownModel: the model's shape cannot be found offline.
+        UnknownTargets: a LoRA target names no linear layer of the model, or its output head.
+        Both are located at their field when ``locate`` is given.
     """
     setup, notes = setup_for(recipe, gpu, num_gpus, parallelism, locate)
-    return judge(recipe_shape(recipe), setup, gpu, tuple(notes))
+    try:
+        return judge(recipe_shape(recipe), setup, gpu, tuple(notes))
+    except (UnknownModel, UnknownTargets) as exc:
+        if locate is None or exc.where is not None or not exc.path:
+            raise
+        # Located like a schema problem, so editors jump to model.id or lora.target_modules.
+        field = tuple(exc.path.removeprefix("$.").split("."))
+        raise type(exc)(exc.message, exc.hint, locate(field), exc.path) from None
 
 
 def recipe_shape(recipe: Recipe) -> Shape:

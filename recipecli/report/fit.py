@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from ..errors import InvalidRecipe, RecipeError, UsageError
+from ..errors import InvalidRecipe, Location, RecipeError, UsageError
 from ..fit import verdict as fit_verdict
 from ..fit.gpu_catalog import Gpu, card, gpu_from_vram
 from ..fit.hardware import probe
@@ -63,10 +63,11 @@ def check_files(files: Sequence[str | Path], gpu: Gpu, num_gpus: int = 1, parall
     failures: list[Failure] = []
     for file in files:
         try:
+            # Read once: a second read could see another file (edited meanwhile, or a pipe).
             resolved = load.resolve(file)
             if skip_abstract and resolved.abstract:
                 continue
-            recipe = load.load_recipe(file)  # raises for an abstract base: it cannot run
+            recipe = recipe_of(resolved)  # raises for an abstract base: it cannot run
             verdict = fit_verdict.check(recipe, gpu, num_gpus, parallelism, locate=resolved.locate)
             suggestion = None if verdict.fits else suggest(recipe, gpu, num_gpus, parallelism)
         except RecipeError as exc:
@@ -76,6 +77,39 @@ def check_files(files: Sequence[str | Path], gpu: Gpu, num_gpus: int = 1, parall
     return rows, failures
 
 
+def recipe_of(resolved: Resolved) -> Recipe:
+    """The typed recipe of a resolved document: the one place report/ builds one.
+
+    Raises:
+        InvalidRecipe: it is an abstract base, which cannot run.
+    """
+    return load.to_recipe(resolved)
+
+
+def parallelism_for(num_gpus: int, parallelism: Optional[str]) -> str:
+    """The strategy fit-check assumes: the one given, else ddp for several GPUs, none for one.
+
+    Raises:
+        UsageError: a strategy for several GPUs with only one (it would change nothing silently).
+    """
+    if parallelism is None:
+        return "ddp" if num_gpus > 1 else "none"
+    if num_gpus == 1 and parallelism != "none":
+        raise UsageError(f"{parallelism} spreads training over several GPUs, but --gpus is 1",
+                         hint=f"add the number of GPUs, e.g. --gpus 4 --parallelism {parallelism}, "
+                              "or leave --parallelism out for one GPU", where="--parallelism")
+    return parallelism
+
+
+def scope_text(num_gpus: int, parallelism: str) -> str:
+    """'per GPU, 4 GPUs, zero3' for several GPUs; empty for one, where the figure is the card's."""
+    return f"per GPU, {num_gpus} GPUs, {parallelism}" if num_gpus > 1 else ""
+
+
+def _scope_of(verdict: Verdict) -> str:
+    return scope_text(verdict.setup.num_gpus, verdict.setup.parallelism)
+
+
 def target_gpu(vram: Optional[float], name: Optional[str]) -> Gpu:
     """The card to check against: --vram, --gpu, or else the first GPU of this machine.
 
@@ -83,15 +117,17 @@ def target_gpu(vram: Optional[float], name: Optional[str]) -> Gpu:
         UsageError: both options, an unknown card name, or no option and no GPU detected.
     """
     if vram is not None and name is not None:
-        raise UsageError("give --vram or --gpu, not both")
+        raise UsageError("give --vram or --gpu, not both", where="--gpu",
+                         hint="--gpu names a card of the catalog, --vram gives the memory of any card; keep one")
     if name is not None:
         return card(name)
     if vram is not None:
         return gpu_from_vram(vram)
     found = probe()
     if not found.gpus:
-        raise UsageError(f"no GPU detected ({found.note}); name the card to check against with --gpu NAME "
-                         "(e.g. --gpu rtx2080) or give its memory with --vram GIB (e.g. --vram 8)")
+        raise UsageError(f"no GPU detected ({found.note})",
+                         hint="name the card to check against with --gpu NAME (e.g. --gpu rtx2080) "
+                              "or give its memory with --vram GIB (e.g. --vram 8)")
     return found.gpus[0]
 
 
@@ -115,9 +151,10 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """Aligned table: recipe, model, params, method, estimate, VRAM, verdict."""
+    """Aligned table: recipe, model, base model parameters, method, estimate, VRAM, verdict."""
     head = ("recipe", "model", "params", "method", "estimate", "VRAM", "verdict")
-    body = [(r.recipe.name, r.recipe.model.id, params(r.verdict.estimate.total_params), r.recipe.method,
+    # The model as written (./models/x), not the absolute path the loaded recipe holds.
+    body = [(r.recipe.name, r.resolved.raw["model"]["id"], params(r.verdict.estimate.base_params), r.recipe.method,
              gib(r.verdict.estimate.total_bytes), gib(r.verdict.vram_bytes), verdict_text(r.verdict)) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     right = {2, 4, 5}  # numbers align right
@@ -144,7 +181,8 @@ def _bar(part: int, whole: int) -> str:
 
 def format_verdict(recipe: Recipe, verdict: Verdict) -> str:
     """The verdict and its breakdown, as `recipe fit-check -v` prints them for each recipe."""
-    return f"{recipe.name}: {verdict_text(verdict)}\n{format_breakdown(verdict)}"
+    scope = _scope_of(verdict)
+    return f"{recipe.name}: {verdict_text(verdict)}{f' {scope}' if scope else ''}\n{format_breakdown(verdict)}"
 
 
 def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Suggestion]) -> str:
@@ -158,7 +196,9 @@ def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Sug
     Returns:
         A paragraph for people (what `recipe fit-check` and a refused `recipe run` print).
     """
-    need = f"{recipe.name} needs {gib(verdict.estimate.total_bytes)}, {verdict.gpu.name} has {gib(verdict.vram_bytes)}."
+    scope = _scope_of(verdict)
+    need = (f"{recipe.name} needs {gib(verdict.estimate.total_bytes)}{f' ({scope})' if scope else ''}, "
+            f"{verdict.gpu.name} has {gib(verdict.vram_bytes)}.")
     if suggestion is None:
         return (f"{need} No combination of the memory knobs makes it fit: use a smaller model or a card "
                 "with more memory.")
@@ -176,9 +216,14 @@ def notes_of(rows: Sequence[Row]) -> list[str]:
     return list(dict.fromkeys(note for row in rows for note in row.verdict.notes))
 
 
-def format_fit_check(rows: Sequence[Row], gpu: Gpu, verbose: bool = False) -> str:
-    """The whole fit-check report for people: card, table, breakdowns (-v), suggestions, notes."""
-    parts = [gpu_line(gpu), format_table(rows)]
+def format_fit_check(rows: Sequence[Row], gpu: Gpu, verbose: bool = False, num_gpus: int = 1,
+                     parallelism: str = "none") -> str:
+    """The whole fit-check report for people: card, table, breakdowns (-v), suggestions, notes.
+
+    With several GPUs the card line says the estimates are per GPU, and under which strategy.
+    """
+    scope = scope_text(num_gpus, parallelism)
+    parts = [gpu_line(gpu) + (f"; estimates {scope}" if scope else ""), format_table(rows)]
     if verbose:
         parts += [format_verdict(r.recipe, r.verdict) for r in rows]
     parts += [format_suggestion(r.recipe, r.verdict, r.suggestion) for r in rows if not r.verdict.fits]
@@ -190,19 +235,32 @@ def format_fit_check(rows: Sequence[Row], gpu: Gpu, verbose: bool = False) -> st
 
 def failure_text(failure: Failure) -> str:
     """A file that could not be checked; located problems already name their file."""
-    if isinstance(failure.error, InvalidRecipe):
+    if isinstance(failure.error.where, Location):
         return str(failure.error)
     return f"{failure.file}: {failure.error}"
 
 
-def fit_json(rows: Sequence[Row], failures: Sequence[Failure], gpu: Gpu) -> dict:
-    """The fit-check result for tools: GPU, one entry per recipe, and the files that failed."""
+def failure_json(failure: Failure) -> dict:
+    """A file that could not be checked, for tools: every problem with its place, path and hint."""
+    error = failure.error
+    problems = [p.as_dict() for p in (error.problems if isinstance(error, InvalidRecipe) else [error])]
+    for problem in problems:
+        problem["file"] = problem["file"] or failure.file
+    return {"file": failure.file, "exit_code": int(error.exit_code), "problems": problems}
+
+
+def fit_json(rows: Sequence[Row], failures: Sequence[Failure], gpu: Gpu, num_gpus: int = 1,
+             parallelism: str = "none") -> dict:
+    """The fit-check result for tools: GPU, one entry per recipe, and the files that failed.
+
+    Byte figures are per GPU; ``num_gpus`` and ``parallelism`` say how many and how they share.
+    """
     def entry(row: Row) -> dict:
         est, sug = row.verdict.estimate, row.suggestion
         return {
             "file": row.file, "name": row.recipe.name, "model": row.recipe.model.id, "method": row.recipe.method,
             "status": row.verdict.status, "estimate_bytes": est.total_bytes, "vram_bytes": row.verdict.vram_bytes,
-            "headroom_bytes": row.verdict.headroom_bytes, "total_params": est.total_params,
+            "headroom_bytes": row.verdict.headroom_bytes, "base_params": est.base_params,
             "trainable_params": est.trainable_params, "notes": list(row.verdict.notes),
             "components": [{"name": c.name, "bytes": c.bytes, "explanation": c.explanation} for c in est.components],
             "suggestion": None if sug is None else {
@@ -212,8 +270,9 @@ def fit_json(rows: Sequence[Row], failures: Sequence[Failure], gpu: Gpu) -> dict
     return {
         "gpu": {"name": gpu.name, "total_bytes": gpu.total_bytes, "free_bytes": gpu.free_bytes,
                 "compute_capability": gpu.capability_text},
+        "num_gpus": num_gpus, "parallelism": parallelism,
         "recipes": [entry(r) for r in rows],
-        "errors": [{"file": f.file, "exit_code": int(f.error.exit_code), "message": str(f.error)} for f in failures],
+        "errors": [failure_json(f) for f in failures],
     }
 
 
@@ -232,10 +291,12 @@ def fitted_yaml(row: Row, dest: Path) -> str:
     doc = deep_merge(row.resolved.raw, row.suggestion.patch)
     doc.pop("abstract", None)
     recipe = row.recipe
-    if recipe.model.local_path is not None and not Path(recipe.model.id).expanduser().is_absolute():
+    # What was written decides (the loaded recipe holds every local path absolute already):
+    # a relative path is rewritten, an absolute or ~ path and a hub id are kept as they are.
+    if recipe.model.local_path is not None and not Path(doc["model"]["id"]).expanduser().is_absolute():
         doc["model"]["id"] = _relative(recipe.model.local_path, dest)
     for written, dataset in zip(doc["data"]["datasets"], recipe.data.datasets):
-        if dataset.is_local and not Path(dataset.path).expanduser().is_absolute():
+        if dataset.is_local and not Path(written["path"]).expanduser().is_absolute():
             written["path"] = _relative(dataset.local_path, dest)
     header = (f"# {recipe.source} fitted to {row.verdict.gpu.name} by recipe fit-check:\n"
               + "".join(f"#   {c}\n" for c in row.suggestion.changes))

@@ -13,7 +13,7 @@ from ..read import load
 from ..read.recipe import Recipe
 from ..shipped import RECIPES_DIR
 from ..units import gib
-from .fit import Row, gpu_line, params, verdict_text
+from .fit import Row, gpu_line, params, recipe_of, verdict_text
 
 # What `recipe gpu` calls a standard QLoRA run: the shipped base the 8 GB recipes extend.
 STANDARD_QLORA_BASE = RECIPES_DIR / "base" / "qlora-8gb.yaml"
@@ -26,8 +26,8 @@ def standard_qlora() -> Recipe:
     The base names no model and no name, which a Recipe needs; the largest-model search below
     judges each catalog shape under it, so the model written here is never looked up.
     """
-    resolved = load.resolve(STANDARD_QLORA_BASE, ["name=standard-qlora", "model.id=catalog/any"])
-    return load.to_recipe(resolved.with_defaults(), resolved)
+    resolved = load.resolve(STANDARD_QLORA_BASE, ["abstract=false", "name=standard-qlora", "model.id=catalog/any"])
+    return recipe_of(resolved)
 
 
 def largest_qlora_model(gpu: Gpu) -> Optional[tuple[str, Verdict]]:
@@ -65,7 +65,7 @@ def format_gpu(gpu: Gpu, rows: Sequence[Row], largest: Optional[tuple[str, Verdi
         lines.append(f"  largest model for QLoRA: none of the catalog fits ({_standard_qlora_text()})")
     else:
         model, verdict = largest
-        lines.append(f"  largest model for QLoRA: {model} ({params(verdict.estimate.total_params)} params, "
+        lines.append(f"  largest model for QLoRA: {model} ({params(verdict.estimate.base_params)} params, "
                      f"{gib(verdict.estimate.total_bytes)}, {verdict_text(verdict)}; {_standard_qlora_text()})")
     return "\n".join(lines)
 

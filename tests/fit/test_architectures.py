@@ -143,14 +143,6 @@ def test_encoder_decoder_and_incomplete_configs_are_refused():
         shape_from_config({"model_type": "llama", "hidden_size": 64})
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty Hugging Face cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    return tmp_path / "hub"
-
-
 def test_find_shape_reads_the_recipe_architecture_block(tmp_path, offline):
     recipe = tmp_path / "private.yaml"
     recipe.write_text(

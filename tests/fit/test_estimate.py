@@ -5,12 +5,16 @@ import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from recipecli.fit.architectures import CATALOG, Shape
 from recipecli.errors import UnknownTargets
+from recipecli.fit import estimate as estimate_module
 from recipecli.fit.estimate import CUDA_CONTEXT_BYTES, Setup, estimate, lora_modules
+from recipecli.fit.setup import dtypes_of
+from recipecli.read.recipe import Optimizer
 
 # Toy llama: h 64, MLP 128, 2 layers, 4 heads of 16, 2 KV heads, vocab 100, untied.
 # Per layer: q 64x64=4096, k 64x32=2048, v 2048, o 4096, gate/up/down 8192 each -> 36,864
@@ -72,6 +76,31 @@ def test_optimizer_states_by_optimizer():
     assert opt["sgd"] == 0
 
 
+def _optimizer_bytes(name: str) -> tuple:
+    """The optimizer model alone, past estimate()'s check of the setup (what a new branch must pass)."""
+    setup = dataclasses.replace(QLORA, optimizer=name)
+    adapters = lora_modules(TOY, setup.lora_targets)
+    return estimate_module._optimizer(TOY, setup, dtypes_of(setup), adapters, 8192)
+
+
+@pytest.mark.parametrize("name", get_args(Optimizer))
+def test_every_optimizer_of_the_schema_has_its_own_memory_model(name):
+    states, temporaries, how = _optimizer_bytes(name)
+    assert states >= 0 and temporaries >= 0
+    # Each is explained under its own name: none falls through to another's arithmetic.
+    words = {"adamw_torch": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged: can spill",
+             "paged_adamw_32bit": "paged 32-bit AdamW", "adafactor": "Adafactor", "sgd": "SGD"}
+    assert words[name] in how
+
+
+def test_an_optimizer_without_a_memory_model_is_a_caller_bug_not_adafactor():
+    # It used to be costed as Adafactor without a word, whatever it was.
+    with pytest.raises(ValueError, match="no memory model for optimizer 'lion_8bit'"):
+        _optimizer_bytes("lion_8bit")
+    with pytest.raises(ValueError, match="optimizer"):
+        estimate(TOY, dataclasses.replace(QLORA, optimizer="lion_8bit"))
+
+
 def test_activations_without_checkpointing():
     # Per token and layer (qlora, fp16 autocast: residual and MLP in fp32 after the upcast):
     # norms 2 x 4 x 64 = 512; sdpa saves q, k, v, out in fp16: (2x64 + 2x32) x 2 = 384;
@@ -121,7 +150,10 @@ def test_totals_and_views():
     est = estimate(TOY, QLORA)
     assert est.total_bytes == sum(c.bytes for c in est.components)
     assert est.allocated_bytes < est.reserved_bytes < est.total_bytes
-    assert (est.total_params, est.trainable_params) == (86_848 + 8192, 8192)
+    # The base model alone (its published count), and the adapters that train.
+    assert (est.base_params, est.trainable_params) == (86_848, 8192)
+    full = estimate(TOY, dataclasses.replace(QLORA, method="full", weight_bits=16, quant_type=None, lora_r=None))
+    assert (full.base_params, full.trainable_params) == (86_848, 86_848)
     assert all(c.explanation for c in est.components)
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from recipecli.read import load
 from recipecli.errors import InvalidRecipe
+from recipecli.errors import UnknownModel, UnknownTargets
 from recipecli.fit.gpu_catalog import Gpu, card, gpu_from_vram
 from recipecli.fit.verdict import TIGHT_FRACTION, check, setup_for, status_of
 from recipecli.report.gpu import STANDARD_QLORA_BASE, largest_qlora_model, standard_qlora
@@ -15,9 +16,7 @@ A100 = card("a100-80gb")
 SEVEN_B = {"model": {"id": "mistralai/Mistral-7B-v0.1"}}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty hub cache
 
 
 def test_auto_precision_is_fp16_without_bf16_with_a_note(make_recipe):
@@ -128,8 +127,8 @@ def test_largest_qlora_model_grows_with_the_card():
     eight = largest_qlora_model(RTX2080)
     sixteen = largest_qlora_model(card("t4"))
     assert eight is not None and eight[1].fits
-    assert 6e9 < eight[1].estimate.total_params < 8e9  # a 7B model on 8 GB
-    assert sixteen[1].estimate.total_params > eight[1].estimate.total_params
+    assert 6e9 < eight[1].estimate.base_params < 8e9  # a 7B model on 8 GB
+    assert sixteen[1].estimate.base_params > eight[1].estimate.base_params
     assert largest_qlora_model(gpu_from_vram(0.5)) is None
 
 
@@ -157,3 +156,19 @@ def test_the_standard_qlora_run_is_what_a_recipe_extending_the_base_gets(make_re
                                                    "extends": str(STANDARD_QLORA_BASE), **SEVEN_B}))
     for gpu in (RTX2080, A100):
         assert setup_for(standard_qlora(), gpu) == setup_for(extending, gpu)
+
+
+@pytest.mark.parametrize("delta, error, field", [
+    ({"model": {"id": "acme/never-seen"}}, UnknownModel, ("model", "id")),
+    ({"lora": {"target_modules": ["q_proj", "q_prj"]}}, UnknownTargets, ("lora", "target_modules")),
+])
+def test_model_and_target_errors_are_located_at_their_field(make_recipe, delta, error, field):
+    path = make_recipe(delta)
+    resolved = load.resolve(path)
+    with pytest.raises(error) as exc:
+        check(load.load_recipe(path), RTX2080, locate=resolved.locate)
+    located = exc.value
+    assert located.where == resolved.locate(field) and located.where.line > 1
+    assert located.path == "$." + ".".join(field)
+    assert error is UnknownTargets or "three ways" in located.hint  # the fixes are the hint, apart
+    assert str(located).startswith(f"{path}:{located.where.line}:")

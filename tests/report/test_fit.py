@@ -25,9 +25,7 @@ OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
 no_gpu_here = pytest.mark.skipif(bool(detect()), reason="this machine has a GPU")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty hub cache
 
 
 def invoke(*args):
@@ -54,7 +52,7 @@ def test_table_columns_and_exit_ok(make_recipe):
     lines = result.output.splitlines()
     assert lines[0] == "RTX 2080: 8.00 GiB, compute capability 7.5"
     assert lines[2].split() == ["recipe", "model", "params", "method", "estimate", "VRAM", "verdict"]
-    assert lines[3].split()[:4] == ["t", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "1.11B", "qlora"]
+    assert lines[3].split()[:4] == ["t", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "1.1B", "qlora"]  # base model only
     assert "fits" in lines[3] and "note: RTX 2080 (CC 7.5) has no bf16: precision auto -> fp16" in result.output
 
 
@@ -193,3 +191,129 @@ def test_fit_check_of_every_shipped_recipe_leaves_torch_out():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=OFFLINE,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ---- parameter counts (defect 19): the base model's published count, never the adapters ----
+
+CALIBRATION = ROOT.parent / "shared" / "calibration" / "architectures.yaml"
+PUBLISHED = {e["hf_id"]: e["param_count_total"] for e in yaml.safe_load(CALIBRATION.read_text())} \
+    if CALIBRATION.is_file() else {}
+
+
+@pytest.mark.skipif(not PUBLISHED, reason="shared/calibration/architectures.yaml not present")
+def test_params_of_shipped_recipes_are_the_published_base_counts():
+    result = invoke("fit-check", "--gpu", "rtx2080", "--format", "json")
+    report = json.loads(result.output)
+    checked = {r["model"]: r for r in report["recipes"] if r["model"] in PUBLISHED}
+    assert {"google/gemma-2b", "mistralai/Mistral-7B-v0.1", "meta-llama/Llama-2-13b-hf"} <= set(checked)
+    for model, entry in checked.items():
+        # gemma-2b used to show 2,525,784,064 (its LoRA adapters added in) against 2,506,172,416.
+        assert entry["base_params"] == PUBLISHED[model], model
+        assert 0 < entry["trainable_params"] < entry["base_params"] // 50  # QLoRA trains adapters only
+        assert "total_params" not in entry  # the ambiguous key is gone
+    table = invoke("fit-check", "--gpu", "rtx2080").output
+    row = next(line for line in table.splitlines() if line.startswith("mistral7b-qlora-8gb "))
+    assert row.split()[2] == "7.24B"  # was 7.26B with the r=8 adapters
+
+
+def test_readme_fit_check_table_shows_what_fit_check_prints():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("$ recipe fit-check --gpu rtx2080\n", 1)[1].split("```", 1)[0]
+    documented = [line.split() for line in block.splitlines()[3:] if line and not line.startswith(("...", "note"))]
+    table = invoke("fit-check", "--gpu", "rtx2080").output.split("\n\n")[1]  # card line, table, ...
+    printed = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert len(documented) >= 3
+    for row in documented:
+        # name, model, params, method, estimate (2 cells), VRAM (2 cells) and the verdict
+        assert row == printed[row[0]], row[0]
+
+
+# ---- one read per file; failures keep their structure (issue 7) ----
+
+def test_each_file_is_read_and_checked_once(make_recipe, monkeypatch):
+    calls = []
+    real = load.resolve
+    monkeypatch.setattr(load, "resolve", lambda path, overrides=(): calls.append(path) or real(path, overrides))
+    rows, failures = check_files([make_recipe()], card("rtx2080"))
+    assert len(rows) == 1 and not failures
+    assert len(calls) == 1  # it was resolved twice: once directly, once more inside load_recipe
+
+
+def test_json_errors_keep_every_problem_structured(make_recipe):
+    bad = make_recipe({"lora": {"r": 0}, "training": {"micro_batch_size": 0}}, name="bad.yaml")
+    unknown = make_recipe({"model": {"id": "acme/never-seen"}}, name="unknown.yaml")
+    result = invoke("fit-check", bad, unknown, "--gpu", "rtx2080", "--format", "json")
+    assert result.exit_code == ExitCode.INVALID
+    errors = {Path(e["file"]).name: e for e in json.loads(result.stdout)["errors"]}
+    invalid = errors["bad.yaml"]
+    assert invalid["exit_code"] == ExitCode.INVALID and "message" not in invalid
+    assert {p["path"] for p in invalid["problems"]} == {"$.lora.r", "$.training.micro_batch_size"}
+    for problem in invalid["problems"]:
+        assert problem["file"] == str(bad) and problem["line"] > 1 and problem["column"] >= 1
+        assert "hint:" not in problem["message"]
+    (model,) = errors["unknown.yaml"]["problems"]
+    assert model["path"] == "$.model.id" and model["file"] == str(unknown) and model["line"] > 1
+    assert "acme/never-seen" in model["message"] and "three ways" in model["hint"]
+    assert "three ways" not in model["message"]
+
+
+def test_fit_check_of_a_folder_is_a_located_problem_like_validate(tmp_path):
+    result = invoke("fit-check", tmp_path, "--gpu", "rtx2080")
+    assert result.exit_code == ExitCode.INVALID == invoke("validate", tmp_path).exit_code
+    assert result.stderr.startswith(f"{tmp_path}:1:1: ") and "is a directory" in result.stderr
+    assert "Usage:" not in result.output
+
+
+# ---- several GPUs (defect 20): per GPU, how many, which strategy ----
+
+def test_several_gpus_say_the_figures_are_per_gpu(make_recipe):
+    path = make_recipe({**SEVEN_B, "method": "full"})
+    args = ("fit-check", path, "--gpu", "rtx2080", "--gpus", "4", "--parallelism", "zero3")
+    table = invoke(*args, "-v")
+    assert table.exit_code == ExitCode.DOES_NOT_FIT
+    lines = table.output.splitlines()
+    assert lines[0] == "RTX 2080: 8.00 GiB, compute capability 7.5; estimates per GPU, 4 GPUs, zero3"
+    assert any(line.startswith("t: DOES NOT FIT (") and line.endswith(") per GPU, 4 GPUs, zero3") for line in lines)
+    assert "(per GPU, 4 GPUs, zero3), RTX 2080 has 8.00 GiB." in table.output
+    report = json.loads(invoke(*args, "--format", "json").output)
+    assert (report["num_gpus"], report["parallelism"]) == (4, "zero3")
+    single = json.loads(invoke("fit-check", path, "--gpu", "rtx2080", "--format", "json").output)
+    assert (single["num_gpus"], single["parallelism"]) == (1, "none")
+    assert "per GPU" not in invoke("fit-check", path, "--gpu", "rtx2080").output
+    ddp = json.loads(invoke("fit-check", path, "--gpu", "rtx2080", "--gpus", "2", "--format", "json").output)
+    assert ddp["parallelism"] == "ddp"  # the default for several GPUs, said so
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "zero2", "zero3"])
+def test_a_strategy_for_several_gpus_with_one_is_a_usage_error(make_recipe, strategy):
+    result = invoke("fit-check", make_recipe(), "--gpu", "rtx2080", "--parallelism", strategy)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith(f"--parallelism: {strategy} spreads training over several GPUs, but --gpus is 1")
+    assert f"hint: add the number of GPUs, e.g. --gpus 4 --parallelism {strategy}" in result.stderr
+    assert invoke("fit-check", make_recipe(), "--gpu", "rtx2080", "--gpus", "1", "--parallelism", strategy
+                  ).exit_code == ExitCode.USAGE
+
+
+# ---- ambiguous card names (defect 12) through the command ----
+
+def test_an_ambiguous_gpu_name_asks_instead_of_choosing(make_recipe):
+    result = invoke("fit-check", make_recipe(), "--gpu", "4060 ti")
+    assert result.exit_code == ExitCode.USAGE
+    assert "matches several cards: RTX 4060 Ti 8GB, RTX 4060 Ti 16GB" in result.stderr
+    assert "RTX 4060 Ti 8GB: 8.00 GiB" in invoke("fit-check", make_recipe(), "--gpu", "rtx 4060 ti 8gb").output
+
+
+def test_write_keeps_a_local_model_folder_working_from_another_folder(make_recipe, tmp_path):
+    from recipecli.fit.model_catalog import CONFIGS
+
+    (config,) = [c for names, c in CONFIGS.items() if "mistralai/Mistral-7B-v0.1" in names.split("|")]
+    (tmp_path / "models" / "m7b").mkdir(parents=True)
+    (tmp_path / "models" / "m7b" / "config.json").write_text(json.dumps(config))
+    path = make_recipe({"model": {"id": "./models/m7b"}, "method": "lora"})
+    fitted = tmp_path / "elsewhere" / "fitted.yaml"
+    fitted.parent.mkdir()
+    assert invoke("fit-check", path, "--gpu", "rtx2080", "--write", fitted).exit_code == ExitCode.DOES_NOT_FIT
+    assert yaml.safe_load(fitted.read_text())["model"]["id"] == "../models/m7b"
+    assert load.load_recipe(fitted).model.local_path == (tmp_path / "models" / "m7b").resolve()
+    # The table shows the model as written, not the absolute path it was resolved to.
+    assert " ./models/m7b " in invoke("fit-check", path, "--gpu", "rtx2080").output

@@ -1,0 +1,117 @@
+"""The precision decisions for every card, method and precision: one pure function, checked on the CPU.
+
+Each row says what the run stores and computes in; the runner enforces the same dtypes
+(tests/train/test_runner.py::test_the_trainer_gets_the_dtypes_precision_decides) and the estimate
+counts them (test_the_estimate_counts_the_adapters_in_the_dtype_the_run_trains).
+"""
+from __future__ import annotations
+
+import pytest
+
+from recipecli.errors import InvalidRecipe
+from recipecli.fit.gpu_catalog import card, gpu_from_vram
+from recipecli.fit.precision import DTYPE_BYTES, choose, portable
+from recipecli.fit.verdict import setup_for
+from recipecli.read.load import load_recipe
+
+CARDS = {"cpu": None, "rtx2080": card("rtx2080"), "t4": card("t4"), "rtx3090": card("rtx3090"),
+         "a100": card("a100 80gb"), "vram8": gpu_from_vram(8)}
+METHODS = {"qlora4": {"method": "qlora"}, "qlora8": {"method": "qlora", "quantization": {"bits": 8}},
+           "lora": {"method": "lora"}, "full": {"method": "full"}}
+F32, F16, B16 = "float32", "float16", "bfloat16"
+
+# (card, precision) -> resolved precision, or None where the card refuses it.
+RESOLVED = {
+    ("cpu", "auto"): "fp32", ("cpu", "fp16"): "fp32", ("cpu", "bf16"): "fp32", ("cpu", "fp32"): "fp32",
+    ("rtx2080", "auto"): "fp16", ("rtx2080", "fp16"): "fp16", ("rtx2080", "bf16"): None, ("rtx2080", "fp32"): "fp32",
+    ("t4", "auto"): "fp16", ("t4", "fp16"): "fp16", ("t4", "bf16"): None, ("t4", "fp32"): "fp32",
+    ("rtx3090", "auto"): "bf16", ("rtx3090", "fp16"): "fp16", ("rtx3090", "bf16"): "bf16",
+    ("rtx3090", "fp32"): "fp32",
+    ("a100", "auto"): "bf16", ("a100", "fp16"): "fp16", ("a100", "bf16"): "bf16", ("a100", "fp32"): "fp32",
+    # --vram: the generation is unknown, so auto is counted as fp16 and bf16 is taken at its word.
+    ("vram8", "auto"): "fp16", ("vram8", "fp16"): "fp16", ("vram8", "bf16"): "bf16", ("vram8", "fp32"): "fp32",
+}
+
+# (method, resolved precision) -> base weights, trainable parameters, autocast, GradScaler.
+DTYPES = {
+    ("qlora4", "fp32"): (F32, F32, None, False),
+    ("qlora4", "fp16"): (F16, F32, F16, True),  # TRL's bf16 adapters undone: the scaler needs fp32
+    ("qlora4", "bf16"): (B16, B16, B16, False),  # TRL's bf16 adapters kept
+    ("qlora8", "fp32"): (F32, F32, None, False),
+    ("qlora8", "fp16"): (F16, F32, F16, True),
+    ("qlora8", "bf16"): (B16, B16, B16, False),
+    ("lora", "fp32"): (F32, F32, None, False),
+    ("lora", "fp16"): (F16, F32, F16, True),  # peft upcasts adapters on a 16-bit base
+    ("lora", "bf16"): (B16, F32, B16, False),
+    ("full", "fp32"): (F32, F32, None, False),
+    ("full", "fp16"): (F32, F32, F16, True),  # fp16 mixed precision over fp32 master weights
+    ("full", "bf16"): (B16, B16, B16, False),
+}
+
+
+@pytest.fixture
+def recipe_for(make_recipe):
+    def make(method: str, precision: str):
+        delta = {**METHODS[method], "training": {"precision": precision}}
+        if method == "full":
+            delta["lora"] = None
+        return load_recipe(make_recipe(delta))
+
+    return make
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("where", list(CARDS))
+def test_every_card_method_and_precision(recipe_for, where, method, precision):
+    recipe = recipe_for(method, precision)
+    resolved = RESOLVED[(where, precision)]
+    if resolved is None:
+        with pytest.raises(InvalidRecipe, match="bf16 needs compute capability >= 8.0"):
+            choose(recipe, CARDS[where])
+        return
+    choices = choose(recipe, CARDS[where])
+    assert choices.precision == resolved
+    got = (choices.weight_dtype, choices.trainable_dtype, choices.autocast_dtype, choices.grad_scaler)
+    assert got == DTYPES[(method, resolved)]
+    # The GradScaler unscales fp32 gradients only: fp16 trainable weights would make it refuse.
+    assert not choices.grad_scaler or choices.trainable_dtype == F32
+    if method.startswith("qlora"):
+        assert choices.compute_dtype == {"fp32": F32, "fp16": F16, "bf16": B16}[resolved]
+
+
+def test_turing_with_fp16_trains_fp32_adapters(recipe_for):
+    """The RTX 2080 case of the issue: fp16 AMP, 4-bit base, adapters that the scaler accepts."""
+    choices = choose(recipe_for("qlora4", "auto"), card("rtx2080"))
+    assert (choices.precision, choices.trainable_dtype, choices.grad_scaler) == ("fp16", F32, True)
+    assert "RTX 2080 (CC 7.5) has no bf16: precision auto -> fp16" in choices.notes
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_portable_choices_run_anywhere_in_fp32(recipe_for, method):
+    recipe = recipe_for(method, "bf16")
+    choices = portable(recipe)
+    assert (choices.precision, choices.attention, choices.autocast_dtype, choices.grad_scaler) == \
+        ("fp32", "sdpa", None, False)
+    assert choices.weight_dtype == choices.trainable_dtype == F32
+    assert choices.compute_dtype == (F32 if method.startswith("qlora") else None)
+
+
+@pytest.mark.parametrize("where", ["rtx2080", "rtx3090", "vram8"])
+@pytest.mark.parametrize("method", ["qlora4", "qlora8", "lora"])
+def test_the_estimate_counts_the_adapters_in_the_dtype_the_run_trains(recipe_for, where, method):
+    recipe = recipe_for(method, "auto")
+    setup, _ = setup_for(recipe, CARDS[where])
+    assert setup.adapter_bytes == DTYPE_BYTES[choose(recipe, CARDS[where]).trainable_dtype]
+
+
+def test_fp32_adapters_on_turing_are_counted_at_4_bytes(recipe_for):
+    """The mechanism that changed: a 4-bit base on an fp16 card trains fp32, not TRL's bf16, adapters."""
+    from recipecli.fit.verdict import check
+
+    recipe = recipe_for("qlora4", "auto")
+    turing, ampere = check(recipe, card("rtx2080")), check(recipe, card("rtx3090"))
+    adapters = turing.estimate.trainable_params
+    parts = {v: {c.name: c.bytes for c in v.estimate.components} for v in (turing, ampere)}
+    assert parts[turing]["lora"] == 4 * adapters
+    assert parts[ampere]["lora"] == 2 * adapters
