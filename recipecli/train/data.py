@@ -21,11 +21,13 @@ the user turn, the completion the assistant turn); plain text mixes with neither
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 from ..errors import DataError
 from ..read.recipe import Format, Recipe
 from . import datafiles
+from .datafiles import Place, kind
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -63,14 +65,16 @@ def layout(recipe: Recipe) -> str:
     Raises:
         DataError: plain text mixed with datasets that have prompts or roles.
     """
-    layouts = {_LAYOUT[d.format] for d in recipe.data.datasets}
+    datasets = recipe.data.datasets
+    layouts = {_LAYOUT[d.format] for d in datasets}
     if "text" in layouts and len(layouts) > 1:
-        text = next(d.path for d in recipe.data.datasets if d.format == "text")
-        other = next(d.path for d in recipe.data.datasets if d.format != "text")
-        raise DataError(
-            f"{text} (format text) cannot be mixed with {other}: plain text has no prompt or roles to line up "
-            "with. Hint: train them in separate recipes, or convert the text data to prompt_completion."
-        )
+        i = next(i for i, d in enumerate(datasets) if d.format == "text")
+        other = next(d for d in datasets if d.format != "text")
+        raise DataError(f"{datafiles.display(datasets[i])} (format text) cannot be mixed with "
+                        f"{datafiles.display(other)} (format "
+                        f"{other.format}): plain text has no prompt or roles to line up with",
+                        "train them in separate recipes, or convert the text data to prompt_completion",
+                        where=str(recipe.source), path=f"$.data.datasets[{i}].format")
     return "messages" if "messages" in layouts else layouts.pop()
 
 
@@ -114,24 +118,21 @@ def load_examples(recipe: Recipe, tokenizer=None):
         _check_chat_template(recipe, tokenizer)
     examples = []
     for spec in recipe.data.datasets:
-        where = datafiles.where(spec)
         before = len(examples)
-        for record_no, record in itertools.islice(datafiles.records(spec), spec.max_samples):
-            example = _convert(spec.format, record, f"{where}{record_no}")
+        for place, record in itertools.islice(datafiles.records(spec), spec.max_samples):
+            example = _convert(spec.format, record, place)
             examples.append(_as_messages(example) if columns == "messages" and "prompt" in example else example)
         if len(examples) == before:
-            raise DataError(f"{datafiles.display(spec)} has no records. "
-                            "Hint: check the file, or the split and subset of a hub dataset.")
+            raise DataError("no records", "check the file, or the split and subset of a hub dataset",
+                            where=datafiles.display(spec))
     # The order of a mix is part of the run: it follows the recipe's seed, nothing else.
     random.Random(recipe.training.seed).shuffle(examples)
     if recipe.data.val_fraction is None:
         return HFDataset.from_list(examples), None
     n_eval = max(1, round(len(examples) * recipe.data.val_fraction))
     if n_eval >= len(examples):
-        raise DataError(
-            f"data.val_fraction {recipe.data.val_fraction} of {len(examples)} examples leaves nothing to train on. "
-            "Hint: lower val_fraction or add data."
-        )
+        raise DataError(f"{recipe.data.val_fraction} of {len(examples)} examples leaves nothing to train on",
+                        "lower data.val_fraction or add data", where=str(recipe.source), path="$.data.val_fraction")
     return HFDataset.from_list(examples[n_eval:]), HFDataset.from_list(examples[:n_eval])
 
 
@@ -144,80 +145,116 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    conversational = next(d.path for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
+    conversational = next(datafiles.display(d) for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
     if not tokenizer.chat_template:
-        raise DataError(
-            f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no chat template. "
-            "Hint: use a chat/instruct variant of the model, or data in format alpaca or prompt_completion."
-        )
+        raise DataError(f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no "
+                        "chat template", "use a chat/instruct variant of the model, or data in format alpaca "
+                        "or prompt_completion", where=str(recipe.source), path="$.model.id")
     if not sft_flags(recipe)["assistant_only_loss"] or has_generation_markers(tokenizer.chat_template):
         return
     try:
         get_training_chat_template(tokenizer)
     except ValueError as e:  # TRL has no training version of this template
         raise DataError(
-            f"{conversational} is conversational and data.completion_only_loss is true, but the chat template "
-            f"of {recipe.model.id} does not mark assistant turns ({{% generation %}}) and TRL cannot patch it. "
-            "Hint: set data.completion_only_loss: false, or use a tokenizer whose chat template marks "
-            "assistant turns."
-        ) from e
+            f"{conversational} is conversational and answer-only loss is on, but the chat template of "
+            f"{recipe.model.id} does not mark assistant turns ({{% generation %}}) and TRL cannot patch it",
+            "set data.completion_only_loss: false, or use a tokenizer whose chat template marks assistant turns",
+            where=str(recipe.source), path="$.data.completion_only_loss") from e
 
 
-def _convert(format: Format, record: object, where: str) -> dict:
-    """One raw record to TRL columns; ``where`` names it in errors."""
+def _convert(format: Format, record: object, place: Place) -> dict:
+    """One raw record to TRL columns; errors are raised at ``place``."""
     if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with fields, got {type(record).__name__}.")
+        raise place.error(f"expected an object with fields, got {kind(record)}",
+                          f"every record is an object; {_NEEDS[format]}")
     if format == "alpaca":
-        instruction = _text(record, "instruction", where)
-        output = _text(record, "output", where)
-        context = _text(record, "input", where, required=False)
+        instruction = _text(record, "instruction", place, format)
+        output = _text(record, "output", place, format)
+        context = _text(record, "input", place, format, required=False)
         return {"prompt": alpaca_prompt(instruction, context), "completion": output}
     if format == "prompt_completion":
-        return {"prompt": _text(record, "prompt", where), "completion": _text(record, "completion", where)}
+        return {"prompt": _text(record, "prompt", place, format),
+                "completion": _text(record, "completion", place, format)}
     if format == "text":
-        return {"text": _text(record, "text", where)}
+        return {"text": _text(record, "text", place, format)}
     field, turn = ("messages", _chat_turn) if format == "chat" else ("conversations", _sharegpt_turn)
-    turns = record.get(field)
+    turns = _present(record, (field,), place, format)
     if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: field '{field}' must be a non-empty list of turns, got {turns!r:.60}.")
-    messages = [turn(t, f"{where}: {field}[{i}]") for i, t in enumerate(turns)]
+        raise place.error(f"must be a non-empty list of turns, got {kind(turns)} {shown(turns)}",
+                          _NEEDS[format], (field,))
+    messages = [turn(t, place, (field, i)) for i, t in enumerate(turns)]
     # Nothing to learn from a conversation without an answer, and TRL stops on it mid-epoch.
     if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: field '{field}' has no assistant turn. Hint: drop the record.")
+        raise place.error("has no assistant turn", "drop the record: it has no answer to learn", (field,))
     return {"messages": messages}
 
 
-def _text(record: dict, field: str, where: str, required: bool = True) -> str:
-    value = record.get(field)
-    if value is None and not required:
+# What each format reads from a record, for the hint of an error about a record's fields.
+_NEEDS = {
+    "alpaca": "format alpaca reads instruction, output and optionally input",
+    "prompt_completion": "format prompt_completion reads prompt and completion",
+    "text": "format text reads text",
+    "chat": "format chat reads messages: a list of {role, content}",
+    "sharegpt": "format sharegpt reads conversations: a list of {from, value}",
+}
+
+
+def _present(record: dict, parts: tuple, place: Place, format: Format) -> object:
+    """The value of the field ``parts[-1]`` of ``record``; an error that says why when it has none."""
+    field = parts[-1]
+    if field not in record:
+        fields = ", ".join(json.dumps(str(k)) for k in record) or "no fields"
+        hint = f"{_NEEDS[format]}; is {format} the format of this file?"
+        if place.header_line is not None:
+            raise place.header_error(f"no such column; the header has {fields}", hint, parts)
+        raise place.error(f"missing; the record has {fields}", hint, parts)
+    if record[field] is None:
+        # A table (parquet, a hub dataset) has every column in every row: null may mean missing.
+        raise place.error("is null" if place.line else "is null or missing", "give it a value, or drop the record",
+                          parts)
+    return record[field]
+
+
+def _text(record: dict, field: str, place: Place, format: Format, required: bool = True,
+          parts: tuple = ()) -> str:
+    parts = (*parts, field)
+    if not required and record.get(field) is None:
         return ""
-    if value is None:
-        present = ", ".join(sorted(map(str, record))) or "none"
-        raise DataError(f"{where}: field '{field}' is missing (fields present: {present}). "
-                        "Hint: check the dataset's format in the recipe.")
+    value = _present(record, parts, place, format)
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__} {value!r:.40}. "
-                        "Hint: quote it in the file.")
+        hint = ("write text, not a list of parts: join the parts into one string" if isinstance(value, (list, dict))
+                else f"quote it in the file: \"{shown(value)}\"")
+        raise place.error(f"must be a string, got {kind(value)} {shown(value)}", hint, parts)
     return value
 
 
-def _chat_turn(turn: object, where: str) -> dict:
+def shown(value: object, width: int = 60) -> str:
+    """A value as JSON writes it (true, null, "text"), cut to ``width`` characters."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _chat_turn(turn: object, place: Place, parts: tuple) -> dict:
     if not isinstance(turn, dict):
-        raise DataError(f"{where}: expected {{role, content}}, got {turn!r:.60}.")
-    role = _text(turn, "role", where)
+        raise place.error(f"expected a turn {{role, content}}, got {kind(turn)} {shown(turn)}", _NEEDS["chat"], parts)
+    role = _text(turn, "role", place, "chat", parts=parts)
     if role not in _CHAT_ROLES:
-        raise DataError(f"{where}: field 'role' is {role!r}; expected one of {', '.join(_CHAT_ROLES)}.")
-    return {"role": role, "content": _text(turn, "content", where)}
+        hint = f"a chat role is one of {', '.join(_CHAT_ROLES)}"
+        if role in _SHAREGPT_ROLES:
+            hint += "; ShareGPT data ({from: human, value}) is format sharegpt"
+        raise place.error(f"{shown(role)} is not a chat role", hint, (*parts, "role"))
+    return {"role": role, "content": _text(turn, "content", place, "chat", parts=parts)}
 
 
-def _sharegpt_turn(turn: object, where: str) -> dict:
+def _sharegpt_turn(turn: object, place: Place, parts: tuple) -> dict:
     if not isinstance(turn, dict):
-        raise DataError(f"{where}: expected {{from, value}}, got {turn!r:.60}.")
-    speaker = _text(turn, "from", where)
+        raise place.error(f"expected a turn {{from, value}}, got {kind(turn)} {shown(turn)}", _NEEDS["sharegpt"],
+                          parts)
+    speaker = _text(turn, "from", place, "sharegpt", parts=parts)
     if speaker not in _SHAREGPT_ROLES:
-        raise DataError(f"{where}: field 'from' is {speaker!r}; "
-                        f"expected one of {', '.join(_SHAREGPT_ROLES)}.")
-    return {"role": _SHAREGPT_ROLES[speaker], "content": _text(turn, "value", where)}
+        raise place.error(f"{shown(speaker)} is not a ShareGPT speaker",
+                          f"a speaker is one of {', '.join(_SHAREGPT_ROLES)}", (*parts, "from"))
+    return {"role": _SHAREGPT_ROLES[speaker], "content": _text(turn, "value", place, "sharegpt", parts=parts)}
 
 
 def _as_messages(example: dict) -> dict:

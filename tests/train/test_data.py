@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 from recipecli.train import data, datafiles
-from recipecli.errors import DataError
+from recipecli.errors import DataError, ExitCode
 from recipecli.read.load import load_recipe
 
 from ..conftest import RECIPES
@@ -103,7 +106,8 @@ def test_prompt_completion_mixed_with_chat_becomes_conversations(recipe):
 
 def test_text_does_not_mix_with_prompts(recipe):
     mix = recipe((DATA / "tiny-text.jsonl", "text"), (DATA / "tiny-chat.jsonl", "chat"))
-    with pytest.raises(DataError, match="tiny-text.jsonl.*cannot be mixed with.*tiny-chat.jsonl"):
+    with pytest.raises(DataError, match=r"recipe.yaml: \$.data.datasets\[0\].format: .*tiny-text.jsonl \(format text\) "
+                                        r"cannot be mixed with .*tiny-chat.jsonl"):
         data.load_examples(mix)
 
 
@@ -116,7 +120,7 @@ def test_val_fraction_holds_out_that_share(recipe):
 def test_val_fraction_that_leaves_nothing_to_train_on(recipe, make_recipe):
     path = make_recipe({"data": {"datasets": [{"path": str(DATA / "tiny-text.jsonl"), "format": "text",
                                                "max_samples": 1}], "val_fraction": 0.5}})
-    with pytest.raises(DataError, match="val_fraction 0.5 of 1 examples leaves nothing to train on"):
+    with pytest.raises(DataError, match=r"\$.data.val_fraction: 0.5 of 1 examples leaves nothing to train on"):
         data.load_examples(load_recipe(path))
 
 
@@ -151,7 +155,7 @@ def test_the_flags_work_in_trl_with_the_tiny_tokenizer(recipe, tokenizer):
 
 def test_conversations_need_a_chat_template(recipe, tokenizer):
     tokenizer.chat_template = None
-    with pytest.raises(DataError, match="tiny-chat.jsonl is conversational, but .* has no chat template"):
+    with pytest.raises(DataError, match=r"\$.model.id: .*tiny-chat.jsonl is conversational, but .* has no chat "):
         data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")), tokenizer)
 
 
@@ -166,7 +170,7 @@ def test_answer_only_loss_needs_assistant_turns_marked_in_the_chat_template(reci
     tokenizer = AutoTokenizer.from_pretrained(unmarked)
     chat = recipe((DATA / "tiny-chat.jsonl", "chat"))
     with pytest.raises(DataError, match=r"tiny-chat.jsonl is conversational.*"
-                                        r"Hint: set data.completion_only_loss: false, or use a tokenizer"):
+                                        r"\n  hint: set data.completion_only_loss: false, or use a tokenizer"):
         data.load_examples(chat, tokenizer)
     whole = dataclasses.replace(chat, data=dataclasses.replace(chat.data, completion_only_loss=False))
     assert len(data.load_examples(whole, tokenizer)[0]) == N_DEMO
@@ -192,24 +196,140 @@ def test_max_samples_of_a_hub_dataset_is_a_split_slice(make_recipe, tmp_path, mo
     assert sorted(e["text"] for e in data.load_examples(load_recipe(path))[0]) == ["row 0", "row 1", "row 2"]
 
 
-@pytest.mark.parametrize("name, fmt, where, message", [
-    ("missing_output.jsonl", "alpaca", "missing_output.jsonl:line 2", "field 'output' is missing"),
-    ("number_output.jsonl", "alpaca", "number_output.jsonl:line 3", "field 'output' must be a string, got int 7"),
-    ("not_json.jsonl", "alpaca", "not_json.jsonl:line 2", "not valid JSON"),
-    ("unknown_speaker.jsonl", "sharegpt", "unknown_speaker.jsonl:line 1",
-     "conversations[1]: field 'from' is 'bot'"),
-    ("unknown_role.jsonl", "chat", "unknown_role.jsonl:line 2", "messages[0]: field 'role' is 'human'"),
-    ("no_answer.jsonl", "chat", "no_answer.jsonl:line 1", "field 'messages' has no assistant turn"),
-    ("content_list.jsonl", "chat", "content_list.jsonl:line 1", "messages[1]: field 'content' must be a string"),
-    ("missing_text.csv", "text", "missing_text.csv:line 2", "field 'text' is missing"),
-    ("number_prompt.json", "prompt_completion", "number_prompt.json:record 2", "field 'prompt' must be a string"),
-    ("not_a_list.json", "alpaca", "not_a_list.json", "expected a JSON array of records"),
-    ("empty.jsonl", "alpaca", "empty.jsonl", "has no records"),
+# Each error is located as an editor jumps to it (file:line:col, at the field's value where the
+# record has it) and says what is really wrong.
+@pytest.mark.parametrize("name, fmt, located, message", [
+    ("missing_output.jsonl", "alpaca", "missing_output.jsonl:2:1: $.output",
+     'missing; the record has "instruction", "input", "answer"'),
+    ("null_output.jsonl", "alpaca", "null_output.jsonl:2:65: $.output", "is null"),
+    ("number_output.jsonl", "alpaca", "number_output.jsonl:3:65: $.output", "must be a string, got a number 7"),
+    ("not_json.jsonl", "alpaca", "not_json.jsonl:2:69", "not valid JSON: Expecting property name"),
+    ("missing_brace.jsonl", "alpaca", "missing_brace.jsonl:5:69", "not valid JSON: Expecting ',' delimiter"),
+    ("latin1.jsonl", "alpaca", "latin1.jsonl:2:32", "not UTF-8 (byte 0xe9)"),
+    ("unknown_speaker.jsonl", "sharegpt", "unknown_speaker.jsonl:1:63: $.conversations[1].from",
+     '"bot" is not a ShareGPT speaker'),
+    ("unknown_role.jsonl", "chat", "unknown_role.jsonl:2:24: $.messages[0].role", '"human" is not a chat role'),
+    ("no_answer.jsonl", "chat", "no_answer.jsonl:1:14: $.messages", "has no assistant turn"),
+    ("content_list.jsonl", "chat", "content_list.jsonl:1:83: $.messages[1].content", "must be a string, got a list"),
+    ("missing_text.csv", "text", "missing_text.csv:1:1: $.text", 'no such column; the header has "body"'),
+    ("short_row.csv", "alpaca", "short_row.csv:3:1",
+     "this row has 2 cells, the header has 3 columns (it lacks output)"),
+    ("long_row.csv", "alpaca", "long_row.csv:3:1", "this row has 4 cells, the header has 3 columns"),
+    ("multiline.csv", "alpaca", "multiline.csv:7:1", "(it lacks output)"),
+    ("semicolons.csv", "alpaca", "semicolons.csv:1:1", "the file is separated by ;, not commas"),
+    ("twice.csv", "alpaca", "twice.csv:1:1", "column 'output' appears twice in the header"),
+    ("number_prompt.json", "prompt_completion", "number_prompt.json:3:12: $.prompt", "must be a string"),
+    ("pretty.json", "prompt_completion", "pretty.json:5:19: $.completion", "must be a string, got a number 7"),
+    ("string_record.json", "text", "string_record.json:1:19: $", "expected an object with fields, got a string"),
+    ("missing_comma.json", "text", "missing_comma.json:3:3", "not valid JSON: Expecting ',' delimiter"),
+    ("not_a_list.json", "alpaca", "not_a_list.json:1:1", "expected a JSON array of records, got an object"),
+    ("empty.jsonl", "alpaca", "empty.jsonl", "no records"),
 ])
-def test_bad_records_name_file_record_and_field(recipe, name, fmt, where, message):
+def test_bad_records_are_located_and_say_what_is_wrong(recipe, name, fmt, located, message):
     with pytest.raises(DataError) as error:
         data.load_examples(recipe((BAD / name, fmt)))
-    assert where in str(error.value) and message in str(error.value)
+    first = str(error.value).splitlines()[0]
+    assert f"{located}: " in first and message in first, first
+    assert "\n  hint: " in str(error.value) and "Hint" not in error.value.message
+
+
+def test_an_error_is_one_format_with_file_line_column_path_and_hint(recipe):
+    with pytest.raises(DataError) as error:
+        data.load_examples(recipe((BAD / "null_output.jsonl", "alpaca")))
+    e = error.value
+    assert (e.where.file, e.where.line, e.where.column, e.path) == (
+        datafiles.display(recipe((BAD / "null_output.jsonl", "alpaca")).data.datasets[0]), 2, 65, "$.output")
+    assert e.as_dict()["line"] == 2 and e.as_dict()["column"] == 65 and e.message == "is null"
+
+
+def test_a_csv_row_is_placed_at_its_first_line_past_quoted_line_breaks_and_blank_rows(recipe):
+    spec = recipe((BAD / "multiline.csv", "alpaca")).data.datasets[0]
+    rows = itertools.islice(datafiles.records(spec), 2)
+    assert [(place.line, row["instruction"]) for place, row in rows] == \
+        [(2, "Write a poem\nabout numbers."), (6, "Add the numbers.")]
+
+
+def test_the_records_of_a_json_array_are_placed_at_their_lines(recipe):
+    spec = recipe((BAD / "pretty.json", "prompt_completion")).data.datasets[0]
+    assert [(p.number, p.line, p.column) for p, _ in datafiles.records(spec)] == [(1, 2, 3), (2, 3, 3)]
+
+
+def test_a_json_array_with_a_trailing_comma_or_extra_data_is_invalid(recipe, tmp_path):
+    bad = tmp_path / "bad.json"
+    for text, error in (('[{"text": "a"},\n]', "bad.json:1:15: not valid JSON: Illegal trailing comma"),
+                        ('[{"text": "a"}] [', "bad.json:1:17: not valid JSON: Extra data")):
+        bad.write_text(text)
+        assert error in _error_of(recipe((bad, "text")))
+
+
+def test_a_bom_does_not_shift_the_column_of_a_bad_byte(recipe, tmp_path):
+    bad = tmp_path / "bom.jsonl"
+    bad.write_bytes(b'\xef\xbb\xbf{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"bom.jsonl:1:14: not UTF-8 \(byte 0xe9\)\n  hint: save the file as UTF-8"):
+        data.load_examples(recipe((bad, "text")))
+
+
+def test_records_without_lines_are_numbered(recipe, tmp_path, monkeypatch):
+    """Parquet files and hub datasets have no lines: the file (or id) and the record number."""
+    import pyarrow
+    import pyarrow.parquet
+
+    table = tmp_path / "t.parquet"
+    pyarrow.parquet.write_table(pyarrow.table({"text": ["one", None, "three"]}), table)
+    spec = recipe((table, "text"))
+    assert _error_of(spec).startswith(f"{datafiles.display(spec.data.datasets[0])}: $.text: record 2: is null")
+    for rows, error in (('{"text": "a"}\n{"body": "b"}\n', "org/set: $.text: record 2: is null or missing"),
+                        ('{"body": "a"}\n', 'org/set: $.text: record 1: missing; the record has "body"')):
+        folder = tmp_path / "org" / "set"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / "train.jsonl").write_text(rows)
+        monkeypatch.chdir(tmp_path)  # datasets resolves a hub id to a folder of that name first
+        assert _error_of(recipe(("org/set", "text"))).startswith(error)
+
+
+def test_a_data_path_that_is_a_pipe_or_folder_is_refused_without_blocking(recipe, tmp_path):
+    # Made after the recipe is loaded: the read stage checks that a regular file is there.
+    names = ("fifo.jsonl", "folder.jsonl", "gone.jsonl")
+    for name in names:
+        (tmp_path / name).write_text('{"text": "a"}\n')
+    fifo, folder, gone = (recipe((tmp_path / name, "text")) for name in names)
+    for name in names:
+        (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    errors = []
+    # Opening a FIFO for reading waits for a writer forever: run it aside and give it seconds.
+    worker = threading.Thread(target=lambda: errors.append(_error_of(fifo)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "reading a FIFO blocked"
+    assert "fifo.jsonl: is not a regular file" in errors[0]
+    assert "folder.jsonl: is a folder" in _error_of(folder)
+    assert "gone.jsonl: file not found" in _error_of(gone)
+    with pytest.raises(DataError, match="gone.jsonl: file not found"):
+        datafiles.fingerprint(gone.data.datasets[0])
+
+
+def _error_of(recipe) -> str:
+    with pytest.raises(DataError) as error:
+        data.load_examples(recipe)
+    return str(error.value)
+
+
+def test_recipe_run_prints_data_errors_located_before_any_model_loads(make_recipe, tmp_path, offline):
+    from click.testing import CliRunner
+
+    from recipecli.cli import main
+
+    out = tmp_path / "run"
+    path = make_recipe({"model": {"id": str(RECIPES / "models" / "tiny-llama")},
+                        "data": {"datasets": [{"path": str(BAD / "latin1.jsonl"), "format": "alpaca"}]},
+                        "output": {"dir": str(out)}})
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == ExitCode.INVALID, result.output
+    assert "latin1.jsonl:2:32: not UTF-8 (byte 0xe9)\n  hint: save the file as UTF-8" in result.output
+    assert "Traceback" not in result.output and not out.exists()
 
 
 def test_a_hub_dataset_that_cannot_be_downloaded(recipe, monkeypatch):
@@ -219,7 +339,7 @@ def test_a_hub_dataset_that_cannot_be_downloaded(recipe, monkeypatch):
     # Offline, as the tests always are: fail at once instead of retrying a network that is not there.
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match="nobody/no-such-set: could not download hub dataset"):
+    with pytest.raises(DataError, match="^nobody/no-such-set: could not download hub dataset"):
         data.load_examples(recipe(("nobody/no-such-set", "alpaca")))
 
 
@@ -227,9 +347,9 @@ def test_fingerprint_is_the_file_content_or_the_hub_coordinates(recipe, tmp_path
     local = recipe((DATA / "tiny-alpaca.jsonl", "alpaca")).data.datasets[0]
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(local.local_path.read_bytes())
-    assert datafiles.fingerprint(local) == datafiles.fingerprint(dataclasses.replace(local, local_path=copy))
+    assert datafiles.fingerprint(local) == datafiles.fingerprint(dataclasses.replace(local, path=str(copy)))
     assert datafiles.fingerprint(local).startswith("sha256:") and len(datafiles.fingerprint(local)) == 7 + 64
     copy.write_bytes(copy.read_bytes() + b"\n")
-    assert datafiles.fingerprint(local) != datafiles.fingerprint(dataclasses.replace(local, local_path=copy))
+    assert datafiles.fingerprint(local) != datafiles.fingerprint(dataclasses.replace(local, path=str(copy)))
     hub = recipe(("org/set", "chat")).data.datasets[0]
     assert datafiles.fingerprint(hub) == "hub:org/set:train"
