@@ -131,6 +131,12 @@ class UsageError(RecipeError):
     exit_code = ExitCode.USAGE
 
 
+class Interrupted(RecipeError):
+    """Ctrl-C or SIGTERM before training started: nothing was saved, the run folder is as it was."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class UnknownModel(RecipeError):
     """No shape could be found for a model without downloading it."""
 

@@ -1,8 +1,11 @@
 """Training a recipe: data, model, the TRL SFTTrainer run, the run folder, merge and generate.
 
     datafiles (raw records) -> data (checked examples, TRL columns) -> model (tokenizer,
-    4/8-bit base, LoRA targets) -> runner (the run, top to bottom; callbacks, tracking)
-    -> runfolder (what a run leaves behind) -> after (merge, generate); tiny (the demo model)
+    4/8-bit base, LoRA targets, dtypes enforced) -> runner (the run, top to bottom; preflight:
+    fits the GPU or the CPU; claim: the run folder's lock and refusals; trainer: atomic
+    checkpoints and the stop on NaN; checkpoints: which are whole; failures: OOM, full disk;
+    callbacks, tracking) -> runfolder + lossplot (what a run leaves behind)
+    -> after (merge, generate); tiny (the demo model)
 
 Owns: everything that touches torch, transformers, peft, trl, bitsandbytes, datasets and wandb.
 Those are imported inside functions only, so importing this package stays cheap.

@@ -6,18 +6,17 @@ prompt format), so they work on a run made on another machine.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import InvalidRecipe, UsageError
 from ..fit import hardware
 from ..fit.gpu_catalog import Gpu
-from ..fit.precision import Choices, choose
+from ..fit.precision import Choices, choose, portable
 from ..read.load import load_recipe
 from ..read.recipe import Recipe
-from . import data, runfolder
-from .model import load_model, load_tokenizer, say, training_gpu
+from . import checkpoints, data, runfolder
+from .model import check_remote_code, load_model, load_tokenizer, say, training_gpu
 
 
 def _run_recipe(run_dir: Path) -> Recipe:
@@ -49,15 +48,15 @@ def _choices_here(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
     except InvalidRecipe as e:
         unsupported = "; ".join(p.message for p in e.problems)
         say(f"note: {unsupported}: loading in fp32 with sdpa attention instead")
-        return Choices("fp32", "sdpa", "float32" if recipe.quantization is not None else None, ())
+        return portable(recipe)
 
 
 def _saved_tokenizer(recipe: Recipe, folder: Path):
     """The tokenizer saved beside the trained weights, loaded as the recipe loads the base one."""
-    return load_tokenizer(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, local_path=folder)))
+    return load_tokenizer(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, id=str(folder))))
 
 
-def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
+def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None, trust_remote_code: bool = False) -> Path:
     """Merge the LoRA adapter into the base model and save it, with the tokenizer, to run_dir/merged.
 
     The base is loaded unquantized (a qlora base too: 4-bit weights cannot absorb an adapter) in
@@ -67,14 +66,17 @@ def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
     Args:
         run_dir: a finished run folder.
         gpus: the GPUs whose precision the merge uses; None detects them.
+        trust_remote_code: the command line allows the model's own code (``--trust-remote-code``).
 
     Returns:
         The merged model's folder, loadable with ``AutoModelForCausalLM.from_pretrained``.
 
     Raises:
-        UsageError: not a finished run folder, or a full fine-tune (which has nothing to merge).
+        UsageError: not a finished run folder, a full fine-tune (which has nothing to merge), or
+            a recipe that trusts remote code without ``trust_remote_code``.
     """
     recipe = _run_recipe(run_dir)
+    check_remote_code(recipe, trust_remote_code, f"recipe merge {run_dir}")
     if recipe.lora is None:
         raise UsageError(f"{run_dir} is a full fine-tune: {run_dir / runfolder.FULL_MODEL} already is the whole model")
     from peft import PeftModel
@@ -84,17 +86,21 @@ def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None) -> Path:
     base = load_model(recipe, choices, cuda=False, quantize=False, train=False)
     merged = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER)).merge_and_unload()
     # Written beside and renamed into place: an interrupted merge leaves no half model behind.
-    target, partial = run_dir / runfolder.MERGED, run_dir / f"{runfolder.MERGED}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.save_pretrained(str(partial))
-    _saved_tokenizer(recipe, run_dir / runfolder.ADAPTER).save_pretrained(str(partial))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    target = run_dir / runfolder.MERGED
+    partial = checkpoints.partial(target)
+    checkpoints.discard(partial)
+    try:
+        merged.save_pretrained(str(partial))
+        _saved_tokenizer(recipe, run_dir / runfolder.ADAPTER).save_pretrained(str(partial))
+    except BaseException:
+        checkpoints.discard(partial)  # a full disk gets its space back
+        raise
+    checkpoints.publish(partial, target)
     return target
 
 
 def generate(run_dir: Path, prompt: str, max_new_tokens: int = 128, *, input: str = "",
-             gpus: Optional[Sequence[Gpu]] = None) -> str:
+             gpus: Optional[Sequence[Gpu]] = None, trust_remote_code: bool = False) -> str:
     """The trained model's answer to a prompt, formatted exactly as the training examples were.
 
     alpaca data: the prompt is the instruction (and ``input`` the Input section) in the alpaca
@@ -108,14 +114,17 @@ def generate(run_dir: Path, prompt: str, max_new_tokens: int = 128, *, input: st
         max_new_tokens: the most tokens to generate.
         input: alpaca only: the context of the instruction.
         gpus: None detects them; the first one generates, the CPU without one.
+        trust_remote_code: the command line allows the model's own code (``--trust-remote-code``).
 
     Returns:
         The completion alone, without the prompt and special tokens.
 
     Raises:
-        UsageError: not a finished run folder, or an input for data that has no Input section.
+        UsageError: not a finished run folder, an input for data that has no Input section, or a
+            recipe that trusts remote code without ``trust_remote_code``.
     """
     recipe = _run_recipe(run_dir)
+    check_remote_code(recipe, trust_remote_code, f"recipe generate {run_dir} --prompt ...")
     alpaca = data.layout(recipe) != "messages" and recipe.data.datasets[0].format == "alpaca"
     if input and not alpaca:
         raise UsageError("an input is part of alpaca prompts only; put the whole question in the prompt")
@@ -124,7 +133,7 @@ def generate(run_dir: Path, prompt: str, max_new_tokens: int = 128, *, input: st
     gpu = training_gpu(gpus)
     choices = _choices_here(recipe, gpu)
     if recipe.lora is None:
-        trained = dataclasses.replace(recipe.model, local_path=run_dir / runfolder.FULL_MODEL)
+        trained = dataclasses.replace(recipe.model, id=str((run_dir / runfolder.FULL_MODEL).absolute()))
         model = load_model(dataclasses.replace(recipe, model=trained), choices, cuda=gpu is not None, train=False)
         tokenizer = _saved_tokenizer(recipe, run_dir / runfolder.FULL_MODEL)
     else:

@@ -7,12 +7,14 @@ recipecli (``recipe validate``, ``recipe --help``) never pays for them.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import RecipeError
+from ..errors import Location, RecipeError, UsageError
 from ..fit.architectures import match_modules, shape_from_config
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
+from ..read.load import resolve
 from ..read.recipe import Recipe
 
 
@@ -45,7 +47,74 @@ def _load_failure(what: str, error: Exception) -> RecipeError:
         ImportError: "install the package the message names; instead of flash_attn, training.attention auto uses sdpa",
     }
     hint = next((h for kind, h in hints.items() if isinstance(error, kind)), "")
-    return RecipeError(f"cannot load {what}: {error}" + (f"\nHint: {hint}." if hint else ""))
+    return RecipeError(f"cannot load {what}: {error}", hint=hint)
+
+
+REMOTE_CODE_PATH = "$.model.trust_remote_code"
+
+
+def check_remote_code(recipe: Recipe, allowed: bool, command: str) -> None:
+    """Refuse a recipe that runs the model's own Python code unless the command line allows it.
+
+    A recipe is shared like a document; ``model.trust_remote_code: true`` in it must not be
+    enough to run code downloaded with someone else's model on this machine. Called before
+    anything is downloaded or loaded.
+
+    Args:
+        recipe: the recipe (or a run folder's recipe.yaml).
+        allowed: ``--trust-remote-code`` was given.
+        command: how to run it again with the flag, for the hint (``recipe run FILE``).
+
+    Raises:
+        UsageError: the recipe trusts remote code and the flag was not given; located at
+            ``$.model.trust_remote_code`` in the recipe file.
+    """
+    if not recipe.model.trust_remote_code:
+        return
+    if allowed:
+        say(f"warning: model.trust_remote_code is true and --trust-remote-code is given: Python code shipped "
+            f"with {recipe.model.id} runs on this machine")
+        return
+    raise UsageError(f"the recipe trusts the Python code shipped with {recipe.model.id}, and nothing runs it "
+                     "without --trust-remote-code on the command line",
+                     hint=f"read the model's code first, then: {command} --trust-remote-code",
+                     where=_written_at(recipe.source, ("model", "trust_remote_code")), path=REMOTE_CODE_PATH)
+
+
+def _written_at(file: Path, path: tuple) -> Location | str:
+    """Where a recipe file (or a base it extends) wrote a value; ``--set`` when none of them
+    did (an override on the command line); the file's first line when it no longer loads."""
+    try:
+        resolved = resolve(file)
+    except (RecipeError, OSError):
+        return Location(str(file), 1, 1)
+    return resolved.locate(path) if path in resolved.values else "--set"
+
+
+def enforce_dtypes(model, choices: Choices) -> int:
+    """Cast the trained parameters to the dtype precision.choose decided, whatever the libraries did.
+
+    TRL's SFTTrainer casts the adapters of a quantized model to bf16 (trl/trainer/sft_trainer.py,
+    SFTTrainer.__init__); under fp16 the GradScaler then trains bf16 adapters, emulated and slow
+    before compute capability 8.0, and fp16 ones it would refuse. Called after the trainer is built
+    and before it creates its optimizer, so the optimizer holds the cast parameters.
+
+    Args:
+        model: the model the trainer trains (``trainer.model``).
+        choices: the run's choices; ``trainable_dtype`` is enforced.
+
+    Returns:
+        How many parameters were cast.
+    """
+    import torch
+
+    dtype = getattr(torch, choices.trainable_dtype)
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)  # in place of the Parameter: modules keep referring to it
+            cast += 1
+    return cast
 
 
 def load_tokenizer(recipe: Recipe):

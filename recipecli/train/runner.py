@@ -1,34 +1,39 @@
 """`recipe run`: a recipe becomes a TRL SFTTrainer run, read top to bottom.
 
-    refuse what does not fit the GPU -> tokenizer -> data (before the model: data errors come
-    first) -> model (4/8-bit) -> LoRA -> SFTConfig -> SFTTrainer -> train -> save -> run folder
+    take the run folder (lock) -> refuse what does not fit the GPU (or the CPU) -> tokenizer ->
+    data (before the model: data errors come first) -> model (4/8-bit) -> LoRA -> SFTConfig ->
+    SFTTrainer -> write the run folder -> train -> save -> result
 
-The tokenizer and model load in model.py, shared with `recipe merge` and `recipe generate`.
-The trainer callback that writes metrics.jsonl is in callbacks.py, W&B's setup in tracking.py.
+Every refusal comes before anything heavy loads. Until training starts, Ctrl-C and SIGTERM stop
+the run as Interrupted and leave the run folder as it was; after, they save a checkpoint first.
+Taking the folder is claim.py's, loading the tokenizer and model model.py's (shared with `recipe
+merge` and `recipe generate`), the trainer callback that writes metrics.jsonl callbacks.py's and
+W&B's setup tracking.py's.
 
 torch, transformers, peft and trl are imported inside the functions that use them, so importing
 recipecli (``recipe validate``, ``recipe --help``) never pays for them.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from contextlib import contextmanager
+import signal
+import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
-from ..errors import DoesNotFit, RecipeError, UnknownModel
-from ..fit import hardware
-from ..fit.verdict import check as check_fit
+from ..errors import Interrupted, RecipeError
+from ..fit import cpu, hardware
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices, choose
-from ..fit.suggest import suggest
 from ..read.recipe import Recipe
 from ..units import GIB
-from . import data, datafiles, runfolder, tracking
+from . import checkpoints, claim, data, datafiles, failures, runfolder, tracking
 from .callbacks import StopRequest, recorder
-from .model import load_model, load_tokenizer, lora_targets, say, training_gpu
+from .model import check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, say, training_gpu
+from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
+from .trainer import trainer_class
 
 
 @dataclass(frozen=True)
@@ -47,89 +52,107 @@ class RunResult:
 
 
 def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume: bool = False,
-        gpus: Optional[Sequence[Gpu]] = None, callbacks: Sequence = ()) -> RunResult:
-    """Train a recipe and fill its run folder (``recipe.output_dir``).
+        gpus: Optional[Sequence[Gpu]] = None, ram_bytes: Optional[int] = None, callbacks: Sequence = (),
+        trust_remote_code: bool = False) -> RunResult:
+    """Train a recipe and fill its run folder (``recipe.output_dir``), holding its lock throughout.
 
     Args:
         recipe: a loaded recipe (``load.load_recipe``).
-        force: train even when the estimate exceeds the GPU's memory.
+        force: train even when the estimate exceeds the GPU's memory, or on the CPU a model too
+            large for it.
         overwrite: replace an existing run folder.
         resume: continue from the last checkpoint in the run folder.
         gpus: the GPUs to check the recipe against; None detects them. The first one trains.
             Empty trains on the CPU.
+        ram_bytes: this machine's memory, checked when training on the CPU; None reads it.
         callbacks: extra transformers TrainerCallbacks (progress displays, early stopping, tests).
+        trust_remote_code: the command line allows the model's own code (``--trust-remote-code``);
+            a recipe with ``model.trust_remote_code: true`` is refused without it.
 
     Returns:
         The result; ``interrupted`` is set when Ctrl-C or SIGTERM stopped training after a checkpoint.
 
     Raises:
-        UsageError: the run folder exists (without overwrite/resume), there is nothing to resume,
-            or resume with a recipe changed beyond its length, logging and saving.
+        UsageError: the run folder exists (without overwrite/resume), another run holds it, there
+            is nothing to resume, or resume with a recipe changed beyond its length, logging and saving;
+            the recipe trusts remote code without ``trust_remote_code``.
         DoesNotFit: the estimate exceeds the GPU and force is off; carries the breakdown and a fix.
+            Without a GPU: the model is too large to train on a CPU, or for this machine's RAM.
+        Interrupted: Ctrl-C or SIGTERM before training started; the run folder is left as it was.
         InvalidRecipe: the GPU cannot run a setting (bf16 or FlashAttention 2 on an old card).
         DataError: the data cannot become examples (raised before the model loads).
         UnknownTargets: a LoRA target module matches no layer of the model.
-        RecipeError: the model or tokenizer cannot be loaded, or W&B cannot start (no login).
+        RecipeError: the model or tokenizer cannot be loaded, or W&B cannot start (no login); training
+            stopped at a non-finite loss, out of GPU or host memory, or on a full disk
+            (failures.explain: the step, what to change, the checkpoint left).
     """
-    run_dir = recipe.output_dir
-    runfolder.check_free(run_dir, overwrite=overwrite, resume=resume)
-    if resume:
-        runfolder.check_resumable(run_dir, recipe)
-    checkpoint = runfolder.last_checkpoint(run_dir) if resume else None
-    gpus = hardware.detect() if gpus is None else tuple(gpus)
-    estimate = _refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
-    gpu = training_gpu(gpus)
-    cuda = gpu is not None
-    choices = choose(recipe, gpu)
-    for note in choices.notes:
-        say(f"note: {note}")
-    if recipe.model.trust_remote_code:
-        say(f"warning: model.trust_remote_code is true: Python code shipped with {recipe.model.id} runs on "
-            "this machine. Only do this for models whose code you trust.")
+    check_remote_code(recipe, trust_remote_code, f"recipe run {recipe.source}")  # before anything downloads
+    run_dir = recipe.output_dir  # absolute: every file of the run, checkpoints too, goes in this one folder
+    with ExitStack() as whole_run:  # holds the run folder (its lock) and W&B's settings to the end
+        with _before_training():
+            folder = whole_run.enter_context(claim.claimed(run_dir, recipe, overwrite=overwrite, resume=resume))
+            whole_run.enter_context(tracking.environment(recipe.wandb))
+            gpus = hardware.detect() if gpus is None else tuple(gpus)
+            estimate = refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
+            gpu = training_gpu(gpus)
+            cuda = gpu is not None
+            if not cuda:
+                refuse_unless_cpu_trains(recipe, cpu.host_memory_bytes() if ram_bytes is None else ram_bytes, force)
+            choices = choose(recipe, gpu)
+            for note in choices.notes:
+                say(f"note: {note}")
 
-    tokenizer = load_tokenizer(recipe)
-    train_set, eval_set = data.load_examples(recipe, tokenizer)
-    model = load_model(recipe, choices, cuda=cuda)
-    peft_config = _lora_config(recipe, model)
-    args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda)
+            tokenizer = load_tokenizer(recipe)
+            train_set, eval_set = data.load_examples(recipe, tokenizer)
+            model = load_model(recipe, choices, cuda=cuda)
+            args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda)
 
-    from trl import SFTTrainer
-
-    stop = StopRequest()
-    run_info = _run_info(recipe, choices, gpu, train_set, eval_set)
-    if checkpoint is not None:
-        run_info["resumed_from"] = checkpoint.name
-    with tracking.environment(recipe.wandb):
-        with runfolder.creating(run_dir, overwrite=overwrite, resume=resume):
-            runfolder.write_recipe(run_dir, recipe)
-            runfolder.write_run(run_dir, run_info)
-            if estimate is not None:
-                runfolder.write_estimate(run_dir, estimate)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                 processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+            stop = StopRequest()
+            trainer = _trainer(recipe, choices, model, args, tokenizer, train_set, eval_set, callbacks)
             # First in line, so the console printer and W&B see the memory columns it adds.
             trainer.callback_handler.callbacks.insert(0, recorder(run_dir, stop, cuda=cuda))
-        with stop.listening(), _out_of_memory_explained(cuda), tracking.failure_explained(recipe.wandb):
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        state = trainer.state
-        interrupted = stop.signal_name is not None and state.global_step < state.max_steps
-        saved = eval_loss = None
-        if not interrupted:
-            saved = run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)
-            trainer.save_model(str(saved))
-            if eval_set is not None:
-                eval_loss = trainer.evaluate()["eval_loss"]
+            # TRL writes a Hub model card (README.md) into the run folder at every checkpoint, naming
+            # the base model "None" for a local one; run.yaml is the run's record, adapter/ has peft's card.
+            trainer.create_model_card = lambda *_, **__: None
+            run_info = _run_info(recipe, choices, gpu, train_set, eval_set)
+            if folder.resume_from is not None:
+                run_info["resumed_from"] = folder.resume_from.name
+            folder.clear()  # --overwrite: the old run goes only now, once everything has loaded
+            runfolder.write_run(run_dir, run_info)  # first: run.yaml is what marks a run folder
+            runfolder.write_recipe(run_dir, recipe)
+            if estimate is not None:
+                runfolder.write_estimate(run_dir, estimate)
+            folder.keep()
+        if folder.resume_from is not None:
+            for note in checkpoints.scan(run_dir)[1]:  # newer checkpoints that are not whole
+                say(f"note: {note}")
+
+        def situation() -> failures.Context:  # read when it fails: the step reached, the folder being written
+            return failures.Context(recipe, choices, gpu, run_dir, trainer.state.global_step, trainer.writing)
+
+        with _failures_explained(situation, recipe):
+            with stop.listening(), tracking.failure_explained(recipe.wandb):
+                trainer.train(resume_from_checkpoint=str(folder.resume_from) if folder.resume_from else None)
+            state = trainer.state
+            interrupted = stop.signal_name is not None and state.global_step < state.max_steps
+            saved = eval_loss = None
+            if not interrupted:
+                saved = run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)
+                trainer.save_final(saved)  # whole or absent, and never of non-finite weights
+                if eval_set is not None:
+                    eval_loss = trainer.evaluate()["eval_loss"]
         tracking.finish(recipe.wandb)
 
-    peak = _peak_reserved_bytes() if cuda else None
-    result = RunResult(run_dir, saved, runfolder.last_checkpoint(run_dir), state.global_step,
-                       _final_loss(state.log_history), eval_loss, interrupted,
-                       estimate["reserved_bytes"] if estimate else None, peak)
-    runfolder.plot_loss(run_dir, state.log_history)
-    run_info["result"] = {"finished": runfolder.now(), "steps": result.steps, "final_loss": result.final_loss,
-                          "eval_loss": eval_loss, "interrupted": interrupted,
-                          "estimated_reserved_gib": _gib(result.estimate_bytes), "measured_reserved_gib": _gib(peak)}
-    runfolder.write_run(run_dir, run_info)
+        peak = _peak_reserved_bytes() if cuda else None
+        result = RunResult(run_dir, saved, checkpoints.last_complete(run_dir), state.global_step,
+                           _final_loss(state.log_history), eval_loss, interrupted,
+                           estimate["reserved_bytes"] if estimate else None, peak)
+        runfolder.plot_loss(run_dir, state.log_history)
+        run_info["result"] = {"finished": runfolder.now(), "steps": result.steps, "final_loss": result.final_loss,
+                              "eval_loss": eval_loss, "interrupted": interrupted,
+                              "estimated_reserved_gib": _gib(result.estimate_bytes),
+                              "measured_reserved_gib": _gib(peak)}
+        runfolder.write_run(run_dir, run_info)
     if peak is not None and result.estimate_bytes is not None:
         say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
             "(peak reserved by PyTorch)")
@@ -143,7 +166,9 @@ def _run_info(recipe: Recipe, choices: Choices, gpu: Optional[Gpu], train_set, e
                          for d in recipe.data.datasets],
             "examples": {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0},
             "settings": {"precision": choices.precision, "attention": choices.attention,
-                         "compute_dtype": choices.compute_dtype},
+                         "compute_dtype": choices.compute_dtype, "weight_dtype": choices.weight_dtype,
+                         "trainable_dtype": choices.trainable_dtype, "autocast_dtype": choices.autocast_dtype,
+                         "grad_scaler": choices.grad_scaler},
             "notes": list(choices.notes)}
 
 
@@ -160,31 +185,25 @@ def _gib(n: Optional[int]) -> Optional[float]:
     return None if n is None else round(n / GIB, 2)
 
 
-def _refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optional[dict]:
-    """The fit estimate as a dict for estimate.json; DoesNotFit when it exceeds the GPU.
+@contextmanager
+def _before_training() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the setup as Interrupted, so the run folder's claim undoes what it began.
 
-    On the CPU there is no card to exceed, so nothing is refused and nothing is estimated.
+    SIGTERM's default would kill the process where it stands, leaving a half-made run folder.
     """
-    if gpu is None:
-        return None
-    try:
-        verdict = check_fit(recipe, gpu)
-    except UnknownModel as e:  # the download will tell; a missing estimate is no reason not to train
-        say(f"note: no memory estimate ({e}); training without a fit check")
-        return None
-    need = verdict.estimate.total_bytes
-    if not verdict.fits and not force:
-        from ..report.fit import format_suggestion, format_verdict  # what `recipe fit-check -v` prints
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
 
-        fix = format_suggestion(recipe, verdict, suggest(recipe, gpu))
-        raise DoesNotFit(f"{format_verdict(recipe, verdict)}\n{fix}\n(--force trains anyway)")
-    if not verdict.fits:
-        say(f"warning: --force: the estimate ({need / GIB:.1f} GiB) exceeds {gpu.name} "
-            f"({gpu.total_bytes / GIB:.1f} GiB); expect CUDA out of memory")
-    estimate = verdict.estimate
-    return {"gpu": gpu.name, "vram_bytes": gpu.total_bytes, "status": verdict.status, "total_bytes": need,
-            "allocated_bytes": estimate.allocated_bytes, "reserved_bytes": estimate.reserved_bytes,
-            **dataclasses.asdict(estimate)}
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted before training started; nothing was saved") from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _device_text(gpu: Optional[Gpu]) -> str:
@@ -214,7 +233,7 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        num_train_epochs=t.epochs,
+        num_train_epochs=t.epochs if t.epochs is not None else 1,  # max_steps decides then
         max_steps=t.max_steps if t.max_steps is not None else -1,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
@@ -244,18 +263,25 @@ def _peak_reserved_bytes() -> int:
     return torch.cuda.max_memory_reserved()
 
 
-@contextmanager
-def _out_of_memory_explained(cuda: bool) -> Iterator[None]:
-    """CUDA out of memory becomes a RecipeError that says which knobs to turn."""
-    if not cuda:
-        yield
-        return
-    import torch
+def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set, eval_set, callbacks: Sequence):
+    """The run's SFTTrainer (trainer.py: atomic checkpoints, a stop on non-finite numbers), its
+    trained parameters in the dtype precision.choose decided whatever TRL cast them to."""
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                              processing_class=tokenizer, peft_config=_lora_config(recipe, model),
+                              callbacks=list(callbacks))
+    enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them
+    return trainer
 
+
+@contextmanager
+def _failures_explained(situation: Callable[[], failures.Context], recipe: Recipe) -> Iterator[None]:
+    """A failure of training or saving becomes a RecipeError that says what to do (failures.explain);
+    the W&B run, if any, is marked failed."""
     try:
         yield
-    except torch.cuda.OutOfMemoryError as e:
-        raise RecipeError(f"CUDA out of memory: {str(e).splitlines()[0]}\nLower training.micro_batch_size "
-                          "(raise gradient_accumulation_steps to keep the batch), data.max_seq_length or lora.r, "
-                          "or turn on training.gradient_checkpointing; `recipe fit-check` shows where memory "
-                          "goes. The last checkpoint (if any) continues with --resume.") from e
+    except Exception as e:  # MemoryError included; each kind failures.explain does not know is re-raised
+        tracking.finish(recipe.wandb, failed=True)
+        explained = None if isinstance(e, RecipeError) else failures.explain(e, situation())
+        if explained is None:
+            raise
+        raise explained from e

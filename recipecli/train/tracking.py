@@ -54,15 +54,21 @@ def failure_explained(wandb: Optional[Wandb]) -> Iterator[None]:
     try:
         yield
     except wandb_sdk.errors.Error as e:
-        raise RecipeError(f"W&B failed: {e}\nHint: `wandb login`, or set logging.wandb.mode: offline "
-                          "(or WANDB_MODE=offline / disabled in the environment); then run again with "
-                          "--resume if a checkpoint was saved, else with --overwrite.") from e
+        raise RecipeError(f"W&B failed: {e}", hint="`wandb login`, or set logging.wandb.mode: offline (or "
+                          "WANDB_MODE=offline / disabled in the environment); then run again with --resume if "
+                          "a checkpoint was saved, else with --overwrite") from e
 
 
-def finish(wandb: Optional[Wandb]) -> None:
-    """End the W&B run the trainer started, so its last records are uploaded (or written offline)."""
+def finish(wandb: Optional[Wandb], failed: bool = False) -> None:
+    """End the W&B run the trainer started, so its last records are uploaded (or written offline).
+
+    Args:
+        wandb: the recipe's logging.wandb section; None does nothing.
+        failed: training stopped on an error: the W&B run is marked failed (exit code 1), and a
+            later run in the same process starts a run of its own instead of continuing it.
+    """
     if wandb is None:
         return
     import wandb as wandb_sdk  # only with a logging.wandb section; the trainer imported it already
 
-    wandb_sdk.finish()
+    wandb_sdk.finish(exit_code=1 if failed else None)

@@ -5,6 +5,7 @@ Heavy libraries are imported inside the tests, so collecting this file stays che
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from recipecli.train import after, runfolder
-from recipecli.errors import DataError, DoesNotFit, RecipeError, UnknownTargets, UsageError
+from recipecli.errors import DataError, DoesNotFit, ExitCode, RecipeError, UnknownTargets, UsageError
 from recipecli.fit.gpu_catalog import card, gpu_from_vram
 from recipecli.read.load import load_recipe
 from recipecli.train.model import load_model, lora_targets
@@ -40,9 +41,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty hub cache
 
 
 @pytest.fixture
@@ -122,7 +121,7 @@ def test_a_model_transformers_does_not_know_is_a_recipe_error(tiny, tmp_path):
     config = json.loads((unknown / "config.json").read_text())
     (unknown / "config.json").write_text(json.dumps({**config, "model_type": "qwen9_moe"}))
     recipe = tiny({"model": {"id": str(unknown)}})
-    with pytest.raises(RecipeError, match=r"(?s)cannot load the model .*qwen9_moe.*\nHint: an unknown model type"):
+    with pytest.raises(RecipeError, match=r"(?s)cannot load the model .*qwen9_moe.*\n  hint: an unknown model type"):
         load_model(recipe, choose(recipe, None), cuda=False)
 
 
@@ -130,7 +129,7 @@ def test_data_errors_come_before_the_model_and_leave_no_folder(tiny, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "hi", "output": "there"}\n{"instruction": "no answer"}\n')
     recipe = tiny({"data": {"datasets": [{"path": str(bad), "format": "alpaca"}]}})
-    with pytest.raises(DataError, match=r"bad.jsonl:line 2: field 'output' is missing"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2:1: \$\.output: missing"):
         run(recipe, gpus=())
     assert not (tmp_path / "run").exists()
 
@@ -140,8 +139,70 @@ def test_trust_remote_code_is_announced_before_anything_runs(tiny, tmp_path, cap
     empty.write_text("")
     with pytest.raises(DataError, match="no records"):
         run(tiny({"model": {"trust_remote_code": True}, "data": {"datasets": [{"path": str(empty),
-                                                                               "format": "alpaca"}]}}), gpus=())
+                                                                               "format": "alpaca"}]}}),
+            gpus=(), trust_remote_code=True)
     assert "warning: model.trust_remote_code is true" in capsys.readouterr().err
+
+
+def test_a_recipe_that_trusts_remote_code_is_refused_without_the_flag_before_anything_loads(
+        make_recipe, tmp_path, offline):
+    path = make_recipe({"model": {"id": "someone/model-with-code", "trust_remote_code": True},
+                        "output": {"dir": str(tmp_path / "run")}})
+    with pytest.raises(UsageError) as refused:
+        run(load_recipe(path), gpus=())
+    error = refused.value
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "trust_remote_code" in text)
+    assert (error.where.file, error.where.line, error.path) == (str(path), line, "$.model.trust_remote_code")
+    assert error.hint.endswith(f"recipe run {path} --trust-remote-code")
+    assert not (tmp_path / "run").exists() and not any(offline.iterdir())  # nothing downloaded, nothing made
+    # The flag is all that stood in the way: with it, the run goes on to the (offline) download.
+    with pytest.raises(RecipeError, match="cannot load the tokenizer of someone/model-with-code"):
+        run(load_recipe(path), gpus=(), trust_remote_code=True)
+
+
+def test_trust_remote_code_set_on_the_command_line_is_located_there(make_recipe, tmp_path):
+    path = make_recipe({"output": {"dir": str(tmp_path / "run")}})
+    with pytest.raises(UsageError) as refused:
+        run(load_recipe(path, ["model.trust_remote_code=true"]), gpus=())
+    assert str(refused.value).startswith("--set: $.model.trust_remote_code: the recipe trusts")
+
+
+@pytest.mark.parametrize("command", ["merge", "generate"])
+def test_merge_and_generate_refuse_remote_code_without_the_flag_before_loading(tiny, tmp_path, command):
+    run_dir = _fake_finished_run(tiny({"model": {"id": "someone/model-with-code", "trust_remote_code": True}}),
+                                 tmp_path / "run")
+    with pytest.raises(UsageError) as refused:
+        after.merge(run_dir, gpus=()) if command == "merge" else after.generate(run_dir, "hi", gpus=())
+    error = refused.value
+    assert error.where.file == str(run_dir / runfolder.RECIPE) and error.path == "$.model.trust_remote_code"
+    assert f"recipe {command} {run_dir}" in error.hint and "--trust-remote-code" in error.hint
+
+
+@pytest.mark.parametrize("gpu, adapters", [("rtx2080", "float32"), ("rtx3090", "bfloat16"), (None, "float32")])
+def test_the_trainer_gets_the_dtypes_precision_decides(tiny, tmp_path, gpu, adapters):
+    """TRL casts a 4-bit model's adapters to bf16; under fp16 (an RTX 2080) the runner makes them fp32."""
+    import torch
+
+    from recipecli.train import data, runner
+    from recipecli.train.model import load_tokenizer
+
+    recipe = tiny()
+    choices = choose(recipe, card(gpu) if gpu else None)  # forced: this machine has no such card
+    tokenizer = load_tokenizer(recipe)
+    train_set, _ = data.load_examples(recipe, tokenizer)
+    args = runner._sft_config(recipe, choices, tmp_path / "out", has_eval=False, cuda=False)
+    assert (args.fp16, args.bf16) == (choices.precision == "fp16", choices.precision == "bf16")
+    trainer = runner._trainer(recipe, choices, load_model(recipe, choices, cuda=False), args, tokenizer, train_set,
+                              None, ())
+    trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert choices.trainable_dtype == adapters and trained == {getattr(torch, adapters)}
+    # What TRL alone leaves: bf16 adapters, which the runner would otherwise train under fp16.
+    from trl import SFTTrainer
+
+    base = load_model(recipe, choices, cuda=False)
+    plain = SFTTrainer(model=base, args=args, train_dataset=train_set, processing_class=tokenizer,
+                       peft_config=runner._lora_config(recipe, base))
+    assert {p.dtype for p in plain.model.parameters() if p.requires_grad} == {torch.bfloat16}
 
 
 def test_half_precision_runs_as_fp32_on_the_cpu_with_a_note(tiny):
@@ -194,6 +255,8 @@ def _assert_complete_run(result, recipe):
     info = _run_yaml(run_dir)
     assert info["result"]["steps"] == result.steps and info["libraries"]["trl"]
     assert info["device"].startswith("cpu") and info["settings"]["precision"] == "fp32"
+    # What the run trained in, as precision.dtypes decided and the trainer was made to hold.
+    assert info["settings"]["trainable_dtype"] == "float32" and info["settings"]["autocast_dtype"] is None
     assert [d["fingerprint"][:7] for d in info["datasets"]] == ["sha256:"] * len(recipe.data.datasets)
     assert load_recipe(run_dir / runfolder.RECIPE).training == recipe.training
 
@@ -268,12 +331,132 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny):
     # The resumed run trained only the missing steps: metrics.jsonl counts each step once.
     assert [m["step"] for m in _metrics(resumed.run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
     assert resumed.steps == straight.steps == 6
-    # Same data order, dropout masks and optimizer state; bf16 adapter weights round a little.
+    # Same data order, dropout masks and optimizer state (fp32 adapters on the CPU: precision.dtypes).
     assert resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-3)
     a = load_file(resumed.saved / "adapter_model.safetensors")
     b = load_file(straight.saved / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-2
+
+
+def _complete_checkpoints(run_dir):
+    """The checkpoint folders of a run, each checked whole; and nothing half-written beside them."""
+    from recipecli.train import checkpoints
+
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]  # no .partial-*, no .replaced-*
+    found = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert all(checkpoints.problem(run_dir / name) is None for name in found), found
+    return found
+
+
+def _finite(folder):
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "adapter_model.safetensors")
+    return all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(tiny):
+    """An absurd learning rate really makes the loss NaN on the CPU (the schema caps the field at 1,
+    so the Recipe is changed directly). Before the check the run went on to 'done', logging a loss
+    of 0.0 for every NaN step (the Trainer's logging_nan_inf_filter)."""
+    recipe = tiny(**{"training.max_steps": 6, "training.save_steps": 2})
+    recipe = dataclasses.replace(recipe, training=dataclasses.replace(recipe.training, learning_rate=1e30))
+    with pytest.raises(RecipeError) as stopped:
+        run(recipe, gpus=())
+    error = stopped.value
+    assert error.exit_code == ExitCode.RUNTIME
+    # Step 1 warms up at learning rate 0, step 2 updates at 1e30, step 3's forward overflows.
+    assert error.message == "the training loss became nan at step 3; training stopped"
+    assert "the learning rate (1e+30) is likely too high" in error.hint
+    assert "checkpoint-2, saved before it, is the last checkpoint" in error.hint
+    assert _complete_checkpoints(recipe.output_dir) == ["checkpoint-2"]
+    assert _finite(recipe.output_dir / "checkpoint-2") and not (recipe.output_dir / runfolder.ADAPTER).exists()
+
+
+@pytest.mark.slow
+def test_weights_that_turn_non_finite_are_never_saved(tiny):
+    """NaN reaching the weights in the step a checkpoint is due stops the run before that save."""
+    import torch
+    from transformers import TrainerCallback
+
+    class NanAtStep4(TrainerCallback):
+        """What an overflowing update does to an adapter, at the end of step 4."""
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:
+                with torch.no_grad():
+                    next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+    recipe = tiny(**{"training.max_steps": 6, "training.save_steps": 2})
+    with pytest.raises(RecipeError, match="the trained weights hold NaN or infinity after step 4") as stopped:
+        run(recipe, gpus=(), callbacks=[NanAtStep4()])
+    assert "checkpoint-2, saved before it, is the last checkpoint" in stopped.value.hint
+    assert _complete_checkpoints(recipe.output_dir) == ["checkpoint-2"]
+    assert _finite(recipe.output_dir / "checkpoint-2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["weights cut", "state cut"])
+def test_resume_skips_a_damaged_last_checkpoint_with_a_note(tiny, capsys, damage):
+    settings_ = {"training.max_steps": 4, "training.save_steps": 2}
+    first = run(tiny(**settings_), gpus=())
+    run_dir = first.run_dir
+    assert _complete_checkpoints(run_dir) == ["checkpoint-2", "checkpoint-4"]
+    broken = run_dir / "checkpoint-4" / ("adapter_model.safetensors" if damage == "weights cut" else "trainer_state.json")
+    broken.write_bytes(broken.read_bytes()[:-64])  # cut short, as a crash or a full disk leaves a file
+    capsys.readouterr()
+
+    resumed = run(tiny(**{**settings_, "training.max_steps": 6}), gpus=(), resume=True)
+    assert _run_yaml(run_dir)["resumed_from"] == "checkpoint-2"
+    assert "note: checkpoint-4 is skipped: " in capsys.readouterr().err
+    assert resumed.steps == 6 and resumed.checkpoint == run_dir / "checkpoint-6"
+    assert _complete_checkpoints(run_dir) == ["checkpoint-4", "checkpoint-6"]  # 4 written again, whole
+
+
+@pytest.mark.slow
+def test_resume_refuses_when_its_only_checkpoint_is_damaged(tiny):
+    first = run(tiny(**{"training.max_steps": 2, "training.save_steps": 2}), gpus=())
+    (first.checkpoint / "optimizer.pt").unlink()
+    with pytest.raises(UsageError, match=r"no complete checkpoint to resume from: checkpoint-2 is skipped: "
+                                         r"it has no optimizer.pt"):
+        run(tiny(**{"training.max_steps": 4, "training.save_steps": 2}), gpus=(), resume=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tiny):
+    """The disk fills up in the middle of writing checkpoint-4: model and optimizer are written, the
+    trainer state is not. A real trainer callback raises the OSError the kernel would."""
+    import errno
+
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class DiskFullAtStep4(TrainerCallback, ExportableState):
+        """The Trainer asks ExportableState callbacks for their state in the middle of every save."""
+
+        step = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step = state.global_step
+
+        def state(self) -> dict:
+            if self.step == 4:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return {}
+
+    settings_ = {"training.max_steps": 6, "training.save_steps": 2}
+    with pytest.raises(RecipeError) as stopped:
+        run(tiny(**settings_), gpus=(), callbacks=[DiskFullAtStep4()])
+    error, run_dir = stopped.value, tiny().output_dir
+    assert error.where == str(run_dir / "checkpoint-4")
+    assert error.message.startswith("no space left on the disk while writing this folder (")
+    assert "checkpoint-2 is complete: continue from it with --resume" in error.hint
+    assert _complete_checkpoints(run_dir) == ["checkpoint-2"]  # the half-written one is gone
+    resumed = run(tiny(**settings_), gpus=(), resume=True)
+    assert resumed.steps == 6 and resumed.saved.is_dir()
 
 
 @pytest.fixture
@@ -296,14 +479,16 @@ def wandb_dir(fresh_wandb, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny, wandb_dir, monkeypatch):
+def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny, wandb_dir, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    secrets = {"WANDB_API_KEY": "wandb-secret-9f3a1c", "HF_TOKEN": "hf_secret_77b2e0"}
+    secrets = {"WANDB_API_KEY": "wandb-secret-9f3a1c" + "0" * 21, "HF_TOKEN": "hf_secret_77b2e0",
+               "HUGGING_FACE_HUB_TOKEN": "hf_secret_old_name_5d1", "HF_HUB_TOKEN": "hf_secret_other_c3"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     recipe = tiny({"logging": {"wandb": {"project": "recipecli-test", "run_name": "tiny-offline",
                                          "tags": ["ci"], "mode": "offline"}}})
     result = run(recipe, gpus=())
+    printed = capfd.readouterr()
 
     runs = list((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -311,10 +496,18 @@ def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny,
     assert b"recipecli-test" in log and b"tiny-offline" in log
     assert b"train/loss" in log and json.dumps(result.final_loss).encode() in log
     assert "WANDB_PROJECT" not in os.environ  # the recipe's settings do not outlive the run
-    for path in result.run_dir.rglob("*"):
-        if path.is_file():
-            content = path.read_bytes()
-            assert not any(v.encode() in content for v in secrets.values()), path
+    # Every file of the run folder (checkpoints and their pickled training arguments included) and
+    # of W&B's offline run, and everything printed.
+    assert any(result.run_dir.glob("checkpoint-*/training_args.bin")) and result.saved.is_dir()
+    files = [p for folder in (result.run_dir, wandb_dir) for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    for path in files:
+        content = path.read_bytes()
+        assert not any(v.encode() in content for v in secrets.values()), path
+    assert not any(v in printed.out + printed.err for v in secrets.values())
+    # run.yaml records the environment that decides the outcome, never variables.
+    recorded = (result.run_dir / runfolder.RUN).read_text()
+    assert not any(name in recorded or value in recorded for name, value in secrets.items())
 
 
 @pytest.mark.slow
@@ -344,7 +537,7 @@ def test_wandb_that_cannot_start_is_a_recipe_error(tiny, tmp_path, monkeypatch):
         (tmp_path / folder).mkdir()
         monkeypatch.setenv(name, str(tmp_path / folder))
     monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
-    with pytest.raises(RecipeError, match="W&B failed: .*API key.*\nHint: `wandb login`"):
+    with pytest.raises(RecipeError, match="W&B failed: .*API key.*\n  hint: `wandb login`"):
         run(tiny({"logging": {"wandb": {"project": "recipecli-test", "mode": "online"}}}), gpus=())
 
 
@@ -425,8 +618,14 @@ def test_merge_and_generate_trust_remote_code_of_the_saved_tokenizer(trained, ti
     # As the trainer saves it: the tokenizer's code travels with the adapter.
     AutoTokenizer.from_pretrained(custom, trust_remote_code=True).save_pretrained(run_dir / runfolder.ADAPTER)
     assert (run_dir / runfolder.ADAPTER / "my_tokenizer.py").is_file()
-    assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=()), str)
-    assert (after.merge(run_dir, gpus=()) / "my_tokenizer.py").is_file()
+    for refused in (lambda: after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=()),
+                    lambda: after.merge(run_dir, gpus=())):
+        with pytest.raises(UsageError, match=r"\$\.model\.trust_remote_code: .*--trust-remote-code"):
+            refused()
+    assert not (run_dir / runfolder.MERGED).exists()
+    assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=(),
+                                     trust_remote_code=True), str)
+    assert (after.merge(run_dir, gpus=(), trust_remote_code=True) / "my_tokenizer.py").is_file()
 
 
 def test_generate_pads_with_the_pad_token_even_when_its_id_is_0():

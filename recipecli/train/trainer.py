@@ -1,0 +1,96 @@
+"""TRL's SFTTrainer as `recipe run` trains with it: checkpoints that are whole or absent, and a
+stop at the first loss or weights that are not finite numbers, so no checkpoint holds them.
+
+No documented hook gives either: TrainerCallback.on_save runs after the checkpoint is written,
+and no callback sees the loss of a step. So a subclass overrides three methods of
+transformers 5.24's Trainer (read there: ``training_step``, ``_save_checkpoint`` and the
+``_get_output_dir`` it calls) and adds ``save_final``. torch, transformers and trl are imported
+inside ``trainer_class``, so importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+from . import checkpoints
+from .failures import NonFinite
+
+
+@functools.cache
+def trainer_class():
+    """The SFTTrainer subclass every run uses (built once, on first use)."""
+    import torch
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+    from trl import SFTTrainer
+
+    class RunTrainer(SFTTrainer):
+        """SFTTrainer with atomic checkpoints and a stop on non-finite numbers."""
+
+        writing: Optional[Path] = None  # the folder a save is writing; failures.explain names it
+        _staging: Optional[Path] = None
+
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            # One host sync per micro-batch, as the Trainer's own logging_nan_inf_filter check
+            # already costs; that filter would log the average of earlier losses instead.
+            if not torch.isfinite(loss).all():
+                raise NonFinite(self.state.global_step + 1, "loss", loss.detach().float().mean().item())
+            return loss
+
+        def _get_output_dir(self, trial) -> str:
+            # While a checkpoint is saved, the Trainer writes it into the staging folder.
+            return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial) -> None:
+            run_dir = Path(self.args.output_dir)
+            final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.check_finite()
+            staging = checkpoints.partial(final)
+            self.writing = final
+            checkpoints.discard(staging)  # left by a crash
+            staging.mkdir()
+            self._staging = staging
+            try:
+                super()._save_checkpoint(model, trial)  # staging/checkpoint-N, rotation inside staging
+            except BaseException:
+                checkpoints.discard(staging)
+                raise
+            finally:
+                self._staging = None
+            checkpoints.publish(staging / final.name, final)
+            staging.rmdir()
+            self.writing = None
+            # As the Trainer rotates (by modification time), now among the published checkpoints.
+            rotate_checkpoints(str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+        def save_final(self, final: Path) -> None:
+            """Save the trained adapter (or model) and tokenizer to ``final``, whole or not at all.
+
+            Raises:
+                NonFinite: the weights hold NaN or infinity; nothing is written.
+            """
+            self.check_finite()
+            staging = checkpoints.partial(final)
+            self.writing = final
+            checkpoints.discard(staging)
+            try:
+                self.save_model(str(staging))
+            except BaseException:
+                checkpoints.discard(staging)
+                raise
+            checkpoints.publish(staging, final)
+            self.writing = None
+
+        def check_finite(self) -> None:
+            """Refuse to save trained weights that hold NaN or infinity.
+
+            Raises:
+                NonFinite: naming the step after which they are not finite.
+            """
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                raise NonFinite(self.state.global_step, "weights", float("nan"))
+
+    return RunTrainer
