@@ -1,4 +1,4 @@
-"""Shared test helpers: a minimal recipe plus a delta, and paths of the repository."""
+"""Shared test helpers: a minimal recipe plus a delta, no network, and paths of the repository."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +21,20 @@ MINIMAL = {
     "method": "qlora",
     "data": {"datasets": [{"path": "tatsu-lab/alpaca", "format": "alpaca"}]},
 }
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """No network for Hugging Face hub and datasets, and an empty hub cache; returns the cache.
+
+    The empty cache keeps a test from passing only on a machine that once downloaded a model.
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cache = tmp_path / "hf-hub-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture
