@@ -471,6 +471,14 @@ FOUND = [
     pytest.param(lambda w: ("show", w / "recipes" / "tiny-demo.yaml", "--set", "name=\udcff"),
                  id="override-with-undecodable-byte"),  # was a UnicodeEncodeError: recipe show ... --set name=$'\xff'
     pytest.param(_many_unknown_keys, id="thousands-of-unknown-keys"),  # was quadratic, minutes
+    pytest.param(lambda w: ("validate", write(w / "recipes" / "digits.yaml", dump(MINIMAL).replace(
+        "recipe_version: 1", "recipe_version: 1\ntraining: {seed: 1" + "0" * 5000 + "}"))),
+        id="integer-of-five-thousand-digits"),  # was a ValueError: Python parses at most 4,300 digits
+    pytest.param(lambda w: ("validate", write(w / "recipes" / "huge-field.yaml", dump(
+        {**MINIMAL, "training": {"max_steps": 10 ** 400}}))), id="integer-beyond-float-in-a-number-check"),
+    # was an OverflowError in the finite-number check
+    pytest.param(lambda w: ("show", w / "recipes" / "tiny-demo.yaml", "--set", "\n=1e-4"),
+                 id="override-key-with-a-newline"),  # its place was printed over two lines
 ]
 
 

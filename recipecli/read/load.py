@@ -166,10 +166,10 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def _override_document(text: str, number: int) -> Document:
     """``training.learning_rate=1e-4`` as a one-value document located at '--set N'."""
-    # A shell passes bytes that are not UTF-8 as lone surrogates: shown escaped, never encoded.
-    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    name = f"{OVERRIDE} {shown}"
-    if shown != text:
+    # The override names its own place in messages: one printable line, whatever was typed (a shell
+    # passes bytes that are not UTF-8 as lone surrogates, which are shown escaped, never encoded).
+    name = f"{OVERRIDE} " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         raise InvalidRecipe([Problem(Location(name, 1, 1), "$", "an override that is not UTF-8 text",
                                      "type the value as UTF-8 (check the terminal's encoding)")])
     dotted, sep, value = text.partition("=")
@@ -178,7 +178,7 @@ def _override_document(text: str, number: int) -> Document:
         raise InvalidRecipe([Problem(Location(name, 1, 1), "$", "an override is dotted.key=value",
                                      "e.g. --set training.learning_rate=1e-4")])
     if "\n" in value or "\r" in value:
-        raise InvalidRecipe([Problem(Location(name.splitlines()[0], 1, len(dotted) + 2), "$." + dotted.strip(),
+        raise InvalidRecipe([Problem(Location(name, 1, len(dotted) + 2), "$." + dotted.strip(),
                                      "an override value is one line",
                                      "write lists and mappings in flow style, e.g. --set lora.target_modules=[q_proj,v_proj]")])
     parsed = load_text(f"v: {value}".encode(), name).data["v"] if value.strip() else ""

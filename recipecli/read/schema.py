@@ -34,8 +34,9 @@ def _is_integer(checker, instance) -> bool:
 
 def _is_number(checker, instance) -> bool:
     # NaN and infinity are no learning rate, dropout or fraction: every number must be finite.
-    return (isinstance(instance, (int, float)) and not isinstance(instance, bool)
-            and math.isfinite(instance))
+    if isinstance(instance, bool):
+        return False
+    return isinstance(instance, int) or (isinstance(instance, float) and math.isfinite(instance))
 
 
 _Validator = jsonschema.validators.extend(

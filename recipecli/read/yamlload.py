@@ -23,6 +23,7 @@ MAX_BYTES = 1 << 20  # a recipe is a few KB; refuse tens of MB before parsing an
 MAX_DEPTH = 32  # recipes nest 4 deep; thousands of '[' would overflow the composer's recursion
 MAX_ALIASES = 100  # anchors are rare in recipes; bombs need many references
 MAX_NODES = 100_000  # nodes after alias expansion: a billion-laughs file exceeds it at once
+MAX_DIGITS = 100  # the largest recipe field is a 10-digit seed
 # libyaml parses about ten times faster than pure Python, and validate should start instantly.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -246,6 +247,9 @@ class _Walker:
             raise _fail(_loc(node, self.name), f"{text} is octal or hexadecimal (or read so by YAML 1.1)",
                         f"write the number in decimal without a leading zero, or quote it to keep it as text")
         if _INT.fullmatch(text):
+            if len(text) > MAX_DIGITS:  # Python refuses to parse ints past 4,300 digits
+                raise _fail(_loc(node, self.name), f"a whole number of {len(text.lstrip('+-'))} digits",
+                            "no recipe field takes a number this large; is a digit repeated?")
             return int(text)
         if _FLOAT.fullmatch(text):
             return float(text)
