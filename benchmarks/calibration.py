@@ -165,9 +165,9 @@ def evaluate(row: dict) -> Result:
     elif "allocated" in metric:
         predicted, note = est.allocated_bytes, "allocated"
     else:  # nvidia-smi or unstated: the whole device
-        predicted, note = est.total_bytes, "device"
+        predicted, note = est.device_bytes, "device"
     if row["oom"] or row["fits_boundary"]:
-        predicted, note = est.total_bytes, "verdict"
+        predicted, note = est.device_bytes, "verdict"
     measured = _bytes(row["measured_peak"], row["unit"]) if row["measured_peak"] else None
     return Result(row, predicted, measured, card, note)
 

@@ -173,7 +173,7 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
                                                            else "no change found that fits"), err=True)
         else:
             Path(write_to).write_text(fitted_yaml(row, Path(write_to)), encoding="utf-8")
-            click.echo(f"wrote {write_to} (fits: {gib(row.suggestion.verdict.estimate.total_bytes)})", err=True)
+            click.echo(f"wrote {write_to} (fits: {gib(row.suggestion.verdict.estimate.device_bytes)})", err=True)
     if failures:
         sys.exit(failures[0].error.exit_code)
     sys.exit(ExitCode.OK if all(r.verdict.fits for r in rows) else ExitCode.DOES_NOT_FIT)

@@ -44,8 +44,9 @@ class Estimate:
     trainable_params: int  # the adapters for LoRA methods, every weight for full fine-tuning
 
     @property
-    def total_bytes(self) -> int:
-        """What the GPU must hold at the peak: compare with its total memory."""
+    def device_bytes(self) -> int:
+        """What the process holds on the card at the peak, as nvidia-smi shows it: the reserved
+        bytes plus the CUDA context. The verdict compares this with the card."""
         return sum(c.bytes for c in self.components)
 
     @property

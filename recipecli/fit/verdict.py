@@ -86,7 +86,7 @@ class Verdict:
     @property
     def headroom_bytes(self) -> int:
         """VRAM left over; negative when it does not fit."""
-        return self.vram_bytes - self.estimate.total_bytes
+        return self.vram_bytes - self.estimate.device_bytes
 
     @property
     def fits(self) -> bool:
@@ -114,10 +114,10 @@ def judge(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...]) -> Verdi
     """
     result = estimate(shape, setup)
     notes_now = list(notes)
-    if gpu.free_bytes is not None and gpu.free_bytes < result.total_bytes <= gpu.total_bytes:
+    if gpu.free_bytes is not None and gpu.free_bytes < result.device_bytes <= gpu.total_bytes:
         used = (gpu.total_bytes - gpu.free_bytes) / GIB
         notes_now.append(f"{gpu.name}: other processes hold {used:.1f} GiB right now; free it before training")
-    return Verdict(status_of(result.total_bytes, gpu.total_bytes), result, setup, gpu, tuple(notes_now))
+    return Verdict(status_of(result.device_bytes, gpu.total_bytes), result, setup, gpu, tuple(notes_now))
 
 
 def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none",

@@ -146,7 +146,7 @@ def gpu_line(gpu: Gpu) -> str:
 
 
 def verdict_text(verdict: Verdict) -> str:
-    share = verdict.estimate.total_bytes / verdict.vram_bytes
+    share = verdict.estimate.device_bytes / verdict.vram_bytes
     return {"fits": "fits", "tight": "tight", "does_not_fit": "DOES NOT FIT"}[verdict.status] + f" ({share:.0%})"
 
 
@@ -155,7 +155,7 @@ def format_table(rows: Sequence[Row]) -> str:
     head = ("recipe", "model", "params", "method", "estimate", "VRAM", "verdict")
     # The model as written (./models/x), not the absolute path the loaded recipe holds.
     body = [(r.recipe.name, r.resolved.raw["model"]["id"], params(r.verdict.estimate.base_params), r.recipe.method,
-             gib(r.verdict.estimate.total_bytes), gib(r.verdict.vram_bytes), verdict_text(r.verdict)) for r in rows]
+             gib(r.verdict.estimate.device_bytes), gib(r.verdict.vram_bytes), verdict_text(r.verdict)) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     right = {2, 4, 5}  # numbers align right
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
@@ -167,9 +167,12 @@ def format_breakdown(verdict: Verdict) -> str:
     """Each memory component with a bar scaled to the card, and how it was counted."""
     lines = [f"  {part.name:<16}{gib(part.bytes):>10}  {_bar(part.bytes, verdict.vram_bytes)}  {part.explanation}"
              for part in sorted(verdict.estimate.components, key=lambda c: -c.bytes) if part.bytes]
-    lines.append(f"  {'total':<16}{gib(verdict.estimate.total_bytes):>10}  "
-                 f"{_bar(verdict.estimate.total_bytes, verdict.vram_bytes)}| {verdict.gpu.name} "
+    lines.append(f"  {'total':<16}{gib(verdict.estimate.device_bytes):>10}  "
+                 f"{_bar(verdict.estimate.device_bytes, verdict.vram_bytes)}| {verdict.gpu.name} "
                  f"{gib(verdict.vram_bytes)}, headroom {gib(verdict.headroom_bytes)}")
+    est = verdict.estimate
+    lines.append(f"  {'':<16}allocated {gib(est.allocated_bytes)} (max_memory_allocated), reserved "
+                 f"{gib(est.reserved_bytes)} (max_memory_reserved), on the card {gib(est.device_bytes)} (nvidia-smi)")
     return "\n".join(lines)
 
 
@@ -197,7 +200,7 @@ def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Sug
         A paragraph for people (what `recipe fit-check` and a refused `recipe run` print).
     """
     scope = _scope_of(verdict)
-    need = (f"{recipe.name} needs {gib(verdict.estimate.total_bytes)}{f' ({scope})' if scope else ''}, "
+    need = (f"{recipe.name} needs {gib(verdict.estimate.device_bytes)}{f' ({scope})' if scope else ''}, "
             f"{verdict.gpu.name} has {gib(verdict.vram_bytes)}.")
     if suggestion is None:
         return (f"{need} No combination of the memory knobs makes it fit: use a smaller model or a card "
@@ -205,8 +208,8 @@ def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Sug
     changes = "\n".join(f"  - {c}" for c in suggestion.changes)
     patch = yaml.safe_dump(suggestion.patch, sort_keys=False).rstrip()
     after = suggestion.verdict
-    share = after.estimate.total_bytes / after.vram_bytes
-    return (f"{need} It fits{' tightly' if after.status == 'tight' else ''} at {gib(after.estimate.total_bytes)} "
+    share = after.estimate.device_bytes / after.vram_bytes
+    return (f"{need} It fits{' tightly' if after.status == 'tight' else ''} at {gib(after.estimate.device_bytes)} "
             f"({share:.0%}) with:\n{changes}\n  patch:\n"
             + "\n".join("    " + line for line in patch.splitlines()))
 
@@ -259,13 +262,14 @@ def fit_json(rows: Sequence[Row], failures: Sequence[Failure], gpu: Gpu, num_gpu
         est, sug = row.verdict.estimate, row.suggestion
         return {
             "file": row.file, "name": row.recipe.name, "model": row.recipe.model.id, "method": row.recipe.method,
-            "status": row.verdict.status, "estimate_bytes": est.total_bytes, "vram_bytes": row.verdict.vram_bytes,
+            "status": row.verdict.status, "allocated_bytes": est.allocated_bytes, "reserved_bytes": est.reserved_bytes,
+            "device_bytes": est.device_bytes, "vram_bytes": row.verdict.vram_bytes,
             "headroom_bytes": row.verdict.headroom_bytes, "base_params": est.base_params,
             "trainable_params": est.trainable_params, "notes": list(row.verdict.notes),
             "components": [{"name": c.name, "bytes": c.bytes, "explanation": c.explanation} for c in est.components],
             "suggestion": None if sug is None else {
                 "changes": list(sug.changes), "patch": sug.patch, "status": sug.verdict.status,
-                "estimate_bytes": sug.verdict.estimate.total_bytes},
+                "device_bytes": sug.verdict.estimate.device_bytes},
         }
     return {
         "gpu": {"name": gpu.name, "total_bytes": gpu.total_bytes, "free_bytes": gpu.free_bytes,

@@ -66,7 +66,7 @@ def format_gpu(gpu: Gpu, rows: Sequence[Row], largest: Optional[tuple[str, Verdi
     else:
         model, verdict = largest
         lines.append(f"  largest model for QLoRA: {model} ({params(verdict.estimate.base_params)} params, "
-                     f"{gib(verdict.estimate.total_bytes)}, {verdict_text(verdict)}; {_standard_qlora_text()})")
+                     f"{gib(verdict.estimate.device_bytes)}, {verdict_text(verdict)}; {_standard_qlora_text()})")
     return "\n".join(lines)
 
 

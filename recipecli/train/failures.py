@@ -138,7 +138,7 @@ def _fit_advice(recipe: Recipe, gpu: Gpu) -> str:
         verdict = check(recipe, gpu)
         if not verdict.fits:  # trained with --force
             return f"{format_verdict(recipe, verdict)}\n{format_suggestion(recipe, verdict, suggest(recipe, gpu))}"
-        need = verdict.estimate.total_bytes
+        need = verdict.estimate.device_bytes
         budget = dataclasses.replace(gpu, total_bytes=int(need * (1 - OOM_MARGIN)), free_bytes=None)
         found = suggest(recipe, budget)
     except (InvalidRecipe, UnknownModel, UnknownTargets) as e:
@@ -150,7 +150,7 @@ def _fit_advice(recipe: Recipe, gpu: Gpu) -> str:
         return text + f"no change of the memory knobs lowers the estimate by {OOM_MARGIN:.0%}; use a card with more memory."
     patch = yaml.safe_dump(found.patch, sort_keys=False).rstrip()
     return (text + f"the cheapest change that lowers the estimate by {OOM_MARGIN:.0%} "
-            f"(to {gib(found.verdict.estimate.total_bytes)}):\n" + "\n".join(f"  - {c}" for c in found.changes)
+            f"(to {gib(found.verdict.estimate.device_bytes)}):\n" + "\n".join(f"  - {c}" for c in found.changes)
             + "\n  patch:\n" + "\n".join("    " + line for line in patch.splitlines()))
 
 

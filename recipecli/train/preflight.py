@@ -33,7 +33,7 @@ def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optio
     except UnknownModel as e:  # the download will tell; a missing estimate is no reason not to train
         say(f"note: no memory estimate ({e}); training without a fit check")
         return None
-    need = verdict.estimate.total_bytes
+    need = verdict.estimate.device_bytes
     if not verdict.fits and not force:
         from ..report.fit import format_suggestion, format_verdict  # what `recipe fit-check -v` prints
 
@@ -43,9 +43,9 @@ def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optio
         say(f"warning: --force: the estimate ({need / GIB:.1f} GiB) exceeds {gpu.name} "
             f"({gpu.total_bytes / GIB:.1f} GiB); expect CUDA out of memory")
     estimate = verdict.estimate
-    return {"gpu": gpu.name, "vram_bytes": gpu.total_bytes, "status": verdict.status, "total_bytes": need,
+    return {"gpu": gpu.name, "vram_bytes": gpu.total_bytes, "status": verdict.status,
             "allocated_bytes": estimate.allocated_bytes, "reserved_bytes": estimate.reserved_bytes,
-            **dataclasses.asdict(estimate)}
+            "device_bytes": need, **dataclasses.asdict(estimate)}
 
 
 def refuse_unless_cpu_trains(recipe: Recipe, ram_bytes: Optional[int], force: bool) -> None:

@@ -148,8 +148,8 @@ def test_dequant_buffer_and_cuda_overhead():
 
 def test_totals_and_views():
     est = estimate(TOY, QLORA)
-    assert est.total_bytes == sum(c.bytes for c in est.components)
-    assert est.allocated_bytes < est.reserved_bytes < est.total_bytes
+    assert est.device_bytes == sum(c.bytes for c in est.components)
+    assert est.allocated_bytes < est.reserved_bytes < est.device_bytes
     # The base model alone (its published count), and the adapters that train.
     assert (est.base_params, est.trainable_params) == (86_848, 8192)
     full = estimate(TOY, dataclasses.replace(QLORA, method="full", weight_bits=16, quant_type=None, lora_r=None))
@@ -207,9 +207,9 @@ def test_weights_qlora_lt_lora_lt_full():
 
 def test_zero3_per_gpu_is_smaller_than_ddp():
     four = dataclasses.replace(FULL, num_gpus=4)
-    ddp = estimate(LLAMA7, dataclasses.replace(four, parallelism="ddp")).total_bytes
-    zero2 = estimate(LLAMA7, dataclasses.replace(four, parallelism="zero2")).total_bytes
-    zero3 = estimate(LLAMA7, dataclasses.replace(four, parallelism="zero3")).total_bytes
+    ddp = estimate(LLAMA7, dataclasses.replace(four, parallelism="ddp")).device_bytes
+    zero2 = estimate(LLAMA7, dataclasses.replace(four, parallelism="zero2")).device_bytes
+    zero3 = estimate(LLAMA7, dataclasses.replace(four, parallelism="zero3")).device_bytes
     assert zero3 < zero2 < ddp
 
 
@@ -222,12 +222,12 @@ CARD = 8 * 1024 ** 3
 @pytest.mark.parametrize("seq_len, batch", [(1024, 1), (1024, 2), (2048, 1), (2048, 2)])
 def test_small_models_qlora_fit_under_7_5_gb(model_id, seq_len, batch):
     setup = dataclasses.replace(GUIDE, seq_len=seq_len, micro_batch_size=batch)
-    assert estimate(CATALOG[model_id], setup).total_bytes < 7.5e9
+    assert estimate(CATALOG[model_id], setup).device_bytes < 7.5e9
 
 
 @pytest.mark.parametrize("r, seq_len", [(8, 512), (16, 512), (8, 1024), (16, 1024)])
 def test_mistral_7b_fits_with_aggressive_settings(r, seq_len):
-    assert estimate(MISTRAL, dataclasses.replace(GUIDE, lora_r=r, seq_len=seq_len)).total_bytes \
+    assert estimate(MISTRAL, dataclasses.replace(GUIDE, lora_r=r, seq_len=seq_len)).device_bytes \
         < CARD
 
 
@@ -235,7 +235,7 @@ def test_mistral_7b_fits_with_aggressive_settings(r, seq_len):
                                     dict(gradient_checkpointing=False),
                                     dict(micro_batch_size=2, seq_len=2048)])
 def test_mistral_7b_does_not_fit_without_them(change):
-    assert estimate(MISTRAL, dataclasses.replace(GUIDE, **change)).total_bytes > CARD
+    assert estimate(MISTRAL, dataclasses.replace(GUIDE, **change)).device_bytes > CARD
 
 
 @pytest.mark.parametrize("model_id, setup", [
@@ -245,7 +245,7 @@ def test_mistral_7b_does_not_fit_without_them(change):
     ("meta-llama/Llama-2-7b-hf", dataclasses.replace(LORA16, seq_len=512, lora_r=8)),
 ])
 def test_big_setups_do_not_fit_8gb(model_id, setup):
-    assert estimate(CATALOG[model_id], setup).total_bytes > CARD
+    assert estimate(CATALOG[model_id], setup).device_bytes > CARD
 
 
 def _calibration():

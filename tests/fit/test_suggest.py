@@ -38,7 +38,7 @@ def test_suggestions_really_fit_when_reloaded(make_recipe, delta, gpu):
     suggestion = suggest(recipe, gpu)
     assert suggestion is not None and suggestion.verdict.fits and suggestion.changes
     again = _fits_after(make_recipe, path, gpu, suggestion)
-    assert again.fits and again.estimate.total_bytes == suggestion.verdict.estimate.total_bytes
+    assert again.fits and again.estimate.device_bytes == suggestion.verdict.estimate.device_bytes
 
 
 def test_micro_batch_suggestion_keeps_the_effective_batch(make_recipe):

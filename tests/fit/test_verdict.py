@@ -111,14 +111,14 @@ def test_status_thresholds():
 def test_verdict_numbers(make_recipe):
     verdict = check(load.load_recipe(make_recipe()), RTX2080)
     assert verdict.fits and verdict.vram_bytes == 8 * GIB
-    assert verdict.headroom_bytes == 8 * GIB - verdict.estimate.total_bytes
+    assert verdict.headroom_bytes == 8 * GIB - verdict.estimate.device_bytes
     small = check(load.load_recipe(make_recipe()), gpu_from_vram(1))
     assert small.status == "does_not_fit" and small.headroom_bytes < 0
 
 
 def test_busy_detected_gpu_gets_a_note(make_recipe):
     recipe = load.load_recipe(make_recipe())
-    need = check(recipe, RTX2080).estimate.total_bytes
+    need = check(recipe, RTX2080).estimate.device_bytes
     busy = Gpu("RTX 2080", 8 * GIB, need - GIB, (7, 5), "550.54", 0)
     assert any("other processes hold" in n for n in check(recipe, busy).notes)
 

@@ -82,9 +82,22 @@ def test_json_carries_breakdown_and_suggestion(make_recipe):
     result = invoke("fit-check", make_recipe({**SEVEN_B, "method": "lora"}), "--gpu", "rtx2080", "--format", "json")
     (entry,) = json.loads(result.output)["recipes"]
     assert entry["status"] == "does_not_fit" and entry["headroom_bytes"] < 0
-    assert sum(c["bytes"] for c in entry["components"]) == entry["estimate_bytes"]
+    assert sum(c["bytes"] for c in entry["components"]) == entry["device_bytes"]
     assert entry["suggestion"]["patch"]["method"] == "qlora"
-    assert entry["suggestion"]["estimate_bytes"] <= entry["vram_bytes"]
+    assert entry["suggestion"]["device_bytes"] <= entry["vram_bytes"]
+
+
+def test_json_gives_the_three_figures_and_both_parameter_counts(make_recipe):
+    """What torch.cuda.max_memory_allocated, max_memory_reserved and nvidia-smi will show, each."""
+    from recipecli.fit.estimate import CUDA_CONTEXT_BYTES
+
+    result = invoke("fit-check", make_recipe(SEVEN_B), "--gpu", "rtx2080", "--format", "json")
+    (entry,) = json.loads(result.output)["recipes"]
+    assert entry["allocated_bytes"] < entry["reserved_bytes"] < entry["device_bytes"]
+    assert entry["device_bytes"] == entry["reserved_bytes"] + CUDA_CONTEXT_BYTES  # the card holds the context too
+    assert entry["base_params"] == 7_241_732_096 and 0 < entry["trainable_params"] < entry["base_params"] // 100
+    verbose = invoke("fit-check", make_recipe(SEVEN_B), "--gpu", "rtx2080", "-v").output
+    assert "(max_memory_allocated)" in verbose and "(max_memory_reserved)" in verbose and "(nvidia-smi)" in verbose
 
 
 def test_write_keeps_local_paths_working_from_another_folder(make_recipe, tmp_path):
@@ -170,7 +183,7 @@ def test_multi_gpu_options_reach_the_estimate(make_recipe):
     one = json.loads(invoke("fit-check", path, "--gpu", "a100-80gb", "--format", "json").output)
     eight = json.loads(invoke("fit-check", path, "--gpu", "a100-80gb", "--gpus", "8", "--parallelism", "fsdp",
                               "--format", "json").output)
-    assert eight["recipes"][0]["estimate_bytes"] < one["recipes"][0]["estimate_bytes"]
+    assert eight["recipes"][0]["device_bytes"] < one["recipes"][0]["device_bytes"]
 
 
 @pytest.mark.parametrize("command", ["fit-check", "gpu"])

@@ -305,7 +305,7 @@ def test_force_trains_a_recipe_the_card_cannot_hold(tiny):
     result = run(recipe, gpus=(gpu_from_vram(1e-6),), force=True)
     assert result.saved is not None
     estimate = json.loads((result.run_dir / runfolder.ESTIMATE).read_text())
-    assert estimate["status"] == "does_not_fit" and estimate["total_bytes"] > estimate["vram_bytes"]
+    assert estimate["status"] == "does_not_fit" and estimate["device_bytes"] > estimate["vram_bytes"]
 
 
 @pytest.mark.slow
