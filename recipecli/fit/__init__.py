@@ -4,6 +4,7 @@
     -> setup + precision (the recipe as the estimator sees it, on a given card)
     -> estimate + activations (bytes by component) -> verdict (fits / tight / does not fit)
     -> suggest (the cheapest change that fits); cpu (whether a run may train on the CPU)
+    allocator (PyTorch's CUDA caching allocator, replayed over a traced allocation sequence)
     hardware (the only NVML caller) + gpu_catalog (Gpu as data, cards by name)
 
 Owns: every memory number and every decision that depends on the card.
