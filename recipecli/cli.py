@@ -153,9 +153,10 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
     from .units import gib
 
     if write_to is not None and len(files) != 1:
-        raise UsageError("--write needs exactly one recipe file")
+        raise UsageError("needs exactly one recipe file", "fit-check one recipe when writing its fitted copy",
+                         where="--write")
     if write_to is not None and Path(write_to).exists():
-        raise UsageError(f"--write {write_to}: will not overwrite an existing file; choose a new name")
+        raise UsageError(f"{write_to} exists; it is never overwritten", "choose a new file name", where="--write")
     parallelism = parallelism_for(num_gpus, parallelism)
     gpu = target_gpu(vram, gpu_name)
     rows, failures = check_files(files or shipped_recipes(), gpu, num_gpus, parallelism, skip_abstract=not files)
@@ -172,7 +173,12 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
             click.echo(f"nothing written to {write_to}: " + ("the recipe fits as it is" if row.verdict.fits
                                                            else "no change found that fits"), err=True)
         else:
-            Path(write_to).write_text(fitted_yaml(row, Path(write_to)), encoding="utf-8")
+            try:  # "x": created here or not at all, even if the file appeared since the check above
+                with open(write_to, "x", encoding="utf-8") as out:
+                    out.write(fitted_yaml(row, Path(write_to)))
+            except OSError as e:
+                raise UsageError(f"cannot write {write_to}: {e.strerror}",
+                                 "name a new file in an existing, writable folder", where="--write") from e
             click.echo(f"wrote {write_to} (fits: {gib(row.suggestion.verdict.estimate.device_bytes)})", err=True)
     if failures:
         sys.exit(failures[0].error.exit_code)

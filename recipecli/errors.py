@@ -62,6 +62,11 @@ class Problem:
         }
 
 
+def json_path(path: tuple) -> str:
+    """Render ("data", "datasets", 0, "path") as $.data.datasets[0].path."""
+    return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+
+
 def format_error(where: Union[Location, str, None], path: Optional[str], message: str, hint: str = "") -> str:
     """The one error format: ``where: $.path: message`` and an indented ``hint:`` line."""
     head = ": ".join(str(part) for part in (where, path) if part)

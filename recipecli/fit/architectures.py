@@ -190,6 +190,10 @@ _FIXES = (
 MODEL_PATH = "$.model.id"  # the field an UnknownModel is about
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _first(config: dict, *keys: str):
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
@@ -219,10 +223,19 @@ def shape_from_config(config: dict) -> Shape:
     if None in (h, layers, heads, vocab):
         raise UnknownModel(f"config.json of model_type {model_type!r} lacks hidden_size, "
                            "num_hidden_layers, num_attention_heads or vocab_size", hint=_FIXES, path=MODEL_PATH)
+    if not _positive_int(heads):  # before h // heads below
+        raise UnknownModel(f"config.json of model_type {model_type!r} has num_attention_heads {heads!r}, not a "
+                           "positive whole number", hint=_FIXES, path=MODEL_PATH)
     kv = _first(config, "num_key_value_heads", "num_kv_heads") or heads
-    head_dim = _first(config, "head_dim", "kv_channels") or h // heads
+    head_dim = _first(config, "head_dim", "kv_channels") or (h // heads if _positive_int(h) else h)
     tied = config.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
-    inter = _first(config, "intermediate_size", "ffn_hidden_size", "n_inner") or 4 * h
+    inter = _first(config, "intermediate_size", "ffn_hidden_size", "n_inner") or (4 * h if _positive_int(h) else h)
+    sizes = {"hidden_size": h, "num_hidden_layers": layers, "vocab_size": vocab, "num_key_value_heads": kv,
+             "head_dim": head_dim, "intermediate_size": inter}
+    wrong = [f"{name} {value!r}" for name, value in sizes.items() if not _positive_int(value)]
+    if wrong:  # a hand-edited or truncated config.json; the arithmetic below would crash or lie
+        raise UnknownModel(f"config.json of model_type {model_type!r} has {', '.join(wrong)}: not a positive "
+                           "whole number", hint=_FIXES, path=MODEL_PATH)
     base = dict(model_type=model_type, hidden_size=h, intermediate_size=inter,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                 head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied)
@@ -259,10 +272,16 @@ _BY_LOWER = {name.lower(): shape for name, shape in CATALOG.items()}
 
 def _read_config(path: Path) -> Shape:
     try:
-        return shape_from_config(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as err:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UnknownModel(f"{path} is not valid JSON: {err}", hint="fix or replace that config.json",
                            path=MODEL_PATH) from err
+    except OSError as err:
+        raise UnknownModel(f"{path} cannot be read: {err.strerror}", hint="check the file", path=MODEL_PATH) from err
+    if not isinstance(config, dict):
+        raise UnknownModel(f"{path} is not a config.json (a JSON object of model settings)",
+                           hint="fix or replace that config.json", path=MODEL_PATH)
+    return shape_from_config(config)
 
 
 def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=None,

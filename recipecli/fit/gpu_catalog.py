@@ -162,9 +162,11 @@ def gpu_from_vram(gib: float) -> Gpu:
     depend on it are not checked (``--gpu NAME`` checks them); bf16 and fp16 need the same memory.
 
     Raises:
-        UsageError: gib is not a positive number.
+        UsageError: gib is not a memory size a card can have.
     """
-    if not (gib > 0 and math.isfinite(gib)):
-        raise UsageError(f"must be a positive number of GiB, got {gib}", hint="e.g. --vram 8 for an 8 GB card",
-                         where="--vram")
+    # From a MiB (no card is smaller) to 1 PiB (none is near it): past those, bytes divide by zero
+    # or overflow an int.
+    if not (math.isfinite(gib) and MIB <= gib * GIB <= 1 << 50):
+        raise UsageError(f"must be a number of GiB a card can have (1/1024 to 1048576), got {gib}",
+                         hint="e.g. --vram 8 for an 8 GB card", where="--vram")
     return Gpu(name=f"{gib:g} GiB card", total_bytes=int(gib * GIB), free_bytes=None, compute_capability=None)

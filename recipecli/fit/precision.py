@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
-from ..errors import InvalidRecipe, Location, Problem
+from ..errors import InvalidRecipe, Location, Problem, json_path
 from ..read.recipe import Recipe
-from ..read.yamlload import json_path
 from .gpu_catalog import Gpu
 
 Locate = Callable[[tuple, bool], Location]

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import Problem
+from ..errors import Problem, json_path
 from . import paths
-from .yamlload import json_path
 
 Rule = Callable[[dict, "Context"], Iterator[Problem]]
 

@@ -13,9 +13,8 @@ from functools import lru_cache
 
 import jsonschema
 
-from ..errors import Problem
+from ..errors import Problem, json_path
 from ..shipped import SCHEMA_PATH
-from .yamlload import json_path
 
 
 MAX_PROBLEMS = 50  # per file: more says "wrong file", not "fifty typos"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import InvalidRecipe, Location, Problem
+from ..errors import InvalidRecipe, Location, Problem, json_path
 
 MAX_BYTES = 1 << 20  # a recipe is a few KB; refuse tens of MB before parsing anything
 MAX_DEPTH = 32  # recipes nest 4 deep; thousands of '[' would overflow the composer's recursion
@@ -52,14 +52,6 @@ class Document:
     data: dict
     values: dict  # path tuple -> Location of the value
     keys: dict  # path tuple -> Location of the key that names it
-
-
-def json_path(path: Path_) -> str:
-    """Render ("data", "datasets", 0, "path") as $.data.datasets[0].path."""
-    out = "$"
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 def load_file(path: str | Path) -> Document:

@@ -17,7 +17,7 @@ from ..fit.gpu_catalog import Gpu, card, gpu_from_vram
 from ..fit.hardware import probe
 from ..fit.suggest import Suggestion, suggest
 from ..fit.verdict import Verdict
-from ..read import load
+from ..read import codec, load
 from ..read.load import Resolved, deep_merge
 from ..read.recipe import Recipe
 from ..units import gib
@@ -302,9 +302,9 @@ def fitted_yaml(row: Row, dest: Path) -> str:
     for written, dataset in zip(doc["data"]["datasets"], recipe.data.datasets):
         if dataset.is_local and not Path(written["path"]).expanduser().is_absolute():
             written["path"] = _relative(dataset.local_path, dest)
-    header = (f"# {recipe.source} fitted to {row.verdict.gpu.name} by recipe fit-check:\n"
-              + "".join(f"#   {c}\n" for c in row.suggestion.changes))
-    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+    header = (f"{recipe.source} fitted to {row.verdict.gpu.name} by recipe fit-check:\n"
+              + "".join(f"  {c}\n" for c in row.suggestion.changes))
+    return codec.dump(doc, header)
 
 
 def _relative(target: Path, dest: Path) -> str:

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -136,7 +136,16 @@ def claimed(path: Path, recipe: Recipe, *, overwrite: bool, resume: bool) -> Ite
                 raise UsageError("output.dir cannot be created: a file is in the way", NEW_DIR, where=str(path))
         except OSError as e:
             raise UsageError(f"output.dir cannot be created: {e.strerror}", NEW_DIR, where=str(path)) from e
-    fd, lock_created = _lock(path)
+    try:
+        fd, lock_created = _lock(path)
+    except UsageError:  # another run holds it: the folder is that run's now, whoever made it
+        raise
+    except RecipeError:
+        if created:  # the folder this call made must not outlive a lock it could not take
+            with suppress(OSError):
+                (path / LOCK).unlink(missing_ok=True)
+                path.rmdir()  # only if empty: never anything another process wrote
+        raise
     # Ours to remove when emptied: a folder a run made, as opposed to an empty one the user made.
     owned = created or (before is not None and (bool(before.entries) or not lock_created))
     claim = Claim(path, fd, resume=resume, created=created, lock_created=lock_created, owned=owned)
@@ -220,10 +229,15 @@ def _refuse_resume(path: Path, recipe: Recipe, found: Optional[Contents]) -> Non
                              f"replace it with --overwrite, or {NEW_DIR}", where=where)
         raise UsageError("--resume: no checkpoint here, and this is not a run folder", NEW_DIR, where=where)
     check_resumable(path, recipe)
-    step = int(found.checkpoint.name.split("-")[1])
-    end = _end_step(recipe, found.checkpoint)
+    # Judged on the checkpoint a resume would continue from, not the newest folder: a damaged
+    # checkpoint-4 beside a whole checkpoint-2 leaves steps to train. None whole: to_resume names them.
+    complete = checkpoints.last_complete(path)
+    if complete is None:
+        return
+    step = checkpoints.step_of(complete)
+    end = _end_step(recipe, complete)
     if end is not None and step >= end:
-        what = "the run finished" if found.saved is not None else f"its {found.checkpoint.name} is"
+        what = "the run finished" if found.saved is not None else f"its {complete.name} is"
         saved = f"; its {found.saved.name} is in {found.saved}" if found.saved is not None else ""
         raise UsageError(f"nothing to resume: {what} at step {step} (this recipe ends at step {end}){saved}",
                          f"to train longer, raise training.max_steps above {step} "
@@ -236,7 +250,7 @@ def _end_step(recipe: Recipe, checkpoint: Path) -> Optional[int]:
     if recipe.training.max_steps is not None:
         return recipe.training.max_steps
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        state = json.loads((checkpoint / checkpoints.STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if isinstance(state, dict) and state.get("num_train_epochs") == recipe.training.epochs:
@@ -291,8 +305,13 @@ def _lock(path: Path) -> tuple[int, bool]:
     if not same:
         os.close(fd)
         raise busy
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for the message a second run prints
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for the message a second run prints
+    except OSError as e:  # a full disk: no run can start here, and the descriptor must not leak
+        os.close(fd)
+        raise RecipeError(f"cannot write the lock file {lock}: {e.strerror}", f"free disk space, or {NEW_DIR}",
+                          where=str(path)) from e
     return fd, created
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from ..errors import DataError, Location
+from ..errors import DataError, Location, json_path
 from ..read.recipe import LOCAL_DATA_SUFFIXES, Dataset
 
 Part = Union[str, int]  # a field name or a list index, as in $.messages[2].role
@@ -56,11 +56,6 @@ class Place:
     def header_error(self, message: str, hint: str, parts: tuple[Part, ...]) -> DataError:
         """A DataError about a column of a CSV file, at its header."""
         return DataError(message, hint, where=Location(self.name, self.header_line, 1), path=json_path(parts))
-
-
-def json_path(parts: tuple[Part, ...]) -> str:
-    """``("messages", 2, "role")`` as ``$.messages[2].role``."""
-    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
 
 def kind(value: object) -> str:
@@ -140,6 +135,11 @@ def records(spec: Dataset) -> Iterator[tuple[Place, object]]:
     except json.JSONDecodeError as e:  # of a .json file; .jsonl lines are located in _jsonl_rows
         raise DataError(f"not valid JSON: {e.msg}", "fix the JSON syntax at this place",
                         where=Location(name, e.lineno, e.colno)) from e
+    except RecursionError as e:  # json recurses once per nesting level: thousands of '[' exhaust it
+        raise DataError("nested too deeply to read (thousands of levels)", "is this the right file?",
+                        where=name) from e
+    except csv.Error as e:  # a cell over the csv module's field limit, a NUL byte
+        raise DataError(f"not readable as CSV: {e}", "check the file is comma-separated text", where=name) from e
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"cannot read: {e}", where=name) from e
 

@@ -31,7 +31,7 @@ def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optio
     try:
         verdict = check_fit(recipe, gpu)
     except UnknownModel as e:  # the download will tell; a missing estimate is no reason not to train
-        say(f"note: no memory estimate ({e}); training without a fit check")
+        say(f"note: no memory estimate ({e.message}); training without a fit check")
         return None
     need = verdict.estimate.device_bytes
     if not verdict.fits and not force:
@@ -62,7 +62,7 @@ def refuse_unless_cpu_trains(recipe: Recipe, ram_bytes: Optional[int], force: bo
     try:
         verdict = cpu.check_cpu(recipe, ram_bytes)
     except UnknownModel as e:
-        say(f"note: no memory estimate ({e}); training on the CPU without a check")
+        say(f"note: no memory estimate ({e.message}); training on the CPU without a check")
         return
     if verdict.fits:
         return

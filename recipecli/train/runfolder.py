@@ -66,9 +66,9 @@ def check_resumable(path: Path, recipe: Recipe) -> None:
     """
     try:
         started = load_recipe(path / RECIPE)
-    except RecipeError as e:
-        raise UsageError(f"{path / RECIPE} cannot be loaded, and it is needed to resume the run:\n{e}",
-                         "start a new run (--set output.dir=runs/NEW)", where=str(path)) from e
+    except RecipeError as e:  # its own place and hint, with why it matters here
+        raise UsageError(f"{e.message} (this run folder's recipe, needed to resume the run)",
+                         e.hint or "start a new run (--set output.dir=runs/NEW)", where=e.where, path=e.path) from e
     before, now = codec.flatten(codec.to_document(started)), codec.flatten(codec.to_document(recipe))
     changed = sorted(key for key in before.keys() | now.keys()
                      if before.get(key) != now.get(key) and not _may_change(key))

@@ -93,6 +93,8 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             folder = whole_run.enter_context(claim.claimed(run_dir, recipe, overwrite=overwrite, resume=resume))
             whole_run.enter_context(tracking.environment(recipe.wandb))
             gpus = hardware.detect() if gpus is None else tuple(gpus)
+            # The card NVML reports is judged even when this torch cannot use it (training_gpu says
+            # so and trains on the CPU): the verdict is for the card the user means to train on.
             estimate = refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
             gpu = training_gpu(gpus)
             cuda = gpu is not None

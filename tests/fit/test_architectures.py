@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,18 @@ def test_fit_check_and_run_judge_lora_targets_alike(targets):
     expected = verdict(shape_from_config(config).match_targets)
     assert verdict(lambda wanted: lora_targets(wanted, model)) == expected
     assert (expected == "accepted") == (targets[-1] not in ("q_prj", "mlp", "lm_head"))
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[]", "is not a config.json"), ('{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 0, '
+                                    '"vocab_size": 10}', "num_attention_heads 0"),
+    ('{"hidden_size": "64", "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 10}', "hidden_size '64'"),
+    ('{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 10, '
+     '"intermediate_size": -1}', "intermediate_size -1"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_a_malformed_local_config_is_an_unknown_model_not_a_crash(tmp_path, content, words):
+    """Found in review: [], 0 heads or a size written as text crashed fit-check and run's preflight."""
+    (tmp_path / "config.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UnknownModel, match=re.escape(words)):
+        find_shape("./m", local_path=tmp_path)

@@ -144,7 +144,7 @@ def test_vram_is_gib_with_unknown_capability():
     assert gpu_from_vram(7.5).total_bytes == int(7.5 * GIB)
 
 
-@pytest.mark.parametrize("bad", [0, -8, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0, -8, float("nan"), float("inf"), 1e-10, 1e300])  # 1e-10: 0 bytes; 1e300: overflow
 def test_vram_must_be_a_positive_number(bad):
     with pytest.raises(UsageError, match="--vram"):
         gpu_from_vram(bad)

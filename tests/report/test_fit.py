@@ -116,12 +116,20 @@ def test_write_keeps_local_paths_working_from_another_folder(make_recipe, tmp_pa
 def test_write_refuses_to_overwrite_the_recipe_and_needs_one_file(make_recipe):
     path = make_recipe({**SEVEN_B, "method": "lora"})
     result = invoke("fit-check", path, "--gpu", "rtx2080", "--write", path)
-    assert result.exit_code == ExitCode.USAGE and "overwrite" in result.output
+    assert result.exit_code == ExitCode.USAGE and "never overwritten" in result.output
     assert invoke("fit-check", path, path, "--gpu", "rtx2080", "--write", "x.yaml").exit_code == ExitCode.USAGE
     teammate = path.with_name("teammate.yaml")
     teammate.write_text("keep me\n")
     assert invoke("fit-check", path, "--gpu", "rtx2080", "--write", teammate).exit_code == ExitCode.USAGE
     assert teammate.read_text() == "keep me\n"
+
+
+def test_write_into_a_missing_folder_is_a_message(make_recipe, tmp_path):
+    """Found in review: --write nodir/x.yaml raised FileNotFoundError with a traceback."""
+    result = invoke("fit-check", make_recipe({**SEVEN_B, "method": "lora"}), "--gpu", "rtx2080",
+                    "--write", tmp_path / "nodir" / "x.yaml")
+    assert result.exit_code == ExitCode.USAGE and "Traceback" not in result.output
+    assert "--write: cannot write" in result.output and "No such file or directory" in result.output
 
 
 def test_only_a_recipe_with_a_suggestion_is_fitted(make_recipe, tmp_path):

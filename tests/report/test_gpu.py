@@ -42,7 +42,7 @@ def test_check_gpu_help_names_the_script_alone(flag, tmp_path):
     (["--gpu", "rtx2090"], "--gpu: unknown GPU 'rtx2090'"),
     (["--gpu", "4060 ti"], "--gpu: GPU name '4060 ti' matches several cards: RTX 4060 Ti 8GB, RTX 4060 Ti 16GB"),
     (["--gpu", "3080 16gb"], "--gpu: there is no 16 GB RTX 3080 in the catalog: it comes with 10 GB or 12 GB"),
-    (["--vram", "0"], "--vram: must be a positive number of GiB"),
+    (["--vram", "0"], "--vram: must be a number of GiB a card can have"),
     (["--vram", "8", "--gpu", "t4"], "--gpu: give --vram or --gpu, not both"),
 ])
 def test_check_gpu_turns_errors_into_the_messages_and_exit_codes_of_recipe_gpu(args, message):

@@ -400,3 +400,13 @@ def test_a_run_folder_with_files_of_its_own_is_not_reused_and_no_hint_loops(reci
         take(r, resume=True)
     assert "--resume" not in plain.value.hint and "--resume" not in resume.value.hint
     assert "--overwrite" in plain.value.hint and "--overwrite" in resume.value.hint
+
+
+def test_a_damaged_last_checkpoint_leaves_steps_to_resume(recipe):
+    """Found in review: 'nothing to resume' judged the newest folder (checkpoint-4, damaged) while
+    resume continues from the last whole one (checkpoint-2), so a resumable run was refused."""
+    r = recipe(**{"training.max_steps": 4})
+    lay_out(r.output_dir, r, checkpoints=(2, 4))
+    (r.output_dir / "checkpoint-4" / "trainer_state.json").write_text("{cut")
+    folder = take(r, resume=True)
+    assert folder.resume_from == r.output_dir / "checkpoint-2"

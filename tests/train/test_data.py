@@ -353,3 +353,15 @@ def test_fingerprint_is_the_file_content_or_the_hub_coordinates(recipe, tmp_path
     assert datafiles.fingerprint(local) != datafiles.fingerprint(dataclasses.replace(local, path=str(copy)))
     hub = recipe(("org/set", "chat")).data.datasets[0]
     assert datafiles.fingerprint(hub) == "hub:org/set:train"
+
+
+def test_files_that_exhaust_a_parser_are_located_errors(recipe, tmp_path):
+    """Found in review: 100,000 nested '[' raised RecursionError, a 200,000-character CSV cell
+    csv.Error, both as tracebacks out of `recipe run`."""
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "deep.json").write_text("[" + "[" * 100_000 + "]" * 100_000 + "]\n")
+    (tmp_path / "big.csv").write_text('text\n"' + "a" * 200_000 + '"\n')
+    assert "deep.jsonl: nested too deeply to read" in _error_of(recipe((tmp_path / "deep.jsonl", "text")))
+    assert "deep.json: nested too deeply to read" in _error_of(recipe((tmp_path / "deep.json", "text")))
+    assert "big.csv: not readable as CSV: field larger than field limit" in _error_of(
+        recipe((tmp_path / "big.csv", "text")))

@@ -15,12 +15,13 @@ import signal
 
 import pytest
 
-from recipecli.errors import DoesNotFit, ExitCode, RecipeError, UsageError
+from recipecli.errors import DoesNotFit, ExitCode, Interrupted, RecipeError, UsageError
 from recipecli.read.load import load_recipe
 from recipecli.train import runfolder
-from recipecli.errors import Interrupted
 from recipecli.train.runner import run
 from recipecli.units import GIB
+
+from .test_checkpoints import lay_checkpoint
 
 from ..conftest import RECIPES
 
@@ -84,7 +85,7 @@ def test_run_folder_refusals_come_before_the_tokenizer_loads(hollow, tmp_path, c
     folder.mkdir()
     runfolder.write_run(folder, {"result": {"steps": 5}})
     runfolder.write_recipe(folder, recipe)
-    (folder / "checkpoint-5").mkdir()
+    lay_checkpoint(folder / "checkpoint-5", 5)  # whole: a resume would continue from it
     (folder / runfolder.ADAPTER).mkdir()
     flags = {}
     if case == "lock held":

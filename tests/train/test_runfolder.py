@@ -30,8 +30,19 @@ def test_resume_allows_only_length_logging_saving_and_output_to_change(make_reci
 
 def test_resume_needs_the_recipe_the_run_started_with(make_recipe, tmp_path):
     (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
-    with pytest.raises(UsageError, match="recipe.yaml cannot be loaded"):
+    with pytest.raises(UsageError, match=r"recipe.yaml:1:1: \$: file not found \(this run folder.s recipe, needed to resume"):
         runfolder.check_resumable(tmp_path / "run", load_recipe(make_recipe()))
+
+
+def test_a_broken_stored_recipe_is_one_located_error_with_one_hint(make_recipe, tmp_path):
+    """Found in review: the whole formatted error, hints and all, was nested inside the message."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("recipe_version: 1\nname: t\nlora: {r: 0}\n")
+    with pytest.raises(UsageError) as refused:
+        runfolder.check_resumable(tmp_path / "run", load_recipe(make_recipe()))
+    text = str(refused.value)
+    assert text.startswith(f"{tmp_path / 'run' / 'recipe.yaml'}:") and text.count("hint:") == 1
+    assert "needed to resume the run" in text
 
 
 def test_last_checkpoint_is_the_highest_step_not_the_last_name(tmp_path):

@@ -300,9 +300,9 @@ def test_mixed_datasets_with_validation_split_and_packing(tiny):
 def test_force_trains_a_recipe_the_card_cannot_hold(tiny):
     recipe = tiny()
     with pytest.raises(DoesNotFit):
-        run(recipe, gpus=(gpu_from_vram(1e-6),))
+        run(recipe, gpus=(gpu_from_vram(0.001),))
     # No CUDA here, so the forced run falls back to the CPU; on a GPU it would try the card.
-    result = run(recipe, gpus=(gpu_from_vram(1e-6),), force=True)
+    result = run(recipe, gpus=(gpu_from_vram(0.001),), force=True)
     assert result.saved is not None
     estimate = json.loads((result.run_dir / runfolder.ESTIMATE).read_text())
     assert estimate["status"] == "does_not_fit" and estimate["device_bytes"] > estimate["vram_bytes"]
