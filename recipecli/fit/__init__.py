@@ -9,5 +9,6 @@
 
 Owns: every memory number and every decision that depends on the card.
 May import: the standard library, ``recipecli.units``, ``recipecli.errors`` and ``recipecli.read``
-(typed recipes in, never YAML). Never torch: a fit-check for a card you do not own is arithmetic.
+(typed recipes in, never YAML); pynvml inside hardware.probe only, huggingface_hub inside
+model_catalog.download_config only. Never torch: a fit-check for a card you do not own is arithmetic.
 """

@@ -4,8 +4,8 @@
     -> schema (JSON Schema, defaults) -> rules (cross-field) -> paths (local files)
     -> codec (document <-> Recipe) -> recipe (the dataclasses)
 
-Owns: the recipe format, its one error format for recipe problems, and the codec that is the
-only translation between a YAML document and a ``Recipe``.
+Owns: the recipe format, the located problems of a recipe (in errors.py's one format), and the
+codec that is the only translation between a YAML document and a ``Recipe``.
 May import: the standard library, PyYAML, jsonschema, ``recipecli.errors`` and
 ``recipecli.shipped``. Never torch or any training library, nor the fit or train stages:
 ``recipe validate`` must start instantly.

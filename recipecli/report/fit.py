@@ -205,13 +205,17 @@ def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Sug
     if suggestion is None:
         return (f"{need} No combination of the memory knobs makes it fit: use a smaller model or a card "
                 "with more memory.")
-    changes = "\n".join(f"  - {c}" for c in suggestion.changes)
-    patch = yaml.safe_dump(suggestion.patch, sort_keys=False).rstrip()
     after = suggestion.verdict
     share = after.estimate.device_bytes / after.vram_bytes
     return (f"{need} It fits{' tightly' if after.status == 'tight' else ''} at {gib(after.estimate.device_bytes)} "
-            f"({share:.0%}) with:\n{changes}\n  patch:\n"
-            + "\n".join("    " + line for line in patch.splitlines()))
+            f"({share:.0%}) with:\n{changes_and_patch(suggestion)}")
+
+
+def changes_and_patch(suggestion: Suggestion) -> str:
+    """The changes of a suggestion, one per line, and the patch as YAML to paste into the recipe."""
+    changes = "\n".join(f"  - {c}" for c in suggestion.changes)
+    patch = yaml.safe_dump(suggestion.patch, sort_keys=False).rstrip()
+    return f"{changes}\n  patch:\n" + "\n".join("    " + line for line in patch.splitlines())
 
 
 def notes_of(rows: Sequence[Row]) -> list[str]:

@@ -11,5 +11,6 @@
 
 Owns: everything that touches torch, transformers, peft, trl, bitsandbytes, datasets and wandb.
 Those are imported inside functions only, so importing this package stays cheap.
-May import: every other stage (read, fit) and the standard library.
+May import: every other stage (read, fit, and report's formatting of a verdict) and the standard
+library.
 """

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from ..errors import InvalidRecipe, RecipeError, UnknownModel, UnknownTargets
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
@@ -132,7 +130,7 @@ def _fit_advice(recipe: Recipe, gpu: Gpu) -> str:
     """fit-check's breakdown for the card and the cheapest change of the memory knobs that helps."""
     from ..fit.suggest import suggest
     from ..fit.verdict import check
-    from ..report.fit import format_suggestion, format_verdict
+    from ..report.fit import changes_and_patch, format_suggestion, format_verdict
 
     try:
         verdict = check(recipe, gpu)
@@ -148,10 +146,8 @@ def _fit_advice(recipe: Recipe, gpu: Gpu) -> str:
             f"card ran out: ")
     if found is None:
         return text + f"no change of the memory knobs lowers the estimate by {OOM_MARGIN:.0%}; use a card with more memory."
-    patch = yaml.safe_dump(found.patch, sort_keys=False).rstrip()
     return (text + f"the cheapest change that lowers the estimate by {OOM_MARGIN:.0%} "
-            f"(to {gib(found.verdict.estimate.device_bytes)}):\n" + "\n".join(f"  - {c}" for c in found.changes)
-            + "\n  patch:\n" + "\n".join("    " + line for line in patch.splitlines()))
+            f"(to {gib(found.verdict.estimate.device_bytes)}):\n{changes_and_patch(found)}")
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -19,6 +19,8 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
+from . import atomic
+
 WIDTH, HEIGHT = 640, 400
 LEFT, RIGHT, TOP, BOTTOM = 96, 620, 32, 348  # the plot area, in pixels
 SCALE = 2  # font pixels per glyph pixel: 10x14 characters
@@ -59,7 +61,7 @@ def write(path: Path, train: Sequence[tuple[float, float]], evals: Sequence[tupl
     curves = [c for c in curves if c[0]]
     if not curves:
         return False
-    path.write_bytes(_png(_draw(curves), WIDTH, HEIGHT))
+    atomic.write(path, _png(_draw(curves), WIDTH, HEIGHT))
     return True
 
 

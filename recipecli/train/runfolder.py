@@ -30,6 +30,7 @@ from ..errors import RecipeError, UsageError
 from ..read import codec
 from ..read.load import load_recipe
 from ..read.recipe import Recipe
+from . import atomic
 
 LOCK = "run.lock"
 RECIPE = "recipe.yaml"
@@ -94,7 +95,7 @@ def write_recipe(path: Path, recipe: Recipe) -> None:
     """Write recipe.yaml through the codec, headed by where it came from."""
     text = codec.dump(codec.to_document(recipe), f"{recipe.source}, as it ran: extends merged, overrides "
                                                  "applied, defaults filled, paths absolute")
-    (path / RECIPE).write_text(text, encoding="utf-8")
+    atomic.write(path / RECIPE, text)
 
 
 def environment(recipe: Recipe, device: str) -> dict:
@@ -128,12 +129,12 @@ def _git_commit(recipe_file: Path) -> Optional[str]:
 
 def write_run(path: Path, run: dict) -> None:
     """Write (or rewrite, when the result is known) run.yaml."""
-    (path / RUN).write_text(yaml.safe_dump(run, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic.write(path / RUN, yaml.safe_dump(run, sort_keys=False, allow_unicode=True))
 
 
 def write_estimate(path: Path, estimate: dict) -> None:
     """Write estimate.json: the fit verdict and the estimate's components."""
-    (path / ESTIMATE).write_text(json.dumps(estimate, indent=2) + "\n", encoding="utf-8")
+    atomic.write(path / ESTIMATE, json.dumps(estimate, indent=2) + "\n")
 
 
 def append_metrics(path: Path, record: dict) -> None:

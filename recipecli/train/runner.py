@@ -149,12 +149,13 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
         result = RunResult(run_dir, saved, checkpoints.last_complete(run_dir), state.global_step,
                            _final_loss(state.log_history), eval_loss, interrupted,
                            estimate["reserved_bytes"] if estimate else None, peak)
-        runfolder.plot_loss(run_dir, state.log_history)
         run_info["result"] = {"finished": runfolder.now(), "steps": result.steps, "final_loss": result.final_loss,
                               "eval_loss": eval_loss, "interrupted": interrupted,
                               "estimated_reserved_gib": _gib(result.estimate_bytes),
                               "measured_reserved_gib": _gib(peak)}
-        runfolder.write_run(run_dir, run_info)
+        with _failures_explained(situation, recipe):  # a disk that fills up now is explained too
+            runfolder.plot_loss(run_dir, state.log_history)
+            runfolder.write_run(run_dir, run_info)
     if peak is not None and result.estimate_bytes is not None:
         say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
             "(peak reserved by PyTorch)")
