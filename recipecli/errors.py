@@ -24,7 +24,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # wrong command line: click uses 2 as well
     DOES_NOT_FIT = 3  # a valid recipe whose estimate exceeds the GPU memory
     RUNTIME = 4  # training or a library failed while running
-    INTERRUPTED = 130  # Ctrl-C / SIGTERM after a checkpoint was saved
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM: in training after a checkpoint is saved, before it with nothing saved
 
 
 @dataclass(frozen=True)

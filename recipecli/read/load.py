@@ -73,8 +73,8 @@ def resolve(path: str | Path, overrides: Sequence[str] = ()) -> Resolved:
         InvalidRecipe: every problem found, the most relevant first.
     """
     doc = _load_chain(Path(path), ())
-    for number, override in enumerate(overrides, start=1):
-        doc = _merge(doc, _override_document(override, number))
+    for override in overrides:
+        doc = _merge(doc, _override_document(override))
     resolved = Resolved(Path(path), doc.data, doc.values, doc.keys)
     problems = schema.check(resolved.raw, resolved.locate, partial=resolved.abstract)
     if not problems:
@@ -164,7 +164,7 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _override_document(text: str, number: int) -> Document:
+def _override_document(text: str) -> Document:
     """``training.learning_rate=1e-4`` as a one-value document located at '--set N'."""
     # The override names its own place in messages: one printable line, whatever was typed (a shell
     # passes bytes that are not UTF-8 as lone surrogates, which are shown escaped, never encoded).
