@@ -185,6 +185,38 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
     sys.exit(ExitCode.OK if all(r.verdict.fits for r in rows) else ExitCode.DOES_NOT_FIT)
 
 
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Optimizer steps to trace; from the second on, the optimizer state is live throughout.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field, e.g. --set method=lora (repeatable).")
+@click.option("--vram", type=float, metavar="GIB", help="fit-check's estimate beside the trace for a card of this "
+                                                        "memory.  [default: no card: fp32, as traced]")
+@click.option("--gpu", "gpu_name", metavar="NAME", help="fit-check's estimate beside the trace for this card.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table for people, json for tools.")
+def probe(file: str, steps: int, overrides: tuple[str, ...], vram: float | None, gpu_name: str | None,
+          fmt: str) -> None:
+    """Trace the recipe's training steps at full size on the CPU, without weights or a GPU.
+
+    Under torch's FakeTensorMode: the exact allocated peak of this software stack (fp32, no
+    autocast), reserved memory from a model of the CUDA caching allocator, by phase and by
+    category, beside fit-check's estimate. Not yet: qlora, autocast, 8-bit optimizers.
+
+    Example: recipe probe my-lora.yaml --format json
+    """
+    from .read.load import resolve, to_recipe
+    from .report.fit import target_gpu
+    from .report.probe import probe_json, probe_text
+    from .train.measure import measure
+
+    resolved = resolve(file, overrides)
+    gpu = target_gpu(vram, gpu_name) if vram is not None or gpu_name is not None else None
+    result = measure(to_recipe(resolved), steps, gpu, locate=resolved.locate)
+    click.echo(json.dumps(probe_json(result, file), indent=2) if fmt == "json" else probe_text(result, file))
+
+
 @main.command("gpu")
 @click.option("--vram", type=float, metavar="GIB", help=_VRAM_HELP)
 @click.option("--gpu", "gpu_name", metavar="NAME", help=_GPU_HELP + " Describes that card instead of this machine's.")

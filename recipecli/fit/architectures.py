@@ -268,9 +268,10 @@ CATALOG: dict[str, Shape] = {name: shape for names, shape in
                              ((names, shape_from_config(config)) for names, config in CONFIGS.items())
                              for name in names.split("|")}
 _BY_LOWER = {name.lower(): shape for name, shape in CATALOG.items()}
+_CONFIG_BY_LOWER = {name.lower(): config for names, config in CONFIGS.items() for name in names.split("|")}
 
 
-def _read_config(path: Path) -> Shape:
+def _read_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -281,12 +282,24 @@ def _read_config(path: Path) -> Shape:
     if not isinstance(config, dict):
         raise UnknownModel(f"{path} is not a config.json (a JSON object of model settings)",
                            hint="fix or replace that config.json", path=MODEL_PATH)
-    return shape_from_config(config)
+    return config
 
 
 def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=None,
                revision: str = "main") -> Shape:
-    """The Shape of a model, found without downloading weights.
+    """The Shape of a model, found without downloading weights (see :func:`find_config`).
+
+    Raises:
+        UnknownModel: no config is found, or it lacks the sizes; the message says how to fix it.
+    """
+    if architecture is None and local_path is None and model_id.lower() in _BY_LOWER:
+        return _BY_LOWER[model_id.lower()]  # built once: the catalog's own Shape
+    return shape_from_config(find_config(model_id, local_path, architecture, revision))
+
+
+def find_config(model_id: str, local_path: Optional[Path] = None, architecture=None,
+                revision: str = "main") -> dict:
+    """A model's config.json values, found without downloading weights.
 
     Args:
         model_id: hub id (org/name) or the recipe's model.id.
@@ -295,21 +308,21 @@ def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=No
         revision: hub revision, for the cache and the config-only download.
 
     Returns:
-        The first shape found: recipe block, local config.json, catalog, Hugging Face cache,
+        The first config found: recipe block, local config.json, catalog, Hugging Face cache,
         then (unless HF_HUB_OFFLINE is set) a download of config.json alone.
 
     Raises:
         UnknownModel: none of those knows the model; the message says how to fix it.
     """
     if architecture is not None:
-        return shape_from_config({k: v for k, v in asdict(architecture).items() if v is not None})
+        return {k: v for k, v in asdict(architecture).items() if v is not None}
     if local_path is not None:
         config = Path(local_path) / "config.json"
         if not config.is_file():
             raise UnknownModel(f"model folder {local_path} has no config.json", hint=_FIXES, path=MODEL_PATH)
         return _read_config(config)
-    if model_id.lower() in _BY_LOWER:
-        return _BY_LOWER[model_id.lower()]
+    if model_id.lower() in _CONFIG_BY_LOWER:
+        return dict(_CONFIG_BY_LOWER[model_id.lower()])
     config = cached_config(model_id, revision)
     if config is None and not offline():
         config = download_config(model_id, revision)

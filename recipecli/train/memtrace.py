@@ -162,17 +162,18 @@ class MemTrace(TorchDispatchMode):
 def summarize(events: list[Event], tags: dict[int, str], phases: list[str]) -> Trace:
     """Replay ``events`` to find the peak and what was live at it.
 
-    Untagged storages are activations when allocated before the "backward" phase and alive when
-    it began, temporaries otherwise.
+    Untagged storages are activations when alive as a "backward" phase begins (any step's),
+    temporaries otherwise.
     """
     live = peak = peak_at = 0
     phase_peaks = {name: 0 for name in phases}
     alive_at_backward: set[int] = set()
     current: set[int] = set()
-    seen_backward = False
+    previous = START
     for i, event in enumerate(events):
-        if event.phase == "backward" and not seen_backward:
-            seen_backward, alive_at_backward = True, set(current)
+        if event.phase == "backward" and previous != "backward":  # each step's backward begins
+            alive_at_backward |= current
+        previous = event.phase
         live += event.nbytes
         (current.add if event.nbytes > 0 else current.discard)(event.storage)
         if live > peak:

@@ -196,8 +196,8 @@ def _refcount_only():
 def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, targets="all-linear",
                seq_len: int = 512, micro_batch: int = 1, gradient_checkpointing: bool = False,
                optimizer: str = "adamw_torch", fake: bool = True, lora_alpha: Optional[int] = None,
-               lora_dropout: float = 0.05, attention: str = "sdpa", loss: str = "trl") -> Trace:
-    """Trace one training step on a worst-case batch (every sequence ``seq_len`` tokens).
+               lora_dropout: float = 0.05, attention: str = "sdpa", loss: str = "trl", steps: int = 1) -> Trace:
+    """Trace training steps on a worst-case batch (every sequence ``seq_len`` tokens).
 
     Args:
         config_dict: the model's config.json as a dict (``model_type`` and sizes).
@@ -211,11 +211,13 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         attention: transformers' attn_implementation ("sdpa" or "eager").
         loss: "trl" (SFTTrainer's fused LM head, what ``recipe run`` trains with) or
             "transformers" (the model's own loss over full logits).
+        steps: optimizer steps traced; from the second on, the optimizer state made by the first
+            is live through forward and backward (phases of the same name share one peak).
 
     Returns:
         The Trace: peak bytes, peaks after load and in forward, backward and the optimizer step,
         the peak's breakdown by category, the allocation events; ``seconds`` is the wall time of
-        the traced step (model building excluded).
+        the traced steps (model building excluded).
 
     Raises:
         ValueError: an unknown method or optimizer.
@@ -245,7 +247,8 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         with _refcount_only(), (_unpacked_batch() if fake else contextlib.nullcontext()):
             start = time.perf_counter()
             with tracer:
-                _step(model, opt, tracer, input_ids, loss)
+                for _ in range(steps):
+                    _step(model, opt, tracer, input_ids, loss)
             seconds = time.perf_counter() - start
     trace = tracer.result()
     trace.seconds = seconds
