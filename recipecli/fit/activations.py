@@ -107,7 +107,10 @@ def loss_bytes(shape: Shape, s: Setup, dt: Dtypes, tokens: int) -> tuple[float, 
         # backward through log_softmax holds its saved fp32 output and fp32 gradients in and out.
         return 12 * tokens * v, f"{tokens:,} tokens x {v:,} vocab x 12 bytes (fp32 logits)"
     # TRL's fused head: one tile of logits, the head cast to compute dtype, fp32 grad of hidden.
-    tile = min(tokens, LOSS_TILE_TOKENS) * min(v, LOSS_TILE_VOCAB) * dt.compute
+    # The tile buffer is allocated at its full width, whatever the vocabulary: trl/kernels/
+    # chunked_logprob.py, _ChunkedLogProbFunction.forward: torch.empty((min(N, 4096), chunk_size)),
+    # chunk_size = 32768 (trl/trainer/utils.py). A small vocabulary is no smaller a buffer.
+    tile = min(tokens, LOSS_TILE_TOKENS) * LOSS_TILE_VOCAB * dt.compute
     head_dtype = dt.train if s.method == "full" else dt.other
     cast = min(v, LOSS_TILE_VOCAB) * h * dt.compute if head_dtype != dt.compute else 0
     hidden = tokens * h * (dt.residual + 4)

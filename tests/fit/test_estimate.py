@@ -119,17 +119,23 @@ def test_llm_int8_keeps_the_inputs_of_its_frozen_matmuls():
 
 
 def test_activations_with_checkpointing():
-    # Layer inputs 2 x 8 tokens x 64 x 4 bytes + final norm 2048, then one layer recomputed
+    # Layer inputs 2 x 8 tokens x 64 x 4 bytes + final norm 2048. The peak is the loss, whose
+    # 32768-wide tile (TRL allocates it whatever the vocabulary) outweighs one layer recomputed
     # (8 x 4024) with its gradient buffers (3 x 128 x 4 bytes x 8 tokens).
     got = parts(TOY, QLORA, gradient_checkpointing=True)
-    assert got["activations"] == 4096 + 2048 + 8 * 4024 + 3 * 128 * 4 * 8
-    assert got["logits"] == 0  # freed before the layers' backward, the larger moment
+    assert got["activations"] == 4096 + 2048
+    assert got["logits"] == 8 * 32768 * 2 + 12_800 + 4096
+    # With a wide hidden size the recomputed layer is the larger moment, and the loss is freed by then.
+    wide = dataclasses.replace(TOY, hidden_size=4096, intermediate_size=16384, num_attention_heads=64, head_dim=64)
+    wide_parts = parts(wide, QLORA, gradient_checkpointing=True)
+    assert wide_parts["logits"] == 0 and wide_parts["activations"] > 8 * 4096 * 4 * 2
 
 
 def test_logits_chunked_and_fp32():
-    # TRL's fused head: an 8 x 100 tile in fp16 (1600) + the fp32 head cast to fp16 in one
-    # 100 x 64 chunk (12,800) + hidden states (4 bytes) and their fp32 grad: 8 x 64 x 8.
-    assert parts(TOY, QLORA)["logits"] == 1600 + 12_800 + 4096
+    # TRL's fused head: an 8 x 32768 tile in fp16 (allocated at its full width, though the
+    # vocabulary is 100) + the fp32 head cast to fp16 in one 100 x 64 chunk (12,800) + hidden
+    # states (4 bytes) and their fp32 grad: 8 x 64 x 8.
+    assert parts(TOY, QLORA)["logits"] == 8 * 32768 * 2 + 12_800 + 4096
     # transformers' loss: fp32 log-probs plus fp32 gradients in and out: 12 bytes per logit
     # (with a 1000-token vocabulary, so that it outweighs a layer's gradient buffers).
     wide = dataclasses.replace(TOY, vocab_size=1000)
