@@ -15,7 +15,7 @@ from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices, choose, portable
 from ..read.load import load_recipe
 from ..read.recipe import Recipe
-from . import checkpoints, data, runfolder
+from . import checkpoints, claim, data, runfolder
 from .model import check_remote_code, load_model, load_tokenizer, say, training_gpu
 
 
@@ -83,19 +83,20 @@ def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None, trust_remote_c
 
     gpus = hardware.detect() if gpus is None else tuple(gpus)
     choices = _choices_here(recipe, gpus[0] if gpus else None)
-    base = load_model(recipe, choices, cuda=False, quantize=False, train=False)
-    merged = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER)).merge_and_unload()
-    # Written beside and renamed into place: an interrupted merge leaves no half model behind.
-    target = run_dir / runfolder.MERGED
-    partial = checkpoints.partial(target)
-    checkpoints.discard(partial)
-    try:
-        merged.save_pretrained(str(partial))
-        _saved_tokenizer(recipe, run_dir / runfolder.ADAPTER).save_pretrained(str(partial))
-    except BaseException:
-        checkpoints.discard(partial)  # a full disk gets its space back
-        raise
-    checkpoints.publish(partial, target)
+    with claim.holding(run_dir):  # no run replaces the adapter while it is read and merged/ is written
+        base = load_model(recipe, choices, cuda=False, quantize=False, train=False)
+        merged = PeftModel.from_pretrained(base, str(run_dir / runfolder.ADAPTER)).merge_and_unload()
+        # Written beside and renamed into place: an interrupted merge leaves no half model behind.
+        target = run_dir / runfolder.MERGED
+        partial = checkpoints.partial(target)
+        checkpoints.discard(partial)
+        try:
+            merged.save_pretrained(str(partial))
+            _saved_tokenizer(recipe, run_dir / runfolder.ADAPTER).save_pretrained(str(partial))
+        except BaseException:
+            checkpoints.discard(partial)  # a full disk gets its space back
+            raise
+        checkpoints.publish(partial, target)
     return target
 
 

@@ -165,6 +165,21 @@ def claimed(path: Path, recipe: Recipe, *, overwrite: bool, resume: bool) -> Ite
         os.close(fd)  # releases the lock
 
 
+@contextmanager
+def holding(path: Path) -> Iterator[None]:
+    """Hold an existing run folder's lock for a block that writes into it (``recipe merge``), so a
+    ``recipe run --overwrite`` or ``--resume`` cannot replace the adapter it reads meanwhile.
+
+    Raises:
+        UsageError: a ``recipe run`` is using the folder right now.
+    """
+    fd, _ = _lock(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def _refuse_request(path: Path, *, overwrite: bool, resume: bool) -> None:
     """What the command line asks for, before the folder's contents are looked at."""
     if overwrite and resume:

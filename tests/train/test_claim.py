@@ -16,8 +16,8 @@ import pytest
 
 from recipecli.errors import UsageError
 from recipecli.read.load import load_recipe
-from recipecli.train import claim, runfolder
-from recipecli.train.claim import claimed
+from recipecli.train import after, claim, runfolder
+from recipecli.train.claim import claimed, holding
 
 from .test_checkpoints import lay_checkpoint
 
@@ -410,3 +410,18 @@ def test_a_damaged_last_checkpoint_leaves_steps_to_resume(recipe):
     (r.output_dir / "checkpoint-4" / "trainer_state.json").write_text("{cut")
     folder = take(r, resume=True)
     assert folder.resume_from == r.output_dir / "checkpoint-2"
+
+
+def test_holding_waits_for_no_one_and_refuses_a_folder_a_run_is_using(recipe, held):
+    """Found in review: `recipe merge` wrote into a run folder without its lock, so a `recipe run
+    --overwrite` could replace the adapter it was reading."""
+    r = recipe()
+    lay_out(r.output_dir, r, saved=True)
+    with holding(r.output_dir):  # free: taken and given back
+        pass
+    holder = held(r.output_dir)
+    with pytest.raises(UsageError, match=rf"another `recipe run` \(process {holder.pid}\) is using this run folder"):
+        with holding(r.output_dir):
+            pass
+    with pytest.raises(UsageError, match="another `recipe run`"):  # merge goes through it before loading a model
+        after.merge(r.output_dir, gpus=())
