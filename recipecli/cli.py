@@ -213,7 +213,7 @@ def probe(file: str, steps: int, overrides: tuple[str, ...], vram: float | None,
 
     resolved = resolve(file, overrides)
     gpu = target_gpu(vram, gpu_name) if vram is not None or gpu_name is not None else None
-    result = measure(to_recipe(resolved), steps, gpu, locate=resolved.locate)
+    result = measure(to_recipe(resolved), steps, gpu)
     click.echo(json.dumps(probe_json(result, file), indent=2) if fmt == "json" else probe_text(result, file))
 
 

@@ -6,13 +6,12 @@ The runner loads and trains with these choices and the estimate counts them, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
-from ..errors import InvalidRecipe, Location, Problem, json_path
+from ..errors import InvalidRecipe, Problem, json_path
 from ..read.recipe import Recipe
 from .gpu_catalog import Gpu
 
-Locate = Callable[[tuple, bool], Location]
 DtypeName = Literal["float16", "bfloat16", "float32"]  # torch's names: getattr(torch, name)
 DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -84,14 +83,13 @@ def portable(recipe: Recipe) -> Choices:
     return Choices("fp32", "sdpa", compute, (), **dtypes(recipe.method, quantized, "fp32", compute))
 
 
-def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) -> Choices:
+def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
     """Resolve precision, attention and the 4-bit compute dtype for a GPU, checking what it supports.
 
     Args:
         recipe: the loaded recipe.
         gpu: the card; None trains on the CPU. A card with unknown compute capability (``--vram``)
             is not checked: bf16 and fp16 need the same memory, so the estimate does not depend on it.
-        locate: where recipe values were written (``load.Resolved.locate``), for precise problems.
 
     Returns:
         The resolved settings and the dtype of every kind of tensor (:func:`dtypes`), with a note
@@ -108,8 +106,7 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], locate: Optional[Locate] = None) 
     notes: list[str] = []
 
     def problem(path: tuple, message: str, hint: str) -> None:
-        where = locate(path, False) if locate else Location(str(recipe.source), 1, 1)
-        problems.append(Problem(where, json_path(path), message, hint))
+        problems.append(Problem(recipe.locate(path), json_path(path), message, hint))
 
     cc_known = gpu is not None and gpu.compute_capability is not None
     label = "no GPU" if gpu is None else f"{gpu.name} (CC {gpu.capability_text})"

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from ..errors import UnknownModel, UnknownTargets
+from ..errors import RecipeError, UnknownModel, UnknownTargets
 from ..read.recipe import Recipe
 from ..units import GIB
 from .architectures import Shape, find_shape
 from .estimate import Estimate, estimate
 from .gpu_catalog import Gpu
-from .precision import DTYPE_BYTES, Locate, choose
+from .precision import DTYPE_BYTES, choose
 from .setup import Setup
 
 # benchmarks/calibration.py finds estimates within ~6 % of published peaks of this stack (few
@@ -26,8 +26,8 @@ TIGHT_FRACTION = 0.90
 Status = Literal["fits", "tight", "does_not_fit"]
 
 
-def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism: str = "none",
-              locate: Optional[Locate] = None) -> tuple[Setup, list[str]]:
+def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1,
+              parallelism: str = "none") -> tuple[Setup, list[str]]:
     """The estimator's view of a recipe on a GPU.
 
     Args:
@@ -35,7 +35,6 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism
         gpu: the card each process trains on (all cards alike); None for the CPU.
         num_gpus: data-parallel processes.
         parallelism: none, ddp, fsdp, zero2 or zero3.
-        locate: see :func:`choose`.
 
     Returns:
         The setup and the notes on what "auto" became.
@@ -43,7 +42,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1, parallelism
     Raises:
         InvalidRecipe: see :func:`choose`.
     """
-    choices = choose(recipe, gpu, locate)
+    choices = choose(recipe, gpu)
     quant, lora = recipe.quantization, recipe.lora
     four_bit = quant is not None and quant.bits == 4
     setup = Setup(
@@ -120,25 +119,29 @@ def judge(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...]) -> Verdi
     return Verdict(status_of(result.device_bytes, gpu.total_bytes), result, setup, gpu, tuple(notes_now))
 
 
-def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none",
-          locate: Optional[Locate] = None) -> Verdict:
+def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none") -> Verdict:
     """Estimate a recipe's peak memory per GPU and compare it with the card.
 
     Raises:
         InvalidRecipe: the card cannot run the recipe's settings (see :func:`choose`).
         UnknownModel: the model's shape cannot be found offline.
         UnknownTargets: a LoRA target names no linear layer of the model, or its output head.
-        Both are located at their field when ``locate`` is given.
+        Both are located at their field in the recipe.
     """
-    setup, notes = setup_for(recipe, gpu, num_gpus, parallelism, locate)
+    setup, notes = setup_for(recipe, gpu, num_gpus, parallelism)
     try:
         return judge(recipe_shape(recipe), setup, gpu, tuple(notes))
     except (UnknownModel, UnknownTargets) as exc:
-        if locate is None or exc.where is not None or not exc.path:
-            raise
-        # Located like a schema problem, so editors jump to model.id or lora.target_modules.
-        field = tuple(exc.path.removeprefix("$.").split("."))
-        raise type(exc)(exc.message, exc.hint, locate(field), exc.path) from None
+        raise at_its_field(exc, recipe) from None
+
+
+def at_its_field(exc: RecipeError, recipe: Recipe) -> RecipeError:
+    """A model or target error, raised where the recipe is unknown, located like a schema problem
+    at the field its path names (``$.model.id``, ``$.lora.target_modules``), so editors jump there."""
+    if exc.where is not None or not exc.path:
+        return exc
+    field = tuple(exc.path.removeprefix("$.").split("."))
+    return type(exc)(exc.message, exc.hint, recipe.locate(field), exc.path)
 
 
 def recipe_shape(recipe: Recipe) -> Shape:

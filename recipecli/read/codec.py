@@ -23,6 +23,7 @@ from typing import Callable, Union
 import yaml
 
 from . import paths
+from ..errors import Location
 from .recipe import Recipe
 from .schema import fill_defaults, schema
 
@@ -58,9 +59,26 @@ def normalize(raw: dict, directory_of: DirectoryOf, *, abstract: bool = False) -
     return doc
 
 
-def from_document(doc: dict, source: Path) -> Recipe:
-    """The typed recipe of a normalized document (see :func:`normalize`)."""
-    return Recipe(**_build_fields(Recipe, doc), source=Path(source))
+def from_document(doc: dict, source: Path, locate=None) -> Recipe:
+    """The typed recipe of a normalized document (see :func:`normalize`).
+
+    Args:
+        doc: the normalized document.
+        source: the recipe file it was read from.
+        locate: where each value was written (``load.Resolved.locate``); None places every value
+            at the file's start (a document built in code).
+    """
+    return Recipe(**_build_fields(Recipe, doc), source=Path(source), locate=locate or _AtStart(str(source)))
+
+
+class _AtStart:
+    """A locate for a recipe whose positions are unknown: the start of its file."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def __call__(self, path: tuple, key: bool = False) -> Location:
+        return Location(self.file, 1, 1)
 
 
 def to_document(recipe: Recipe) -> dict:

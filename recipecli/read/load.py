@@ -103,7 +103,7 @@ def to_recipe(resolved: Resolved) -> Recipe:
         raise InvalidRecipe([Problem(resolved.locate(("abstract",)), "$.abstract",
                                      "this recipe is an abstract base and cannot be run",
                                      "write a recipe that extends it and run that")])
-    return codec.from_document(resolved.document(), resolved.file)
+    return codec.from_document(resolved.document(), resolved.file, resolved.locate)
 
 
 def _load_chain(path: Path, seen: tuple[Path, ...]) -> Document:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
+
+from ..errors import Location
 
 Method = Literal["qlora", "lora", "full"]
 Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion"]
@@ -165,6 +167,9 @@ class Recipe:
     # The recipe file this came from: where it was read, not what it says, so two recipes that
     # say the same thing are equal wherever they are.
     source: Path = field(compare=False, metadata=NOT_IN_DOCUMENT)
+    # Where each value was written (load.Resolved.locate: (path tuple, key=False) -> Location), so
+    # every stage after loading reports a problem at its field, the same way the loader does.
+    locate: Callable[..., Location] = field(compare=False, repr=False, metadata=NOT_IN_DOCUMENT)
 
     @property
     def wandb(self) -> Optional[Wandb]:

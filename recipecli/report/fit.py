@@ -68,7 +68,7 @@ def check_files(files: Sequence[str | Path], gpu: Gpu, num_gpus: int = 1, parall
             if skip_abstract and resolved.abstract:
                 continue
             recipe = recipe_of(resolved)  # raises for an abstract base: it cannot run
-            verdict = fit_verdict.check(recipe, gpu, num_gpus, parallelism, locate=resolved.locate)
+            verdict = fit_verdict.check(recipe, gpu, num_gpus, parallelism)
             suggestion = None if verdict.fits else suggest(recipe, gpu, num_gpus, parallelism)
         except RecipeError as exc:
             failures.append(Failure(str(file), exc))

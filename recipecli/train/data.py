@@ -74,7 +74,7 @@ def layout(recipe: Recipe) -> str:
                         f"{datafiles.display(other)} (format "
                         f"{other.format}): plain text has no prompt or roles to line up with",
                         "train them in separate recipes, or convert the text data to prompt_completion",
-                        where=str(recipe.source), path=f"$.data.datasets[{i}].format")
+                        where=recipe.locate(("data", "datasets", i, "format")), path=f"$.data.datasets[{i}].format")
     return "messages" if "messages" in layouts else layouts.pop()
 
 
@@ -132,7 +132,7 @@ def load_examples(recipe: Recipe, tokenizer=None):
     n_eval = max(1, round(len(examples) * recipe.data.val_fraction))
     if n_eval >= len(examples):
         raise DataError(f"{recipe.data.val_fraction} of {len(examples)} examples leaves nothing to train on",
-                        "lower data.val_fraction or add data", where=str(recipe.source), path="$.data.val_fraction")
+                        "lower data.val_fraction or add data", where=recipe.locate(("data", "val_fraction")), path="$.data.val_fraction")
     return HFDataset.from_list(examples[n_eval:]), HFDataset.from_list(examples[:n_eval])
 
 
@@ -149,7 +149,7 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
     if not tokenizer.chat_template:
         raise DataError(f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no "
                         "chat template", "use a chat/instruct variant of the model, or data in format alpaca "
-                        "or prompt_completion", where=str(recipe.source), path="$.model.id")
+                        "or prompt_completion", where=recipe.locate(("model", "id")), path="$.model.id")
     if not sft_flags(recipe)["assistant_only_loss"] or has_generation_markers(tokenizer.chat_template):
         return
     try:
@@ -159,7 +159,7 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
             f"{conversational} is conversational and answer-only loss is on, but the chat template of "
             f"{recipe.model.id} does not mark assistant turns ({{% generation %}}) and TRL cannot patch it",
             "set data.completion_only_loss: false, or use a tokenizer whose chat template marks assistant turns",
-            where=str(recipe.source), path="$.data.completion_only_loss") from e
+            where=recipe.locate(("data", "completion_only_loss")), path="$.data.completion_only_loss") from e
 
 
 def _convert(format: Format, record: object, place: Place) -> dict:

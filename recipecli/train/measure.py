@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Optional
+from typing import Optional
 
-from ..errors import Location, RecipeError, UnknownModel, UnknownTargets, UsageError
+from ..errors import Location, UnknownModel, UnknownTargets, UsageError
 from ..fit.allocator import AllocatorPeaks, AllocatorReplay, replay, simulate
 from ..fit.architectures import MODEL_PATH, find_config, shape_from_config
 from ..fit.estimate import CUDA_CONTEXT_BYTES, Estimate, estimate
 from ..fit.gpu_catalog import Gpu
-from ..fit.verdict import setup_for
+from ..fit.verdict import at_its_field, setup_for
 from ..read.recipe import Recipe
 
-Locate = Callable[..., Location]  # load.Resolved.locate
 TRACED_ATTENTION = ("sdpa", "eager")
 TRACED_OPTIMIZERS = ("adamw_torch", "sgd")  # probe.OPTIMIZERS, named here to stay torch-free
 STACK = ("torch", "transformers", "peft", "trl")
@@ -71,14 +70,14 @@ class ProbeResult:
         return self.reserved_bytes + CUDA_CONTEXT_BYTES
 
 
-def refusal(recipe: Recipe, locate: Optional[Locate] = None) -> Optional[UsageError]:
+def refusal(recipe: Recipe) -> Optional[UsageError]:
     """Why the recipe cannot be traced yet, or None.
 
     A usage error (exit 2): the recipe is valid and nothing failed; this command cannot yet do
     what it asks, and fit-check can.
     """
     def where(*path: str) -> Location:
-        return locate(path) if locate else Location(str(recipe.source), 1, 1)
+        return recipe.locate(path)
 
     training = recipe.training
     if recipe.method == "qlora":
@@ -122,8 +121,7 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None,
-            locate: Optional[Locate] = None) -> ProbeResult:
+def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None) -> ProbeResult:
     """Trace ``steps`` training steps of the recipe at full size under FakeTensorMode.
 
     Args:
@@ -131,7 +129,6 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None,
         steps: optimizer steps; the second is the steady state (optimizer state live throughout).
         gpu: the card fit-check's estimate is made for; None for the card-less estimate, which
             counts fp32 without autocast as the trace runs.
-        locate: where recipe values were written (``load.Resolved.locate``), for located errors.
 
     Returns:
         The result.
@@ -142,21 +139,18 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None,
         UnknownTargets: LoRA targets that name no linear layer.
         InvalidRecipe: the card cannot run the recipe (fit-check's rule, with --gpu).
     """
-    refused = refusal(recipe, locate)
+    refused = refusal(recipe)
     if refused is not None:
         raise refused
     model = recipe.model
     try:
         config = find_config(model.id, model.local_path, model.architecture, model.revision)
         shape = shape_from_config(config)
-        setup, notes = setup_for(recipe, gpu, locate=locate)
+        setup, notes = setup_for(recipe, gpu)
         fit_estimate = estimate(shape, setup)
         trace = _trace(recipe, config, steps)
     except (UnknownModel, UnknownTargets) as exc:
-        if locate is None or exc.where is not None or not exc.path:
-            raise
-        field = tuple(exc.path.removeprefix("$.").split("."))
-        raise type(exc)(exc.message, exc.hint, locate(field), exc.path) from None
+        raise at_its_field(exc, recipe) from None
     events = _events(trace)
     if recipe.training.precision not in ("fp32", "auto"):
         notes = [*notes, f"training.precision {recipe.training.precision} is traced as fp32 (no autocast yet)"]

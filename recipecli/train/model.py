@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import Location, RecipeError, UsageError
+from ..errors import RecipeError, UsageError
 from ..fit.architectures import match_modules, shape_from_config
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
-from ..read.load import resolve
 from ..read.recipe import Recipe
 
 
@@ -78,17 +77,7 @@ def check_remote_code(recipe: Recipe, allowed: bool, command: str) -> None:
     raise UsageError(f"the recipe trusts the Python code shipped with {recipe.model.id}, and nothing runs it "
                      "without --trust-remote-code on the command line",
                      hint=f"read the model's code first, then: {command} --trust-remote-code",
-                     where=_written_at(recipe.source, ("model", "trust_remote_code")), path=REMOTE_CODE_PATH)
-
-
-def _written_at(file: Path, path: tuple) -> Location | str:
-    """Where a recipe file (or a base it extends) wrote a value; ``--set`` when none of them
-    did (an override on the command line); the file's first line when it no longer loads."""
-    try:
-        resolved = resolve(file)
-    except (RecipeError, OSError):
-        return Location(str(file), 1, 1)
-    return resolved.locate(path) if path in resolved.values else "--set"
+                     where=recipe.locate(("model", "trust_remote_code")), path=REMOTE_CODE_PATH)
 
 
 def enforce_dtypes(model, choices: Choices) -> int:

@@ -36,7 +36,7 @@ def test_bf16_on_turing_is_a_located_problem_naming_the_knob(make_recipe):
     path = make_recipe({"training": {"precision": "bf16"}})
     resolved = load.resolve(path)
     with pytest.raises(InvalidRecipe) as exc:
-        setup_for(load.load_recipe(path), RTX2080, locate=resolved.locate)
+        setup_for(load.load_recipe(path), RTX2080)  # the recipe knows where its values were written
     (problem,) = exc.value.problems
     assert problem.path == "$.training.precision" and "7.5" in problem.message
     assert problem.location == resolved.locate(("training", "precision"))
@@ -166,7 +166,7 @@ def test_model_and_target_errors_are_located_at_their_field(make_recipe, delta, 
     path = make_recipe(delta)
     resolved = load.resolve(path)
     with pytest.raises(error) as exc:
-        check(load.load_recipe(path), RTX2080, locate=resolved.locate)
+        check(load.load_recipe(path), RTX2080)
     located = exc.value
     assert located.where == resolved.locate(field) and located.where.line > 1
     assert located.path == "$." + ".".join(field)

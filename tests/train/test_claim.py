@@ -335,12 +335,12 @@ def test_a_fresh_folder_another_run_just_created_is_refused(recipe, held):
 
 def _race(folder_text, recipe_path, start, results):
     r = load_recipe(recipe_path)
-    start.wait()
+    start.wait()  # a barrier: every racer has loaded its recipe, then all claim at once
     try:
         with claimed(r.output_dir, r, overwrite=False, resume=False) as folder:
             folder.clear()
             runfolder.write_run(folder.path, {"pid": os.getpid()})
-            time.sleep(1.0)
+            time.sleep(2.0)  # longer than the racers' spread on a loaded machine
             folder.keep()
         results.put("claimed")
     except UsageError as e:
@@ -350,11 +350,10 @@ def _race(folder_text, recipe_path, start, results):
 def test_of_several_runs_starting_at_once_exactly_one_gets_the_folder(make_recipe, tmp_path):
     path = make_recipe({"output": {"dir": str(tmp_path / "runs" / "same")}})
     context = multiprocessing.get_context("fork")
-    start, results = context.Event(), context.Queue()
+    start, results = context.Barrier(6), context.Queue()
     racers = [context.Process(target=_race, args=(str(tmp_path), path, start, results)) for _ in range(6)]
     for p in racers:
         p.start()
-    start.set()
     for p in racers:
         p.join(60)
     outcomes = sorted(results.get(timeout=5) for _ in racers)

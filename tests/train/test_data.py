@@ -106,7 +106,7 @@ def test_prompt_completion_mixed_with_chat_becomes_conversations(recipe):
 
 def test_text_does_not_mix_with_prompts(recipe):
     mix = recipe((DATA / "tiny-text.jsonl", "text"), (DATA / "tiny-chat.jsonl", "chat"))
-    with pytest.raises(DataError, match=r"recipe.yaml: \$.data.datasets\[0\].format: .*tiny-text.jsonl \(format text\) "
+    with pytest.raises(DataError, match=r"recipe.yaml:\d+:\d+: \$.data.datasets\[0\].format: .*tiny-text.jsonl \(format text\) "
                                         r"cannot be mixed with .*tiny-chat.jsonl"):
         data.load_examples(mix)
 

@@ -164,7 +164,8 @@ def test_trust_remote_code_set_on_the_command_line_is_located_there(make_recipe,
     path = make_recipe({"output": {"dir": str(tmp_path / "run")}})
     with pytest.raises(UsageError) as refused:
         run(load_recipe(path, ["model.trust_remote_code=true"]), gpus=())
-    assert str(refused.value).startswith("--set: $.model.trust_remote_code: the recipe trusts")
+    assert str(refused.value).startswith("--set model.trust_remote_code=true:1:25: $.model.trust_remote_code: "
+                                         "the recipe trusts")
 
 
 @pytest.mark.parametrize("command", ["merge", "generate"])
