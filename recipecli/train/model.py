@@ -7,7 +7,6 @@ recipecli (``recipe validate``, ``recipe --help``) never pays for them.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import RecipeError, UsageError
