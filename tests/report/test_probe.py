@@ -107,3 +107,34 @@ def test_a_mistral_7b_lora_step_probes_under_fake_tensors(make_recipe, offline):
     assert out["allocated_bytes"] <= out["reserved_bytes"] < out["device_bytes"]
     # the arithmetic and the trace of the same fp32 setup agree within a few percent
     assert abs(out["estimate"]["allocated_bytes"] / out["allocated_bytes"] - 1) < 0.05
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "recipe.yaml")
+    result = probe(tmp_path / "recipe.yaml")  # returns at once: opening a FIFO with no writer would hang
+    assert result.exit_code == ExitCode.INVALID and "not a regular file" in result.output
+
+
+@pytest.mark.parametrize("delta, path", [({"training": {"micro_batch_size": 2.0}}, "$.training.micro_batch_size"),
+                                         ({"lora": {"dropout": float("nan")}}, "$.lora.dropout")])
+def test_a_float_for_a_whole_number_or_nan_is_refused_before_tracing(make_recipe, offline, delta, path):
+    result = probe(make_recipe({**TINY_LORA, **delta}))
+    assert result.exit_code == ExitCode.INVALID and path in result.output and "Traceback" not in result.output
+
+
+def test_a_relative_model_path_probes_from_another_directory(tmp_path, monkeypatch, offline):
+    """./models/... is relative to the recipe, wherever the command runs; ~ in output.dir is home."""
+    import shutil
+
+    (tmp_path / "proj" / "models").mkdir(parents=True)
+    shutil.copytree(RECIPES / "models" / "tiny-llama", tmp_path / "proj" / "models" / "tiny-llama")
+    (tmp_path / "proj" / "r.yaml").write_text(
+        "recipe_version: 1\nname: rel\nmodel: {id: ./models/tiny-llama}\nmethod: lora\n"
+        "data: {datasets: [{path: tatsu-lab/alpaca, format: alpaca}], max_seq_length: 64}\n"
+        "training: {micro_batch_size: 2}\noutput: {dir: ~/runs/rel}\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = probe("../proj/r.yaml", "--steps", "1")
+    assert result.exit_code == 0, result.output
