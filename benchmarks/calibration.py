@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recipecli.fit.architectures import CATALOG, LAYOUTS, Shape  # noqa: E402
-from recipecli.fit.estimate import Setup, estimate  # noqa: E402
+from recipecli.fit.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Setup, estimate  # noqa: E402
+from recipecli.fit.verdict import status_of  # noqa: E402
 from recipecli.units import GIB  # noqa: E402
 
 RUNS = ROOT.parent / "shared" / "calibration" / "published_runs.yaml"
@@ -65,7 +66,7 @@ class Summary:
     hf_worst: float
     by_framework: dict  # framework -> (rows, median |error|, worst |error|) for every stack
     oom_rows: int
-    oom_predicted_fit: tuple[str, ...]  # ids of OOM rows the estimator says fit
+    oom_predicted_fit: tuple[str, ...]  # ids of OOM rows whose verdict is "fits"
     boundary_rows: int
     boundary_predicted_oom: tuple[str, ...]  # "fits at N tokens" rows predicted not to fit
 
@@ -158,7 +159,9 @@ def evaluate(row: dict) -> Result:
     shape, setup, why = setup_for(row)
     if setup is None:
         return Result(row, None, None, card, why)
-    est = estimate(shape, setup)
+    # The published runs used PyTorch's default allocator (fixed segments), and their cards'
+    # compute capability is not parsed here: the context of an unknown card.
+    est = estimate(shape, setup).on_card(CUDA_CONTEXT_BYTES, CUBLAS_WORKSPACE_BYTES, expandable_segments=False)
     metric = str(row["metric"])
     if "reserved" in metric:
         predicted, note = est.reserved_bytes, "reserved"
@@ -193,7 +196,8 @@ def summarize(results: list[Result]) -> Summary:
         hf_rows=len(errors), hf_median=statistics.median(errors), hf_worst=max(errors),
         by_framework={f: (len(e), statistics.median(e), max(e)) for f, e in groups.items()},
         oom_rows=len(ooms),
-        oom_predicted_fit=tuple(r.row["id"] for r in ooms if r.predicted <= r.card),
+        # A false "fits" is the verdict's: the band's upper end on the card (tight is a warning).
+        oom_predicted_fit=tuple(r.row["id"] for r in ooms if status_of(round(r.predicted), round(r.card)) == "fits"),
         boundary_rows=len(bounds),
         boundary_predicted_oom=tuple(r.row["id"] for r in bounds if r.predicted > r.card))
 
@@ -209,7 +213,7 @@ def main() -> None:
             if r.predicted is None:
                 print(f"  {r.row['id']:58s} skipped: {r.note}")
             elif r.note == "verdict":
-                fits = "fits" if r.predicted <= r.card else "OOM"
+                fits = status_of(round(r.predicted), round(r.card)).replace("does_not_fit", "OOM")
                 truth = "OOM" if r.row["oom"] else "fits"
                 print(f"  {r.row['id']:58s} predicted {r.predicted / GIB:6.1f} GiB on a "
                       f"{r.card / GIB:.0f} GiB card -> {fits:4s} (published: {truth})")

@@ -98,7 +98,14 @@ def diff(first: str, second: str) -> None:
     from .read.load import resolve
     from .report.show import changes, document
 
-    lines = changes(document(resolve(first)), document(resolve(second)))
+    from .read.load import to_recipe
+
+    before, after = resolve(first), resolve(second)
+    lines = changes(document(before), document(after))
+    # Not a field, but what a change of processes (or micro-batch, accumulation) does to training.
+    batches = [to_recipe(r).global_batch() if not r.abstract else None for r in (before, after)]
+    if batches[0] != batches[1] and None not in batches:
+        lines.append(f"~ global batch (micro-batch x accumulation x processes): {batches[0]} -> {batches[1]}")
     click.echo("\n".join(lines) if lines else "no differences")
 
 
@@ -123,8 +130,9 @@ _GPU_HELP = ("A card by name, e.g. rtx2080, t4, 4090, 'rtx 3060 12gb', a100-80gb
 @click.argument("files", nargs=-1, type=click.Path())
 @click.option("--vram", type=float, metavar="GIB", help=_VRAM_HELP)
 @click.option("--gpu", "gpu_name", metavar="NAME", help=_GPU_HELP)
-@click.option("--gpus", "num_gpus", type=click.IntRange(min=1), default=1, show_default=True,
-              help="GPUs training together, each like the one given.")
+@click.option("--gpus", "num_gpus", type=click.IntRange(min=1),
+              help="GPUs training together, each like the one given.  [default: the recipe's "
+                   "distributed processes, else 1]")
 @click.option("--parallelism", type=click.Choice(["ddp", "fsdp", "zero2", "zero3"]),
               help="How several GPUs share the work.  [default: ddp with --gpus > 1]")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -132,7 +140,7 @@ _GPU_HELP = ("A card by name, e.g. rtx2080, t4, 4090, 'rtx 3060 12gb', a100-80gb
 @click.option("-v", "--verbose", is_flag=True, help="Show every memory component with a bar and how it was counted.")
 @click.option("--write", "write_to", type=click.Path(dir_okay=False), metavar="FILE",
               help="Save the recipe with the suggested change applied (one recipe that does not fit).")
-def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, num_gpus: int,
+def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, num_gpus: int | None,
               parallelism: str | None, fmt: str, verbose: bool, write_to: str | None) -> None:
     """Estimate each recipe's peak GPU memory and say whether it fits the card.
 
@@ -140,7 +148,8 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
     machine. A recipe that does not fit gets the smallest change found that makes it fit.
     Exit code 0 when all fit (tight included), 3 when one does not, 1 for an invalid recipe.
 
-    With --gpus N every figure is per GPU, under the --parallelism strategy.
+    With several GPUs every figure is per GPU, under the strategy: the recipe's distributed
+    section (strategy, nodes x processes_per_node) unless --gpus / --parallelism say otherwise.
 
     Example: recipe fit-check recipes/mistral7b.yaml --gpu rtx2080 -v
     """
@@ -157,14 +166,27 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
                          where="--write")
     if write_to is not None and Path(write_to).exists():
         raise UsageError(f"{write_to} exists; it is never overwritten", "choose a new file name", where="--write")
-    parallelism = parallelism_for(num_gpus, parallelism)
+    if num_gpus is not None or parallelism is not None:  # the command line over every recipe's own
+        num_gpus = num_gpus or 1
+        parallelism = parallelism_for(num_gpus, parallelism)
     gpu = target_gpu(vram, gpu_name)
     rows, failures = check_files(files or shipped_recipes(), gpu, num_gpus, parallelism, skip_abstract=not files)
+    # Recipes sharing GPUs alike share a report, whose card line says "per GPU, N GPUs, <strategy>".
+    groups: dict[tuple[int, str], list] = {}
+    for row in rows:
+        groups.setdefault((row.verdict.setup.num_gpus, row.verdict.setup.parallelism), []).append(row)
     if fmt == "json":
-        click.echo(json.dumps(fit_json(rows, failures, gpu, num_gpus, parallelism), indent=2))
+        ((n, how),) = groups if len(groups) == 1 else [(num_gpus, parallelism)]
+        report = fit_json(rows, failures, gpu, n or 1, how or "none")
+        if len(groups) > 1:
+            report.update(num_gpus=None, parallelism=None)
+        for entry, row in zip(report["recipes"], rows):  # each recipe's own, whatever the top says
+            entry.update(num_gpus=row.verdict.setup.num_gpus, parallelism=row.verdict.setup.parallelism)
+        click.echo(json.dumps(report, indent=2))
     else:
         if rows:
-            click.echo(format_fit_check(rows, gpu, verbose, num_gpus, parallelism))
+            click.echo("\n\n".join(format_fit_check(group, gpu, verbose, n, how)
+                                    for (n, how), group in groups.items()))
         for failure in failures:
             click.echo(failure_text(failure), err=True)
     if write_to is not None and rows:
@@ -194,15 +216,21 @@ def fit_check(files: tuple[str, ...], vram: float | None, gpu_name: str | None, 
 @click.option("--vram", type=float, metavar="GIB", help="fit-check's estimate beside the trace for a card of this "
                                                         "memory.  [default: no card: fp32, as traced]")
 @click.option("--gpu", "gpu_name", metavar="NAME", help="fit-check's estimate beside the trace for this card.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="cuda: measure the steps on this machine's GPU (weights made there, random); cpu: trace them "
+                   "under FakeTensorMode; auto: cuda when torch sees a GPU.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table for people, json for tools.")
 def probe(file: str, steps: int, overrides: tuple[str, ...], vram: float | None, gpu_name: str | None,
-          fmt: str) -> None:
+          device: str, fmt: str) -> None:
     """Trace the recipe's training steps at full size on the CPU, without weights or a GPU.
 
     Under torch's FakeTensorMode: the exact allocated peak of this software stack (fp32, no
     autocast), reserved memory from a model of the CUDA caching allocator, by phase and by
     category, beside fit-check's estimate. Not yet: qlora, autocast, 8-bit optimizers.
+
+    With a GPU (--device cuda, or auto when torch sees one) the steps run there instead,
+    measured per phase (allocated, reserved, nvidia-smi's figure, tokens/s) beside their trace.
 
     Example: recipe probe my-lora.yaml --format json
     """
@@ -213,6 +241,28 @@ def probe(file: str, steps: int, overrides: tuple[str, ...], vram: float | None,
 
     resolved = resolve(file, overrides)
     gpu = target_gpu(vram, gpu_name) if vram is not None or gpu_name is not None else None
+    from .fit.verdict import distribution
+    from .report.fit import scope_text
+
+    scope = scope_text(*distribution(to_recipe(resolved)))  # the recipe's strategy, as fit-check takes it
+    if scope:
+        click.echo(f"note: estimates {scope}; the trace is one process's (ddp's, unsharded)", err=True)
+    from .train.gpuprobe import choose_device  # imports torch: after the recipe is known to be good
+
+    if choose_device(device) == "cuda":
+        from .report.probe import measured_json, measured_text
+        from .train.gpuprobe import DeviceOutOfMemory, measure_on_device
+
+        try:
+            measured = measure_on_device(to_recipe(resolved), steps, gpu)
+        except DeviceOutOfMemory as exc:
+            if device != "auto":
+                raise
+            click.echo(f"note: {exc.message}; traced on the CPU instead", err=True)
+        else:
+            click.echo(json.dumps(measured_json(measured, file), indent=2) if fmt == "json"
+                       else measured_text(measured, file))
+            return
     result = measure(to_recipe(resolved), steps, gpu)
     click.echo(json.dumps(probe_json(result, file), indent=2) if fmt == "json" else probe_text(result, file))
 
@@ -263,8 +313,11 @@ _TRUST_HELP = ("Allow the Python code a model ships to run, for a recipe with mo
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (one recipecli wrote, not a link).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run folder.")
 @click.option("--trust-remote-code", is_flag=True, help=_TRUST_HELP)
+@click.option("--print-launch", is_flag=True, help="A distributed recipe: print the configs and each node's "
+                                                   "accelerate launch command, and run nothing.")
+@click.option("--slurm", is_flag=True, help="With --print-launch: print a SLURM batch script instead (sbatch it).")
 def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, resume: bool,
-        trust_remote_code: bool) -> None:
+        trust_remote_code: bool, print_launch: bool, slurm: bool) -> None:
     """Fine-tune: the recipe becomes a TRL SFTTrainer run in its run folder.
 
     Refuses, before loading anything (unless --force): a recipe that does not fit the detected
@@ -272,14 +325,51 @@ def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, res
     to train on the CPU. Refuses a run folder another run is using. Ctrl-C or SIGTERM saves a
     checkpoint first (exit 130); --resume goes on. Before training starts, they leave nothing.
 
+    A recipe with a distributed strategy is launched through accelerate, one process per GPU
+    (or per processes_per_node on the CPU), each of them `recipe run` again; --print-launch
+    shows how, without running it.
+
     Example: recipe run recipes/tiny-demo.yaml --set training.max_steps=20
     """
+    import os
+    from pathlib import Path
+
+    from .errors import UsageError
     from .read.load import load_recipe
+    from .train import launch
     from .train.runfolder import RECIPE
     from .train.runner import run as train
 
-    result = train(load_recipe(file, overrides), force=force, overwrite=overwrite, resume=resume,
-                   trust_remote_code=trust_remote_code)
+    if slurm and not print_launch:
+        raise UsageError("--slurm describes a launch: it goes with --print-launch", "add --print-launch", where="--slurm")
+    recipe = load_recipe(file, overrides)
+    rank = launch.in_rank() and recipe.strategy != "none"
+    if print_launch:
+        if recipe.strategy == "none":
+            raise UsageError("nothing to launch: this recipe trains in one process",
+                             "add a distributed section, e.g. --set distributed.strategy=ddp", where="--print-launch")
+        from .fit import hardware
+
+        planned = launch.plan(recipe, len(hardware.detect()), here=False, gpu_nodes=slurm)
+        script = launch.slurm_script if slurm else launch.print_script
+        flags = [f for f, on in (("--force", force), ("--overwrite", overwrite), ("--resume", resume),
+                                 ("--trust-remote-code", trust_remote_code))
+                 if on]
+        click.echo(script(planned, recipe, Path(file).absolute(), [a for o in overrides for a in ("--set", o)] + flags),
+                   nl=False)
+        return
+    if recipe.strategy != "none" and not rank:
+        result = launch.start(file, overrides, force=force, overwrite=overwrite, resume=resume,
+                              trust_remote_code=trust_remote_code)
+        if result is None:  # a node other than 0: node 0 reports the run
+            click.echo("done: this node's processes finished")
+            return
+    else:
+        result = train(recipe, force=force, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code)
+    if rank and (os.environ.get("RANK", "0") != "0" or launch.LAUNCHED in os.environ):
+        # One of the processes: the `recipe run` that launched them reports (exit 0, so accelerate
+        # does not take a rank that stopped cleanly for a failure and stop the others mid-save).
+        return
     if result.interrupted:
         # The run folder's recipe.yaml holds the --set overrides too: resuming with it changes nothing.
         click.echo(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}. "
@@ -320,3 +410,97 @@ def generate(run_dir: str, prompt: str, context: str, max_new_tokens: int, trust
     from .train.after import generate as answer
 
     click.echo(answer(Path(run_dir), prompt, max_new_tokens, input=context, trust_remote_code=trust_remote_code))
+
+
+@main.command("data")
+@click.argument("file", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field, e.g. --set data.max_seq_length=256 (repeatable).")
+@click.option("--show", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Print N training examples as formatted, with the tokens that carry the loss highlighted.")
+@click.option("--plot", "plot_to", type=click.Path(dir_okay=False), metavar="PNG",
+              help="Write the token-length histogram, with the max_seq_length cut-off marked, to this PNG file.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table for people, json for tools.")
+@click.option("--no-color", is_flag=True, help="Mark trained tokens with [[...]] instead of colour "
+                                               "(the default when the output is not a terminal).")
+@click.option("--trust-remote-code", is_flag=True, help=_TRUST_HELP)
+def data_command(file: str, overrides: tuple[str, ...], show: int, plot_to: str | None, fmt: str, no_color: bool,
+                 trust_remote_code: bool) -> None:
+    """Show what the recipe's data becomes before anything trains, tokenized exactly as recipe run does.
+
+    Per dataset and for the mix: records, token lengths against max_seq_length, truncation,
+    dropped records, trained tokens, packing or padding, steps per epoch, duplicates and
+    fingerprints, and warnings. Loads only the tokenizer, never the model's weights.
+
+    Example: recipe data recipes/tiny-demo.yaml --show 2 --plot lengths.png
+    """
+    import os
+    from pathlib import Path
+
+    from .errors import UsageError
+    from .read.load import load_recipe
+    from .report.data import data_json, data_text
+    from .train.datastats import collect, load_tokenizer, plot
+    from .train.model import check_remote_code
+
+    recipe = load_recipe(file, overrides)
+    check_remote_code(recipe, trust_remote_code, f"recipe data {file}")
+    stats = collect(recipe, load_tokenizer(recipe), show)
+    if plot_to is not None:
+        try:
+            plot(Path(plot_to), stats)
+        except OSError as e:
+            raise UsageError(f"cannot write {plot_to}: {e.strerror}", "name a file in an existing, writable folder",
+                             where="--plot") from e
+    if fmt == "json":
+        click.echo(json.dumps(data_json(stats), indent=2, ensure_ascii=False))
+        return
+    colour = not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+    click.echo(data_text(stats, colour), color=colour)
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.option("--from", "source_format", type=click.Choice(["axolotl"]),
+              help="SRC is a config of this tool; it becomes a recipe.")
+@click.option("--to", "target_format", type=click.Choice(["axolotl"]),
+              help="SRC is a recipe (extends resolved first); it becomes a config of this tool.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="OUT",
+              help="Write here (a new file, written whole; never over an existing one).  [default: stdout]")
+@click.option("--lossy", is_flag=True, help="Write even when keys have no counterpart: each dropped key, its "
+                                            "value and line are listed in a comment block at the top.")
+@click.option("--gpu", "gpu_name", metavar="NAME", help="The card for the fit-check verdict of a converted "
+                                                        "recipe.  [default: this machine's first GPU]")
+def convert(src: str, source_format: str | None, target_format: str | None, output: str | None, lossy: bool,
+            gpu_name: str | None) -> None:
+    """Convert an Axolotl config into a recipe, or a recipe into an Axolotl config.
+
+    Every key is mapped or reported as SRC:line:col: key 'x': not converted: why; with any
+    unmapped key nothing is written (exit 1) unless --lossy. A converted recipe is validated and
+    gets fit-check's one-line verdict. Notes and verdict go to stderr, the file to OUT or stdout.
+
+    Example: recipe convert my-axolotl.yml --from axolotl -o my-recipe.yaml --gpu rtx2080
+    """
+    from .convert.command import from_axolotl_file, to_axolotl_file
+    from .convert.report import verdict_line
+    from .errors import UsageError
+
+    if (source_format is None) == (target_format is None):
+        raise UsageError("give --from axolotl (SRC is an Axolotl config) or --to axolotl (SRC is a recipe)",
+                         "e.g. recipe convert config.yml --from axolotl -o recipe.yaml", where="--from/--to")
+    if source_format is not None:
+        done = from_axolotl_file(src, output, lossy)
+    else:
+        if gpu_name is not None:
+            raise UsageError("--gpu judges a converted recipe; with --to axolotl there is none",
+                             f"fit-check the recipe itself: recipe fit-check {src} --gpu {gpu_name}", where="--gpu")
+        done = to_axolotl_file(src, output, lossy)
+    for message in done.messages:
+        click.echo(message, err=True)
+    if done.written is None:
+        click.echo(done.text, nl=False)
+    else:
+        click.echo(f"wrote {done.written}", err=True)
+    if done.recipe is not None:
+        click.echo(verdict_line(done.recipe, gpu_name), err=True)

@@ -148,6 +148,12 @@ class UnknownModel(RecipeError):
     exit_code = ExitCode.INVALID
 
 
+class NotModeled(UnknownModel):
+    """A valid setting whose memory the estimate does not model (lora.use_dora): fit-check refuses
+    to answer rather than under-estimate. An UnknownModel, so every caller that goes on without an
+    estimate (``recipe run`` trains without a fit check) treats it the same way."""
+
+
 class UnknownTargets(RecipeError):
     """LoRA target_modules that name no linear layer of the model, or one LoRA cannot adapt."""
 

@@ -162,9 +162,11 @@ def test_a_finished_run_folder_holds_exactly_what_the_readme_lists(finished):
     root, run_dir, proc = finished
     documented = documented_entries()
     assert documented == ["run.lock", "recipe.yaml", "run.yaml", "estimate.json", "metrics.jsonl", "loss.png",
-                          "adapter/", "checkpoint-N/", "merged/"]
-    # Not in a CPU run of 5 steps: the GPU estimate, and what `recipe merge` writes later.
-    expected = {name.rstrip("/").replace("-N", "-5") for name in documented} - {"estimate.json", "merged"}
+                          "accelerate.yaml", "adapter/", "checkpoint-N/", "merged/"]
+    # Not in a single-process CPU run of 5 steps: the GPU estimate, a distributed run's launch
+    # config, and what `recipe merge` writes later.
+    expected = {name.rstrip("/").replace("-N", "-5") for name in documented} - {"estimate.json", "merged",
+                                                                                "accelerate.yaml"}
     assert {p.name for p in run_dir.iterdir()} == expected  # no README.md model card, nothing else
     assert f"run folder {run_dir}\n" in proc.stdout
 

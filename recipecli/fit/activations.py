@@ -4,11 +4,14 @@ Part of the estimate (estimate.py), split out because it is the arithmetic that 
 sequence: what each decoder layer saves with and without gradient checkpointing, what the
 eager and sdpa attention kernels keep, and the working set of the LM head and the loss (TRL's
 chunked head, or transformers' ``logits.float()``). Plain arithmetic, like estimate.py.
+
+Each rule was checked op by op against full-size traces of the real step (recipecli.train.probe,
+benchmarks/trace_grid.py, where tests/fit/test_trace_grid.py holds the estimate to them).
 """
 from __future__ import annotations
 
 from ..units import gib
-from .architectures import Shape
+from .architectures import LAYOUTS, Shape
 from .setup import Dtypes, Setup
 
 # TRL's fused LM head: tokens x vocabulary tile of logits computed at once (trl.kernels).
@@ -34,16 +37,52 @@ def saved_bytes(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, tokens: int)
     amp_casts = s.weight_bits == 32 and s.autocast and dt.compute == 2
     one_layer = per_token * tokens + (shape.breakdown().block_linear / layers * dt.compute
                                       if amp_casts else 0)
-    gradients = 3 * shape.intermediate_size * dt.matmul_out * tokens  # grads inside the MLP
-    final_norm = 4 * h * tokens
+    # Backward through a layer's MLP holds one MLP-wide gradient at a time beside the gradients
+    # of the hidden states flowing down (into the residual, the norm and the layer's output).
+    gradients = (shape.intermediate_size * dt.matmul_out + 3 * h * 4) * tokens
+    # The final norm keeps its input and statistics (and, trained, its normalized input); every
+    # layer reads one rotary cos/sin pair, computed once.
+    final_norm = _norm_bytes(shape, s, dt) * tokens + 2 * shape.head_dim * dt.attention * tokens
     if s.gradient_checkpointing:  # only layer inputs are kept; one layer is recomputed at a time
-        return (layers * tokens * h * dt.residual + final_norm, one_layer + gradients,
+        # ... and what LLM.int8 hangs on its autograd context, which checkpointing cannot drop
+        int8 = int8_inputs_per_token(shape, dt) if s.weight_bits == 8 and s.method != "full" else 0
+        return (layers * tokens * (h * dt.residual + int8) + final_norm, one_layer + gradients,
                 f"{layers} layer inputs x {tokens:,} tokens x {h} x {dt.residual} bytes "
                 f"(gradient checkpointing) + one layer recomputed ({per_token / 1024:.0f} "
                 f"KiB/token)")
-    return (layers * one_layer + final_norm, gradients,
+    # LoRA on a frozen embedding: the first layer's input needs no gradient, so its first norm
+    # and the dropout of the adapters that read that norm keep nothing.
+    first = 0 if s.method == "full" else (_norm_bytes(shape, s, dt) + dt.dropout_mask * sum(
+        fin for path, (fin, _) in adapters.items() if path in _first_norm_readers(shape))) * tokens
+    return (layers * one_layer + final_norm - first, gradients,
             f"{layers} layers x {tokens:,} tokens x {per_token / 1024:.0f} KiB/token saved for "
             f"backward ({s.attention})")
+
+
+def int8_inputs_per_token(shape: Shape, dt: Dtypes) -> int:
+    """Bytes LLM.int8 layers keep per token and decoder layer: bitsandbytes' MatMul8bitLt keeps its
+    input, when that needs a gradient (always below LoRA), as ``ctx.tensors`` rather than through
+    save_for_backward: each norm's output (one tensor for the linears reading it), the attention
+    output and the MLP product. Checkpointing only drops what passes through save_for_backward, so
+    these stay with it too (seen in the traces)."""
+    return (shape.norms_per_layer * shape.hidden_size * dt.residual
+            + shape.num_attention_heads * shape.head_dim * dt.attention + shape.intermediate_size * dt.matmul_out)
+
+
+def _norm_bytes(shape: Shape, s: Setup, dt: Dtypes) -> int:
+    """Bytes one norm keeps per token: RMSNorm its fp32 input and rsqrt (and, when its weight
+    trains, the normalized input); LayerNorm its input, mean and rstd."""
+    h = shape.hidden_size
+    if shape.norm == "layer":
+        return dt.residual * h + 8
+    return 4 * h + 4 + (dt.residual * h if s.method == "full" else 0)
+
+
+def _first_norm_readers(shape: Shape) -> set[str]:
+    """Linears reading a layer's first norm: q/k/v, and the MLP's input too when attention and
+    MLP run in parallel from one norm (phi)."""
+    roles = {"q", "k", "v", "qkv"} | ({"gate", "up", "gate_up"} if shape.norms_per_layer == 1 else set())
+    return {path for path, role in LAYOUTS[shape.layout] if role in roles}
 
 
 def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) -> float:
@@ -62,29 +101,47 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     heads = shape.num_attention_heads
     hq, hkv = heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
     full = s.method == "full"
-    # Each norm keeps its input in fp32; a trainable norm weight also keeps the normalized input.
-    norms = shape.norms_per_layer * (4 + (dt.residual if full else 0)) * h
-    if s.attention == "eager":  # q, repeated k/v, fp32 softmax and its cast: heads x seq scores
-        attention = 3 * hq * dt.attention + (4 + dt.attention) * heads * seq
-    elif s.attention == "sdpa" and s.micro_batch_size > 1:
+    roles = {role for _, role in LAYOUTS[shape.layout]}
+    # v is a view of a fused q/k/v projection's output: keeping v keeps all of it. With rotary
+    # embeddings q and k are new tensors beside it; with ALiBi (bloom) they are views of it too.
+    v_kept = hkv
+    if "qkv" in roles:
+        v_kept = hq + 2 * hkv - (hq + hkv if shape.model_type == "bloom" else 0)
+    norms = shape.norms_per_layer * _norm_bytes(shape, s, dt)
+    if s.attention == "eager":
+        # q, k and v as the two matmuls read them (k/v repeated to every head under GQA), the
+        # softmax's fp32 output and, unless that is the matmul dtype already, its cast.
+        # Several KV heads are repeated by copies (repeat_kv). matmul folds the batch into one
+        # dimension: a view it cannot fold (one KV head repeated, v sliced from a fused
+        # projection) is copied when there is more than one sequence, and kept as is otherwise.
+        folded = s.micro_batch_size == 1
+        repeated = hkv < hq and (shape.num_key_value_heads > 1 or not folded)
+        kv = 2 * hq if repeated else hkv + (v_kept if folded else hkv)
+        cast = dt.attention if dt.attention != 4 else 0
+        attention = (hq + kv) * dt.attention + (4 + cast) * heads * seq
+    elif s.attention == "sdpa" and s.micro_batch_size > 1 and s.padded:
         # A padding mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned
         # into a float bias per layer.
         attention = 4 * hq * dt.attention + seq * dt.attention
-    else:  # q, k, v, output
-        attention = (2 * hq + 2 * hkv) * dt.attention
+    else:  # q, k, v, the output and an fp32 logsumexp per head (flash and memory-efficient kernels)
+        attention = (2 * hq + hkv + v_kept) * dt.attention + 4 * heads
     # Gated: gate output (act input), activation and up output (product inputs); plain: fc1 out.
-    mlp = (3 if shape.gated_mlp else 1) * i * dt.matmul_out
+    # Phi's gelu_new is tanh-GELU in Python ops: input, x / 2, tanh and 1 + tanh are kept.
+    act = 3 if shape.gated_mlp else (4 if shape.model_type == "phi" else 1)
+    mlp = act * i * dt.matmul_out
     inputs = 0
-    if full:  # trainable linears keep their inputs; autocast copies per linear when dtypes differ
+    if full:
+        # Trainable linears keep their inputs: each norm's output (one tensor for the linears that
+        # read it, or an autocast copy per linear when the dtypes differ) and the MLP product;
+        # o_proj's input is sdpa's output, kept already, but eager makes a contiguous copy.
         n_attn = len(shape.attention_modules()) - 1
         n_mlp = len(shape.linear_modules()) - n_attn - 2
-        copies = n_attn + n_mlp if dt.residual != dt.compute else 2
-        inputs = (copies * h + hq + i) * dt.compute
-    elif s.weight_bits == 8:  # LLM.int8's matmul keeps its input even for a frozen weight
-        inputs = 2 * h * dt.residual + hq * dt.attention + i * dt.matmul_out
+        copies = n_attn + n_mlp if dt.residual != dt.compute else shape.norms_per_layer
+        inputs = (copies * h + i + (hq if s.attention == "eager" else 0)) * dt.compute
+    elif s.weight_bits == 8:
+        inputs = int8_inputs_per_token(shape, dt)
     # Each adapter saves its input (dropout mask + dropped copy) and its rank-r projection.
-    mask = 1 if s.lora_dropout > 0 else 0
-    adapter = sum(fin * (dt.adapter_in + mask) + s.lora_r * dt.adapter_in
+    adapter = sum(fin * (dt.adapter_in + dt.dropout_mask) + s.lora_r * dt.adapter_in
                   for fin, _ in adapters.values())
     return norms + attention + mlp + inputs + adapter
 
@@ -110,11 +167,14 @@ def loss_bytes(shape: Shape, s: Setup, dt: Dtypes, tokens: int) -> tuple[float, 
     # The tile buffer is allocated at its full width, whatever the vocabulary: trl/kernels/
     # chunked_logprob.py, _ChunkedLogProbFunction.forward: torch.empty((min(N, 4096), chunk_size)),
     # chunk_size = 32768 (trl/trainer/utils.py). A small vocabulary is no smaller a buffer.
-    tile = min(tokens, LOSS_TILE_TOKENS) * LOSS_TILE_VOCAB * dt.compute
+    rows, cols = min(tokens, LOSS_TILE_TOKENS), min(v, LOSS_TILE_VOCAB)
+    tile = rows * LOSS_TILE_VOCAB * dt.compute
     head_dtype = dt.train if s.method == "full" else dt.other
-    cast = min(v, LOSS_TILE_VOCAB) * h * dt.compute if head_dtype != dt.compute else 0
+    cast = cols * h * dt.compute if head_dtype != dt.compute else 0
     hidden = tokens * h * (dt.residual + 4)
     head_grad = 4 * v * h if s.method == "full" else 0  # accumulated in fp32, then cast
+    # Triton folds each tile in place (forward: per-token statistics; backward: the tile's
+    # gradient over the tile) and accumulates it with one fp32-output addmm: nothing more is held.
     return (tile + cast + hidden + head_grad,
             f"chunked loss: {gib(tile)} logits tile + {gib(cast)} head cast + {gib(hidden)} "
             f"hidden states and their fp32 grad" + (f" + {gib(head_grad)} fp32 head grad"

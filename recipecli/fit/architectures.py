@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import UnknownModel, UnknownTargets
+from ..errors import NotModeled, UnknownModel, UnknownTargets
 from .model_catalog import CONFIGS, cached_config, download_config, hub_cache, offline
 
 # Where each layout keeps its linear layers, as paths inside one decoder layer (the suffixes peft
@@ -35,6 +35,8 @@ LAYOUTS = {
 LAYOUTS["bloom"] = LAYOUTS["falcon"]
 # The output head's name, where a layout does not call it lm_head.
 HEADS = {"gpt_neox": "embed_out"}
+# The token embedding's name, where a layout does not call it embed_tokens (lora.modules_to_save).
+EMBEDDINGS = {"qwen": "wte", "falcon": "word_embeddings", "bloom": "word_embeddings", "gpt_neox": "embed_in"}
 ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
 GATED_ROLES = frozenset({"gate", "gate_up"})
 
@@ -109,6 +111,39 @@ class Shape:
         modules = self.linear_modules()
         matched = match_modules(wanted, [*modules, self.head], self.head, self.model_type)
         return {path: modules[path] for path in matched}
+
+    def match_saved(self, wanted: Iterable[str], quantized: bool) -> dict[str, tuple[int, int, int]]:
+        """The modules peft trains in full for lora.modules_to_save names: the token embedding, the
+        output head, or a linear layer of every decoder layer, matched as peft matches them (the
+        name, or a path ending in "." + it). Each as (how many in the model, rows, columns) of its
+        weight matrix, a bias counted as one more row.
+
+        Args:
+            wanted: module names, such as ("embed_tokens", "lm_head").
+            quantized: the decoder layers' linear weights are 4/8-bit, which cannot be trained.
+
+        Raises:
+            UnknownTargets: a quantized layer; NotModeled: a name that matches none of these
+                (fit-check counts no other module, e.g. a norm). Both at $.lora.modules_to_save.
+        """
+        h, v, layers = self.hidden_size, self.vocab_size, self.num_hidden_layers
+        embedding = EMBEDDINGS.get(self.layout, "embed_tokens")
+        sizes = {embedding: (1, v, h), self.head: (1, h + (1 if self.lm_head_bias else 0), v)}
+        biased = {"q": self.qkv_bias, "k": self.qkv_bias, "v": self.qkv_bias, "qkv": self.qkv_bias, "o": self.o_bias}
+        for path, role in LAYOUTS[self.layout]:
+            fan_in, fan_out = self._features(role)
+            sizes[path] = (layers, fan_in + (1 if biased.get(role, self.mlp_bias) else 0), fan_out)
+        hits = {name: [n for n in sizes if n == name or n.endswith("." + name)] for name in wanted}
+        missing = [name for name, found in hits.items() if not found]
+        frozen = [name for name, found in hits.items() if quantized and set(found) - {embedding, self.head}]
+        if frozen:
+            raise UnknownTargets(f"{', '.join(frozen)} is quantized (method qlora): its 4/8-bit weights cannot be "
+                                 "trained in full", path="$.lora.modules_to_save")
+        if missing:  # perhaps a module of the model all the same (a norm): `recipe run` checks the loaded model
+            raise NotModeled(f"{', '.join(missing)}: fit-check counts modules_to_save among {embedding}, {self.head} "
+                             f"and the decoder layers' linear layers ({', '.join(self.linear_modules())}) of this "
+                             f"{self.model_type} model", path="$.lora.modules_to_save")
+        return {n: size for n, size in sizes.items() if any(n in found for found in hits.values())}
 
     def attention_modules(self) -> tuple[str, ...]:
         """Paths of the query/key/value/output projections (LoRA's ``attention`` target)."""

@@ -14,20 +14,24 @@ The activation and logits arithmetic is in activations.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import get_args
+from dataclasses import dataclass, replace
+from typing import Optional, get_args
 
 from . import activations
+from ..errors import NotModeled, UnknownTargets
 from ..read.recipe import Bits, Method, Optimizer
-from ..units import GIB, gib
+from ..units import gib
 from .architectures import Shape
+from .gpu_catalog import context_bytes, workspace_bytes
+from .reserve import StepSizes, reserved_beyond_live
 from .setup import ATTENTION_KERNELS, Dtypes, Loss, Parallelism, Setup, dtypes_of
 
-# CUDA context, cuBLAS/cuDNN workspaces and the bitsandbytes kernels: what nvidia-smi shows
-# before the first tensor is allocated.
-CUDA_CONTEXT_BYTES = GIB // 2
-# What the caching allocator holds beyond the live tensors (block rounding, fragmentation).
-ALLOCATOR_SLACK = 0.05
+# The CUDA context and cuBLAS workspace of a card whose compute capability is unknown: the
+# estimate before it meets a card (gpu_catalog says why these figures; Estimate.on_card sets
+# the card's own).
+CUDA_CONTEXT_BYTES = context_bytes(None)
+CUBLAS_WORKSPACE_BYTES = workspace_bytes(None)
+OVERHEAD = "cuda_overhead"  # the component beyond the live tensors: allocator and CUDA context
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,17 @@ class Component:
 
 @dataclass(frozen=True)
 class Estimate:
+    """The peak by component; the last, ``cuda_overhead``, is what the card holds beyond the
+    live tensors: the caching allocator's replayed excess (reserve.py) and the CUDA context."""
+
     components: tuple[Component, ...]
     base_params: int  # the base model alone, exactly its published count (no adapters)
     trainable_params: int  # the adapters for LoRA methods, every weight for full fine-tuning
+    step: Optional[StepSizes] = None  # the step's tensors, replayed through the allocator model
+    context_bytes: int = CUDA_CONTEXT_BYTES
+    workspace_bytes: int = CUBLAS_WORKSPACE_BYTES
+    # `recipe run` sets expandable_segments:True unless the user configured the allocator.
+    expandable_segments: bool = True
 
     @property
     def device_bytes(self) -> int:
@@ -52,12 +64,32 @@ class Estimate:
     @property
     def allocated_bytes(self) -> int:
         """Live tensors at the peak: torch.cuda.max_memory_allocated()."""
-        return sum(c.bytes for c in self.components if c.name != "cuda_overhead")
+        return sum(c.bytes for c in self.components if c.name != OVERHEAD)
 
     @property
     def reserved_bytes(self) -> int:
         """What the caching allocator holds at the peak: torch.cuda.max_memory_reserved()."""
-        return round(self.allocated_bytes * (1 + ALLOCATOR_SLACK))
+        return self.device_bytes - self.context_bytes
+
+    def on_card(self, context: int, workspace: int, expandable_segments: bool) -> "Estimate":
+        """The same estimate on a card with this CUDA context and cuBLAS workspace, under this
+        allocator setting (``PYTORCH_CUDA_ALLOC_CONF``); only ``cuda_overhead`` changes."""
+        live = tuple(c for c in self.components if c.name != OVERHEAD)
+        return replace(self, components=live + (overhead(sum(c.bytes for c in live), self.step, context, workspace,
+                                                         expandable_segments),),
+                       context_bytes=context, workspace_bytes=workspace, expandable_segments=expandable_segments)
+
+
+def overhead(allocated: float, step: Optional[StepSizes], context: int, workspace: int,
+             expandable_segments: bool) -> Component:
+    """The ``cuda_overhead`` component: what the allocator reserves beyond the live tensors (the
+    step replayed, reserve.py) plus the CUDA context."""
+    # cuBLAS's workspace is a block of the allocator's own, not a tensor of the step.
+    extra = workspace + (0 if step is None else reserved_beyond_live(step, expandable_segments))
+    setting = "expandable segments" if expandable_segments else "fixed segments"
+    return Component(OVERHEAD, round(extra + context),
+                     f"CUDA context {gib(context)} + caching allocator {gib(extra)} beyond live tensors "
+                     f"(the step replayed with {setting}, cuBLAS workspace included)")
 
 
 def lora_modules(shape: Shape, targets: str | tuple[str, ...]) -> dict[str, tuple[int, int]]:
@@ -108,7 +140,7 @@ def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
     return total, f"{s.quant_type} constants: {how}"
 
 
-def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: int):
+def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: int, saved: Optional[dict] = None):
     """Optimizer states, step temporaries and how they were counted.
 
     Raises:
@@ -136,7 +168,7 @@ def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: in
     # step() works on fp32 copies of the largest one (gradient, update, parameter).
     if adapters:
         per_layer = [(s.lora_r, f) for f in sum(adapters.values(), ())]
-        others = []
+        others = [(rows, cols) for count, rows, cols in (saved or {}).values() for _ in range(count)]
     else:
         per_layer = list(shape.linear_modules().values())
         others = [(shape.vocab_size, shape.hidden_size)] * (1 if shape.tie_word_embeddings else 2)
@@ -176,12 +208,27 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     """
     s = setup
     _check(s)
+    if s.use_dora:
+        # Each adapted layer builds its whole weight (out x in, dequantized) plus the adapters' product
+        # to take its norm in every forward pass, and keeps more for backward: not modelled yet.
+        raise NotModeled("fit-check does not model DoRA's memory yet: every adapted layer computes its full "
+                         "weight's norm in each forward pass, beyond what LoRA keeps",
+                         hint="fit-check the recipe with use_dora: false for a lower bound; recipe run trains "
+                              "with DoRA without a fit check", path="$.lora.use_dora")
     dt = dtypes_of(s)
     br, layers = shape.breakdown(), shape.num_hidden_layers
     tokens = s.micro_batch_size * s.seq_len
     adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
     lora_params = layers * sum(s.lora_r * (fin + fout) for fin, fout in adapters.values())
-    trainable = lora_params if adapters else br.total
+    # lora.modules_to_save: peft trains a copy of each beside the frozen original; the copies are
+    # trainable weights like the adapters (gradients, optimizer state, the runner's trainable dtype).
+    in_full = shape.match_saved(s.modules_to_save, s.weight_bits < 16) if adapters and s.modules_to_save else {}
+    adapted_too = [path for path in in_full if path in adapters]
+    if adapted_too:
+        raise UnknownTargets(f"{', '.join(adapted_too)} would get an adapter (target_modules) and be trained in full "
+                             "(modules_to_save); peft trains it in full only", path="$.lora.modules_to_save")
+    copies = sum(count * rows * cols for count, rows, cols in in_full.values())
+    trainable = lora_params + copies if adapters else br.total
     # fsdp/zero3 shard everything; zero2 gradients and optimizer states; ddp copies gradients.
     shard_w = s.num_gpus if s.parallelism in ("fsdp", "zero3") else 1
     shard_g = s.num_gpus if s.parallelism in ("fsdp", "zero2", "zero3") else 1
@@ -196,21 +243,40 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     quant, quant_how = _quant_constants(shape, s) if kbit else (0, "weights are not quantized")
     biggest = max(fin * fout for fin, fout in shape.linear_modules().values())
     dequant = biggest * dt.compute if kbit else 0
-    states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable)
+    states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable, in_full)
     states, step_temp = states / shard_g, step_temp / shard_g
     grads = trainable * dt.train / shard_g * (2 if s.parallelism == "ddp" else 1)
     saved, in_backward, act_how = activations.saved_bytes(shape, s, dt, adapters, tokens)
     loss, loss_how = activations.loss_bytes(shape, s, dt, tokens)
+    if s.liger_kernel:
+        # TRL (1.16) applies Liger's layer kernels only: it turns Liger's fused linear cross-entropy off
+        # and keeps its chunked head, which never materializes the logits either. Liger's RMSNorm and
+        # SwiGLU keep less for backward than the modules they replace: counted as those, an upper bound.
+        loss_how += " (Liger on: TRL keeps this head, Liger's fused cross-entropy is off)"
+        act_how += "; Liger's kernels counted as the layers they replace (they keep less)"
+    head_copy = in_full.get(shape.head, (0, 0, 0))
+    if head_copy[0]:  # TRL's fused head accumulates a trained head's gradient in fp32, as for full
+        loss += 4 * head_copy[1] * head_copy[2]
+        loss_how += f" + {gib(4 * head_copy[1] * head_copy[2])} fp32 grad of the trained {shape.head} copy"
 
     if s.gradient_accumulation_steps > 1:
         early, grad_how = grads, "kept across micro-batches"
+    elif adapters and head_copy[0]:  # a trained head's gradient comes first in backward
+        early, grad_how = head_copy[1] * head_copy[2] * dt.train, f"only the {shape.head} copy's so far"
     elif adapters:
         early, grad_how = 0, "none yet: they appear during backward"
     else:  # the head's gradient comes first in backward (for tied heads, the embedding's)
         early = (br.lm_head or br.embedding) * dt.train / shard_g
         grad_how = "only the head's so far"
+    # The step's tensors before the peak moment below keeps some of them: reserve.py replays them all.
+    step = StepSizes(layers, round(weights + (quant + (lora_params + copies) * dt.train) / shard_w), round(grads),
+                     s.gradient_accumulation_steps > 1, round(states), round(step_temp), round(saved),
+                     round(in_backward), round(loss), round(dequant))
     forward_peak = saved + max(loss, in_backward) + dequant + early
-    step_peak = grads + max(step_temp, in_backward + dequant)
+    # A tied embedding's gradient comes last in backward, beside the head's already in .grad:
+    # autograd adds the two out of place, so two more embedding-sized tensors live for a moment.
+    tied_sum = 2 * br.embedding * dt.train / shard_g if not adapters and shape.tie_word_embeddings else 0
+    step_peak = grads + max(step_temp, in_backward + dequant, tied_sum)
     if forward_peak >= step_peak:
         act, grad_now = saved + (in_backward if in_backward > loss else 0), early
         loss, step_temp = (loss if loss >= in_backward else 0), 0
@@ -219,7 +285,11 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         grad_how = "all of them, at the end of backward"
         act_how = "one layer's backward, the last" if act else "freed before the optimizer step"
         dequant, step_temp = (dequant, 0) if act else (0, step_temp)
-    lora = lora_params * dt.train / shard_w
+        if tied_sum > max(step_temp, act + dequant):
+            act, dequant, step_temp, grad_now = 0, 0, 0, grads + tied_sum
+            grad_how += f" + {gib(tied_sum)} for the tied embedding's own gradient and its sum with the head's"
+            act_how = "freed before the end of backward"
+    lora = (lora_params + copies) * dt.train / shard_w
     per_gpu = f", / {s.num_gpus} GPUs" if shard_g > 1 else ""
     allocated = weights + quant / shard_w + lora + grad_now + states + step_temp + act + loss \
         + dequant
@@ -227,6 +297,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         ("weights", weights, weights_how),
         ("quant_constants", quant / shard_w, quant_how),
         ("lora", lora, f"{lora_params:,} adapter weights (r={s.lora_r}) x {dt.train} bytes"
+         + (f" + {copies:,} weights of modules_to_save copies ({', '.join(in_full)})" if copies else "")
          if adapters else "no adapters"),
         ("gradients", grad_now, f"{dt.train} bytes x {trainable:,} trainable weights{per_gpu}, "
          f"{grad_how}" + (" (+ DDP's all-reduce buckets)" if s.parallelism == "ddp" else "")),
@@ -236,8 +307,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         ("logits", loss, loss_how if loss else "freed before the peak"),
         ("dequant_buffer", dequant, f"largest quantized layer ({biggest:,} weights) in "
          f"{dt.compute}-byte compute dtype" if dequant else "no quantized layer at the peak"),
-        ("cuda_overhead", CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * allocated,
-         f"CUDA context {gib(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"),
     )
-    return Estimate(tuple(Component(n, round(b), e) for n, b, e in parts),
-                    base_params=br.total, trainable_params=trainable)
+    live = tuple(Component(n, round(b), e) for n, b, e in parts)
+    return Estimate(live + (overhead(sum(c.bytes for c in live), step, CUDA_CONTEXT_BYTES, CUBLAS_WORKSPACE_BYTES,
+                                     True),), base_params=br.total, trainable_params=trainable, step=step)

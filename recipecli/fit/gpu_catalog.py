@@ -19,6 +19,24 @@ from ..units import GIB, MIB
 BF16_MIN_CAPABILITY = (8, 0)
 FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
 
+# What nvidia-smi shows for a process beyond PyTorch's reserved memory: the CUDA context (driver
+# state, the per-SM local-memory reservation, the kernels loaded so far). With lazy module
+# loading, which PyTorch turns on since 1.13 and CUDA 12.2 makes the default, PyTorch measured
+# 287,047,680 bytes for a context with one tensor (eager loading: 666,632,192; pytorch/pytorch
+# PR #86509), and its maintainers quote ~300 MB (pytorch/pytorch#107667) to ~400 MB
+# (pytorch/pytorch#109888) for CUDA >= 11.7. The per-SM part grows with the SM count and the
+# resident threads per SM of the architecture, so newer, larger chips sit at the upper end; the
+# kernels a training step adds (bitsandbytes, attention) are tens of MiB on top. By major compute
+# capability, the upper end of those reports for the largest chip of each generation; a card of
+# unknown capability (--vram) gets the largest, so an unknown card is never judged too kindly.
+CUDA_CONTEXT_MIB = {7: 300, 8: 400, 9: 500}
+UNKNOWN_CONTEXT_MIB = max(CUDA_CONTEXT_MIB.values())
+# cuBLAS's workspace, which PyTorch takes from its caching allocator (so it is counted in
+# reserved, not in the context): the default CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" is
+# 8,519,680 bytes, and from Hopper (9.0) on PyTorch's default is 32 MiB
+# (aten/src/ATen/cuda/CublasHandlePool.cpp, getChosenWorkspaceSize; cuBLASLt shares it).
+CUBLAS_WORKSPACE_BYTES = {7: 8_519_680, 8: 8_519_680, 9: 32 * MIB}
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -49,6 +67,33 @@ class Gpu:
     def supports_flash_attention_2(self) -> Optional[bool]:
         cc = self.compute_capability
         return None if cc is None else cc >= FLASH_ATTENTION_2_MIN_CAPABILITY
+
+    @property
+    def context_bytes(self) -> int:
+        """What nvidia-smi counts for the process before PyTorch reserves anything (CUDA_CONTEXT_MIB)."""
+        return context_bytes(self.compute_capability)
+
+    @property
+    def workspace_bytes(self) -> int:
+        """cuBLAS's workspace, reserved through PyTorch's caching allocator (CUBLAS_WORKSPACE_BYTES)."""
+        return workspace_bytes(self.compute_capability)
+
+
+def _generation(capability: Optional[tuple[int, int]], table: dict) -> Optional[int]:
+    """The table's key for a capability: its major version, clamped to the generations listed."""
+    return None if capability is None else min(max(capability[0], min(table)), max(table))
+
+
+def context_bytes(capability: Optional[tuple[int, int]]) -> int:
+    """The CUDA context of a card of this compute capability (None: unknown, the largest)."""
+    major = _generation(capability, CUDA_CONTEXT_MIB)
+    return (UNKNOWN_CONTEXT_MIB if major is None else CUDA_CONTEXT_MIB[major]) * MIB
+
+
+def workspace_bytes(capability: Optional[tuple[int, int]]) -> int:
+    """cuBLAS's workspace on a card of this compute capability (None: unknown, the largest)."""
+    major = _generation(capability, CUBLAS_WORKSPACE_BYTES)
+    return max(CUBLAS_WORKSPACE_BYTES.values()) if major is None else CUBLAS_WORKSPACE_BYTES[major]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ class Probe:
 
     gpus: tuple[Gpu, ...]
     note: str  # one line; empty when GPUs were found
+    # this process's device memory on each of ``gpus`` as nvidia-smi lists it (context, reserved
+    # segments, library buffers); None where NVML does not say: no CUDA context here yet, or a
+    # container whose process ids NVML reports from outside it
+    process_bytes: tuple[Optional[int], ...] = ()
 
 
 def probe() -> Probe:
@@ -27,7 +31,8 @@ def probe() -> Probe:
     reported first is the one training will use as cuda:0.
 
     Returns:
-        The visible GPUs in CUDA order, with a one-line reason when there are none.
+        The visible GPUs in CUDA order, with a one-line reason when there are none, and the
+        memory this process holds on each (``Probe.process_bytes``).
     """
     try:
         import pynvml  # only here: importing recipecli must not need the NVIDIA library
@@ -42,13 +47,15 @@ def probe() -> Probe:
     except pynvml.NVMLError as exc:
         return Probe((), f"the NVIDIA driver did not answer: {exc}")
     try:
-        gpus = _visible(_all_gpus(pynvml), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        found = _all_gpus(pynvml)
+        gpus = _visible([(gpu, uuid) for gpu, uuid, _ in found], os.environ.get("CUDA_VISIBLE_DEVICES"))
+        used = {gpu.index: processes for gpu, _, processes in found}
     except pynvml.NVMLError as exc:
         return Probe((), f"the NVIDIA driver did not answer: {exc}")
     finally:
         pynvml.nvmlShutdown()
     if gpus:
-        return Probe(gpus, "")
+        return Probe(gpus, "", tuple(_used_by(used[gpu.index], os.getpid()) for gpu in gpus))
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         return Probe((), f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU")
     return Probe((), "the NVIDIA driver is loaded but reports no GPU")
@@ -63,7 +70,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value  # older bindings return bytes
 
 
-def _all_gpus(pynvml) -> list[tuple[Gpu, str]]:
+def _all_gpus(pynvml) -> list[tuple[Gpu, str, list]]:
     driver = _text(pynvml.nvmlSystemGetDriverVersion())
     found = []
     for index in range(pynvml.nvmlDeviceGetCount()):
@@ -77,8 +84,25 @@ def _all_gpus(pynvml) -> list[tuple[Gpu, str]]:
             driver=driver,
             index=index,
         )
-        found.append((gpu, _text(pynvml.nvmlDeviceGetUUID(handle))))
+        found.append((gpu, _text(pynvml.nvmlDeviceGetUUID(handle)), _compute_processes(pynvml, handle)))
     return found
+
+
+def _compute_processes(pynvml, handle) -> list:
+    """The processes with a CUDA context on the device; empty where NVML may not list them."""
+    try:
+        return list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+    except pynvml.NVMLError:  # NOT_SUPPORTED or NO_PERMISSION (some virtualized cards): unknown, not fatal
+        return []
+
+
+def _used_by(processes, pid: int) -> Optional[int]:
+    """Bytes NVML lists for process ``pid``, or None when it is not listed or its figure is not
+    available (NVML then reports None, or an all-ones value on older bindings)."""
+    used = [p.usedGpuMemory for p in processes if p.pid == pid]
+    if not used or any(u is None or u >= 2**63 for u in used):
+        return None
+    return sum(used)
 
 
 def _visible(found: list[tuple[Gpu, str]], spec: Optional[str]) -> tuple[Gpu, ...]:

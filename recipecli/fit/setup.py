@@ -47,6 +47,13 @@ class Setup:
     # Bytes per LoRA adapter parameter: `recipe run` passes precision.choose's trainable_dtype
     # (verdict.setup_for); None is TRL's own rule, for the published stacks of benchmarks/.
     adapter_bytes: int | None = None
+    # Rows of a micro-batch shorter than the longest are padded, so attention gets a mask; False
+    # when every row is full length (packing, or the probe's worst-case batch).
+    padded: bool = True
+    # lora.modules_to_save: modules peft trains in full beside the adapters (architectures.match_saved).
+    modules_to_save: tuple[str, ...] = ()
+    use_dora: bool = False  # lora.use_dora: not modelled, the estimate refuses it (estimate.estimate)
+    liger_kernel: bool = False  # training.liger_kernel: said in the estimate's explanations, same bytes
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class Dtypes:
     matmul_out: int  # outputs of block linears, MLP activations
     attention: int  # what the attention kernel saves
     adapter_in: int  # copy of its input each adapter saves
+    dropout_mask: int  # what dropout keeps beside it, per element
 
 
 def dtypes_of(s: Setup) -> Dtypes:
@@ -73,6 +81,10 @@ def dtypes_of(s: Setup) -> Dtypes:
     train = lora if s.method != "full" else s.weight_bits // 8
     # Linear4bit/8bitLt cast their output back to the input's dtype (fp32 after the upcast).
     matmul_out = other if kbit else (c if s.autocast else s.weight_bits // 8)
+    adapter_in = c if s.autocast else lora
+    # CUDA's fused native_dropout keeps a bool mask beside the dropped copy (the probe traces the
+    # same kernel on the CPU: train/probe.py, "dropout").
+    mask = 1 if s.lora_dropout > 0 else 0
     return Dtypes(weight=s.weight_bits / 8, other=other, train=train, compute=c, residual=other,
                   matmul_out=matmul_out, attention=c if s.autocast else matmul_out,
-                  adapter_in=c if s.autocast else lora)
+                  adapter_in=adapter_in, dropout_mask=mask)

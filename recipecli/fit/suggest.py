@@ -45,8 +45,9 @@ def suggest(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "non
     re-estimated through :func:`verdict.setup_for`, exactly as the patched recipe will be when loaded.
 
     Returns:
-        The first candidate whose re-estimate fits (tight included), or None when the recipe
-        already fits or nothing does.
+        The cheapest candidate that fits with the whole error band (verdict "fits"); when none
+        does, the cheapest that fits by the estimate alone ("tight"); None when the recipe fits
+        already or nothing does.
 
     Raises:
         InvalidRecipe, UnknownModel: as :func:`verdict.check`.
@@ -60,22 +61,30 @@ def suggest(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "non
         setup, notes = setup_for(changed, gpu, num_gpus, parallelism)
         return judge(shape, setup, gpu, tuple(notes))
 
-    if attempt(()).fits:
+    if attempt(()).status == "fits":
         return None
     knobs = [moves for moves in (list(knob(recipe)) for knob in _KNOBS) if moves]
     # Each knob's last setting saves the most: when all of them together do not fit, nothing does.
-    if not attempt(tuple(moves[-1] for moves in knobs)).fits:
+    smallest = attempt(tuple(moves[-1] for moves in knobs))
+    if not smallest.fits:
         return None
     combos = [tuple(m for m in combo if m is not None)
               for combo in itertools.product(*[[None, *moves] for moves in knobs])]
+    # When the smallest setting fits with its whole band, some combination does: search for it;
+    # when it is only tight, no real fit exists, and the cheapest tight one is the answer.
+    wanted = ("fits",) if smallest.status == "fits" else ("fits", "tight")
     for combo in sorted(combos[1:], key=lambda c: (sum(m.cost for m in c), len(c))):
         verdict = attempt(combo)
-        if verdict.fits:
-            patch: dict = {}
-            for move in combo:
-                patch = deep_merge(patch, move.patch)
-            return Suggestion(patch, tuple(m.change for m in combo), verdict)
+        if verdict.status in wanted:
+            return _suggestion(combo, verdict)
     return None
+
+
+def _suggestion(combo: tuple[_Move, ...], verdict: Verdict) -> Suggestion:
+    patch: dict = {}
+    for move in combo:
+        patch = deep_merge(patch, move.patch)
+    return Suggestion(patch, tuple(m.change for m in combo), verdict)
 
 
 def _training(**changes) -> Callable[[Recipe], Recipe]:

@@ -6,6 +6,7 @@ Pure: the GPU arrives as data (``gpu_catalog.Gpu``), nothing here asks CUDA or i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -18,23 +19,53 @@ from .gpu_catalog import Gpu
 from .precision import DTYPE_BYTES, choose
 from .setup import Setup
 
-# benchmarks/calibration.py finds estimates within ~6 % of published peaks of this stack (few
-# rows, so twice that is kept as margin): a run needing more than 90 % of the card may or may
-# not hit out-of-memory. It is reported as tight, still a fit (exit code 0).
-TIGHT_FRACTION = 0.90
+# How far the measured peak may lie from the estimate, either way, as a fraction of it: the sum
+# of the worst errors of the three parts of the device figure. Allocated: benchmarks/
+# trace_grid.json holds the peaks of the real stack traced at full size, and the analytic model's
+# target against them is a worst error of 6 %. Reserved beyond allocated: the allocator replay
+# (reserve.py) against the published max_memory_reserved rows of ../shared/calibration/
+# published_runs.yaml (benchmarks/calibration.py) is within 4.5 %. The CUDA context: the
+# published figures span ~100 MiB per generation (gpu_catalog.CUDA_CONTEXT_MIB), ~1.5 % of an
+# 8 GB card. 6 + 4.5 + 1.5 = 12 %, which is also the worst error the published runs may show
+# (issue 8's target). tests/fit/test_verdict.py checks that every published run and every traced
+# row lies inside the band.
+BAND = 0.12
 
 Status = Literal["fits", "tight", "does_not_fit"]
 
 
-def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1,
-              parallelism: str = "none") -> tuple[Setup, list[str]]:
+# The recipe's distributed.strategy as the estimator names it (fit-check's --parallelism).
+PARALLELISM_OF_STRATEGY = {"none": "none", "ddp": "ddp", "fsdp": "fsdp", "deepspeed_zero2": "zero2",
+                           "deepspeed_zero3": "zero3"}
+
+
+def distribution(recipe: Recipe, num_gpus: Optional[int] = None, parallelism: Optional[str] = None,
+                 visible_gpus: int = 1) -> tuple[int, str]:
+    """How many GPUs share the run and how: what is given, else the recipe's distributed section.
+
+    Args:
+        recipe: the loaded recipe.
+        num_gpus, parallelism: given on the command line (fit-check's --gpus, --parallelism); None
+            takes the recipe's.
+        visible_gpus: the count a recipe that leaves processes_per_node out gets per node.
+    """
+    if parallelism is None:
+        parallelism = PARALLELISM_OF_STRATEGY[recipe.strategy]
+    if num_gpus is None:
+        num_gpus = recipe.processes if recipe.processes is not None else \
+            recipe.distributed.nodes * max(visible_gpus, 1)
+    return num_gpus, parallelism
+
+
+def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None,
+              parallelism: Optional[str] = None) -> tuple[Setup, list[str]]:
     """The estimator's view of a recipe on a GPU.
 
     Args:
         recipe: the loaded recipe.
         gpu: the card each process trains on (all cards alike); None for the CPU.
-        num_gpus: data-parallel processes.
-        parallelism: none, ddp, fsdp, zero2 or zero3.
+        num_gpus: data-parallel processes; None: the recipe's (:func:`distribution`).
+        parallelism: none, ddp, fsdp, zero2 or zero3; None: the recipe's strategy.
 
     Returns:
         The setup and the notes on what "auto" became.
@@ -42,6 +73,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1,
     Raises:
         InvalidRecipe: see :func:`choose`.
     """
+    num_gpus, parallelism = distribution(recipe, num_gpus, parallelism)
     choices = choose(recipe, gpu)
     quant, lora = recipe.quantization, recipe.lora
     four_bit = quant is not None and quant.bits == 4
@@ -64,6 +96,9 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: int = 1,
         lora_dropout=lora.dropout if lora else 0.0,
         # The dtype the runner enforces on the adapters (model.enforce_dtypes), so the two agree.
         adapter_bytes=DTYPE_BYTES[choices.trainable_dtype] if lora else None,
+        modules_to_save=lora.modules_to_save if lora else (),
+        use_dora=lora.use_dora if lora else False,
+        liger_kernel=recipe.training.liger_kernel,
     )
     return setup, list(choices.notes)
 
@@ -91,27 +126,42 @@ class Verdict:
     def fits(self) -> bool:
         return self.status != "does_not_fit"
 
+    @property
+    def band_bytes(self) -> tuple[int, int]:
+        """The device figure's band (low, high): where the measured peak is expected to lie."""
+        return band(self.estimate.device_bytes)
+
+
+def band(need_bytes: int) -> tuple[int, int]:
+    """(low, high) of an estimate: BAND below and above it, rounded outwards."""
+    return math.floor(need_bytes * (1 - BAND)), math.ceil(need_bytes * (1 + BAND))
+
 
 def status_of(need_bytes: int, vram_bytes: int) -> Status:
-    """fits, tight (above TIGHT_FRACTION of the card) or does_not_fit."""
+    """fits when the band's upper end fits the card, tight when only the estimate itself does,
+    does_not_fit otherwise. A false "fits" costs a download and an out-of-memory crash; a false
+    "tight" costs a warning, so the verdict answers for the upper end."""
     if need_bytes > vram_bytes:
         return "does_not_fit"
-    return "tight" if need_bytes > TIGHT_FRACTION * vram_bytes else "fits"
+    return "fits" if band(need_bytes)[1] <= vram_bytes else "tight"
 
 
-def judge(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...]) -> Verdict:
+def judge(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...],
+          expandable_segments: bool = True) -> Verdict:
     """Estimate a model shape under a setup and judge it against the card.
 
     Args:
         shape: the model's architecture.
         setup: the estimator's view of the recipe (:func:`setup_for`).
-        gpu: the card.
+        gpu: the card; its compute capability sets the CUDA context and cuBLAS workspace.
         notes: carried into the verdict; a note is added when other processes hold the memory it needs.
+        expandable_segments: the allocator setting the run will have (``recipe run`` sets it
+            unless the user configured the allocator).
 
     Returns:
         The verdict.
     """
-    result = estimate(shape, setup)
+    result = estimate(shape, setup).on_card(gpu.context_bytes, gpu.workspace_bytes, expandable_segments)
     notes_now = list(notes)
     if gpu.free_bytes is not None and gpu.free_bytes < result.device_bytes <= gpu.total_bytes:
         used = (gpu.total_bytes - gpu.free_bytes) / GIB
@@ -119,8 +169,9 @@ def judge(shape: Shape, setup: Setup, gpu: Gpu, notes: tuple[str, ...]) -> Verdi
     return Verdict(status_of(result.device_bytes, gpu.total_bytes), result, setup, gpu, tuple(notes_now))
 
 
-def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none") -> Verdict:
-    """Estimate a recipe's peak memory per GPU and compare it with the card.
+def check(recipe: Recipe, gpu: Gpu, num_gpus: Optional[int] = None, parallelism: Optional[str] = None,
+          expandable_segments: bool = True) -> Verdict:
+    """Estimate a recipe's peak memory per GPU and compare it with the card (see :func:`judge`).
 
     Raises:
         InvalidRecipe: the card cannot run the recipe's settings (see :func:`choose`).
@@ -130,7 +181,7 @@ def check(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "none"
     """
     setup, notes = setup_for(recipe, gpu, num_gpus, parallelism)
     try:
-        return judge(recipe_shape(recipe), setup, gpu, tuple(notes))
+        return judge(recipe_shape(recipe), setup, gpu, tuple(notes), expandable_segments)
     except (UnknownModel, UnknownTargets) as exc:
         raise at_its_field(exc, recipe) from None
 

@@ -27,6 +27,8 @@ QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
 TargetShorthand = Literal["all-linear", "attention"]
 WandbMode = Literal["online", "offline"]
+Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
+ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # Fields that are not written in a recipe file: the codec skips them both ways.
@@ -81,6 +83,9 @@ class Lora:
     alpha: float
     dropout: float
     target_modules: Union[TargetShorthand, tuple[str, ...]]  # a shorthand or module names
+    use_rslora: bool
+    use_dora: bool
+    modules_to_save: tuple[str, ...]  # trained in full beside the adapters
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ class Training:
     max_steps: Optional[int]
     learning_rate: float
     lr_scheduler: LrScheduler
-    warmup_ratio: float
+    warmup_ratio: Optional[float]  # absent when warmup_steps is set
+    warmup_steps: Optional[int]
     weight_decay: float
     max_grad_norm: float
     optimizer: Optimizer
@@ -128,6 +134,30 @@ class Training:
     logging_steps: int
     save_steps: int
     save_total_limit: int
+    eval_steps: Optional[int]  # absent: every save_steps
+    early_stopping_patience: Optional[int]  # absent: no early stopping
+    early_stopping_threshold: Optional[float]  # present exactly with early_stopping_patience
+    liger_kernel: bool
+
+
+@dataclass(frozen=True)
+class Distributed:
+    strategy: Strategy
+    processes_per_node: Optional[int]  # absent: the GPUs visible where it launches
+    nodes: int
+    main_address: Optional[str]  # written whenever nodes > 1 (rules.py)
+    main_port: int
+    node_rank: Optional[int]  # absent: from the environment at launch (launch.py)
+    fsdp_offload: Optional[bool]  # fsdp only
+    zero_offload: Optional[ZeroOffload]  # deepspeed_* only
+
+    @property
+    def processes(self) -> Optional[int]:
+        """Training processes in all, over every node; None while processes_per_node is left to
+        the GPUs visible at launch."""
+        if self.strategy == "none":
+            return 1
+        return None if self.processes_per_node is None else self.nodes * self.processes_per_node
 
 
 @dataclass(frozen=True)
@@ -164,6 +194,7 @@ class Recipe:
     training: Training
     logging: Logging
     output: Output
+    distributed: Optional[Distributed]  # absent: one process
     # The recipe file this came from: where it was read, not what it says, so two recipes that
     # say the same thing are equal wherever they are.
     source: Path = field(compare=False, metadata=NOT_IN_DOCUMENT)
@@ -178,3 +209,23 @@ class Recipe:
     @property
     def output_dir(self) -> Path:
         return Path(self.output.dir)
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.distributed.strategy if self.distributed is not None else "none"
+
+    @property
+    def processes(self) -> Optional[int]:
+        """Processes training together (1 without a distributed section); None when the count is
+        the GPUs visible at launch."""
+        return self.distributed.processes if self.distributed is not None else 1
+
+    def global_batch(self, processes: Optional[int] = None) -> Optional[int]:
+        """Sequences per optimizer step: micro-batch x accumulation x processes.
+
+        Args:
+            processes: the count the launch resolved; None takes the recipe's (None if unknown).
+        """
+        count = processes if processes is not None else self.processes
+        t = self.training
+        return None if count is None else t.micro_batch_size * t.gradient_accumulation_steps * count

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import Problem, json_path
-from . import paths
+from . import paths, schema
 
 Rule = Callable[[dict, "Context"], Iterator[Problem]]
 
@@ -95,6 +95,116 @@ def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):
                               "a hub id is org/name; a local file ends in .jsonl, .json, .csv or .parquet")
 
 
+def one_process_without_a_strategy(doc: dict, ctx: Context):
+    dist = doc.get("distributed", {})
+    if dist.get("strategy") != "none":
+        return
+    for field in ("processes_per_node", "nodes"):
+        if dist.get(field) is not None and dist[field] > 1:
+            yield ctx.problem(("distributed", field), f"{field} {dist[field]} with strategy none (one process)",
+                              "set distributed.strategy: ddp (or fsdp, deepspeed_zero2, deepspeed_zero3) to train "
+                              "with several processes")
+
+
+def several_nodes_need_their_main(doc: dict, ctx: Context):
+    dist = doc.get("distributed", {})
+    nodes = dist.get("nodes", schema.schema()["properties"]["distributed"]["properties"]["nodes"]["default"])
+    if nodes > 1 and "main_address" not in dist:
+        yield ctx.problem(("distributed", "nodes"), f"{nodes} nodes need the address of the main node",
+                          "add distributed.main_address: the host name or IP of the machine with node_rank 0, "
+                          "reachable from every node")
+    if "node_rank" in dist and dist["node_rank"] >= nodes:
+        yield ctx.problem(("distributed", "node_rank"), f"node_rank {dist['node_rank']} with {nodes} node(s)",
+                          f"node ranks run from 0 to {nodes - 1}")
+
+
+def offload_knobs_match_the_strategy(doc: dict, ctx: Context):
+    dist = doc.get("distributed", {})
+    strategy = dist.get("strategy")
+    if "fsdp_offload" in dist and strategy != "fsdp":
+        yield ctx.problem(("distributed", "fsdp_offload"), f"fsdp_offload with strategy {strategy}",
+                          "remove it, or set strategy: fsdp", key=True)
+    offload = dist.get("zero_offload")
+    if offload is not None and strategy not in ("deepspeed_zero2", "deepspeed_zero3"):
+        yield ctx.problem(("distributed", "zero_offload"), f"zero_offload with strategy {strategy}",
+                          "remove it, or set strategy: deepspeed_zero2 or deepspeed_zero3", key=True)
+    elif offload == "optimizer_and_parameters" and strategy == "deepspeed_zero2":
+        yield ctx.problem(("distributed", "zero_offload"), "ZeRO-2 does not shard parameters, so it cannot offload them",
+                          "use zero_offload: optimizer, or strategy: deepspeed_zero3")
+    optimizer = doc.get("training", {}).get("optimizer", schema.defaults_of("training")["optimizer"])
+    if offload in ("optimizer", "optimizer_and_parameters") and optimizer != "adamw_torch":
+        yield ctx.problem(("training", "optimizer"), f"zero_offload {offload} runs DeepSpeed's CPU Adam, not {optimizer}",
+                          "set training.optimizer: adamw_torch, or distributed.zero_offload: none")
+
+
+def quantized_base_fits_the_strategy(doc: dict, ctx: Context):
+    """bitsandbytes bases under sharding, as the libraries document them at the installed versions
+    (bitsandbytes 0.50 docs/fsdp_qlora.md, peft 0.21 docs accelerate/deepspeed.md)."""
+    strategy = doc.get("distributed", {}).get("strategy")
+    if doc.get("method") != "qlora" or strategy not in ("fsdp", "deepspeed_zero3"):
+        return
+    bits = doc.get("quantization", {}).get("bits", schema.defaults_of("quantization")["bits"])
+    where = ("distributed", "strategy")
+    if strategy == "deepspeed_zero3":
+        # peft's ZeRO-3 + QLoRA recipe builds the model inside deepspeed.zero.Init (TrainingArguments
+        # before from_pretrained) with a float quant storage; recipe run loads the model first, so
+        # ZeRO-3 would partition weights it cannot gather back. 8-bit is not supported there at all.
+        yield ctx.problem(where, f"a bitsandbytes {bits}-bit base cannot be sharded by DeepSpeed ZeRO-3 as recipe run "
+                          "loads it", "use strategy: fsdp (FSDP2 shards the 4-bit weights, stored as the compute dtype)"
+                          " or deepspeed_zero2 (shards optimizer state and gradients, the base stays whole)")
+    elif bits == 8:
+        # FSDP shards float tensors only; bitsandbytes' quant_storage makes 4-bit weights one, LLM.int8 has none.
+        yield ctx.problem(where, "FSDP cannot shard an 8-bit (LLM.int8) base: it shards float tensors only",
+                          "use quantization.bits: 4 (FSDP-QLoRA stores 4-bit weights as a float dtype FSDP can "
+                          "shard), or strategy: ddp or deepspeed_zero2")
+
+
+def one_warmup(doc: dict, ctx: Context):
+    training = doc.get("training", {})
+    if "warmup_steps" in training and "warmup_ratio" in training:
+        yield ctx.problem(("training", "warmup_steps"), "warmup_steps and warmup_ratio both set",
+                          "keep one: warmup_steps counts optimizer steps, warmup_ratio a fraction of them", key=True)
+
+
+def evaluation_needs_held_out_data(doc: dict, ctx: Context):
+    if "eval_steps" in doc.get("training", {}) and "val_fraction" not in doc.get("data", {}):
+        yield ctx.problem(("training", "eval_steps"), "eval_steps without data.val_fraction: nothing to evaluate on",
+                          "add data.val_fraction (e.g. 0.02), or remove eval_steps", key=True)
+
+
+def saved_modules_are_not_adapted(doc: dict, ctx: Context):
+    lora = doc.get("lora", {})
+    targets = lora.get("target_modules")
+    for i, name in enumerate(lora.get("modules_to_save", [])):
+        if isinstance(targets, list) and name in targets:
+            # peft would wrap one module both ways; the copy trained in full already covers the adapter.
+            yield ctx.problem(("lora", "modules_to_save", i), f"{name} is in both modules_to_save and target_modules",
+                              "a module is trained in full (modules_to_save) or gets an adapter (target_modules): "
+                              "remove it from one list")
+
+
+def early_stopping_needs_evaluations(doc: dict, ctx: Context):
+    training, data = doc.get("training", {}), doc.get("data", {})
+    if "early_stopping_threshold" in training and "early_stopping_patience" not in training:
+        yield ctx.problem(("training", "early_stopping_threshold"), "early_stopping_threshold without "
+                          "early_stopping_patience", "add early_stopping_patience (e.g. 3), or remove the threshold",
+                          key=True)
+    if "early_stopping_patience" not in training:
+        return
+    if "val_fraction" not in data:
+        yield ctx.problem(("training", "early_stopping_patience"), "early stopping without data.val_fraction: no "
+                          "eval_loss to watch", "add data.val_fraction (e.g. 0.02), or remove early_stopping_patience",
+                          key=True)
+    save = training.get("save_steps", schema.defaults_of("training")["save_steps"])
+    evaluate = training.get("eval_steps", save)
+    if save % evaluate:
+        # The best evaluation must have its checkpoint to be the result (load_best_model_at_end).
+        yield ctx.problem(("training", "save_steps") if "save_steps" in training else ("training", "eval_steps"),
+                          f"save_steps {save} is not a multiple of eval_steps {evaluate}, as early stopping needs",
+                          "the result is the best evaluation's checkpoint: use save_steps "
+                          f"{evaluate * max(1, save // evaluate)} or eval_steps that divides {save}")
+
+
 RULES: tuple[Rule, ...] = (
     lora_with_full,
     quantization_without_qlora,
@@ -103,6 +213,14 @@ RULES: tuple[Rule, ...] = (
     flash_attention_needs_half,
     model_is_a_folder_or_a_hub_id,
     datasets_are_files_or_hub_ids,
+    one_process_without_a_strategy,
+    several_nodes_need_their_main,
+    offload_knobs_match_the_strategy,
+    quantized_base_fits_the_strategy,
+    one_warmup,
+    evaluation_needs_held_out_data,
+    saved_modules_are_not_adapted,
+    early_stopping_needs_evaluations,
 )
 
 

@@ -16,11 +16,11 @@ from ..fit import verdict as fit_verdict
 from ..fit.gpu_catalog import Gpu, card, gpu_from_vram
 from ..fit.hardware import probe
 from ..fit.suggest import Suggestion, suggest
-from ..fit.verdict import Verdict
+from ..fit.verdict import BAND, Verdict
 from ..read import codec, load
 from ..read.load import Resolved, deep_merge
 from ..read.recipe import Recipe
-from ..units import gib
+from ..units import GIB, gib
 
 BAR_WIDTH = 40  # characters standing for the whole card in -v breakdowns
 
@@ -33,7 +33,7 @@ class Row:
     resolved: Resolved
     recipe: Recipe
     verdict: Verdict
-    suggestion: Optional[Suggestion]  # only for recipes that do not fit
+    suggestion: Optional[Suggestion]  # only for recipes that do not fit, or fit only tightly
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def check_files(files: Sequence[str | Path], gpu: Gpu, num_gpus: int = 1, parall
                 continue
             recipe = recipe_of(resolved)  # raises for an abstract base: it cannot run
             verdict = fit_verdict.check(recipe, gpu, num_gpus, parallelism)
-            suggestion = None if verdict.fits else suggest(recipe, gpu, num_gpus, parallelism)
+            # tight too: the change that fits with the whole band, when there is one
+            suggestion = None if verdict.status == "fits" else suggest(recipe, gpu, num_gpus, parallelism)
         except RecipeError as exc:
             failures.append(Failure(str(file), exc))
             continue
@@ -150,12 +151,24 @@ def verdict_text(verdict: Verdict) -> str:
     return {"fits": "fits", "tight": "tight", "does_not_fit": "DOES NOT FIT"}[verdict.status] + f" ({share:.0%})"
 
 
+def estimate_text(verdict: Verdict) -> str:
+    """The device estimate and its band: '7.10 GiB (6.25–7.95 GiB)'."""
+    low, high = verdict.band_bytes
+    return f"{gib(verdict.estimate.device_bytes)} ({low / GIB:.2f}–{high / GIB:.2f} GiB)"
+
+
+def band_legend() -> str:
+    """What the band and the verdicts mean, once under the table."""
+    return (f"estimate: what nvidia-smi will show at the peak, and the band the measured peak is expected in "
+            f"(±{BAND:.0%}); fits: the whole band fits the card; tight: only the estimate does")
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """Aligned table: recipe, model, base model parameters, method, estimate, VRAM, verdict."""
     head = ("recipe", "model", "params", "method", "estimate", "VRAM", "verdict")
     # The model as written (./models/x), not the absolute path the loaded recipe holds.
     body = [(r.recipe.name, r.resolved.raw["model"]["id"], params(r.verdict.estimate.base_params), r.recipe.method,
-             gib(r.verdict.estimate.device_bytes), gib(r.verdict.vram_bytes), verdict_text(r.verdict)) for r in rows]
+             estimate_text(r.verdict), gib(r.verdict.vram_bytes), verdict_text(r.verdict)) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     right = {2, 4, 5}  # numbers align right
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
@@ -171,8 +184,10 @@ def format_breakdown(verdict: Verdict) -> str:
                  f"{_bar(verdict.estimate.device_bytes, verdict.vram_bytes)}| {verdict.gpu.name} "
                  f"{gib(verdict.vram_bytes)}, headroom {gib(verdict.headroom_bytes)}")
     est = verdict.estimate
+    setting = "expandable_segments:True" if est.expandable_segments else "fixed segments"
     lines.append(f"  {'':<16}allocated {gib(est.allocated_bytes)} (max_memory_allocated), reserved "
-                 f"{gib(est.reserved_bytes)} (max_memory_reserved), on the card {gib(est.device_bytes)} (nvidia-smi)")
+                 f"{gib(est.reserved_bytes)} (max_memory_reserved, {setting}), on the card "
+                 f"{estimate_text(verdict)}, what nvidia-smi shows")
     return "\n".join(lines)
 
 
@@ -200,15 +215,16 @@ def format_suggestion(recipe: Recipe, verdict: Verdict, suggestion: Optional[Sug
         A paragraph for people (what `recipe fit-check` and a refused `recipe run` print).
     """
     scope = _scope_of(verdict)
-    need = (f"{recipe.name} needs {gib(verdict.estimate.device_bytes)}{f' ({scope})' if scope else ''}, "
+    need = (f"{recipe.name} needs {estimate_text(verdict)}{f' ({scope})' if scope else ''}, "
             f"{verdict.gpu.name} has {gib(verdict.vram_bytes)}.")
     if suggestion is None:
         return (f"{need} No combination of the memory knobs makes it fit: use a smaller model or a card "
                 "with more memory.")
     after = suggestion.verdict
     share = after.estimate.device_bytes / after.vram_bytes
-    return (f"{need} It fits{' tightly' if after.status == 'tight' else ''} at {gib(after.estimate.device_bytes)} "
-            f"({share:.0%}) with:\n{changes_and_patch(suggestion)}")
+    how = ("fits tightly (only the estimate fits, not its whole band: no change found fits with margin)"
+           if after.status == "tight" else "fits")
+    return (f"{need} It {how} at {estimate_text(after)} ({share:.0%}) with:\n{changes_and_patch(suggestion)}")
 
 
 def changes_and_patch(suggestion: Suggestion) -> str:
@@ -230,10 +246,11 @@ def format_fit_check(rows: Sequence[Row], gpu: Gpu, verbose: bool = False, num_g
     With several GPUs the card line says the estimates are per GPU, and under which strategy.
     """
     scope = scope_text(num_gpus, parallelism)
-    parts = [gpu_line(gpu) + (f"; estimates {scope}" if scope else ""), format_table(rows)]
+    parts = [gpu_line(gpu) + (f"; estimates {scope}" if scope else ""), format_table(rows) + "\n" + band_legend()]
     if verbose:
         parts += [format_verdict(r.recipe, r.verdict) for r in rows]
-    parts += [format_suggestion(r.recipe, r.verdict, r.suggestion) for r in rows if not r.verdict.fits]
+    parts += [format_suggestion(r.recipe, r.verdict, r.suggestion) for r in rows
+              if not r.verdict.fits or (r.verdict.status == "tight" and r.suggestion is not None)]
     notes = notes_of(rows)
     if notes:
         parts.append("\n".join(f"note: {n}" for n in notes))
@@ -267,13 +284,16 @@ def fit_json(rows: Sequence[Row], failures: Sequence[Failure], gpu: Gpu, num_gpu
         return {
             "file": row.file, "name": row.recipe.name, "model": row.recipe.model.id, "method": row.recipe.method,
             "status": row.verdict.status, "allocated_bytes": est.allocated_bytes, "reserved_bytes": est.reserved_bytes,
-            "device_bytes": est.device_bytes, "vram_bytes": row.verdict.vram_bytes,
+            "device_bytes": est.device_bytes, "device_bytes_low": row.verdict.band_bytes[0],
+            "device_bytes_high": row.verdict.band_bytes[1], "band_fraction": BAND,
+            "expandable_segments": est.expandable_segments, "vram_bytes": row.verdict.vram_bytes,
             "headroom_bytes": row.verdict.headroom_bytes, "base_params": est.base_params,
             "trainable_params": est.trainable_params, "notes": list(row.verdict.notes),
             "components": [{"name": c.name, "bytes": c.bytes, "explanation": c.explanation} for c in est.components],
             "suggestion": None if sug is None else {
                 "changes": list(sug.changes), "patch": sug.patch, "status": sug.verdict.status,
-                "device_bytes": sug.verdict.estimate.device_bytes},
+                "device_bytes": sug.verdict.estimate.device_bytes,
+                "device_bytes_high": sug.verdict.band_bytes[1]},
         }
     return {
         "gpu": {"name": gpu.name, "total_bytes": gpu.total_bytes, "free_bytes": gpu.free_bytes,

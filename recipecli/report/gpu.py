@@ -12,8 +12,7 @@ from ..fit.verdict import Verdict, judge, setup_for
 from ..read import load
 from ..read.recipe import Recipe
 from ..shipped import RECIPES_DIR
-from ..units import gib
-from .fit import Row, gpu_line, params, recipe_of, verdict_text
+from .fit import Row, estimate_text, gpu_line, params, recipe_of, verdict_text
 
 # What `recipe gpu` calls a standard QLoRA run: the shipped base the 8 GB recipes extend.
 STANDARD_QLORA_BASE = RECIPES_DIR / "base" / "qlora-8gb.yaml"
@@ -56,17 +55,19 @@ def format_gpu(gpu: Gpu, rows: Sequence[Row], largest: Optional[tuple[str, Verdi
              f"  bf16: {yes_no[gpu.supports_bf16]}" + (" (precision auto uses fp16)" if gpu.supports_bf16 is False else "")
              + f"   FlashAttention 2: {yes_no[gpu.supports_flash_attention_2]}"
              + (" (attention auto uses sdpa)" if gpu.supports_flash_attention_2 is False else "")]
-    fit = [r.recipe.name for r in rows if r.verdict.fits]
-    unfit = [r.recipe.name for r in rows if not r.verdict.fits]
-    lines.append(f"  shipped recipes that fit: {', '.join(fit) or 'none'}")
-    if unfit:
-        lines.append(f"  do not fit: {', '.join(unfit)}")
+    by_status = {status: [r.recipe.name for r in rows if r.verdict.status == status]
+                 for status in ("fits", "tight", "does_not_fit")}
+    lines.append(f"  shipped recipes that fit: {', '.join(by_status['fits']) or 'none'}")
+    if by_status["tight"]:  # the estimate fits, the upper end of its band does not
+        lines.append(f"  tight (may run out of memory): {', '.join(by_status['tight'])}")
+    if by_status["does_not_fit"]:
+        lines.append(f"  do not fit: {', '.join(by_status['does_not_fit'])}")
     if largest is None:
         lines.append(f"  largest model for QLoRA: none of the catalog fits ({_standard_qlora_text()})")
     else:
         model, verdict = largest
         lines.append(f"  largest model for QLoRA: {model} ({params(verdict.estimate.base_params)} params, "
-                     f"{gib(verdict.estimate.device_bytes)}, {verdict_text(verdict)}; {_standard_qlora_text()})")
+                     f"{estimate_text(verdict)}, {verdict_text(verdict)}; {_standard_qlora_text()})")
     return "\n".join(lines)
 
 

@@ -49,6 +49,8 @@ def recorder(run_dir: Path, stop: StopRequest, *, cuda: bool):
 
     class RunCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:  # every rank logs; rank 0 alone writes the run folder
+                return
             if cuda:
                 logs["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
                 logs["gpu_reserved_gib"] = round(torch.cuda.memory_reserved() / GIB, 3)

@@ -29,12 +29,13 @@ import yaml
 from ..errors import RecipeError, UsageError
 from ..read.recipe import Recipe
 from . import checkpoints
-from .runfolder import (ADAPTER, ESTIMATE, FULL_MODEL, LOCK, LOSS_PLOT, METRICS, RECIPE, RUN, check_resumable,
-                        last_checkpoint)
+from .runfolder import (ACCELERATE_CONFIG, ADAPTER, DEEPSPEED_CONFIG, ESTIMATE, FULL_MODEL, LOCK, LOSS_PLOT,
+                        METRICS, RECIPE, RUN, check_resumable, last_checkpoint)
 
 # What a run writes before its first checkpoint; a folder holding only these (run.yaml among
-# them, which recipecli alone writes) is a run that saved nothing.
-LEFTOVERS = frozenset({RECIPE, RUN, ESTIMATE, METRICS, LOSS_PLOT})
+# them, which recipecli alone writes) is a run that saved nothing; a distributed run's launch
+# configs are written before its first checkpoint too.
+LEFTOVERS = frozenset({RECIPE, RUN, ESTIMATE, METRICS, LOSS_PLOT, ACCELERATE_CONFIG, DEEPSPEED_CONFIG})
 NEW_DIR = "choose another output.dir (e.g. --set output.dir=runs/NEW)"
 
 

@@ -17,12 +17,22 @@ text               text                 nothing: every token is trained
 
 A mix of prompt/completion and conversational datasets becomes conversational (the prompt is
 the user turn, the completion the assistant turn); plain text mixes with neither.
+
+``recipe run`` and ``recipe data`` share one pipeline, ``prepare``: read -> mix and split ->
+``tokenize`` -> ``truncate`` -> drop what has no trained token left. The trainer gets its result
+already tokenized (input_ids and labels), so TRL only packs and pads it, and the statistics
+``recipe data`` prints are the numbers of the very sequences that train. ``tokenize`` does what
+TRL 1.16's ``SFTTrainer._prepare_dataset`` does to an untokenized dataset (end-of-sequence token,
+template, completion or assistant mask); tests/train/test_datastats.py compares the two, label by
+label, for every format.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import random
+from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import DataError
 from ..read.recipe import Format, Recipe
@@ -95,6 +105,15 @@ def sft_flags(recipe: Recipe) -> dict:
     }
 
 
+@dataclass(slots=True)  # not frozen: built once per record (see datafiles.Place)
+class Example:
+    """One checked record in the columns TRL reads, and where it came from."""
+
+    columns: dict  # prompt/completion, messages or text
+    dataset: int  # its dataset's index in data.datasets
+    place: Place  # for messages about the record: file, line, record number
+
+
 def load_examples(recipe: Recipe, tokenizer=None):
     """Read, check, convert, mix and split the recipe's datasets.
 
@@ -113,27 +132,206 @@ def load_examples(recipe: Recipe, tokenizer=None):
     """
     from datasets import Dataset as HFDataset
 
+    train, evals = split(recipe, read_examples(recipe, tokenizer))
+    return (HFDataset.from_list([e.columns for e in train]),
+            None if evals is None else HFDataset.from_list([e.columns for e in evals]))
+
+
+def read_examples(recipe: Recipe, tokenizer=None) -> list[Example]:
+    """Every record of every dataset, checked and converted, in file order (``load_examples``'
+    first half, without the datasets library).
+
+    Raises:
+        DataError: as ``load_examples``.
+    """
     columns = layout(recipe)
     if columns == "messages" and tokenizer is not None:
         _check_chat_template(recipe, tokenizer)
     examples = []
-    for spec in recipe.data.datasets:
+    for index, spec in enumerate(recipe.data.datasets):
         before = len(examples)
         for place, record in itertools.islice(datafiles.records(spec), spec.max_samples):
             example = _convert(spec.format, record, place)
-            examples.append(_as_messages(example) if columns == "messages" and "prompt" in example else example)
+            example = _as_messages(example) if columns == "messages" and "prompt" in example else example
+            examples.append(Example(example, index, place))
         if len(examples) == before:
             raise DataError("no records", "check the file, or the split and subset of a hub dataset",
                             where=datafiles.display(spec))
+    return examples
+
+
+def split(recipe: Recipe, examples: list) -> tuple[list, Optional[list]]:
+    """Shuffle the mix with the recipe's seed and hold out ``data.val_fraction`` of it.
+
+    Returns:
+        ``(train, eval)``; eval is None without ``data.val_fraction``.
+
+    Raises:
+        DataError: the fraction leaves nothing to train on.
+    """
+    examples = list(examples)
     # The order of a mix is part of the run: it follows the recipe's seed, nothing else.
     random.Random(recipe.training.seed).shuffle(examples)
     if recipe.data.val_fraction is None:
-        return HFDataset.from_list(examples), None
+        return examples, None
     n_eval = max(1, round(len(examples) * recipe.data.val_fraction))
     if n_eval >= len(examples):
         raise DataError(f"{recipe.data.val_fraction} of {len(examples)} examples leaves nothing to train on",
                         "lower data.val_fraction or add data", where=recipe.locate(("data", "val_fraction")), path="$.data.val_fraction")
-    return HFDataset.from_list(examples[n_eval:]), HFDataset.from_list(examples[:n_eval])
+    return examples[n_eval:], examples[:n_eval]
+
+
+IGNORED = -100  # the label of a token that carries no loss (PyTorch's cross-entropy ignore_index)
+PACKING_STRATEGY = "bfd"  # TRL's default, named so that `recipe data` packs as the trainer does
+_BATCH = 1000  # examples tokenized per call
+
+
+@dataclass(slots=True)
+class Tokens:
+    """One example as the trainer gets it."""
+
+    input_ids: list[int]
+    labels: list[int]  # the token where it carries the loss, else IGNORED
+    length: int  # tokens before truncation
+    prompt_merged: bool = False  # the prompt's last tokens merged with the completion's first
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An example, its tokens, and why it is left out of training ("" when it is not)."""
+
+    example: Example
+    tokens: Tokens
+    dropped: str = ""
+
+
+def trainer_flags(recipe: Recipe) -> dict:
+    """SFTConfig's data arguments for the examples ``prepare`` tokenized: the masks are in the
+    labels already, so TRL must not look for prompt columns or assistant masks again."""
+    return {"completion_only_loss": False, "assistant_only_loss": False, "max_length": recipe.data.max_seq_length,
+            "packing": recipe.data.packing, "packing_strategy": PACKING_STRATEGY}
+
+
+def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
+    """The chat template conversations are tokenized with: None for the tokenizer's own; TRL's
+    training version of it when answer-only loss needs ``{% generation %}`` marks it lacks."""
+    if layout(recipe) != "messages" or not sft_flags(recipe)["assistant_only_loss"]:
+        return None
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    return None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
+
+
+def tokenize(columns: dict, tokenizer, *, answer_only: bool, chat_template: Optional[str] = None) -> Tokens:
+    """One example's tokens and labels, as TRL's SFTTrainer prepares an untokenized example.
+
+    Args:
+        columns: prompt/completion, messages or text (``Example.columns``).
+        tokenizer: the model's tokenizer.
+        answer_only: train only the completion, or the assistant turns (``data.completion_only_loss``).
+        chat_template: for conversations, from ``training_template``.
+
+    Returns:
+        The whole sequence, not yet truncated.
+    """
+    return tokenize_many([columns], tokenizer, answer_only=answer_only, chat_template=chat_template)[0]
+
+
+def tokenize_many(batch: list[dict], tokenizer, *, answer_only: bool, chat_template: Optional[str] = None
+                  ) -> list[Tokens]:
+    """``tokenize`` for examples of one layout at once: the same tokenizer calls, given lists, so the
+    tokenizer encodes them in parallel (TRL makes them one example at a time; the result is the same)."""
+    if not batch:
+        return []
+    if "messages" in batch[0]:
+        out = tokenizer.apply_chat_template([c["messages"] for c in batch], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=answer_only, chat_template=chat_template,
+                                            tools=None)
+        masks = out.get("assistant_masks") if answer_only else None
+        if masks is None:
+            return [Tokens(list(ids), list(ids), len(ids)) for ids in out["input_ids"]]
+        return [Tokens(list(ids), [t if m else IGNORED for t, m in zip(ids, mask)], len(ids))
+                for ids, mask in zip(out["input_ids"], masks)]
+    eos = tokenizer.eos_token
+
+    def ended(text: str) -> str:  # an end-of-sequence token to stop at, once
+        return text if text.endswith(eos) else text + eos
+
+    if "text" in batch[0]:  # plain text: every token trained
+        return [Tokens(ids, list(ids), len(ids))
+                for ids in tokenizer(text=[ended(c["text"]) for c in batch])["input_ids"]]
+    prompts = tokenizer(text=[c["prompt"] for c in batch])["input_ids"]
+    wholes = tokenizer(text=[c["prompt"] + ended(c["completion"]) for c in batch])["input_ids"]
+    tokens = []
+    for prompt_ids, ids in zip(prompts, wholes):
+        # The completion starts where the two tokenizations part: a token may merge across the boundary.
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+        labels = [IGNORED] * start + ids[start:] if answer_only else list(ids)
+        tokens.append(Tokens(ids, labels, len(ids), prompt_merged=start < len(prompt_ids)))
+    return tokens
+
+
+def truncate(tokens: Tokens, max_length: int) -> Tokens:
+    """Keep the first ``max_length`` tokens (TRL's keep_start, and what its packing keeps)."""
+    if tokens.length <= max_length:
+        return tokens
+    return Tokens(tokens.input_ids[:max_length], tokens.labels[:max_length], tokens.length, tokens.prompt_merged)
+
+
+def prepare(recipe: Recipe, tokenizer) -> tuple[list[Prepared], Optional[list[Prepared]]]:
+    """The recipe's examples as they train: read, mixed, split, tokenized, truncated; an example
+    left without a trained token is kept with the reason it is dropped (it would add no loss).
+
+    Returns:
+        ``(train, eval)``; eval is None without ``data.val_fraction``.
+
+    Raises:
+        DataError: as ``load_examples``.
+    """
+    train, evals = split(recipe, read_examples(recipe, tokenizer))
+    template = training_template(recipe, tokenizer)
+    answer_only = recipe.data.completion_only_loss and layout(recipe) != "text"
+    max_length = recipe.data.max_seq_length
+
+    def one(example: Example, full: Tokens) -> Prepared:
+        kept = truncate(full, max_length)
+        if any(label != IGNORED for label in kept.labels):
+            return Prepared(example, kept)
+        why = "nothing trained is left within max_seq_length" if full is not kept and any(
+            label != IGNORED for label in full.labels) else "the template marks no token to train"
+        return Prepared(example, kept, why)
+
+    def each(examples: list[Example]) -> list[Prepared]:
+        prepared = []
+        for i in range(0, len(examples), _BATCH):
+            chunk = examples[i:i + _BATCH]
+            tokens = tokenize_many([e.columns for e in chunk], tokenizer, answer_only=answer_only,
+                                   chat_template=template)
+            prepared += [one(e, t) for e, t in zip(chunk, tokens)]
+        return prepared
+
+    return each(train), None if evals is None else each(evals)
+
+
+def datasets(recipe: Recipe, train: list[Prepared], evals: Optional[list[Prepared]]):
+    """The trained examples of ``prepare`` as the ``datasets.Dataset`` columns SFTTrainer takes
+    (input_ids, labels), with ``trainer_flags``.
+
+    Raises:
+        DataError: no example has a token left to train.
+    """
+    from datasets import Dataset as HFDataset
+
+    def columns(prepared: list[Prepared]):
+        kept = [p.tokens for p in prepared if not p.dropped]
+        return HFDataset.from_dict({"input_ids": [t.input_ids for t in kept], "labels": [t.labels for t in kept]})
+
+    if all(p.dropped for p in train):
+        raise DataError(f"none of the {len(train)} training examples has a token left to train: {train[0].dropped}",
+                        "raise data.max_seq_length, or check the chat template with recipe data",
+                        where=recipe.locate(("data", "max_seq_length")), path="$.data.max_seq_length")
+    # An eval split left with nothing to train would fail in evaluate(): none then, as without one.
+    return columns(train), None if evals is None or all(p.dropped for p in evals) else columns(evals)
 
 
 def _check_chat_template(recipe: Recipe, tokenizer) -> None:

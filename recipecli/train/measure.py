@@ -2,9 +2,10 @@
 FakeTensorMode (probe.trace_step), replayed through the caching-allocator model
 (fit.allocator), beside fit-check's estimate of the same recipe.
 
-What is traced is what probe.py supports today: lora or full on an fp32 base, no autocast,
-sdpa or eager attention, adamw_torch or sgd. Anything else is refused before torch is imported,
-located at the recipe field that asks for it, rather than traced as something else.
+The trace is the recipe's run on a card: method (qlora's 4/8-bit base included), the dtypes and
+autocast precision.choose decides for the card (``--gpu``; without it, DEFAULT_CARD, named in a
+note), attention (flash_attention_2 as sdpa's flash kernel), optimizer, accumulation, packing and
+clipping as the recipe sets them. What the trace cannot see is said in the result's notes.
 
 Importing this module is cheap: torch, transformers, peft and trl are imported in ``measure``.
 """
@@ -14,18 +15,20 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Optional
 
-from ..errors import Location, UnknownModel, UnknownTargets, UsageError
+from ..errors import UnknownModel, UnknownTargets
 from ..fit.allocator import AllocatorPeaks, AllocatorReplay, replay, simulate
 from ..fit.architectures import MODEL_PATH, find_config, shape_from_config
 from ..fit.estimate import CUDA_CONTEXT_BYTES, Estimate, estimate
-from ..fit.gpu_catalog import Gpu
+from ..fit.gpu_catalog import Gpu, card
+from ..fit.precision import DTYPE_BYTES, Choices, choose
 from ..fit.verdict import at_its_field, setup_for
 from ..read.recipe import Recipe
+from ..units import GIB
 
-TRACED_ATTENTION = ("sdpa", "eager")
-TRACED_OPTIMIZERS = ("adamw_torch", "sgd")  # probe.OPTIMIZERS, named here to stay torch-free
-STACK = ("torch", "transformers", "peft", "trl")
-FP32_BYTES = 4  # every traced parameter is fp32
+STACK = ("torch", "transformers", "peft", "trl", "bitsandbytes")
+# Without --gpu the run is traced for a current data-centre card: bf16 autocast, FlashAttention 2
+# allowed. Its memory size plays no part in the trace, only in the estimate's verdict.
+DEFAULT_CARD = "A100 80GB"
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,11 @@ class ProbeResult:
     trainable_params: int
     versions: dict[str, str]
     estimate: Estimate  # fit-check's, for the same recipe on ``gpu``
-    gpu: Optional[Gpu]  # None: the estimate is the card-less one (fp32, as traced)
+    gpu: Gpu  # the card traced and estimated for (--gpu, or DEFAULT_CARD)
     notes: tuple[str, ...]
+    choices: Choices  # the dtypes traced: precision.choose for ``gpu``
+    paged_bytes: int = 0  # paged optimizer state, in CUDA unified memory outside the allocator
+    gpu_assumed: bool = False  # no --gpu: ``gpu`` is DEFAULT_CARD
 
     @property
     def reserved_bytes(self) -> int:
@@ -68,32 +74,6 @@ class ProbeResult:
     def device_bytes(self) -> int:
         """What nvidia-smi would show: reserved plus the CUDA context (fit-check's constant)."""
         return self.reserved_bytes + CUDA_CONTEXT_BYTES
-
-
-def refusal(recipe: Recipe) -> Optional[UsageError]:
-    """Why the recipe cannot be traced yet, or None.
-
-    A usage error (exit 2): the recipe is valid and nothing failed; this command cannot yet do
-    what it asks, and fit-check can.
-    """
-    def where(*path: str) -> Location:
-        return recipe.locate(path)
-
-    training = recipe.training
-    if recipe.method == "qlora":
-        return UsageError("probe cannot trace a qlora recipe yet: 4-bit/8-bit bitsandbytes bases are not "
-                          "supported under fake tensors", "estimate it with `recipe fit-check`, or probe the "
-                          "same recipe as lora (--set method=lora) for its 16-bit-base figure",
-                          where("method"), "$.method")
-    if training.attention not in (*TRACED_ATTENTION, "auto"):
-        return UsageError(f"probe traces sdpa or eager attention, not {training.attention}",
-                          "--set training.attention=sdpa (its flash kernel keeps the same tensors for backward)",
-                          where("training", "attention"), "$.training.attention")
-    if training.optimizer not in TRACED_OPTIMIZERS:
-        return UsageError(f"probe traces {' or '.join(TRACED_OPTIMIZERS)}, not {training.optimizer}",
-                          "estimate it with `recipe fit-check`, or probe with --set training.optimizer=adamw_torch",
-                          where("training", "optimizer"), "$.training.optimizer")
-    return None
 
 
 def _events(trace) -> list[tuple]:
@@ -121,49 +101,67 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None) -> ProbeResult:
+def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None, run=None) -> ProbeResult:
     """Trace ``steps`` training steps of the recipe at full size under FakeTensorMode.
 
     Args:
         recipe: the loaded recipe.
         steps: optimizer steps; the second is the steady state (optimizer state live throughout).
-        gpu: the card fit-check's estimate is made for; None for the card-less estimate, which
-            counts fp32 without autocast as the trace runs.
+        gpu: the card the run is traced and estimated for; None: DEFAULT_CARD, said in a note.
+        run: what runs the steps, called with probe.trace_step's arguments; None: trace_step
+            (gpuprobe.py passes one that measures on a GPU).
 
     Returns:
         The result.
 
     Raises:
-        UsageError: a setting the trace does not support yet (see :func:`refusal`).
         UnknownModel: no config.json offline, or a model_type transformers does not know.
         UnknownTargets: LoRA targets that name no linear layer.
-        InvalidRecipe: the card cannot run the recipe (fit-check's rule, with --gpu).
+        InvalidRecipe: the card cannot run the recipe (fit-check's rule).
     """
-    refused = refusal(recipe)
-    if refused is not None:
-        raise refused
+    assumed = gpu is None
+    gpu = card(DEFAULT_CARD) if assumed else gpu
     model = recipe.model
     try:
         config = find_config(model.id, model.local_path, model.architecture, model.revision)
         shape = shape_from_config(config)
         setup, notes = setup_for(recipe, gpu)
+        choices = choose(recipe, gpu)
         fit_estimate = estimate(shape, setup)
-        trace = _trace(recipe, config, steps)
+        trace = _trace(recipe, config, steps, choices, run)
     except (UnknownModel, UnknownTargets) as exc:
         raise at_its_field(exc, recipe) from None
     events = _events(trace)
-    if recipe.training.precision not in ("fp32", "auto"):
-        notes = [*notes, f"training.precision {recipe.training.precision} is traced as fp32 (no autocast yet)"]
     from .memtrace import ADAPTERS, WEIGHTS
 
-    trainable = trace.breakdown[ADAPTERS if recipe.method == "lora" else WEIGHTS] // FP32_BYTES
+    trainable = trace.breakdown[WEIGHTS if recipe.method == "full" else ADAPTERS] // DTYPE_BYTES[choices.trainable_dtype]
     return ProbeResult(recipe=recipe, steps=steps, seconds=trace.seconds, allocated_bytes=trace.peak_bytes,
                        peak_phase=trace.peak_phase, phases=_phases(trace, events), breakdown=dict(trace.breakdown),
                        allocator=replay(events), base_params=shape.param_count(), trainable_params=trainable,
-                       versions=_versions(), estimate=fit_estimate, gpu=gpu, notes=tuple(notes))
+                       versions=_versions(), estimate=fit_estimate, gpu=gpu,
+                       notes=tuple(_notes(recipe, choices, gpu, assumed, trace.paged_bytes, notes)),
+                       choices=choices, paged_bytes=trace.paged_bytes, gpu_assumed=assumed)
 
 
-def _trace(recipe: Recipe, config: dict, steps: int):
+def _notes(recipe: Recipe, choices: Choices, gpu: Gpu, assumed: bool, paged_bytes: int, notes) -> list[str]:
+    """What the reader must know about what was traced, beyond fit-check's notes."""
+    out = list(notes)
+    if assumed:
+        out.insert(0, f"no --gpu: traced and estimated as on an {gpu.name} ({choices.precision}); "
+                      "name your card with --gpu")
+    if choices.attention == "flash_attention_2":
+        out.append("flash_attention_2 is traced as sdpa's flash kernel, which keeps the same tensors for backward")
+    if paged_bytes:
+        out.append(f"{recipe.training.optimizer} keeps {paged_bytes / GIB:.2f} GiB of optimizer state in CUDA "
+                   "unified memory, outside PyTorch's allocator: not in allocated or reserved; it takes device "
+                   "memory while there is room and moves to host RAM when there is not")
+    quant = recipe.quantization
+    if quant is not None and quant.bits == 8:
+        out.append("LLM.int8 outlier columns (threshold 6.0) depend on the activations and are traced as none")
+    return out
+
+
+def _trace(recipe: Recipe, config: dict, steps: int, choices: Choices, run=None):
     from transformers import CONFIG_MAPPING
 
     model_type = config.get("model_type", "llama")
@@ -171,14 +169,18 @@ def _trace(recipe: Recipe, config: dict, steps: int):
         raise UnknownModel(f"transformers {metadata.version('transformers')} has no model_type {model_type!r} "
                            "(models with their own code are not probed)", "estimate it with `recipe fit-check`",
                            path=MODEL_PATH)
-    from .probe import trace_step
+    if run is None:
+        from .probe import trace_step as run
 
-    lora, training = recipe.lora, recipe.training
-    return trace_step(
-        config, method=recipe.method, steps=steps, fake=True,
+    lora, training, quant = recipe.lora, recipe.training, recipe.quantization
+    four_bit = quant is not None and quant.bits == 4
+    return run(
+        config, method=recipe.method, steps=steps, fake=True, choices=choices,
         lora_r=lora.r if lora else 16, lora_alpha=lora.alpha if lora else None,
         lora_dropout=lora.dropout if lora else 0.0, targets=lora.target_modules if lora else "all-linear",
         seq_len=recipe.data.max_seq_length, micro_batch=training.micro_batch_size,
-        gradient_checkpointing=training.gradient_checkpointing,
-        attention="sdpa" if training.attention == "auto" else training.attention,
-        optimizer=training.optimizer)
+        gradient_checkpointing=training.gradient_checkpointing, attention=choices.attention,
+        optimizer=training.optimizer, bits=quant.bits if quant else 4,
+        quant_type=quant.type if four_bit else "nf4", double_quant=bool(four_bit and quant.double_quant),
+        gradient_accumulation_steps=training.gradient_accumulation_steps, packing=recipe.data.packing,
+        max_grad_norm=training.max_grad_norm, weight_decay=training.weight_decay)

@@ -19,6 +19,10 @@ Categories are tags on storages (``tag``); untagged storages allocated before th
 every other untagged storage is a temporary. Tags may be given after the fact (gradients after
 backward, optimizer state after the step): the breakdown is computed when the trace ends.
 
+``PAGED`` storages live outside PyTorch's allocator (bitsandbytes' paged optimizer state, CUDA
+unified memory from cudaMallocManaged): they are left out of the allocated count, the breakdown
+and the events an allocator model replays, and reported apart as ``Trace.paged_bytes``.
+
 Imports torch at import time: import this module inside functions only (see train/__init__.py).
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ WEIGHTS, QUANT_STATE, ADAPTERS = "weights", "quantization state", "adapters"
 GRADIENTS, OPTIMIZER, ACTIVATIONS, TEMPORARIES = "gradients", "optimizer state", "activations", "temporaries"
 OTHER = "inputs and buffers"
 CATEGORIES = (WEIGHTS, QUANT_STATE, ADAPTERS, GRADIENTS, OPTIMIZER, ACTIVATIONS, TEMPORARIES, OTHER)
+PAGED = "paged optimizer state"  # not in CATEGORIES: outside the allocator, never in peak_bytes
 START = "load"  # the phase of everything live when the trace begins
 
 
@@ -61,6 +66,7 @@ class Trace:
     peak_phase: str
     events: list[Event] = field(repr=False)
     end_bytes: int = 0  # live when the trace ended
+    paged_bytes: int = 0  # the most PAGED bytes live at once (outside the allocator, see the module doc)
     seconds: float = 0.0  # wall time of the traced block (set by the caller that times it)
 
     def mib(self) -> float:
@@ -163,8 +169,15 @@ def summarize(events: list[Event], tags: dict[int, str], phases: list[str]) -> T
     """Replay ``events`` to find the peak and what was live at it.
 
     Untagged storages are activations when alive as a "backward" phase begins (any step's),
-    temporaries otherwise.
+    temporaries otherwise. Storages tagged ``PAGED`` are counted apart (``paged_bytes``).
     """
+    paged = {serial for serial, category in tags.items() if category == PAGED}
+    paged_live = paged_bytes = 0
+    for event in events:
+        if event.storage in paged:
+            paged_live += event.nbytes
+            paged_bytes = max(paged_bytes, paged_live)
+    events = [event for event in events if event.storage not in paged]
     live = peak = peak_at = 0
     phase_peaks = {name: 0 for name in phases}
     alive_at_backward: set[int] = set()
@@ -192,4 +205,4 @@ def summarize(events: list[Event], tags: dict[int, str], phases: list[str]) -> T
         breakdown[category] += size[serial]
     peak_phase = events[peak_at - 1].phase if peak_at else START
     return Trace(peak_bytes=peak, phase_peaks=phase_peaks, breakdown=breakdown, peak_phase=peak_phase,
-                 events=events, end_bytes=live)
+                 events=events, end_bytes=live, paged_bytes=paged_bytes)

@@ -6,10 +6,11 @@ recipecli (``recipe validate``, ``recipe --help``) never pays for them.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, Sequence
 
-from ..errors import RecipeError, UsageError
+from ..errors import RecipeError, UnknownTargets, UsageError
 from ..fit.architectures import match_modules, shape_from_config
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
@@ -138,30 +139,69 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
             without trust_remote_code, a missing package such as flash-attn).
     """
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, choices.weight_dtype)  # precision.choose decides it, as the estimate counts it
     quant = recipe.quantization if quantize else None
-    config = None
-    if quant is not None and quant.bits == 4:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.type,
-                                    bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
-    elif quant is not None:
-        config = BitsAndBytesConfig(load_in_8bit=True)
+    config = None if quant is None else bnb_config(quant.bits, quant.type, quant.double_quant, choices.weight_dtype)
+    if config is not None and quant.bits == 4 and recipe.strategy == "fsdp":
+        # FSDP shards float tensors only: bitsandbytes stores the 4-bit weights as the compute dtype
+        # for it (FSDP-QLoRA, bitsandbytes docs/fsdp_qlora.md).
+        config.bnb_4bit_quant_storage = dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(
             _source(recipe), revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
             dtype=dtype, attn_implementation=choices.attention, quantization_config=config,
-            device_map={"": 0} if cuda else None)
+            # Each process of a distributed run loads onto its own GPU (torchrun's LOCAL_RANK).
+            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None)
     # ValueError: an architecture this transformers does not know, remote code without
     # trust_remote_code, an attention the model lacks; ImportError: flash-attn or bitsandbytes missing.
     except (OSError, ValueError, ImportError) as e:
         raise _load_failure(f"the model {recipe.model.id}", e) from e
     if config is not None and train:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.training.gradient_checkpointing)
+        model = prepare_kbit(model, recipe.training.gradient_checkpointing)
     return model
+
+
+def bnb_config(bits: int, quant_type: Optional[str], double_quant: Optional[bool], compute_dtype: str):
+    """The BitsAndBytesConfig of a quantized base; `recipe run` loads with it and `recipe probe`
+    quantizes its traced model with it (probe.py), so both get the same layers and settings.
+
+    Args:
+        bits: 4 (nf4/fp4 blocks of 64 weights) or 8 (LLM.int8, transformers' outlier threshold 6.0).
+        quant_type, double_quant: the 4-bit settings (ignored for 8 bits).
+        compute_dtype: torch's name of the dtype 4-bit layers compute in (``Choices.weight_dtype``).
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                  bnb_4bit_use_double_quant=bool(double_quant),
+                                  bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def prepare_kbit(model, gradient_checkpointing: bool):
+    """peft's k-bit preparation, as `recipe run` applies it to a quantized base (and the probe to its
+    traced one): every parameter frozen, every 16-bit one (norms, embeddings, output head, biases)
+    cast to fp32, input gradients on when checkpointing."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def lora_config(r: int, alpha: float, dropout: float, targets, model):
+    """peft's LoraConfig for adapters of rank ``r`` on ``targets`` (as a recipe writes them) in
+    ``model``; the probe builds its adapters with it, as runner._lora_config does for a run.
+
+    Raises:
+        UnknownTargets: see :func:`lora_targets`.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                      target_modules=lora_targets(targets, model))
 
 
 def lora_targets(wanted, model):
@@ -187,3 +227,55 @@ def lora_targets(wanted, model):
     if wanted == "attention":
         say(f"note: lora.target_modules attention -> {', '.join(names)}")
     return list(names)
+
+
+def saved_modules(wanted: Sequence[str], targets, model) -> Optional[list[str]]:
+    """Check lora.modules_to_save against the loaded model, as peft will match the names.
+
+    peft trains a copy of each module whose name is a wanted name or ends with "." + it; a name
+    that matches nothing is skipped without a word, and a module that is also a LoRA target is
+    trained in full without its adapter. Both are refused here, as fit-check refuses them
+    (architectures.Shape.match_saved), and so is a quantized layer, whose weights cannot train.
+
+    Args:
+        wanted: the recipe's lora.modules_to_save.
+        targets: what :func:`lora_targets` returned ("all-linear" or module names).
+        model: the loaded base model.
+
+    Returns:
+        The names for peft's LoraConfig, or None when there are none.
+
+    Raises:
+        UnknownTargets: at $.lora.modules_to_save, naming every module in question.
+    """
+    if not wanted:
+        return None
+    import torch
+
+    modules = dict(model.named_modules())
+    output = model.get_output_embeddings()
+    head = next((name for name, module in modules.items() if module is output), None)
+    linear = [name for name, module in modules.items() if isinstance(module, torch.nn.Linear) and name != head]
+    adapted = set(linear) if targets == "all-linear" else {
+        n for n in linear if any(n == t or n.endswith("." + t) for t in targets)}
+    hits = {name: [n for n in modules if n and (n == name or n.endswith("." + name))] for name in wanted}
+    problems = []
+    missing = [name for name, found in hits.items() if not found]
+    if missing:
+        top = sorted({n.rsplit(".", 1)[-1] for n in modules if n})
+        problems.append(f"{', '.join(missing)} match no module of this {model.config.model_type} model; its modules "
+                        f"are named {', '.join(top)}")
+    both = [name for name, found in hits.items() if adapted & set(found)]
+    if both:
+        named = targets if isinstance(targets, str) else ", ".join(targets)
+        problems.append(f"{', '.join(both)} would get an adapter (target_modules {named}) and be trained in full; "
+                        "peft trains it in full only")
+    frozen = [name for name, found in hits.items()
+              if any(not p.dtype.is_floating_point for n in found for p in modules[n].parameters(recurse=False))]
+    if frozen:
+        problems.append(f"{', '.join(frozen)} is quantized: its 4/8-bit weights cannot be trained in full")
+    if problems:
+        raise UnknownTargets("; ".join(problems), hint="list modules to train in full by their name in the model, "
+                             "e.g. [embed_tokens, lm_head], and leave them out of target_modules",
+                             path="$.lora.modules_to_save")
+    return list(wanted)

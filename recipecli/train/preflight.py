@@ -17,10 +17,13 @@ from ..units import GIB
 from .model import say
 
 
-def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optional[dict]:
-    """The fit estimate as a dict for estimate.json; DoesNotFit when it exceeds the GPU.
+def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool,
+                       expandable_segments: bool = True) -> Optional[dict]:
+    """The fit estimate as a dict for estimate.json; DoesNotFit when it exceeds the GPU, a
+    warning when only the estimate fits, not the upper end of its band (tight).
 
     Without a GPU (None) there is no card to exceed: refuse_unless_cpu_trains judges the CPU.
+    ``expandable_segments`` is the allocator setting the run will have.
 
     Raises:
         DoesNotFit: the estimate exceeds the card and force is off; the breakdown and the change
@@ -29,7 +32,7 @@ def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optio
     if gpu is None:
         return None
     try:
-        verdict = check_fit(recipe, gpu)
+        verdict = check_fit(recipe, gpu, expandable_segments=expandable_segments)
     except UnknownModel as e:  # the download will tell; a missing estimate is no reason not to train
         say(f"note: no memory estimate ({e.message}); training without a fit check")
         return None
@@ -39,13 +42,20 @@ def refuse_unless_fits(recipe: Recipe, gpu: Optional[Gpu], force: bool) -> Optio
 
         fix = format_suggestion(recipe, verdict, suggest(recipe, gpu))
         raise DoesNotFit(f"{format_verdict(recipe, verdict)}\n{fix}", "--force trains anyway")
+    low, high = verdict.band_bytes
+    band = f"{need / GIB:.1f} GiB, {low / GIB:.1f}–{high / GIB:.1f} GiB with its error band"
     if not verdict.fits:
-        say(f"warning: --force: the estimate ({need / GIB:.1f} GiB) exceeds {gpu.name} "
+        say(f"warning: --force: the estimate ({band}) exceeds {gpu.name} "
             f"({gpu.total_bytes / GIB:.1f} GiB); expect CUDA out of memory")
+    elif verdict.status == "tight":
+        say(f"warning: tight: the estimate ({band}) fits {gpu.name} ({gpu.total_bytes / GIB:.1f} GiB) but "
+            f"the upper end of its band does not; the run may run out of memory "
+            f"(`recipe fit-check {recipe.source} -v` shows the change that fits with margin)")
     estimate = verdict.estimate
     return {"gpu": gpu.name, "vram_bytes": gpu.total_bytes, "status": verdict.status,
             "allocated_bytes": estimate.allocated_bytes, "reserved_bytes": estimate.reserved_bytes,
-            "device_bytes": need, **dataclasses.asdict(estimate)}
+            "device_bytes": need, "device_bytes_low": low, "device_bytes_high": high,
+            **dataclasses.asdict(estimate)}
 
 
 def refuse_unless_cpu_trains(recipe: Recipe, ram_bytes: Optional[int], force: bool) -> None:

@@ -1,52 +1,91 @@
 """Trace one training step (forward, backward, optimizer step) of a causal LM built from its
-config.json alone, with real tensors on the CPU or, at full size and without memory, under
-``FakeTensorMode``; memtrace.MemTrace counts every storage.
+config.json alone, as ``recipe run`` would train it, with real tensors on the CPU or, at full
+size and without memory, under ``FakeTensorMode``; memtrace.MemTrace counts every storage.
 
-Real and fake run the same code: ``_build`` makes the model (transformers ``from_config``, TRL's
-fused LM head, peft LoRA, activation checkpointing as the Trainer enables it) and ``_step`` trains
-it one step on a worst-case batch (every row ``seq_len`` tokens, no padding, no packing). The fake
-path builds on the meta device, then wraps each parameter and buffer as a fake tensor on the
-"cpu" fake device (``_to_fake``; peft cannot build adapters inside FakeTensorMode: module._apply
-cannot swap fake tensors). Three things kept the fake count from the real one, each handled:
-- transformers decides whether a batch is packed from the values of position_ids
-  (masking_utils.find_packed_sequence_indices). Fake values cannot be read, so it assumed packing
-  and built a batch x seq x seq mask for every step, which also takes sdpa off its flash kernel.
-  ``_unpacked_batch`` answers as a real unpacked batch does (the probe builds the batch, so the
-  answer is known) after running the same detection ops.
-- the fake device: fake tensors on "meta" would pick meta kernels (sdpa's math path, which keeps
-  the seq x seq matrices); on "cpu" they pick what real CPU tensors pick.
-- frees: storages are counted as freed when their last reference goes. gc.collect runs before the
-  step and the cyclic collector is off during it (``_refcount_only``), so a storage held only by
-  a reference cycle is counted the same way, whether the tensors are real or fake.
-The tests hold real and fake equal (to the byte on llama, qwen2 and phi, lora and full, with and
-without checkpointing; the issue's 1,058 vs 1,841 MiB gap was not reproduced with this build).
+Real and fake run the same code: ``_build`` makes the model as ``recipe run`` does (transformers
+``from_config`` in the dtype precision.choose decides; for qlora transformers' own bitsandbytes
+quantizer swaps the linear layers and model.prepare_kbit (peft's k-bit preparation, the run's
+code) follows; TRL's fused LM head; peft LoRA from model.lora_config; model.enforce_dtypes; activation
+checkpointing as the Trainer enables it) and ``_step`` trains it one step as the Trainer does
+(autocast around forward and loss, the fp16 loss scaled, accumulated micro-batches, clipping,
+the optimizer the Trainer builds for ``optim=``) on a worst-case batch (every row ``seq_len``
+tokens). The fake path builds on the meta device, then wraps each parameter and buffer as a fake
+tensor on the "cpu" fake device (``_to_fake``; peft cannot build adapters inside FakeTensorMode).
+What kept the fake count from the real one, each handled:
+- transformers decides whether a batch is packed from the values of position_ids; fake values
+  cannot be read (``_packing_known`` answers as the real batch does).
+- the fake device: on "meta" fake tensors would pick meta kernels (sdpa's math path); on "cpu"
+  they pick what real CPU tensors pick.
+- frees: gc.collect before the step, the cyclic collector off during it (``_refcount_only``).
+- bitsandbytes: ``Params4bit``/``Int8Params`` cannot wrap a FakeTensor (``Tensor._make_subclass``
+  refuses), so a fake quantized weight is a plain uint8/int8 parameter carrying ``quant_state``
+  (all Linear4bit.forward reads) or ``CB``/``SCB`` (what Linear8bitLt.forward moves into its
+  state), made by bitsandbytes' own quantize functions through its registered fake kernels. Its
+  code table (create_dynamic_map, data-dependent) is built for real first, and so are 8-bit
+  optimizers' maps: the fake mode allows those few real inputs.
+The tests hold real and fake equal to the byte (llama, qwen2, phi; lora, full, qlora nf4/fp4/
+double quant/int8; fp32, bf16, fp16; every optimizer; accumulation; packing; checkpointing), and
+the quantized weights and their state equal to hand arithmetic.
 
 Which kernels: a CUDA run's memory depends on the kernels it picks; this trace runs CPU ones.
+Fake CUDA tensors are no way out with torch 2.13's CPU build: they can be created, but the first
+composite op (linear, ``.to``) asks for a CUDA device guard and the process aborts
+(std::terminate, "PyTorch is not linked with support for cuda devices"), and torch.autocast("cuda")
+disables itself without CUDA. So the trace runs CPU kernels and picks, where it matters, the
+ones the GPU run uses:
 - attention: with no padding mask transformers' sdpa path calls
   ``scaled_dot_product_attention(is_causal=True)``. On CUDA that is flash (fp16/bf16) or
   memory-efficient (fp32) attention: each keeps the output and a logsumexp per row and head for
-  backward, never a seq x seq matrix. Here real and fake tensors both take
+  backward, never a seq x seq matrix. Real and fake CPU tensors take
   ``_scaled_dot_product_flash_attention_for_cpu``, which keeps the same two tensors (the CUDA
   memory-efficient kernel pads its logsumexp to a multiple of 32 rows: not modelled).
-  test_probe.py checks that an sdpa trace holds no seq x seq storage and an eager one does.
-- optimizer: torch's AdamW uses the foreach kernels on CUDA and a per-parameter loop on the CPU;
-  ``adamw_torch`` here asks for foreach, so the step's temporaries are those of a CUDA run.
-- loss: TRL's fused LM head scores vocabulary tiles; on CUDA it keeps only labelled positions
-  (the same count for a worst-case batch) and folds tiles in Triton kernels, here in torch ops,
-  whose temporaries are tile-sized.
+  flash_attention_2 cannot run on the CPU: it is traced as sdpa, whose flash kernel keeps the
+  same tensors for backward. A packed row (TRL's padding-free collator: the micro-batch in one row,
+  position_ids restarting) makes transformers' sdpa path build a block-diagonal mask; with
+  flash_attention_2 the run passes sequence boundaries (varlen) instead, so the trace then counts
+  a bool mask of the row's length squared more than the run holds.
+- LLM.int8: bitsandbytes multiplies with MatMul8bitFp on the CPU and MatMul8bitLt on CUDA;
+  ``_gpu_int8_matmul`` makes the trace call MatMul8bitLt. 4-bit layers take the same
+  MatMul4Bit path (dequantize, matmul) on both devices.
+- optimizer: torch's optimizers are asked for foreach kernels, CUDA's default (the CPU's is a
+  per-parameter loop). bitsandbytes' 8-bit and paged optimizers run their registered kernels.
+  Paged state (state1/state2 of tensors from PAGED_MIN_NUMEL elements, paged optimizers only)
+  lives in CUDA unified memory from cudaMallocManaged, outside PyTorch's caching allocator: it is
+  tagged PAGED and counted apart (memtrace), never in the allocated peak. On the device it takes
+  memory while there is room and is evicted to host RAM when there is not, so it is not a cause of
+  an out-of-memory error, but it is in nvidia-smi's figure while resident.
+- autocast: ``torch.autocast("cpu")``. Its lists differ from CUDA's (torch/amp docs, "Autocast Op
+  Reference"). Both cast linear/matmul/bmm/addmm/baddbmm and scaled_dot_product_attention to the
+  16-bit dtype, and both run cross_entropy/nll_loss in fp32. CUDA alone runs softmax,
+  log_softmax, logsumexp, layer_norm, group_norm, exp, log, log1p, pow, rsqrt, reciprocal, sum,
+  cumsum, prod, norm and softplus in fp32 when handed 16-bit inputs; CPU autocast leaves them in
+  their input dtype (checked on torch 2.13 for softmax, log_softmax, logsumexp, layer_norm, exp,
+  pow, rsqrt and sum; cross_entropy is fp32 on both). For these models that means phi's
+  LayerNorm outputs (fp32 on CUDA, 16-bit here: half the bytes per saved LayerNorm output); the
+  fused LM head folds its tiles in Triton on CUDA (see loss below), outside autocast. RMSNorm,
+  eager attention's softmax, rotary embeddings and transformers' loss upcast to fp32 explicitly,
+  so they match.
+- dropout (LoRA's): on CUDA ``dropout`` runs the fused ``native_dropout``, which keeps a bool
+  mask for backward; on the CPU it multiplies by a noise tensor of the input's dtype and keeps
+  that. ``_fused_dropout`` calls ``native_dropout`` (which has a CPU kernel) whatever the device.
+- fp16's GradScaler: the loss is scaled (a scalar); unscale_ works in place and is not traced.
+- loss: TRL's fused LM head projects the hidden states onto the vocabulary a tile at a time
+  (``mm_buf``: up to 4096 tokens x 32768 columns in the compute dtype) and folds each tile into
+  per-token statistics. On CUDA the folds are Triton kernels that work in place (forward: the row
+  statistics; backward: the tile's gradient written over the tile) and the fp32 accumulation of
+  16-bit tiles is one cuBLAS addmm with out_dtype=fp32: no tensor beyond the tile. Without Triton
+  TRL folds in torch ops (``_forward_tile``/``_backward_tile``: half a dozen fp32 copies of the
+  tile, 3-4 GiB at 4096 tokens x 32000 words) and upcasts both operands of the accumulation.
+  ``_triton_lm_head`` puts in their place stand-ins that allocate what the CUDA kernels allocate,
+  nothing (their values are not the loss's: the probe measures memory, and real and fake traces
+  run the same stand-ins). On CUDA ``recipe probe --device cuda`` runs TRL's own kernels. One
+  difference is left: on CUDA TRL gathers the labelled positions (``hidden_states[mask]``, a
+  data-dependent shape fake tensors cannot have); here it reshapes all of them, which copies the
+  same bytes for a worst-case batch of more than one row and is a view for a single row (one
+  hidden-state copy, tokens x hidden x 2 bytes, less than the GPU holds).
 - never seen by any CPU trace: buffers allocated and freed inside one kernel (cuBLAS workspaces,
-  flash attention's scratch) and the caching allocator's rounding; those belong to the
-  allocator model (issue 8, section 3).
-
-Not handled yet: mixed precision (bf16/fp16 autocast; every weight here is fp32) and
-bitsandbytes 4-bit/8-bit bases (qlora). bitsandbytes registers fake kernels for its ops
-(bitsandbytes/_ops.py), and one NF4 Linear4bit traces the same real and fake
-(test_probe.py), but only by hand: ``Params4bit`` cannot wrap a FakeTensor
-(``Tensor._make_subclass`` refuses), so the weight must be a plain uint8 fake parameter carrying
-``quant_state`` (all Linear4bit.forward reads), bitsandbytes' code table must be built outside
-fake mode (create_dynamic_map is data-dependent) and the mode must allow that one real input.
-Wiring this into a transformers/peft qlora model (prepare_model_for_kbit_training included) is
-the next step.
+  flash attention's scratch), LLM.int8's outlier columns (data-dependent; traced as none) and the
+  caching allocator's rounding, which belongs to the allocator model (fit.allocator).
 
 Imports torch at import time: import it inside functions (see train/__init__.py).
 """
@@ -54,16 +93,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import time
 from typing import Optional, Sequence
 
 import torch
 
-from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, WEIGHTS, MemTrace, Trace
-from .model import lora_targets
+from ..fit.precision import Choices, dtypes
+from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
+from .model import bnb_config, enforce_dtypes, lora_config, prepare_kbit
 
-OPTIMIZERS = ("adamw_torch", "sgd")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of its fused LM head
+PAGED_MIN_NUMEL = 100_000  # bitsandbytes pages a state buffer from this size (Optimizer8bit.get_state_buffer)
+PACKED_SEQUENCES = 4  # sequences in one traced packed row
+MICRO_BATCHES_TRACED = 2  # of an accumulation: the second one repeats for every later one
 
 
 def _config(config_dict: dict):
@@ -73,79 +117,191 @@ def _config(config_dict: dict):
     return AutoConfig.for_model(config_dict.get("model_type", "llama"), **values)
 
 
-def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: int, lora_dropout: float,
-           targets, gradient_checkpointing: bool, attention: str, loss: str):
-    """The model as a run trains it: fp32 weights, LoRA adapters or every weight trainable."""
+def _quantize(model, bnb, fake: bool) -> list:
+    """Swap the linear layers for bitsandbytes ones as from_pretrained does (transformers' own
+    quantizer picks the layers, the output head stays 16-bit); real: quantize each layer's weights
+    as transformers' Bnb4bitQuantize / Bnb8bitQuantize do. Returns the bitsandbytes layers."""
+    import bitsandbytes as bnb_lib
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    linear = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
+    quantizer = AutoHfQuantizer.from_config(bnb)
+    quantizer.preprocess_model(model, device_map=None)
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (bnb_lib.nn.Linear4bit, bnb_lib.nn.Linear8bitLt)):
+            continue
+        old = linear[name]
+        if old.bias is not None:  # from_pretrained loads biases in the model's dtype
+            module.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
+        if not fake:
+            kwargs = {k: v for k, v in module.weight.__dict__.items() if k != "SCB"}
+            kind = bnb_lib.nn.Params4bit if isinstance(module, bnb_lib.nn.Linear4bit) else bnb_lib.nn.Int8Params
+            # quantized where the model was built: the CPU, or the GPU gpuprobe builds it on
+            module.weight = kind(old.weight.data, requires_grad=False, **kwargs).to(old.weight.device)
+        layers.append(module)
+    quantizer.postprocess_model(model)
+    return layers
+
+
+def _fake_quantized(layers: Sequence, dtype: torch.dtype) -> None:
+    """Give each bitsandbytes layer fake quantized weights (inside the FakeTensorMode).
+
+    Params4bit and Int8Params cannot wrap a FakeTensor (Tensor._make_subclass refuses), so the weight
+    is a plain parameter holding what the real one holds: Linear4bit.forward reads only
+    ``weight.quant_state``; Linear8bitLt.forward moves ``weight.CB``/``SCB`` into its state."""
+    import bitsandbytes as bnb
+
+    for module in layers:
+        shape = (module.out_features, module.in_features)
+        if isinstance(module, bnb.nn.Linear4bit):
+            old = module.weight
+            packed, state = bnb.functional.quantize_4bit(
+                torch.empty(shape, dtype=dtype), blocksize=old.blocksize, compress_statistics=old.compress_statistics,
+                quant_type=old.quant_type, quant_storage=old.quant_storage)
+            weight = torch.nn.Parameter(packed, requires_grad=False)
+            weight.quant_state = module.quant_state = state
+        else:
+            cb, scb, _ = bnb.functional.int8_vectorwise_quant(torch.empty(shape, dtype=torch.float16))
+            weight = torch.nn.Parameter(cb, requires_grad=False)
+            weight.CB, weight.SCB, weight.has_fp16_weights = cb, scb, False
+            # LLM.int8's outlier columns depend on the activations' values (fake ones have none): the
+            # fake trace takes none, which leaves out a tokens x outliers slice of the input
+            module.state.threshold = 0.0
+        module._parameters["weight"] = weight
+
+
+def _quant_state(layers: Sequence) -> list[torch.Tensor]:
+    """The tensors beside the quantized weights: absmax, code tables, nested statistics, SCB."""
+    found = []
+    for module in layers:
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None:
+            found += [state.absmax, state.code]
+            if state.nested:
+                found += [state.state2.absmax, state.state2.code]
+                found += [state.offset] if isinstance(state.offset, torch.Tensor) else []
+        for t in (getattr(module.weight, "SCB", None), module.state.SCB if hasattr(module, "state") else None):
+            found += [t] if isinstance(t, torch.Tensor) else []
+    return found
+
+
+def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lora_dropout: float,
+           targets, gradient_checkpointing: bool, attention: str, loss: str, choices: Choices,
+           bnb, fake: bool):
+    """The model as a run trains it (runner.run: model.load_model, SFTTrainer, enforce_dtypes),
+    built from its config: base weights in the run's dtype (bitsandbytes layers for qlora, then
+    peft's k-bit preparation), TRL's fused LM head, LoRA adapters or every weight trainable, the
+    trained parameters cast as the run casts them, activation checkpointing as the Trainer enables
+    it. Returns the model and its bitsandbytes layers."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(_config(config_dict), dtype=torch.float32,
+    model = AutoModelForCausalLM.from_config(_config(config_dict), dtype=getattr(torch, choices.weight_dtype),
                                              attn_implementation=attention)
+    layers = []
+    if method == "qlora":
+        layers = _quantize(model, bnb, fake)
+        model = prepare_kbit(model, gradient_checkpointing)
     if loss == "trl":
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model, outputs=TRL_OUTPUTS)  # as SFTTrainer.__init__ does, before peft
     elif loss != "transformers":
         raise ValueError(f"loss {loss!r}: trl or transformers")
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
+    if method in ("lora", "qlora"):
+        from peft import get_peft_model
 
-        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="CAUSAL_LM",
-                          target_modules=lora_targets(targets, model))
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, targets, model))
     elif method != "full":
-        raise ValueError(f"method {method!r}: lora or full (qlora is not traced yet)")
+        raise ValueError(f"method {method!r}: qlora, lora or full")
+    enforce_dtypes(model, choices)  # what the runner does after SFTTrainer's own casts
     if gradient_checkpointing:
         # what the Trainer does (transformers' default kwargs: non-reentrant), and SFTTrainer's input
         # gradients for a frozen base
         model.activation_checkpointing_enable()
-        if method == "lora":
+        if method != "full":
             model.enable_input_require_grads()
     model.train()
-    return model
+    return model, layers
 
 
-def _optimizer(name: str, params: Sequence[torch.nn.Parameter]):
-    if name == "adamw_torch":
-        return torch.optim.AdamW(params, lr=1e-4, foreach=True)  # foreach: what CUDA defaults to
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-4)
-    raise ValueError(f"optimizer {name!r}: one of {', '.join(OPTIMIZERS)}")
+def _optimizer(name: str, params: Sequence[torch.nn.Parameter], weight_decay: float = 0.0):
+    """The optimizer the Trainer builds for ``optim=name`` (Trainer.get_optimizer_cls_and_kwargs).
+
+    torch's optimizers are asked for their foreach kernels, which is what they pick on CUDA (their
+    CPU default is a per-parameter loop with other temporaries)."""
+    import inspect
+
+    from transformers import Trainer, TrainingArguments
+
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r}: one of {', '.join(OPTIMIZERS)}")
+    args = TrainingArguments(output_dir="probe", optim=name, use_cpu=True, report_to="none",
+                             weight_decay=weight_decay)
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    if issubclass(cls, torch.optim.Optimizer) and cls.__module__.startswith("torch.") \
+            and "foreach" in inspect.signature(cls).parameters:
+        kwargs = {**kwargs, "foreach": True}
+    return cls(params, **kwargs)
 
 
-def _loss(model, input_ids: torch.Tensor, how: str) -> torch.Tensor:
+def _paged_state(optimizer) -> list[torch.Tensor]:
+    """The state bitsandbytes puts in CUDA unified memory: state1/state2 of parameters from
+    PAGED_MIN_NUMEL elements, for a paged optimizer (on the CPU it allocates them as plain tensors)."""
+    if not getattr(optimizer, "is_paged", False):
+        return []
+    return [state[key] for p, state in optimizer.state.items() if p.numel() >= PAGED_MIN_NUMEL
+            for key in ("state1", "state2") if isinstance(state.get(key), torch.Tensor)]
+
+
+def _loss(model, batch: dict, how: str) -> torch.Tensor:
     """The loss as the run computes it: SFTTrainer.compute_loss's fused LM head (per-token log
     probabilities in vocabulary tiles, no full logits), or the model's own (full logits)."""
     if how == "transformers":
-        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-    out = model(input_ids=input_ids, labels=input_ids, use_cache=False, fused_lm_head=True)
+        return model(**batch, labels=batch["input_ids"], use_cache=False).loss
+    out = model(**batch, labels=batch["input_ids"], use_cache=False, fused_lm_head=True)
     # SFTTrainer divides by the batch's token count (num_items_in_batch); its metrics (.item()) are left out
     return -out.log_probs.sum() / out.label_mask.sum().clamp(min=1)
 
 
-def _step(model, optimizer, tracer: MemTrace, input_ids: torch.Tensor, how: str) -> None:
+def _step(model, optimizer, tracer: MemTrace, batch: dict, how: str, choices: Choices, micro_batches: int,
+          max_grad_norm: float) -> None:
+    """One optimizer step as the Trainer runs it: per micro-batch the forward and loss under
+    autocast, the (fp16: scaled) backward into accumulating gradients; then clipping, the step and
+    zero_grad."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    tracer.phase("forward")
-    loss = _loss(model, input_ids, how)
-    tracer.phase("backward")
-    loss.backward()
-    del loss
+    device = batch["input_ids"].device.type  # "cpu" for fake tensors; "cuda" when gpuprobe measures
+    autocast = (torch.autocast(device, dtype=getattr(torch, choices.autocast_dtype)) if choices.autocast_dtype
+                else contextlib.nullcontext())
+    for _ in range(micro_batches):
+        tracer.phase("forward")
+        with autocast:
+            loss = _loss(model, batch, how)
+        if choices.grad_scaler:
+            loss = loss * torch.full((), 65536.0)  # GradScaler.scale; its in-place unscale_ allocates nothing
+        tracer.phase("backward")
+        loss.backward()
+        del loss
     tracer.tag([p.grad for p in trainable if p.grad is not None], GRADIENTS)
     tracer.phase("optimizer")
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)  # foreach on every device
     optimizer.step()
     tracer.tag([t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)],
                OPTIMIZER)
+    tracer.tag(_paged_state(optimizer), PAGED)
     optimizer.zero_grad(set_to_none=True)
 
 
-def _to_fake(model, mode) -> None:
-    """Replace every meta parameter and buffer of ``model`` by a fake tensor on the "cpu" fake
-    device, in place; tied weights stay one tensor."""
+def _to_fake(model, mode, skip=()) -> None:
+    """Replace every meta parameter and buffer of ``model`` (but the modules in ``skip``' weights)
+    by a fake tensor on the "cpu" fake device, in place; tied weights stay one tensor."""
     device = torch.device("cpu")
-    done: dict[int, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {id(m.weight): m.weight for m in skip}
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, t in table.items():
-                if t is None:
+                if t is None or id(t) in done and done[id(t)] is t and module in skip:
                     continue
                 if id(t) not in done:
                     fake = mode.fake_tensor_converter.from_meta_and_device(mode, t.data, device)
@@ -155,28 +311,106 @@ def _to_fake(model, mode) -> None:
 
 
 @contextlib.contextmanager
-def _unpacked_batch():
-    """Tell transformers' mask code what it would read from a real batch: no packed sequences.
+def _packing_known(packed: bool):
+    """Tell transformers' mask code what it would read from the real batch.
 
     transformers decides whether a batch is packed from the values of position_ids
     (masking_utils.find_packed_sequence_indices); it cannot read fake values, so it assumes packing
-    and builds a batch x seq x seq mask, which also takes sdpa off its flash kernel. The probe's
-    batches are never packed (one sequence per row, position_ids 0..seq-1), so the real answer is
-    known: None.
+    and builds a batch x seq x seq mask, which also takes sdpa off its flash kernel. The probe
+    builds the batch, so the real answer is known: None for unpacked rows; for a packed row the
+    fake result stands (its values are never read, only its shape, which is the real one).
     """
     from transformers import masking_utils
 
     found = masking_utils.find_packed_sequence_indices
 
-    def unpacked(position_ids):
-        found(position_ids)  # the same temporaries as a real batch, then the answer a real one gives
-        return None
+    def known(position_ids):
+        indices = found(position_ids)  # the same temporaries as a real batch, then the real answer
+        return indices if packed else None
 
-    masking_utils.find_packed_sequence_indices = unpacked
+    masking_utils.find_packed_sequence_indices = known
     try:
         yield
     finally:
         masking_utils.find_packed_sequence_indices = found
+
+
+@contextlib.contextmanager
+def _gpu_int8_matmul():
+    """Run LLM.int8 layers through the kernel a GPU run uses.
+
+    In training bitsandbytes multiplies on the CPU with MatMul8bitFp (the int8 weight dequantized,
+    a float matmul) and on CUDA with MatMul8bitLt (the activations quantized to int8 per row, an
+    int8 matmul; the dequantized weight only in backward); bitsandbytes.matmul picks by device.
+    MatMul8bitLt has CPU kernels, so this calls it whatever the device. Its per-call warning that
+    fp32 inputs are cast to fp16 is silenced."""
+    import bitsandbytes as bnb
+    from bitsandbytes.autograd._functions import MatMul8bitLt, MatmulLtState
+
+    chosen = bnb.matmul
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    level = log.level
+
+    def gpu_matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
+        state = state or MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        return MatMul8bitLt.apply(A, B, out, bias, state)
+
+    bnb.matmul = gpu_matmul
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        bnb.matmul = chosen
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _triton_lm_head():
+    """Fold TRL's fused-LM-head tiles with what its Triton kernels allocate (nothing), not with its
+    torch fallback's tile-sized temporaries (module doc, "loss"). CUDA tensors keep TRL's own code."""
+    from trl.kernels import chunked_logprob as kernels
+
+    forward_tile, backward_tile, addmm = kernels._forward_tile, kernels._backward_tile, kernels._addmm_fp32
+
+    def forward_in_place(tile, tile_stride, targets, running_max, sum_exp, *args, **kwargs):
+        # the statistics stay finite (log_z = log 1) so a real trace's loss, scaled or not, is a number
+        running_max.clamp_(min=0.0)
+        sum_exp.fill_(1.0)
+
+    def backward_in_place(tile, *args, **kwargs):
+        tile.zero_()  # the Triton kernel writes the tile's gradient over the tile
+
+    def addmm_fp32(acc, a, b):
+        if acc.device.type == "cuda" or a.dtype == acc.dtype:
+            addmm(acc, a, b)  # in place on CUDA (out_dtype) and for fp32 tiles everywhere
+        # a 16-bit tile off CUDA: cuBLAS's fp32-output addmm allocates nothing; torch's fallback
+        # upcasts both operands, which the GPU never holds, so the accumulation is left out
+
+    kernels._forward_tile, kernels._backward_tile, kernels._addmm_fp32 = forward_in_place, backward_in_place, addmm_fp32
+    try:
+        yield
+    finally:
+        kernels._forward_tile, kernels._backward_tile, kernels._addmm_fp32 = forward_tile, backward_tile, addmm
+
+
+@contextlib.contextmanager
+def _fused_dropout():
+    """Dropout as CUDA runs it: ``native_dropout``, keeping a bool mask (module doc, "dropout")."""
+    functional = torch.nn.functional
+    chosen = functional.dropout
+
+    def fused(input, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0 or inplace:
+            return chosen(input, p, training, inplace)
+        return torch.native_dropout(input, p, True)[0]
+
+    functional.dropout = fused
+    try:
+        yield
+    finally:
+        functional.dropout = chosen
 
 
 @contextlib.contextmanager
@@ -193,26 +427,56 @@ def _refcount_only():
             gc.enable()
 
 
+def _batch(vocab: int, seq_len: int, micro_batch: int, packing: bool) -> dict:
+    """A worst-case batch: every row ``seq_len`` tokens. Packed, as TRL's padding-free collator
+    hands it over: the rows flattened into one, position_ids restarting at each sequence."""
+    if not packing:
+        return {"input_ids": torch.randint(0, vocab, (micro_batch, seq_len))}
+    length = max(seq_len // PACKED_SEQUENCES, 1)
+    positions = torch.arange(micro_batch * seq_len) % length
+    return {"input_ids": torch.randint(0, vocab, (1, micro_batch * seq_len)), "position_ids": positions[None]}
+
+
 def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, targets="all-linear",
                seq_len: int = 512, micro_batch: int = 1, gradient_checkpointing: bool = False,
-               optimizer: str = "adamw_torch", fake: bool = True, lora_alpha: Optional[int] = None,
-               lora_dropout: float = 0.05, attention: str = "sdpa", loss: str = "trl", steps: int = 1) -> Trace:
+               optimizer: str = "adamw_torch", fake: bool = True, lora_alpha: Optional[float] = None,
+               lora_dropout: float = 0.05, attention: str = "sdpa", loss: str = "trl", steps: int = 1,
+               precision: str = "fp32", choices: Optional[Choices] = None, bits: int = 4,
+               quant_type: str = "nf4", double_quant: bool = False, gradient_accumulation_steps: int = 1,
+               packing: bool = False, max_grad_norm: float = 0.0, weight_decay: float = 0.0,
+               recorder: Optional[MemTrace] = None) -> Trace:
     """Trace training steps on a worst-case batch (every sequence ``seq_len`` tokens).
 
     Args:
         config_dict: the model's config.json as a dict (``model_type`` and sizes).
-        method: "lora" (peft adapters on a frozen fp32 base) or "full" (every weight trained).
+        method: "qlora" (LoRA on a 4/8-bit bitsandbytes base), "lora" (adapters on a frozen 16/32-bit
+            base) or "full" (every weight trained).
         lora_r, targets, lora_alpha, lora_dropout: the adapters (targets as a recipe writes
             them: "all-linear", "attention" or module names); alpha defaults to 2 r.
         seq_len, micro_batch: the batch shape.
         gradient_checkpointing: recompute each decoder layer in backward.
-        optimizer: "adamw_torch" (foreach AdamW, as on CUDA) or "sgd".
+        optimizer: one of OPTIMIZERS, built as the Trainer builds it for ``optim=``; paged state is
+            counted apart (``Trace.paged_bytes``).
         fake: trace under FakeTensorMode (no tensor memory) instead of with real CPU tensors.
-        attention: transformers' attn_implementation ("sdpa" or "eager").
+        attention: transformers' attn_implementation ("sdpa", "eager"; "flash_attention_2" is
+            traced as sdpa, see the module doc).
         loss: "trl" (SFTTrainer's fused LM head, what ``recipe run`` trains with) or
             "transformers" (the model's own loss over full logits).
         steps: optimizer steps traced; from the second on, the optimizer state made by the first
             is live through forward and backward (phases of the same name share one peak).
+        precision: the resolved training precision, "fp32", "bf16" or "fp16" (weights, trained
+            parameters and autocast as fit.precision.dtypes decides them); ignored with ``choices``.
+        choices: the run's precision.choose result (``recipe probe`` passes it); its attention is
+            not used (``attention`` is).
+        bits, quant_type, double_quant: the qlora base: 4 bits ("nf4" or "fp4", double quant or not)
+            or 8 (LLM.int8).
+        gradient_accumulation_steps: micro-batches per optimizer step; the gradients of one are
+            alive through the next one's forward. At most two are traced (the rest repeat the second).
+        packing: the batch as TRL packs it (see :func:`_batch`).
+        max_grad_norm: clip gradients to this norm before the step, as the Trainer does; 0: no clipping.
+        weight_decay: the optimizer's weight decay (in-place, no memory of its own).
+        recorder: the MemTrace to record into (a subclass that also reads a device's counters,
+            gpuprobe.py); None: a plain MemTrace.
 
     Returns:
         The Trace: peak bytes, peaks after load and in forward, backward and the optimizer step,
@@ -220,35 +484,62 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         the traced steps (model building excluded).
 
     Raises:
-        ValueError: an unknown method or optimizer.
+        ValueError: an unknown method, precision or optimizer.
         UnknownTargets: targets that match no linear layer of the model.
     """
+    quantized = method == "qlora"
+    if choices is None:
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {precision!r}: fp32, bf16 or fp16")
+        compute = ("float32" if precision == "fp32" else {"bf16": "bfloat16", "fp16": "float16"}[precision]) \
+            if quantized else None
+        choices = Choices(precision, "sdpa", compute, (), **dtypes(method, quantized, precision, compute))
+    bnb = bnb_config(bits, quant_type, double_quant, choices.weight_dtype) if quantized else None
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
-                 targets=targets, gradient_checkpointing=gradient_checkpointing, attention=attention,
-                 loss=loss)
+                 targets=targets, gradient_checkpointing=gradient_checkpointing, loss=loss, choices=choices, bnb=bnb,
+                 attention="sdpa" if attention == "flash_attention_2" else attention)
     mode = contextlib.nullcontext()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        mode = FakeTensorMode()
+        if quantized:
+            import bitsandbytes as bnb_lib
+
+            # its code table is data-dependent: built for real, once, before the fake mode reads it
+            bnb_lib.functional.quantize_blockwise(torch.randn(256), blocksize=256)
+        # non-fake inputs: bitsandbytes' code tables and 8-bit optimizers' maps (real, a few KiB)
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
         with torch.device("meta"):
-            model = _build(config_dict, **build)
-        _to_fake(model, mode)
+            model, layers = _build(config_dict, **build, fake=True)
+        _to_fake(model, mode, skip=layers)
+        with mode:
+            _fake_quantized(layers, getattr(torch, choices.weight_dtype))
     else:
-        model = _build(config_dict, **build)
+        model, layers = _build(config_dict, **build, fake=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # built outside the fake mode: bitsandbytes' 8-bit optimizers make their maps from data at construction
+    opt = _optimizer(optimizer, trainable, weight_decay)
+    micro_batches = min(gradient_accumulation_steps, MICRO_BATCHES_TRACED)
     with mode:
-        opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
-        vocab = model.config.vocab_size
-        input_ids = torch.randint(0, vocab, (micro_batch, seq_len))
-        tracer = MemTrace()
+        batch = _batch(model.config.vocab_size, seq_len, micro_batch, packing)
+        tracer = MemTrace() if recorder is None else recorder
         for p in model.parameters():
-            tracer.track(p, ADAPTERS if method == "lora" and p.requires_grad else WEIGHTS)
-        tracer.track(list(model.buffers()) + [input_ids], OTHER)
-        with _refcount_only(), (_unpacked_batch() if fake else contextlib.nullcontext()):
+            tracer.track(p, ADAPTERS if method != "full" and p.requires_grad else WEIGHTS)
+        tracer.track(_quant_state(layers), QUANT_STATE)
+        tracer.track(list(model.buffers()) + list(batch.values()), OTHER)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_refcount_only())
+            if fake:
+                stack.enter_context(_packing_known(packing))
+            if quantized and bits == 8:
+                stack.enter_context(_gpu_int8_matmul())
+            if loss == "trl":
+                stack.enter_context(_triton_lm_head())
+            stack.enter_context(_fused_dropout())
             start = time.perf_counter()
             with tracer:
                 for _ in range(steps):
-                    _step(model, opt, tracer, input_ids, loss)
+                    _step(model, opt, tracer, batch, loss, choices, micro_batches, max_grad_norm)
             seconds = time.perf_counter() - start
     trace = tracer.result()
     trace.seconds = seconds

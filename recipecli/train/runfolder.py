@@ -7,6 +7,8 @@
     estimate.json   the memory estimate the GPU was checked against (none on the CPU)
     metrics.jsonl   one JSON object per log line of the trainer (loss, learning rate, GPU memory)
     loss.png        the loss curve (once a loss was logged)
+    accelerate.yaml a distributed run's accelerate config (launch.py), and for ZeRO deepspeed.json:
+                    `accelerate launch --config_file RUN/accelerate.yaml -m recipecli run RUN/recipe.yaml`
     adapter/        the trained LoRA adapter and tokenizer (model/ for method full)
     checkpoint-N/   the last checkpoints, for --resume
     merged/         written by `recipe merge`: the base model with the adapter merged in
@@ -41,6 +43,8 @@ LOSS_PLOT = "loss.png"
 ADAPTER = "adapter"
 FULL_MODEL = "model"
 MERGED = "merged"
+ACCELERATE_CONFIG = "accelerate.yaml"
+DEEPSPEED_CONFIG = "deepspeed.json"
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "recipecli")
 
@@ -48,7 +52,9 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate
 # What may change between a run and its --resume: how long it goes on, how often it logs and
 # saves, where it is written. Anything else would continue the checkpoint as a different run.
 RESUMABLE_CHANGES = ("training.max_steps", "training.epochs", "training.logging_steps", "training.save_steps",
-                     "training.save_total_limit", "output")
+                     "training.save_total_limit", "output",
+                     # Where the nodes meet: a new allocation (SLURM) gives new machines.
+                     "distributed.main_address", "distributed.main_port", "distributed.node_rank")
 
 
 def check_resumable(path: Path, recipe: Recipe) -> None:
@@ -130,6 +136,12 @@ def _git_commit(recipe_file: Path) -> Optional[str]:
 def write_run(path: Path, run: dict) -> None:
     """Write (or rewrite, when the result is known) run.yaml."""
     atomic.write(path / RUN, yaml.safe_dump(run, sort_keys=False, allow_unicode=True))
+
+
+def write_launch(path: Path, written: dict[str, str]) -> None:
+    """Write a distributed run's generated configs (launch.files for this folder)."""
+    for name, text in written.items():
+        atomic.write(path / name, text)
 
 
 def write_estimate(path: Path, estimate: dict) -> None:

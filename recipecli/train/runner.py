@@ -21,17 +21,19 @@ import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Mapping, MutableMapping, Optional, Sequence
 
-from ..errors import Interrupted, RecipeError
+from ..errors import Interrupted, InvalidRecipe, Problem, RecipeError
 from ..fit import cpu, hardware
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices, choose
+from ..fit.verdict import at_its_field
 from ..read.recipe import Recipe
 from ..units import GIB
-from . import checkpoints, claim, data, datafiles, failures, runfolder, tracking
+from . import checkpoints, claim, data, datafiles, datastats, failures, launch, runfolder, tracking
 from .callbacks import StopRequest, recorder
-from .model import check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, say, training_gpu
+from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, saved_modules, say,
+                    training_gpu)
 from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
 from .trainer import trainer_class
 
@@ -88,42 +90,73 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
     """
     check_remote_code(recipe, trust_remote_code, f"recipe run {recipe.source}")  # before anything downloads
     run_dir = recipe.output_dir  # absolute: every file of the run, checkpoints too, goes in this one folder
+    # One of several processes accelerate started (launch.py): rank 0 alone takes and writes the
+    # run folder; every rank trains, and saves its part of each checkpoint into the folder rank 0 made.
+    ranked = recipe.strategy != "none" and launch.in_rank()
+    main = not ranked or os.environ.get("RANK", "0") == "0"
     with ExitStack() as whole_run:  # holds the run folder (its lock) and W&B's settings to the end
         with _before_training():
-            folder = whole_run.enter_context(claim.claimed(run_dir, recipe, overwrite=overwrite, resume=resume))
+            folder = whole_run.enter_context(claim.claimed(run_dir, recipe, overwrite=overwrite, resume=resume)) \
+                if main else _OtherRank(run_dir, resume)
             whole_run.enter_context(tracking.environment(recipe.wandb))
             gpus = hardware.detect() if gpus is None else tuple(gpus)
             # The card NVML reports is judged even when this torch cannot use it (training_gpu says
             # so and trains on the CPU): the verdict is for the card the user means to train on.
-            estimate = refuse_unless_fits(recipe, gpus[0] if gpus else None, force)
+            allocator = allocator_setting(os.environ, cuda=bool(gpus))  # the estimate counts on it
+            estimate = refuse_unless_fits(recipe, gpus[0] if gpus else None, force, allocator.expandable_segments)
+            # Set before torch initializes CUDA (training_gpu imports torch), kept until the run ends.
+            whole_run.enter_context(_allocator_environment(allocator, os.environ))
             gpu = training_gpu(gpus)
+            if gpu is None:  # no CUDA after all: the variable changes nothing, and is not claimed
+                allocator = allocator_setting(os.environ, cuda=False)
             cuda = gpu is not None
             if not cuda:
                 refuse_unless_cpu_trains(recipe, cpu.host_memory_bytes() if ram_bytes is None else ram_bytes, force)
+            if recipe.training.liger_kernel:
+                _refuse_unless_liger_runs(recipe, cuda)
             choices = choose(recipe, gpu)
             for note in choices.notes:
                 say(f"note: {note}")
 
             tokenizer = load_tokenizer(recipe)
-            train_set, eval_set = data.load_examples(recipe, tokenizer)
+            train_set, eval_set, data_stats = datastats.for_run(recipe, tokenizer)  # prints its summary line
             model = load_model(recipe, choices, cuda=cuda)
+            if recipe.training.liger_kernel:
+                _refuse_unless_liger_knows(recipe, model.config.model_type)
             args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda)
 
             stop = StopRequest()
+            # What the recorder stops on: the signal itself, or in a distributed run the ranks'
+            # agreement on it (launch.agreement), so that all of them stop at the same step.
+            decision = StopRequest() if ranked else stop
             trainer = _trainer(recipe, choices, model, args, tokenizer, train_set, eval_set, callbacks)
             # First in line, so the console printer and W&B see the memory columns it adds.
-            trainer.callback_handler.callbacks.insert(0, recorder(run_dir, stop, cuda=cuda))
+            trainer.callback_handler.callbacks.insert(0, recorder(run_dir, decision, cuda=cuda))
+            if ranked:  # before the recorder: a stop any rank received is every rank's, at this step
+                trainer.callback_handler.callbacks.insert(0, launch.agreement(stop, decision))
             # TRL writes a Hub model card (README.md) into the run folder at every checkpoint, naming
             # the base model "None" for a local one; run.yaml is the run's record, adapter/ has peft's card.
             trainer.create_model_card = lambda *_, **__: None
             run_info = _run_info(recipe, choices, gpu, train_set, eval_set)
+            run_info["data"] = data_stats.numbers()  # what `recipe data` counts, for this run
+            run_info["cuda_allocator"] = allocator.record()
+            processes = int(os.environ["WORLD_SIZE"]) if ranked else 1
+            run_info["global_batch"] = _global_batch(recipe, processes)
+            if main:
+                say(f"global batch {run_info['global_batch']['sequences']} sequences per step = micro-batch "
+                    f"{recipe.training.micro_batch_size} x accumulation {recipe.training.gradient_accumulation_steps}"
+                    f" x {processes} process{'es' if processes > 1 else ''}")
             if folder.resume_from is not None:
                 run_info["resumed_from"] = folder.resume_from.name
             folder.clear()  # --overwrite: the old run goes only now, once everything has loaded
-            runfolder.write_run(run_dir, run_info)  # first: run.yaml is what marks a run folder
-            runfolder.write_recipe(run_dir, recipe)
-            if estimate is not None:
-                runfolder.write_estimate(run_dir, estimate)
+            if main:
+                runfolder.write_run(run_dir, run_info)  # first: run.yaml is what marks a run folder
+                runfolder.write_recipe(run_dir, recipe)
+                if estimate is not None:
+                    runfolder.write_estimate(run_dir, estimate)
+                if ranked:  # the configs again, naming this folder's copies: it launches the run alone
+                    runfolder.write_launch(run_dir, launch.files(launch.rank_launch(recipe, os.environ, cuda),
+                                                                 recipe, run_dir))
             folder.keep()
         if folder.resume_from is not None:
             for note in checkpoints.scan(run_dir)[1]:  # newer checkpoints that are not whole
@@ -136,13 +169,13 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             with stop.listening(), tracking.failure_explained(recipe.wandb):
                 trainer.train(resume_from_checkpoint=str(folder.resume_from) if folder.resume_from else None)
             state = trainer.state
-            interrupted = stop.signal_name is not None and state.global_step < state.max_steps
+            interrupted = decision.signal_name is not None and state.global_step < state.max_steps
             saved = eval_loss = None
             if not interrupted:
                 saved = run_dir / (runfolder.FULL_MODEL if recipe.method == "full" else runfolder.ADAPTER)
                 trainer.save_final(saved)  # whole or absent, and never of non-finite weights
                 if eval_set is not None:
-                    eval_loss = trainer.evaluate()["eval_loss"]
+                    eval_loss = trainer.evaluate()["eval_loss"]  # of the best checkpoint, with early stopping
         tracking.finish(recipe.wandb)
 
         peak = _peak_reserved_bytes() if cuda else None
@@ -153,9 +186,14 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                               "eval_loss": eval_loss, "interrupted": interrupted,
                               "estimated_reserved_gib": _gib(result.estimate_bytes),
                               "measured_reserved_gib": _gib(peak)}
+        if recipe.training.early_stopping_patience is not None:
+            run_info["result"]["early_stopping"] = _early_stopping_result(recipe, state, interrupted)
         with _failures_explained(situation, recipe):  # a disk that fills up now is explained too
-            runfolder.plot_loss(run_dir, state.log_history)
-            runfolder.write_run(run_dir, run_info)
+            if main:
+                runfolder.plot_loss(run_dir, state.log_history)
+                runfolder.write_run(run_dir, run_info)
+        if ranked:  # no rank leaves before rank 0 has written the result (accelerate would stop it)
+            launch.end_of_rank()
     if peak is not None and result.estimate_bytes is not None:
         say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
             "(peak reserved by PyTorch)")
@@ -173,6 +211,25 @@ def _run_info(recipe: Recipe, choices: Choices, gpu: Optional[Gpu], train_set, e
                          "trainable_dtype": choices.trainable_dtype, "autocast_dtype": choices.autocast_dtype,
                          "grad_scaler": choices.grad_scaler},
             "notes": list(choices.notes)}
+
+
+def _global_batch(recipe: Recipe, processes: int) -> dict:
+    t = recipe.training
+    return {"sequences": recipe.global_batch(processes), "micro_batch_size": t.micro_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps, "processes": processes}
+
+
+class _OtherRank:
+    """A rank other than 0 has this instead of the run folder's claim: where to resume from."""
+
+    def __init__(self, run_dir: Path, resume: bool):
+        self.resume_from = checkpoints.to_resume(run_dir)[0] if resume else None
+
+    def clear(self) -> None:
+        pass
+
+    def keep(self) -> None:
+        pass
 
 
 def _final_loss(log_history: list[dict]) -> Optional[float]:
@@ -209,6 +266,67 @@ def _before_training() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+# PyTorch's caching-allocator options. torch 2.13 reads PYTORCH_CUDA_ALLOC_CONF, then the
+# device-generic PYTORCH_ALLOC_CONF (c10/cuda/CUDAAllocatorConfig.h): a user who set either one
+# has configured the allocator, and setting the first would silently override the second.
+ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+USER_ALLOC_CONFS = (ALLOC_CONF, "PYTORCH_ALLOC_CONF")
+# Expandable segments grow one segment in place instead of cutting fixed ones: for a training
+# step with batches of changing length the allocator model (fit/reserve.py) needs less reserve
+# with them, never more, so `recipe run` turns them on unless the user chose otherwise.
+EXPANDABLE = "expandable_segments:True"
+
+
+@dataclass(frozen=True)
+class AllocatorSetting:
+    """The caching-allocator configuration a run trains with, and where it came from."""
+
+    variable: Optional[str]  # the environment variable that holds it; None when nothing is set
+    value: Optional[str]
+    source: str  # "recipe run", "your environment", or why there is none
+    set_here: bool  # recipe run sets the variable (and removes it again at the end)
+
+    @property
+    def expandable_segments(self) -> bool:
+        """Whether the allocator will use expandable segments (the option torch parses as True)."""
+        options = [o.replace(" ", "") for o in (self.value or "").split(",")]
+        return self.variable is not None and EXPANDABLE in options
+
+    def record(self) -> dict:
+        """What run.yaml keeps."""
+        return {"variable": self.variable, "value": self.value, "source": self.source,
+                "expandable_segments": self.expandable_segments}
+
+
+def allocator_setting(environ: Mapping[str, str], cuda: bool) -> AllocatorSetting:
+    """The allocator configuration of a run: the user's when they set one, else expandable
+    segments on CUDA, else none (the CPU has no caching allocator to configure).
+
+    Args:
+        environ: the process environment.
+        cuda: whether training runs on CUDA.
+    """
+    if not cuda:
+        return AllocatorSetting(None, None, "none: no CUDA, no caching allocator", False)
+    for variable in USER_ALLOC_CONFS:
+        if variable in environ:
+            return AllocatorSetting(variable, environ[variable], "your environment", False)
+    return AllocatorSetting(ALLOC_CONF, EXPANDABLE, "recipe run", True)
+
+
+@contextmanager
+def _allocator_environment(setting: AllocatorSetting, environ: MutableMapping[str, str]) -> Iterator[None]:
+    """The variable set for the run (only when recipe run chose it), removed when it ends."""
+    if not setting.set_here:
+        yield
+        return
+    environ[setting.variable] = setting.value
+    try:
+        yield
+    finally:
+        environ.pop(setting.variable, None)
+
+
 def _device_text(gpu: Optional[Gpu]) -> str:
     if gpu is None:
         return f"cpu ({os.cpu_count()} cores)"
@@ -216,14 +334,73 @@ def _device_text(gpu: Optional[Gpu]) -> str:
 
 
 def _lora_config(recipe: Recipe, model):
-    """peft LoraConfig for lora/qlora; None trains every weight (method full)."""
+    """peft LoraConfig for lora/qlora; None trains every weight (method full).
+
+    Raises:
+        UnknownTargets: target_modules or modules_to_save name no module fit for them, located
+            at that field of the recipe.
+    """
     if recipe.lora is None:
         return None
     from peft import LoraConfig
 
     lora = recipe.lora
+    try:
+        targets = lora_targets(lora.target_modules, model)
+        to_save = saved_modules(lora.modules_to_save, targets, model)
+    except RecipeError as e:
+        raise at_its_field(e, recipe) from None
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-                      target_modules=lora_targets(lora.target_modules, model))
+                      use_rslora=lora.use_rslora, use_dora=lora.use_dora, target_modules=targets,
+                      modules_to_save=to_save)
+
+
+LIGER_PATH = ("training", "liger_kernel")
+
+
+def _liger_problem(recipe: Recipe, message: str, hint: str) -> InvalidRecipe:
+    return InvalidRecipe([Problem(recipe.locate(LIGER_PATH), "$.training.liger_kernel", message, hint)])
+
+
+def _refuse_unless_liger_runs(recipe: Recipe, cuda: bool) -> None:
+    """Liger's kernels are Triton kernels: on the CPU Triton finds no driver and the first step
+    fails (liger-kernel 0.8.5 imports there, and stops with "0 active drivers"), so say it now.
+
+    Raises:
+        InvalidRecipe: training on the CPU; RecipeError: liger-kernel is not installed.
+    """
+    if not cuda:
+        raise _liger_problem(recipe, "Liger's kernels run on a CUDA GPU (Triton), and this run trains on the CPU",
+                             "set training.liger_kernel: false to train here, or train on a CUDA GPU")
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise RecipeError("training.liger_kernel needs the liger-kernel package, which is not installed",
+                          hint="pip install 'recipecli[liger]'", where=recipe.locate(LIGER_PATH),
+                          path="$.training.liger_kernel")
+
+
+def _refuse_unless_liger_knows(recipe: Recipe, model_type: str) -> None:
+    """Liger patches the model types it has kernels for and skips any other with a log line only;
+    a recipe that asks for its kernels gets them or a refusal."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise _liger_problem(recipe, f"Liger has no kernels for model type {model_type!r}",
+                             "set training.liger_kernel: false; Liger supports " +
+                             ", ".join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)))
+
+
+def _early_stopping_result(recipe: Recipe, state, interrupted: bool) -> dict:
+    """run.yaml's record of early stopping: where training stopped, and whose weights were saved."""
+    best = state.best_global_step or None
+    stopped = not interrupted and state.global_step < state.max_steps
+    if stopped:
+        say(f"early stopping: eval_loss did not improve for {recipe.training.early_stopping_patience} evaluations; "
+            f"stopped at step {state.global_step} of {state.max_steps}")
+    if best is not None:
+        say(f"the result holds step {best}'s weights, the best eval_loss ({state.best_metric:.4g})")
+    return {"stopped_early": stopped, "best_step": best, "best_eval_loss": state.best_metric}
 
 
 def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bool, cuda: bool):
@@ -240,7 +417,8 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         max_steps=t.max_steps if t.max_steps is not None else -1,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
+        # transformers 5: a value below 1 is a fraction of all steps, a whole number from 1 a count.
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optimizer,
@@ -253,10 +431,16 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=t.save_steps,
+        eval_steps=t.eval_steps if t.eval_steps is not None else t.save_steps,
         report_to=["wandb"] if recipe.wandb else "none",
         run_name=(recipe.wandb.run_name or recipe.name) if recipe.wandb else recipe.name,
-        **data.sft_flags(recipe),
+        # TRL applies Liger's layer kernels only (RMSNorm, RoPE, SwiGLU), keeping its own chunked LM head.
+        use_liger_kernel=t.liger_kernel,
+        # Early stopping watches eval_loss and the result is the best checkpoint's weights: the Trainer
+        # tracks the best evaluation and loads its checkpoint at the end (trainer.py keeps it published).
+        **({"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}
+           if t.early_stopping_patience is not None else {}),
+        **data.trainer_flags(recipe),  # the examples come tokenized, their masks in the labels
     )
 
 
@@ -271,9 +455,21 @@ def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set
     trained parameters in the dtype precision.choose decided whatever TRL cast them to."""
     trainer = trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               processing_class=tokenizer, peft_config=_lora_config(recipe, model),
-                              callbacks=list(callbacks))
+                              callbacks=list(callbacks) + _early_stopping(recipe))
     enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them
     return trainer
+
+
+def _early_stopping(recipe: Recipe) -> list:
+    """transformers' EarlyStoppingCallback when the recipe asks for it: it counts evaluations whose
+    eval_loss is not below the best by more than the threshold, and stops after patience of them."""
+    t = recipe.training
+    if t.early_stopping_patience is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience,
+                                  early_stopping_threshold=t.early_stopping_threshold)]
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from .failures import NonFinite
 def trainer_class():
     """The SFTTrainer subclass every run uses (built once, on first use)."""
     import torch
+    from transformers.trainer import TRAINER_STATE_NAME
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
     from trl import SFTTrainer
 
@@ -48,22 +49,50 @@ def trainer_class():
             self.check_finite()
             staging = checkpoints.partial(final)
             self.writing = final
-            checkpoints.discard(staging)  # left by a crash
-            staging.mkdir()
+            # In a distributed run every rank writes its part (its RNG state, its shards) into the
+            # one staging folder: rank 0 makes it before, and publishes it once all have written.
+            main = self.args.should_save
+            if main:
+                checkpoints.discard(staging)  # left by a crash
+                staging.mkdir()
+            self.accelerator.wait_for_everyone()
             self._staging = staging
             try:
                 super()._save_checkpoint(model, trial)  # staging/checkpoint-N, rotation inside staging
+                self._record_best(run_dir, staging / final.name, main)
             except BaseException:
-                checkpoints.discard(staging)
+                if main:
+                    checkpoints.discard(staging)
                 raise
             finally:
                 self._staging = None
-            checkpoints.publish(staging / final.name, final)
-            staging.rmdir()
+            self.accelerator.wait_for_everyone()
+            if main:
+                checkpoints.publish(staging / final.name, final)
+                staging.rmdir()
+                # As the Trainer rotates (by modification time), now among the published checkpoints.
+                rotate_checkpoints(str(run_dir), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
             self.writing = None
-            # As the Trainer rotates (by modification time), now among the published checkpoints.
-            rotate_checkpoints(str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+        def _record_best(self, run_dir: Path, staged: Path, main: bool) -> None:
+            """Name the best checkpoint (early stopping) by where it is published, not staged.
+
+            The Trainer records it as the folder it saved it in (``_get_output_dir``): the staging
+            folder for this one, gone once published; and it finds an earlier best only there, so
+            never. Rotation would then delete the best checkpoint, and load_best_model_at_end find
+            nothing. The checkpoint's own trainer_state.json is written again with the right name,
+            before it is published, so a resumed run keeps tracking it.
+            """
+            best = self.state.best_global_step
+            if not best:
+                return
+            published = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}"
+            if best != self.state.global_step and not published.is_dir():
+                return  # the best evaluation fell between saves: the Trainer keeps the last best it saved
+            self.state.best_model_checkpoint = str(published)
+            if main:
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
 
         def save_final(self, final: Path) -> None:
             """Save the trained adapter (or model) and tokenizer to ``final``, whole or not at all.
@@ -74,13 +103,19 @@ def trainer_class():
             self.check_finite()
             staging = checkpoints.partial(final)
             self.writing = final
-            checkpoints.discard(staging)
+            main = self.args.should_save  # as in _save_checkpoint: rank 0 prepares and publishes
+            if main:
+                checkpoints.discard(staging)
+            self.accelerator.wait_for_everyone()
             try:
                 self.save_model(str(staging))
             except BaseException:
-                checkpoints.discard(staging)
+                if main:
+                    checkpoints.discard(staging)
                 raise
-            checkpoints.publish(staging, final)
+            self.accelerator.wait_for_everyone()
+            if main:
+                checkpoints.publish(staging, final)
             self.writing = None
 
         def check_finite(self) -> None:

@@ -205,3 +205,49 @@ def test_expandable_slack_of_stack_ordered_traces_is_under_a_page_per_pool(large
     for events, page in ((large, LARGE_BUFFER), (small, SMALL_BUFFER)):
         peaks = simulate(events, expandable_segments=True)
         assert 0 <= peaks.reserved_bytes - peaks.allocated_bytes < page
+
+
+# --- the estimate's training step, replayed (fit/reserve.py) ---------------------------------
+
+
+def _shipped_steps():
+    from recipecli.fit.gpu_catalog import card
+    from recipecli.fit.verdict import check
+    from recipecli.read.load import load_recipe
+    from recipecli.shipped import RECIPES_DIR
+
+    recipes = [p for p in sorted(RECIPES_DIR.glob("*.yaml"))]
+    return [check(load_recipe(p), card("rtx2080")).estimate.step for p in recipes]
+
+
+def test_expandable_segments_need_no_more_for_a_training_step():
+    """Why `recipe run` turns them on: for the step of every shipped recipe the allocator model
+    needs no more reserve with expandable segments, and less for most."""
+    from recipecli.fit.reserve import reserved_beyond_live
+
+    pairs = [(reserved_beyond_live(step, True), reserved_beyond_live(step, False)) for step in _shipped_steps()]
+    assert all(grown <= fixed for grown, fixed in pairs)
+    assert sum(grown < fixed for grown, fixed in pairs) > len(pairs) // 2
+    assert all(grown <= SMALL_BUFFER + 4 * LARGE_BUFFER for grown, _ in pairs)  # a few pages at most
+
+
+def test_the_reserve_is_the_least_the_step_runs_in():
+    from recipecli.fit.reserve import RESOLUTION, reserved_beyond_live, step_events
+
+    step = max(_shipped_steps(), key=lambda s: s.saved)
+    events = step_events(step)
+    live = simulate(events).requested_bytes
+    need = live + reserved_beyond_live(step, False)
+    simulate(events, capacity_bytes=need)  # runs in it, emptying the cache when it must
+    with pytest.raises(ReplayOutOfMemory):
+        simulate(events, capacity_bytes=need - RESOLUTION - 1)
+    assert need <= simulate(events).reserved_bytes  # never more than a card with room to spare shows
+
+
+@pytest.mark.parametrize("capability, mib", [((7, 5), 300), ((7, 0), 300), ((6, 1), 300), ((8, 6), 400),
+                                             ((8, 9), 400), ((9, 0), 500), ((12, 0), 500), (None, 500)])
+def test_the_cuda_context_follows_the_compute_capability(capability, mib):
+    from recipecli.fit.gpu_catalog import context_bytes, workspace_bytes
+
+    assert context_bytes(capability) == mib * MIB
+    assert workspace_bytes(capability) == (32 * MIB if capability is None or capability >= (9, 0) else 8_519_680)

@@ -173,3 +173,46 @@ def test_a_name_is_never_taken_for_a_longer_one():
         card("4060 t")
     with pytest.raises(UsageError, match="unknown GPU 'a10'"):  # neither the A10G nor an A100
         card("a10")
+
+
+def _process(pid, used):
+    """What NVML lists for one process with a CUDA context (nvmlProcessInfo_t's fields read here)."""
+    return type("ProcessInfo", (), {"pid": pid, "usedGpuMemory": used})()
+
+
+def test_a_process_memory_is_what_nvml_lists_for_its_pid():
+    from recipecli.fit.hardware import _used_by
+
+    listed = [_process(10, 500 * MIB), _process(11, 2 * GIB)]
+    assert _used_by(listed, 11) == 2 * GIB
+    assert _used_by(listed + [_process(11, MIB)], 11) == 2 * GIB + MIB  # listed twice (MIG): both count
+    # not listed: no CUDA context yet, or a container whose ids NVML gives from outside it
+    assert _used_by(listed, 12) is None and _used_by([], 10) is None
+    # NVML's "not available": None from current bindings, all ones from older ones
+    assert _used_by([_process(10, None)], 10) is None
+    assert _used_by([_process(10, 2**64 - 1)], 10) is None
+
+
+def test_a_device_that_may_not_list_processes_lists_none():
+    from recipecli.fit.hardware import _compute_processes
+
+    class Bindings:  # the two names of pynvml that _compute_processes uses
+        class NVMLError(Exception):
+            pass
+
+        @staticmethod
+        def nvmlDeviceGetComputeRunningProcesses(handle):
+            if handle == "virtual":
+                raise Bindings.NVMLError("Not Supported")
+            return (_process(1, MIB),)
+
+    assert _compute_processes(Bindings, "virtual") == []
+    assert [p.pid for p in _compute_processes(Bindings, "card")] == [1]
+
+
+@pytest.mark.skipif(not DRIVER, reason="no NVIDIA driver here")
+def test_with_a_driver_this_process_memory_is_given_per_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    found = probe()
+    assert len(found.process_bytes) == len(found.gpus)
+    assert all(used is None or 0 < used <= gpu.total_bytes for used, gpu in zip(found.process_bytes, found.gpus))

@@ -1,13 +1,17 @@
 """Resolving "auto" on a card, the card's rules, verdicts and suggestions: GPUs passed as numbers."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from recipecli.read import load
 from recipecli.errors import InvalidRecipe
 from recipecli.errors import UnknownModel, UnknownTargets
 from recipecli.fit.gpu_catalog import Gpu, card, gpu_from_vram
-from recipecli.fit.verdict import TIGHT_FRACTION, check, setup_for, status_of
+from recipecli.fit.verdict import BAND, band, check, setup_for, status_of
 from recipecli.report.gpu import STANDARD_QLORA_BASE, largest_qlora_model, standard_qlora
 from recipecli.units import GIB
 
@@ -100,12 +104,18 @@ def test_setup_carries_the_recipe_knobs(make_recipe):
     assert (setup.num_gpus, setup.parallelism) == (2, "ddp")
 
 
-def test_status_thresholds():
+def test_fits_only_when_the_upper_end_of_the_band_fits():
     vram = 8 * GIB
-    assert status_of(int(TIGHT_FRACTION * vram), vram) == "fits"
-    assert status_of(int(TIGHT_FRACTION * vram) + 1, vram) == "tight"
-    assert status_of(vram, vram) == "tight"
-    assert status_of(vram + 1, vram) == "does_not_fit"
+    at_upper_end = int(vram / (1 + BAND))  # the largest estimate whose band still ends on the card
+    while band(at_upper_end + 1)[1] <= vram:
+        at_upper_end += 1
+    assert band(at_upper_end)[1] <= vram < band(at_upper_end + 1)[1]
+    assert status_of(at_upper_end, vram) == "fits"  # exactly at the upper end
+    assert status_of(at_upper_end + 1, vram) == "tight"  # between the estimate and the upper end
+    assert status_of(vram, vram) == "tight"  # the estimate itself just fits
+    assert status_of(vram + 1, vram) == "does_not_fit"  # above the estimate
+    low, high = band(GIB)
+    assert low < GIB < high and high - GIB == pytest.approx(BAND * GIB, abs=1)
 
 
 def test_verdict_numbers(make_recipe):
@@ -172,3 +182,65 @@ def test_model_and_target_errors_are_located_at_their_field(make_recipe, delta, 
     assert located.path == "$." + ".".join(field)
     assert error is UnknownTargets or "three ways" in located.hint  # the fixes are the hint, apart
     assert str(located).startswith(f"{path}:{located.where.line}:")
+
+
+def test_the_card_sets_the_cuda_context_and_the_allocator_setting_the_reserve(make_recipe):
+    recipe = load.load_recipe(make_recipe())
+    turing, hopper = check(recipe, RTX2080).estimate, check(recipe, card("h100")).estimate
+    assert turing.device_bytes - turing.reserved_bytes == RTX2080.context_bytes < card("h100").context_bytes
+    assert hopper.device_bytes - hopper.reserved_bytes == card("h100").context_bytes
+    unknown = check(recipe, gpu_from_vram(8)).estimate
+    assert unknown.context_bytes == max(RTX2080.context_bytes, card("h100").context_bytes)  # never too kind
+    fixed = check(recipe, RTX2080, expandable_segments=False).estimate
+    assert fixed.allocated_bytes == turing.allocated_bytes and fixed.reserved_bytes >= turing.reserved_bytes
+    assert turing.allocated_bytes < turing.reserved_bytes < turing.device_bytes
+
+
+# --- the band against measured and traced peaks ----------------------------------------------
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def published():
+    calibration = _benchmark("calibration")
+    if not calibration.RUNS.is_file():
+        pytest.skip(f"no published runs at {calibration.RUNS}")
+    return [calibration.evaluate(row) for row in calibration.load()]
+
+
+def test_the_band_covers_every_published_run_of_the_stack(published):
+    # The Hugging Face stack's rows, the ones recipe run reproduces (calibration.py's targets).
+    measured = [r for r in published if r.hf and r.error is not None and not r.row["oom"]]
+    assert measured
+    outside = {r.row["id"]: f"{r.measured / r.predicted - 1:+.1%}" for r in measured
+               if abs(r.measured / r.predicted - 1) > BAND}
+    assert not outside, f"measured peaks outside the ±{BAND:.0%} band: {outside}"
+
+
+def test_no_published_out_of_memory_run_is_called_fits(published):
+    ooms = [r for r in published if r.hf and r.row["oom"] and r.predicted is not None and r.card]
+    assert ooms
+    called_fits = [r.row["id"] for r in ooms if status_of(round(r.predicted), round(r.card)) == "fits"]
+    assert not called_fits
+
+
+def test_the_band_covers_every_traced_row():
+    if not (BENCHMARKS / "trace_grid.json").is_file():
+        pytest.skip("benchmarks/trace_grid.json has not been traced yet")
+    grid = _benchmark("trace_grid")
+    records = grid.load().values()
+    outside = {}
+    for record in records:
+        traced, estimated, _ = grid.compare(record)
+        if abs(traced / estimated - 1) > BAND:
+            outside[record["id"]] = f"{traced / estimated - 1:+.1%}"
+    assert not outside, f"traced peaks outside the ±{BAND:.0%} band of the estimate: {outside}"

@@ -19,6 +19,8 @@ LITERALS = {
     ("training", "precision"): recipe.Precision,
     ("training", "attention"): recipe.Attention,
     ("logging", "wandb", "mode"): recipe.WandbMode,
+    ("distributed", "strategy"): recipe.Strategy,
+    ("distributed", "zero_offload"): recipe.ZeroOffload,
 }
 
 

@@ -21,6 +21,21 @@ BREAKING = {
     "model_is_a_folder_or_a_hub_id": ({"model": {"id": "../nowhere/model"}}, "$.model.id"),
     "datasets_are_files_or_hub_ids": ({"data": {"datasets": [{"path": "missing.csv", "format": "alpaca"}]}},
                                       "$.data.datasets[0].path"),
+    # issue 9: the distributed section (more cases in tests/read/test_distributed.py)
+    "one_process_without_a_strategy": ({"distributed": {"strategy": "none", "processes_per_node": 2}},
+                                       "$.distributed.processes_per_node"),
+    "several_nodes_need_their_main": ({"distributed": {"strategy": "ddp", "nodes": 2}}, "$.distributed.nodes"),
+    "offload_knobs_match_the_strategy": ({"distributed": {"strategy": "ddp", "fsdp_offload": True}},
+                                         "$.distributed.fsdp_offload"),
+    "quantized_base_fits_the_strategy": ({"distributed": {"strategy": "deepspeed_zero3"}}, "$.distributed.strategy"),
+    "one_warmup": ({"training": {"warmup_steps": 5, "warmup_ratio": 0.1}}, "$.training.warmup_steps"),
+    "evaluation_needs_held_out_data": ({"training": {"eval_steps": 5}}, "$.training.eval_steps"),
+    # issue 10: LoRA modules trained in full, early stopping
+    "saved_modules_are_not_adapted": ({"lora": {"target_modules": ["q_proj", "lm_head"],
+                                                "modules_to_save": ["embed_tokens", "lm_head"]}},
+                                      "$.lora.modules_to_save[1]"),
+    "early_stopping_needs_evaluations": ({"training": {"early_stopping_patience": 3}},
+                                         "$.training.early_stopping_patience"),
 }
 
 
@@ -66,3 +81,20 @@ def test_a_fifo_is_no_dataset_file(make_recipe, tmp_path):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"data": {"datasets": [{"path": "pipe.jsonl", "format": "alpaca"}]}}))
     assert "not a regular file" in info.value.problems[0].message
+
+
+@pytest.mark.parametrize("training, path, words", [
+    ({"early_stopping_threshold": 0.01}, "$.training.early_stopping_threshold", "without early_stopping_patience"),
+    ({"early_stopping_patience": 2, "save_steps": 5, "eval_steps": 2}, "$.training.save_steps", "use save_steps 4"),
+    ({"early_stopping_patience": 2, "eval_steps": 300}, "$.training.eval_steps", "not a multiple of eval_steps 300"),
+])
+def test_early_stopping_needs_a_checkpoint_at_each_evaluation_it_may_keep(make_recipe, training, path, words):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"training": training, "data": {"val_fraction": 0.1}}))
+    assert [p.path for p in info.value.problems] == [path]
+    assert words in str(info.value)
+
+
+def test_early_stopping_with_matching_steps_is_valid(make_recipe):
+    resolve(make_recipe({"training": {"early_stopping_patience": 2, "save_steps": 10, "eval_steps": 5},
+                         "data": {"val_fraction": 0.1}}))

@@ -89,15 +89,40 @@ def test_json_carries_breakdown_and_suggestion(make_recipe):
 
 def test_json_gives_the_three_figures_and_both_parameter_counts(make_recipe):
     """What torch.cuda.max_memory_allocated, max_memory_reserved and nvidia-smi will show, each."""
-    from recipecli.fit.estimate import CUDA_CONTEXT_BYTES
+    from recipecli.fit.gpu_catalog import card
 
     result = invoke("fit-check", make_recipe(SEVEN_B), "--gpu", "rtx2080", "--format", "json")
     (entry,) = json.loads(result.output)["recipes"]
     assert entry["allocated_bytes"] < entry["reserved_bytes"] < entry["device_bytes"]
-    assert entry["device_bytes"] == entry["reserved_bytes"] + CUDA_CONTEXT_BYTES  # the card holds the context too
+    # The card holds its CUDA context too, by its compute capability (7.5 for an RTX 2080).
+    assert entry["device_bytes"] == entry["reserved_bytes"] + card("rtx2080").context_bytes
     assert entry["base_params"] == 7_241_732_096 and 0 < entry["trainable_params"] < entry["base_params"] // 100
     verbose = invoke("fit-check", make_recipe(SEVEN_B), "--gpu", "rtx2080", "-v").output
-    assert "(max_memory_allocated)" in verbose and "(max_memory_reserved)" in verbose and "(nvidia-smi)" in verbose
+    assert "(max_memory_allocated)" in verbose and "(max_memory_reserved, expandable_segments:True)" in verbose
+    assert "what nvidia-smi shows" in verbose
+
+
+def test_the_estimate_comes_with_its_band_in_table_and_json(make_recipe):
+    from recipecli.fit.verdict import BAND
+
+    path = make_recipe(SEVEN_B)
+    (entry,) = json.loads(invoke("fit-check", path, "--gpu", "rtx2080", "--format", "json").output)["recipes"]
+    low, point, high = entry["device_bytes_low"], entry["device_bytes"], entry["device_bytes_high"]
+    assert entry["band_fraction"] == BAND and low < point < high
+    assert high == pytest.approx(point * (1 + BAND), abs=1) and low == pytest.approx(point * (1 - BAND), abs=1)
+    table = invoke("fit-check", path, "--gpu", "rtx2080").output
+    assert f"{point / 2**30:.2f} GiB ({low / 2**30:.2f}–{high / 2**30:.2f} GiB)" in table
+    assert f"±{BAND:.0%}" in table
+
+
+def test_tight_when_only_the_estimate_fits_with_the_change_that_fits_with_margin(make_recipe):
+    path = make_recipe(SEVEN_B)
+    (entry,) = json.loads(invoke("fit-check", path, "--vram", "64", "--format", "json").output)["recipes"]
+    between = (entry["device_bytes"] + entry["device_bytes_high"]) / 2 / 2**30  # a card inside the band
+    result = invoke("fit-check", path, "--vram", f"{between:.4f}", "--format", "json")
+    (tight,) = json.loads(result.output)["recipes"]
+    assert result.exit_code == ExitCode.OK and tight["status"] == "tight"
+    assert tight["suggestion"]["status"] == "fits" and tight["suggestion"]["device_bytes_high"] <= tight["vram_bytes"]
 
 
 def test_write_keeps_local_paths_working_from_another_folder(make_recipe, tmp_path):
@@ -245,7 +270,7 @@ def test_readme_fit_check_table_shows_what_fit_check_prints():
     printed = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert len(documented) >= 3
     for row in documented:
-        # name, model, params, method, estimate (2 cells), VRAM (2 cells) and the verdict
+        # name, model, params, method, estimate and its band (4 cells), VRAM (2 cells) and the verdict
         assert row == printed[row[0]], row[0]
 
 

@@ -33,9 +33,10 @@ def tiny(make_recipe, offline):
 def test_the_tiny_recipe_probes_as_a_table(tiny):
     result = probe(tiny)
     assert result.exit_code == 0, result.output
-    assert "traced on the CPU: allocated peak exact for transformers" in result.output
-    assert "reserved and device modelled" in result.output
-    for row in ("after load", "forward", "backward", "optimizer step", "fit-check (no GPU: fp32)"):
+    assert "traced on the CPU under fake tensors: allocated peak exact for transformers" in result.output
+    assert "bf16 CPU autocast, bf16 weights, fp32 adapters); reserved and device modelled" in result.output
+    assert "note: no --gpu: traced and estimated as on an A100 80GB (bf16)" in result.output
+    for row in ("after load", "forward", "backward", "optimizer step", "fit-check (A100 80GB, assumed)"):
         assert row in result.output
 
 
@@ -61,19 +62,25 @@ def test_the_second_step_keeps_the_optimizer_state_through_backward(tiny):
     assert one["phases"]["backward"]["allocated_bytes"] < two["phases"]["backward"]["allocated_bytes"]
 
 
-def test_qlora_is_refused_with_a_reason_and_a_hint(make_recipe, offline):
-    recipe = make_recipe({**TINY_LORA, "method": "qlora"})
-    result = probe(recipe)
-    assert result.exit_code == ExitCode.USAGE
-    assert f"{recipe}:" in result.output and "$.method: probe cannot trace a qlora recipe yet" in result.output
-    assert "hint: estimate it with `recipe fit-check`" in result.output
-    assert "Traceback" not in result.output
+def test_a_qlora_recipe_with_a_paged_8bit_optimizer_probes(make_recipe, offline):
+    """What the shipped recipes ask for: a 4-bit base, fp16 on a Turing card, paged_adamw_8bit."""
+    recipe = make_recipe({**TINY_LORA, "method": "qlora", "quantization": {"bits": 4, "double_quant": True},
+                          "training": {"micro_batch_size": 2, "optimizer": "paged_adamw_8bit"}})
+    result = probe(recipe, "--gpu", "rtx2080", "--format", "json", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output[result.output.index("{"):])
+    assert out["precision"] == "fp16" and out["autocast"] and out["trainable_dtype"] == "float32"
+    assert out["categories"]["quantization state"] > 0 and out["trainable_params"] == out["estimate"]["trainable_params"]
+    assert "fp16 CPU autocast, 4-bit base, fp32 adapters" in out["provenance"]
 
 
-def test_an_untraced_optimizer_is_refused(make_recipe, offline):
-    result = probe(make_recipe({**TINY_LORA, "training": {"optimizer": "adamw_8bit"}}))
-    assert result.exit_code == ExitCode.USAGE
-    assert "$.training.optimizer: probe traces adamw_torch or sgd, not adamw_8bit" in result.output
+@pytest.mark.parametrize("delta", [{"training": {"micro_batch_size": 2, "optimizer": "adamw_8bit"}},
+                                   {"training": {"micro_batch_size": 2, "attention": "flash_attention_2"}}])
+def test_what_was_refused_is_traced(make_recipe, offline, delta):
+    result = probe(make_recipe({**TINY_LORA, **delta}), "--steps", "1")
+    assert result.exit_code == 0, result.output
+    if delta["training"].get("attention"):
+        assert "flash_attention_2 is traced as sdpa's flash kernel" in result.output
 
 
 def test_a_directory_is_a_located_message(tmp_path):
@@ -99,7 +106,7 @@ def test_a_model_unknown_offline_is_located_at_model_id(make_recipe, offline):
 def test_a_mistral_7b_lora_step_probes_under_fake_tensors(make_recipe, offline):
     recipe = make_recipe({"model": {"id": "mistralai/Mistral-7B-v0.1"}, "method": "lora",
                           "data": {"max_seq_length": 512}, "training": {"micro_batch_size": 1}})
-    result = probe(recipe, "--format", "json")
+    result = probe(recipe, "--format", "json", "--set", "training.precision=fp32")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{"):])
     assert out["base_params"] == 7_241_732_096

@@ -363,7 +363,15 @@ def test_of_several_runs_starting_at_once_exactly_one_gets_the_folder(make_recip
 
 def test_leftovers_are_only_what_a_run_writes_before_its_first_checkpoint():
     assert claim.LEFTOVERS == {runfolder.RECIPE, runfolder.RUN, runfolder.ESTIMATE, runfolder.METRICS,
-                               runfolder.LOSS_PLOT}
+                               runfolder.LOSS_PLOT, runfolder.ACCELERATE_CONFIG, runfolder.DEEPSPEED_CONFIG}
+
+
+def test_a_distributed_run_killed_before_its_first_checkpoint_is_reused(recipe):
+    r = recipe()
+    lay_out(r.output_dir, r, extra=(runfolder.ACCELERATE_CONFIG, runfolder.DEEPSPEED_CONFIG))
+    with claimed(r.output_dir, r, overwrite=False, resume=False) as folder:
+        folder.clear()
+        assert [p.name for p in r.output_dir.iterdir()] == [runfolder.LOCK]
 
 
 def test_a_resume_whose_setup_fails_leaves_the_folder_as_it_was(recipe):

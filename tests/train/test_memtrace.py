@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 from recipecli.train.memtrace import (  # noqa: E402
-    ACTIVATIONS, GRADIENTS, OTHER, TEMPORARIES, WEIGHTS, Event, MemTrace, summarize,
+    ACTIVATIONS, GRADIENTS, OTHER, PAGED, TEMPORARIES, WEIGHTS, Event, MemTrace, summarize,
 )
 
 MODES = pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
@@ -113,3 +113,12 @@ def test_untagged_storages_are_activations_when_alive_at_backward():
     assert result.breakdown[ACTIVATIONS] == 100
     assert result.breakdown[TEMPORARIES] == 50
     assert result.end_bytes == 50
+
+
+def test_paged_storages_are_counted_apart_from_the_allocator():
+    """Paged optimizer state lives in unified memory: out of the peak, the breakdown and the events."""
+    events = [Event(0, 100, "forward"), Event(1, 40, "optimizer"), Event(2, 30, "optimizer"), Event(0, -100, "optimizer")]
+    result = summarize(events, {1: PAGED}, ["load", "forward", "optimizer"])
+    assert result.peak_bytes == 130 and result.paged_bytes == 40
+    assert sum(result.breakdown.values()) == 130 and PAGED not in result.breakdown
+    assert all(e.storage != 1 for e in result.events)

@@ -10,7 +10,7 @@ pytest.importorskip("trl")
 
 from recipecli.errors import UnknownTargets  # noqa: E402
 from recipecli.fit.architectures import shape_from_config  # noqa: E402
-from recipecli.train.memtrace import ADAPTERS, OTHER, WEIGHTS  # noqa: E402
+from recipecli.train.memtrace import ADAPTERS, GRADIENTS, OTHER, PAGED, QUANT_STATE, WEIGHTS  # noqa: E402
 from recipecli.train.probe import trace_step  # noqa: E402
 
 TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -93,10 +93,104 @@ def test_targets_go_through_the_projects_lora_targets():
         trace_step(ARCHITECTURES["llama"], method="lora", targets=["c_attn"], **BATCH)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bitsandbytes 4-bit bases are not built under FakeTensorMode yet (qlora)")
-def test_qlora_is_traced():
-    trace_step(ARCHITECTURES["llama"], method="qlora", **BATCH)
+QUANT = {"nf4": dict(bits=4, quant_type="nf4"), "fp4": dict(bits=4, quant_type="fp4"),
+         "nf4-dq": dict(bits=4, quant_type="nf4", double_quant=True), "int8": dict(bits=8)}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["no-gc", "gc"])
+@pytest.mark.parametrize("quant", sorted(QUANT))
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_qlora_fake_trace_equals_the_real_quantized_count(arch, quant, checkpointing):
+    """Real: bitsandbytes' CPU backend quantizes Params4bit/Int8Params as from_pretrained does;
+    fake: plain parameters carrying the same quantization state, run through its fake kernels."""
+    real, fake = (trace_step(ARCHITECTURES[arch], method="qlora", gradient_checkpointing=checkpointing, fake=f,
+                             **QUANT[quant], **BATCH) for f in (False, True))
+    assert abs(fake.peak_bytes - real.peak_bytes) <= 0.01 * real.peak_bytes
+    assert fake.breakdown[WEIGHTS] == real.breakdown[WEIGHTS]
+    assert fake.breakdown[QUANT_STATE] == real.breakdown[QUANT_STATE]
+
+
+# the linear layers of tiny llama, out x in: q, k, v, o, gate, up, down in each of two layers
+LINEAR = [(128, 128), (64, 128), (64, 128), (128, 128), (256, 128), (256, 128), (128, 256)] * 2
+# what stays 16-bit in from_pretrained and prepare_model_for_kbit_training casts to fp32:
+# embedding and output head (1000 x 128 each), 2 x 2 RMSNorms and the final one (128 each)
+FP32_REST = 4 * (2 * 1000 * 128 + 5 * 128)
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
+@pytest.mark.parametrize("quant", sorted(QUANT))
+def test_quantized_weights_and_state_to_the_byte(quant, fake):
+    trace = trace_step(ARCHITECTURES["llama"], method="qlora", fake=fake, **QUANT[quant], **BATCH)
+    weights = [o * i for o, i in LINEAR]
+    if quant == "int8":
+        packed = sum(weights)  # one int8 a weight
+        state = sum(4 * o for o, _ in LINEAR)  # SCB: one fp32 scale per output row
+    else:
+        packed = sum(n // 2 for n in weights)  # two 4-bit values a byte
+        blocks = [n // 64 for n in weights]  # absmax per 64 weights
+        code = 4 * 16 * len(weights)  # each layer's 16-value nf4/fp4 table, fp32
+        if quant == "nf4-dq":
+            # absmax as uint8, an fp32 absmax per 256 blocks, an fp32 offset and a 256-value
+            # fp32 code table per layer
+            state = sum(blocks) + sum(4 * -(-b // 256) for b in blocks) + (4 + 4 * 256) * len(weights) + code
+        else:
+            state = 4 * sum(blocks) + code
+    assert trace.breakdown[WEIGHTS] == packed + FP32_REST
+    assert trace.breakdown[QUANT_STATE] == state
+
+
+def test_bf16_weights_are_half_the_fp32_ones():
+    config = ARCHITECTURES["llama"]
+    fp32, bf16 = (trace_step(config, method="full", precision=p, **BATCH) for p in ("fp32", "bf16"))
+    assert 2 * bf16.breakdown[WEIGHTS] == fp32.breakdown[WEIGHTS] == 4 * shape_from_config(config).param_count()
+    assert bf16.peak_bytes < fp32.peak_bytes
+    lora = trace_step(config, method="lora", precision="bf16", lora_r=8, **BATCH)
+    assert lora.breakdown[WEIGHTS] == bf16.breakdown[WEIGHTS]  # the frozen base in bf16, adapters fp32
+    assert lora.breakdown[ADAPTERS] == 4 * 2 * 8 * (2 * 128 + 2 * (128 + 64) + 2 * 128 + 2 * (128 + 256) + 256 + 128)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_mixed_precision_traces_the_same_real_and_fake(method, precision):
+    real, fake = (trace_step(ARCHITECTURES["qwen2"], method=method, precision=precision, fake=f, max_grad_norm=1.0,
+                             **BATCH) for f in (False, True))
+    assert fake.peak_bytes == real.peak_bytes and fake.breakdown == real.breakdown
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"])
+def test_every_optimizer_traces_the_same_real_and_fake(optimizer):
+    real, fake = (trace_step(ARCHITECTURES["llama"], method="full", optimizer=optimizer, steps=2, fake=f, **BATCH)
+                  for f in (False, True))
+    assert fake.peak_bytes == real.peak_bytes and fake.end_bytes == real.end_bytes
+    assert fake.paged_bytes == real.paged_bytes
+
+
+def test_paged_state_is_counted_outside_the_allocator():
+    """bitsandbytes pages state1/state2 of tensors from 100,000 elements: here the embedding and
+    the head (128,000 each), one uint8 of each state a weight; the rest is allocated as usual."""
+    config = ARCHITECTURES["llama"]
+    paged, plain = (trace_step(config, method="full", optimizer=o, steps=2, **BATCH)
+                    for o in ("paged_adamw_8bit", "adamw_8bit"))
+    assert paged.paged_bytes == 2 * 2 * 1000 * 128 and plain.paged_bytes == 0
+    assert plain.end_bytes - paged.end_bytes == paged.paged_bytes
+    assert PAGED not in paged.breakdown
+
+
+def test_accumulated_gradients_stay_alive_through_the_next_forward():
+    config = ARCHITECTURES["llama"]
+    one, four = (trace_step(config, method="lora", lora_r=8, gradient_accumulation_steps=n, **BATCH) for n in (1, 4))
+    assert four.phase_peaks["forward"] - one.phase_peaks["forward"] == four.breakdown[ADAPTERS]
+    assert four.breakdown[GRADIENTS] == four.breakdown[ADAPTERS]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"])
+def test_a_packed_row_traces_the_same_real_and_fake(attention):
+    real, fake = (trace_step(ARCHITECTURES["llama"], method="lora", packing=True, attention=attention, fake=f, **BATCH)
+                  for f in (False, True))
+    assert fake.peak_bytes == real.peak_bytes and fake.breakdown == real.breakdown
+    plain = trace_step(ARCHITECTURES["llama"], method="lora", **BATCH)
+    # the same tokens in one row, and their position_ids (int64) restarting at each sequence
+    assert fake.breakdown[OTHER] == plain.breakdown[OTHER] + 128 * 8
 
 
 @pytest.mark.slow

@@ -702,3 +702,68 @@ def test_generate_prompts_are_the_training_prompts(tiny, file, format):
         full = tokenizer(text=example["prompt"] + example["completion"])["input_ids"]
     prompt = after._prompt_inputs(recipe, tokenizer, asked, context)["input_ids"][0].tolist()
     assert full[:len(prompt)] == prompt and len(full) > len(prompt)
+
+
+# --- the CUDA caching allocator's configuration (PYTORCH_CUDA_ALLOC_CONF) ---------------------
+
+
+@pytest.mark.parametrize("environ, cuda, variable, value, source, expandable", [
+    ({}, True, "PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", "recipe run", True),
+    ({}, False, None, None, "none: no CUDA, no caching allocator", False),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, False, None, None,
+     "none: no CUDA, no caching allocator", False),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}, True, "PYTORCH_CUDA_ALLOC_CONF",
+     "max_split_size_mb:128", "your environment", False),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128, expandable_segments:True"}, True,
+     "PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128, expandable_segments:True", "your environment", True),
+    # torch's device-generic name: setting the CUDA one would have overridden it silently
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}, True, "PYTORCH_ALLOC_CONF",
+     "expandable_segments:False", "your environment", False),
+    ({"PYTORCH_CUDA_ALLOC_CONF": ""}, True, "PYTORCH_CUDA_ALLOC_CONF", "", "your environment", False),
+])
+def test_recipe_run_sets_expandable_segments_on_cuda_unless_the_user_configured_the_allocator(
+        environ, cuda, variable, value, source, expandable):
+    from recipecli.train.runner import allocator_setting
+
+    setting = allocator_setting(environ, cuda=cuda)
+    assert (setting.variable, setting.value, setting.source, setting.expandable_segments) == (
+        variable, value, source, expandable)
+    assert setting.record() == {"variable": variable, "value": value, "source": source,
+                                "expandable_segments": expandable}
+
+
+def test_the_estimate_counts_on_the_allocator_setting(make_recipe, tmp_path):
+    from recipecli.train.preflight import refuse_unless_fits
+
+    recipe = load_recipe(make_recipe({"output": {"dir": str(tmp_path / "run")}}))
+    grown = refuse_unless_fits(recipe, card("rtx2080"), force=False, expandable_segments=True)
+    fixed = refuse_unless_fits(recipe, card("rtx2080"), force=False, expandable_segments=False)
+    assert grown["expandable_segments"] and not fixed["expandable_segments"]
+    assert grown["allocated_bytes"] == fixed["allocated_bytes"] and grown["reserved_bytes"] <= fixed["reserved_bytes"]
+    assert grown["device_bytes_low"] < grown["device_bytes"] < grown["device_bytes_high"]
+
+
+def test_a_tight_recipe_trains_with_a_warning(make_recipe, tmp_path, capsys):
+    from recipecli.fit.verdict import check
+    from recipecli.train.preflight import refuse_unless_fits
+
+    recipe = load_recipe(make_recipe({"output": {"dir": str(tmp_path / "run")}}))
+    need = check(recipe, gpu_from_vram(8)).estimate.device_bytes  # a card known by its memory, like those below
+    tight = gpu_from_vram(need * 1.05 / 2**30)  # the estimate fits, the upper end of its band does not
+    assert refuse_unless_fits(recipe, tight, force=False)["status"] == "tight"
+    assert "warning: tight" in capsys.readouterr().err
+    with pytest.raises(DoesNotFit) as refused:
+        refuse_unless_fits(recipe, gpu_from_vram(need * 0.95 / 2**30), force=False)
+    assert "GiB (" in str(refused.value) and "–" in str(refused.value)  # the estimate and its band
+
+
+@pytest.mark.slow
+def test_run_yaml_records_the_allocator_setting_and_the_environment_is_left_as_it_was(tiny, monkeypatch):
+    for variable in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(variable, raising=False)
+    # An NVIDIA card NVML reports, with this CPU-only torch: the run falls back to the CPU.
+    result = run(tiny(**{"training.max_steps": 1}), gpus=(card("rtx2080"),))
+    assert _run_yaml(result.run_dir)["cuda_allocator"] == {
+        "variable": None, "value": None, "source": "none: no CUDA, no caching allocator",
+        "expandable_segments": False}
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ

@@ -1,0 +1,727 @@
+"""The one table of Axolotl keys and the recipe fields they become, both ways.
+
+Each ``Row`` is one Axolotl key: the recipe field(s) it maps to, ``read`` (Axolotl value -> recipe
+values), ``write`` (resolved recipe document -> Axolotl value, or ABSENT) and a note. ``read``
+raises ``NotConverted`` with the reason when a value has no recipe equivalent; a key without a row
+is reported through ``UNSUPPORTED`` (why recipe lacks it) or as unknown. translate.py walks the
+table; nothing else knows a key name.
+
+Written from Axolotl's public configuration reference (docs/config-reference.qmd) and its dataset
+schema (utils/schemas/datasets.py). Where Axolotl's default differs from the recipe's, ``DEFAULTS``
+writes Axolotl's explicitly, so an absent key means the same on both sides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ABSENT = object()  # write(): this recipe leaves the Axolotl key out
+
+Read = Callable[[Any, dict], dict]  # (value, whole config or dataset entry) -> {recipe path: value}
+Write = Callable[[dict], Any]  # (resolved recipe document or dataset entry) -> value or ABSENT
+
+
+class NotConverted(Exception):
+    """A value that has no recipe equivalent (or, writing, a recipe value Axolotl cannot hold)."""
+
+    def __init__(self, why: str, hint: str = ""):
+        super().__init__(why)
+        self.why, self.hint = why, hint
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # the Axolotl key (in a dataset entry, for DATASET_ROWS)
+    recipe: tuple[str, ...]  # recipe fields it reads and writes, dotted; () for a key with no effect
+    read: Read
+    write: Write
+    notes: str = ""
+
+
+def get(doc: dict, dotted: str, default: Any = ABSENT) -> Any:
+    """The value at a dotted path of a document, or ``default``."""
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _same(path: str) -> tuple[Read, Write]:
+    return (lambda v, cfg: {path: v}), (lambda doc: get(doc, path))
+
+
+def _row(key: str, path: str, notes: str = "") -> Row:
+    read, write = _same(path)
+    return Row(key, (path,), read, write, notes)
+
+
+def _no_effect_when(*values, why: str, hint: str = "") -> Callable[[str], Row]:
+    """A key recipe has no field for, harmless at ``values`` (what recipe does anyway)."""
+    return lambda key: Row(key, (), _only(*values, why=why, hint=hint), lambda doc: ABSENT,
+                           f"only {' or '.join(map(repr, values))}: otherwise {why}")
+
+
+def _only(*values, why: str, hint: str = "") -> Read:
+    """A reader for a key whose only convertible values are what recipe does anyway."""
+    def read(v, cfg):
+        if v is None or any(v == ok and type(v) is type(ok) for ok in values):
+            return {}
+        raise NotConverted(f"{_shown(v)}: {why}", hint)
+    return read
+
+
+def _ignored(key: str, notes: str) -> Row:
+    """A key that changes nothing recipe trains (a cache folder, a loader hint, speed only)."""
+    return Row(key, (), lambda v, cfg: {}, lambda doc: ABSENT, notes)
+
+
+# --- model and method --------------------------------------------------------------------------
+
+def _adapter(v, cfg):
+    kbit = cfg.get("load_in_4bit") is True or cfg.get("load_in_8bit") is True
+    if v == "qlora" or (v == "lora" and kbit):
+        return {"method": "qlora"}
+    if v == "lora":
+        return {"method": "lora"}
+    raise NotConverted(f"adapter {_shown(v)}: recipe trains LoRA adapters (lora, qlora) or every weight",
+                       "use adapter: lora or qlora, or leave adapter out for full fine-tuning")
+
+
+def _write_adapter(doc):
+    method, bits = doc["method"], get(doc, "quantization.bits")
+    return {"qlora": "qlora" if bits == 4 else "lora", "lora": "lora"}.get(method, ABSENT)
+
+
+def _load_in(bits: int) -> Read:
+    def read(v, cfg):
+        if v is False:
+            return {}
+        if v is not True:
+            raise NotConverted(f"expected true or false, got {_shown(v)}")
+        if cfg.get("adapter") not in ("lora", "qlora"):
+            raise NotConverted(f"a {bits}-bit base trains only with adapters, and no adapter is set",
+                               "add adapter: lora (Axolotl refuses this too)")
+        return {"quantization.bits": bits}
+    return read
+
+
+_BNB = {"bnb_4bit_quant_type": "quantization.type", "bnb_4bit_use_double_quant": "quantization.double_quant",
+        "bnb_4bit_compute_dtype": "quantization.compute_dtype"}
+
+
+def _bnb_kwargs(v, cfg):
+    if not isinstance(v, dict):
+        raise NotConverted(f"expected a mapping, got {_shown(v)}")
+    unknown = [k for k in v if k not in _BNB]
+    if unknown:
+        raise NotConverted(f"bitsandbytes option {unknown[0]!r} has no recipe field",
+                           "recipe sets " + ", ".join(_BNB))
+    return {_BNB[k]: value for k, value in v.items()}
+
+
+def _write_bnb(doc):
+    quant = doc.get("quantization")
+    if not quant:
+        return ABSENT
+    out = {k: get(doc, p) for k, p in _BNB.items() if get(doc, p) is not ABSENT}
+    if out.get("bnb_4bit_compute_dtype") == "auto":
+        del out["bnb_4bit_compute_dtype"]  # Axolotl's own default: the training dtype, as auto
+    return out or ABSENT
+
+
+def _targets_linear(v, cfg):
+    if v is True:
+        return {"lora.target_modules": "all-linear"}
+    if v is False:
+        return {}
+    raise NotConverted(f"expected true or false, got {_shown(v)}")
+
+
+def _target_modules(v, cfg):
+    if cfg.get("lora_target_linear") is True:
+        return {}  # every linear layer is adapted already; the names add none
+    if isinstance(v, str) and v.isidentifier():
+        return {"lora.target_modules": [v]}
+    if isinstance(v, list) and v and all(isinstance(m, str) for m in v):
+        return {"lora.target_modules": v}
+    raise NotConverted(f"{_shown(v)} is not a list of module names (a regular expression is not supported)",
+                       "list the names, e.g. [q_proj, v_proj], or use lora_target_linear: true")
+
+
+def _write_targets(doc):
+    targets = get(doc, "lora.target_modules")
+    if targets == "attention":
+        raise NotConverted("the 'attention' shorthand depends on the model; Axolotl needs module names",
+                           "write the names in the recipe, e.g. [q_proj, k_proj, v_proj, o_proj]")
+    return targets if isinstance(targets, list) else ABSENT
+
+
+def _lora_only(path: str) -> Read:
+    # Axolotl ignores lora_* keys without an adapter; a recipe refuses a lora section with full.
+    return lambda v, cfg: {path: v} if cfg.get("adapter") in ("lora", "qlora") else {}
+
+
+def _modules_to_save(v, cfg):
+    if cfg.get("adapter") not in ("lora", "qlora"):
+        return {}  # as every lora_* key: Axolotl ignores it without an adapter
+    if isinstance(v, list) and all(isinstance(m, str) for m in v):
+        return {"lora.modules_to_save": v} if v else {}
+    raise NotConverted(f"{_shown(v)} is not a list of module names", "e.g. [embed_tokens, lm_head]")
+
+
+# --- training ------------------------------------------------------------------------------------
+
+# Axolotl's optimizer names (transformers' OptimizerNames) that are one of recipe's optimizers.
+OPTIMIZERS = {
+    "adamw_torch": "adamw_torch", "adamw_torch_fused": "adamw_torch", "adamw_hf": "adamw_torch",
+    "adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit", "adafactor": "adafactor", "sgd": "sgd",
+}
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+def _optimizer(v, cfg):
+    if isinstance(v, str) and v in OPTIMIZERS:
+        return {"training.optimizer": OPTIMIZERS[v]}
+    raise NotConverted(f"optimizer {_shown(v)} is not one recipe runs",
+                       "recipe runs " + ", ".join(sorted(set(OPTIMIZERS.values()))))
+
+
+def _scheduler(v, cfg):
+    if v in SCHEDULERS:
+        return {"training.lr_scheduler": v}
+    raise NotConverted(f"lr_scheduler {_shown(v)} is not one recipe runs", "use one of " + ", ".join(SCHEDULERS))
+
+
+def _learning_rate(v, cfg):
+    if isinstance(v, str):  # Axolotl takes "2e-4" as text too (YAML 1.1 reads it so)
+        try:
+            v = float(v)
+        except ValueError:
+            raise NotConverted(f"{_shown(v)} is not a number") from None
+    return {"training.learning_rate": v}
+
+
+def _epochs(v, cfg):
+    # max_steps decides the length when both are set, in Axolotl (and transformers) as in recipe.
+    return {} if cfg.get("max_steps") is not None else {"training.epochs": v}
+
+
+def _write_epochs(doc):
+    return get(doc, "training.epochs")
+
+
+def _precision(v, cfg):
+    bf16, fp16 = cfg.get("bf16", "auto"), cfg.get("fp16")
+    if bf16 == "auto" and fp16 in (None, False):
+        return {"training.precision": "auto"}
+    if bf16 is True and fp16 in (None, False):
+        return {"training.precision": "bf16"}
+    if fp16 is True and bf16 in (None, False, "auto"):
+        return {"training.precision": "fp16"}
+    if bf16 in (None, False) and fp16 in (None, False):
+        return {"training.precision": "fp32"}
+    raise NotConverted(f"bf16 {_shown(bf16)} with fp16 {_shown(fp16)} is no precision recipe knows",
+                       "set bf16: true, fp16: true, bf16: auto, or both false for fp32")
+
+
+def _write_bf16(doc):
+    return {"auto": "auto", "bf16": True, "fp16": False, "fp32": False}[get(doc, "training.precision")]
+
+
+def _write_fp16(doc):
+    return {"auto": ABSENT, "bf16": ABSENT, "fp16": True, "fp32": False}[get(doc, "training.precision")]
+
+
+def _attention(kernel: str) -> Row:
+    key = {"flash_attention_2": "flash_attention", "sdpa": "sdp_attention", "eager": "eager_attention"}[kernel]
+
+    def read(v, cfg):
+        if v is False:
+            return {}
+        if v is not True:
+            raise NotConverted(f"expected true or false, got {_shown(v)}")
+        return {"training.attention": kernel}
+
+    return Row(key, ("training.attention",), read,
+               lambda doc: True if get(doc, "training.attention") == kernel else ABSENT,
+               "attention auto (sdpa) is Axolotl's default, when none of the three is set")
+
+
+def _val_set_size(v, cfg):
+    if v == 0:
+        return {}
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1:
+        raise NotConverted(f"val_set_size {v} is a count of examples; recipe holds out a fraction",
+                           "write the fraction it is of your data, e.g. 0.02")
+    return {"data.val_fraction": v}
+
+
+def _eval_steps(v, cfg):
+    if isinstance(v, float) and v < 1:
+        raise NotConverted(f"eval_steps {v} is a fraction of the run; recipe counts optimizer steps",
+                           "write the number of steps")
+    return {"training.eval_steps": v}
+
+
+def _train_on_inputs(v, cfg):
+    if isinstance(v, bool):
+        return {"data.completion_only_loss": not v}
+    raise NotConverted(f"expected true or false, got {_shown(v)}")
+
+
+def _wandb(field: str) -> Read:
+    def read(v, cfg):
+        return {} if cfg.get("wandb_mode") == "disabled" else {f"logging.wandb.{field}": v}
+    return read
+
+
+def _wandb_mode(v, cfg):
+    if v == "disabled":
+        return {}  # no wandb section: recipe starts no W&B run
+    if v in ("online", "offline"):
+        return {"logging.wandb.mode": v}
+    raise NotConverted(f"wandb_mode {_shown(v)} is not online, offline or disabled")
+
+
+def _gradient_checkpointing(v, cfg):
+    if isinstance(v, bool):
+        return {"training.gradient_checkpointing": v}
+    raise NotConverted(f"gradient_checkpointing {_shown(v)}: recipe recomputes activations on the GPU only "
+                       "(no offload to CPU or disk)", "use true, or false")
+
+
+def _use_reentrant(v, cfg):
+    if isinstance(v, dict) and set(v) <= {"use_reentrant"} and v.get("use_reentrant", False) is False:
+        return {}  # what TRL and transformers use
+    raise NotConverted(f"{_shown(v)}: recipe checkpoints with use_reentrant false and no other option",
+                       "remove it, or write {use_reentrant: false}")
+
+
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+# Axolotl's switches for the layer kernels recipe's training.liger_kernel turns on together (what
+# transformers' apply_liger_kernel applies by default); liger_swiglu is the older name of the GLU one.
+LIGER_LAYERS = ("liger_rope", "liger_rms_norm", "liger_glu_activation")
+
+
+def _liger_plugin(cfg) -> bool:
+    return isinstance(cfg.get("plugins"), list) and LIGER_PLUGIN in cfg["plugins"]
+
+
+def _liger_layers_on(cfg) -> set:
+    """The values of the three layer switches, absent read as Axolotl's default (off)."""
+    glu = cfg.get("liger_glu_activation")
+    glu = cfg.get("liger_swiglu") if glu is None else glu
+    return {cfg.get("liger_rope") is True, cfg.get("liger_rms_norm") is True, glu is True}
+
+
+def _plugins(v, cfg):
+    if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+        raise NotConverted(f"expected a list of plugin names, got {_shown(v)}")
+    others = [p for p in v if p != LIGER_PLUGIN]
+    if others:
+        raise NotConverted(f"plugin {others[0]!r} is not supported: recipe runs Liger's kernels only",
+                           f"remove it; keep {LIGER_PLUGIN} with liger_rope, liger_rms_norm and liger_glu_activation")
+    return {}  # the plugin alone changes nothing: its liger_* keys say which kernels
+
+
+def _liger_layer(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    if not _liger_plugin(cfg):
+        return {}  # Axolotl reads liger_* keys through the plugin only
+    if _liger_layers_on(cfg) != {v}:
+        raise NotConverted("recipe's training.liger_kernel turns Liger's RoPE, RMSNorm and SwiGLU kernels on together",
+                           "set liger_rope, liger_rms_norm and liger_glu_activation all true, or all false")
+    return {"training.liger_kernel": True} if v else {}
+
+
+def _liger_layer_norm(v, cfg):
+    # transformers applies Liger's LayerNorm too where the model has one, whenever the kernels are on.
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    if _liger_plugin(cfg) and v != (_liger_layers_on(cfg) == {True}):
+        raise NotConverted(f"liger_layer_norm {v} with the other layer kernels {'off' if v else 'on'}: recipe's "
+                           "training.liger_kernel applies Liger's LayerNorm with them",
+                           "set liger_layer_norm like liger_rope, liger_rms_norm and liger_glu_activation")
+    return {}
+
+
+def _liger_loss(v, cfg):
+    if isinstance(v, bool):
+        return {}  # recipe's loss is TRL's chunked head, which never materializes the logits either way
+    raise NotConverted(f"expected true or false, got {_shown(v)}")
+
+
+def _write_liger(value):
+    return lambda doc: value if get(doc, "training.liger_kernel") is True else ABSENT
+
+
+def _early_stopping(v, cfg):
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+        return {"training.early_stopping_patience": v}
+    raise NotConverted(f"early_stopping_patience {_shown(v)}: expected a whole number of evaluations, 1 or more")
+
+
+def _load_best(v, cfg):
+    # recipe keeps the best checkpoint exactly when it stops early (as Axolotl does then by default).
+    if v is (cfg.get("early_stopping_patience") is not None):
+        return {}
+    raise NotConverted(f"load_best_model_at_end {_shown(v)}: recipe keeps the best checkpoint's weights exactly when "
+                       "early_stopping_patience is set", "remove it")
+
+
+def _chat_template(v, cfg):
+    if v in (None, "tokenizer_default"):
+        return {}
+    raise NotConverted(f"chat template {_shown(v)}: recipe trains with the tokenizer's own chat template",
+                       "use a model whose tokenizer has the template, or tokenizer_default")
+
+
+def _deepspeed(v, cfg):
+    if isinstance(v, str):
+        raise NotConverted(f"DeepSpeed config file {v!r}: the converter reads an inline config only",
+                           "paste the file's zero_optimization block under deepspeed: (Axolotl takes a mapping too)")
+    zero = v.get("zero_optimization") if isinstance(v, dict) else None
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    if stage not in (2, 3):
+        raise NotConverted(f"DeepSpeed ZeRO stage {_shown(stage)}: recipe runs stage 2 or 3",
+                           "set zero_optimization.stage to 2 or 3")
+    devices = {k: (zero.get(k) or {}).get("device", "none") if isinstance(zero.get(k) or {}, dict) else "?"
+               for k in ("offload_optimizer", "offload_param")}
+    offload = {("none", "none"): "none", ("cpu", "none"): "optimizer", ("cpu", "cpu"): "optimizer_and_parameters"}.get(
+        (devices["offload_optimizer"], devices["offload_param"]))
+    if offload is None:
+        raise NotConverted(f"DeepSpeed offload {devices}: recipe offloads the optimizer, or it and the parameters, "
+                           "to the CPU", "use device cpu, or none")
+    return {"distributed.strategy": f"deepspeed_zero{stage}", "distributed.zero_offload": offload}
+
+
+def _write_deepspeed(doc):
+    strategy = get(doc, "distributed.strategy", "none")
+    if not strategy.startswith("deepspeed_zero"):
+        return ABSENT
+    offload = get(doc, "distributed.zero_offload", "none")
+    zero: dict = {"stage": int(strategy[-1])}
+    if offload != "none":
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if offload == "optimizer_and_parameters":
+        zero["offload_param"] = {"device": "cpu"}
+    return {"zero_optimization": zero}
+
+
+# fsdp_config keys that say what recipe's FSDP2 full sharding does anyway.
+_FSDP_AS_RECIPE = {"fsdp_version": (2,), "fsdp_sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
+                   "fsdp_auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "fsdp_state_dict_type": (
+                       "FULL_STATE_DICT", "SHARDED_STATE_DICT"), "fsdp_use_orig_params": (True, False),
+                   "fsdp_sync_module_states": (True,), "fsdp_cpu_ram_efficient_loading": (True, False)}
+
+
+def _fsdp_config(v, cfg):
+    if not isinstance(v, dict):
+        raise NotConverted(f"expected a mapping, got {_shown(v)}")
+    for key, value in v.items():
+        if key == "fsdp_offload_params" and isinstance(value, bool) or key == "fsdp_transformer_layer_cls_to_wrap":
+            continue
+        if key not in _FSDP_AS_RECIPE or value not in _FSDP_AS_RECIPE[key]:
+            raise NotConverted(f"fsdp_config.{key} {_shown(value)}: recipe shards fully with FSDP2",
+                               "remove it, or use a value of " + ", ".join(_FSDP_AS_RECIPE))
+    return {"distributed.strategy": "fsdp", "distributed.fsdp_offload": v.get("fsdp_offload_params", False)}
+
+
+def _write_fsdp(doc):
+    if get(doc, "distributed.strategy", "none") != "fsdp":
+        return ABSENT
+    return {"fsdp_version": 2, "fsdp_offload_params": get(doc, "distributed.fsdp_offload", False)}
+
+
+def _shown(v) -> str:
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    return repr(v)[:60]
+
+
+TOP_ROWS: tuple[Row, ...] = (
+    _row("base_model", "model.id", "a local folder is relative to where Axolotl runs; written relative to the recipe"),
+    _row("revision_of_model", "model.revision"),
+    Row("model_revision", ("model.revision",), lambda v, cfg: {"model.revision": v}, lambda doc: ABSENT,
+        "older name of revision_of_model"),
+    Row("trust_remote_code", ("model.trust_remote_code",), lambda v, cfg: {"model.trust_remote_code": v},
+        lambda doc: True if get(doc, "model.trust_remote_code") else ABSENT),
+    Row("adapter", ("method",), _adapter, _write_adapter, "lora + load_in_4bit/8bit and qlora become method qlora"),
+    Row("load_in_4bit", ("quantization.bits",), _load_in(4),
+        lambda doc: True if get(doc, "quantization.bits") == 4 else ABSENT),
+    Row("load_in_8bit", ("quantization.bits",), _load_in(8),
+        lambda doc: True if get(doc, "quantization.bits") == 8 else ABSENT),
+    Row("bnb_config_kwargs", tuple(_BNB.values()), _bnb_kwargs, _write_bnb,
+        "Axolotl's 4-bit defaults (nf4, double quant) are recipe's"),
+    Row("lora_r", ("lora.r",), _lora_only("lora.r"), lambda doc: get(doc, "lora.r")),
+    Row("lora_alpha", ("lora.alpha",), _lora_only("lora.alpha"), lambda doc: get(doc, "lora.alpha")),
+    Row("lora_dropout", ("lora.dropout",), _lora_only("lora.dropout"), lambda doc: get(doc, "lora.dropout"),
+        "Axolotl's default is 0.0, recipe's 0.05: written explicitly"),
+    Row("peft_use_rslora", ("lora.use_rslora",), _lora_only("lora.use_rslora"), lambda doc: get(doc, "lora.use_rslora")),
+    Row("peft_use_dora", ("lora.use_dora",), _lora_only("lora.use_dora"), lambda doc: get(doc, "lora.use_dora"),
+        "fit-check does not estimate DoRA's memory yet, and says so"),
+    Row("lora_modules_to_save", ("lora.modules_to_save",), _modules_to_save,
+        lambda doc: get(doc, "lora.modules_to_save", []) or ABSENT, "trained in full beside the adapters"),
+    Row("lora_target_linear", ("lora.target_modules",), _targets_linear,
+        lambda doc: True if get(doc, "lora.target_modules") == "all-linear" else ABSENT),
+    Row("lora_target_modules", ("lora.target_modules",), _target_modules, _write_targets,
+        "the 'attention' shorthand has no Axolotl spelling"),
+    # The entries are read and written with DATASET_ROWS; the list takes its place in the file here.
+    Row("datasets", ("data.datasets",), lambda v, cfg: {}, lambda doc: [], "each entry: DATASET_ROWS"),
+    _row("sequence_len", "data.max_seq_length", "Axolotl's default is 512, recipe's 2048: written explicitly"),
+    _row("sample_packing", "data.packing"),
+    Row("train_on_inputs", ("data.completion_only_loss",), _train_on_inputs,
+        lambda doc: not get(doc, "data.completion_only_loss")),
+    Row("val_set_size", ("data.val_fraction",), _val_set_size, lambda doc: get(doc, "data.val_fraction")),
+    Row("chat_template", (), _chat_template, lambda doc: ABSENT, "tokenizer_default is recipe's only template"),
+    _row("micro_batch_size", "training.micro_batch_size"),
+    _row("gradient_accumulation_steps", "training.gradient_accumulation_steps"),
+    Row("num_epochs", ("training.epochs",), _epochs, _write_epochs, "ignored when max_steps is set, as in Axolotl"),
+    _row("max_steps", "training.max_steps"),
+    Row("learning_rate", ("training.learning_rate",), _learning_rate, lambda doc: get(doc, "training.learning_rate")),
+    Row("lr_scheduler", ("training.lr_scheduler",), _scheduler, lambda doc: get(doc, "training.lr_scheduler")),
+    _row("warmup_ratio", "training.warmup_ratio", "Axolotl warms up for 0 steps by default: written explicitly"),
+    _row("warmup_steps", "training.warmup_steps"),
+    _row("weight_decay", "training.weight_decay"),
+    _row("max_grad_norm", "training.max_grad_norm"),
+    Row("optimizer", ("training.optimizer",), _optimizer, lambda doc: get(doc, "training.optimizer"),
+        "adamw_torch_fused, adamw_hf -> adamw_torch (same update, same memory); adamw_bnb_8bit -> adamw_8bit"),
+    Row("gradient_checkpointing", ("training.gradient_checkpointing",), _gradient_checkpointing,
+        lambda doc: get(doc, "training.gradient_checkpointing"), "Axolotl's default is false: written explicitly"),
+    Row("gradient_checkpointing_kwargs", (), _use_reentrant, lambda doc: ABSENT, "use_reentrant: false only"),
+    Row("bf16", ("training.precision",), _precision, _write_bf16, "with fp16: auto/bf16/fp16/fp32"),
+    Row("fp16", ("training.precision",), lambda v, cfg: _precision(v, cfg) if "bf16" not in cfg else {},
+        _write_fp16, "read with bf16"),
+    _attention("flash_attention_2"), _attention("sdpa"), _attention("eager"),
+    _row("seed", "training.seed"),
+    _row("logging_steps", "training.logging_steps"),
+    _row("save_steps", "training.save_steps"),
+    _row("save_total_limit", "training.save_total_limit"),
+    Row("eval_steps", ("training.eval_steps",), _eval_steps, lambda doc: get(doc, "training.eval_steps")),
+    Row("early_stopping_patience", ("training.early_stopping_patience",), _early_stopping,
+        lambda doc: get(doc, "training.early_stopping_patience"), "on eval_loss; the best checkpoint is the result"),
+    Row("load_best_model_at_end", (), _load_best,
+        lambda doc: True if get(doc, "training.early_stopping_patience") is not ABSENT else ABSENT,
+        "true exactly with early_stopping_patience"),
+    _no_effect_when("eval_loss", "loss", why="recipe's early stopping watches eval_loss")("metric_for_best_model"),
+    _no_effect_when(False, why="a lower eval_loss is better")("greater_is_better"),
+    Row("plugins", (), _plugins, lambda doc: [LIGER_PLUGIN] if get(doc, "training.liger_kernel") is True else ABSENT,
+        f"{LIGER_PLUGIN} only; its liger_* keys say which kernels"),
+    *(Row(key, ("training.liger_kernel",), _liger_layer, _write_liger(True),
+          "all three together: recipe's training.liger_kernel") for key in LIGER_LAYERS),
+    Row("liger_swiglu", ("training.liger_kernel",), _liger_layer, lambda doc: ABSENT,
+        "older name of liger_glu_activation"),
+    Row("liger_layer_norm", (), _liger_layer_norm, _write_liger(True),
+        "applied with the others where the model has one"),
+    Row("liger_fused_linear_cross_entropy", (), _liger_loss, _write_liger(True),
+        "recipe's loss (TRL's chunked head) never materializes the logits, with or without it"),
+    Row("liger_cross_entropy", (), _liger_loss, lambda doc: ABSENT, "recipe's loss is TRL's chunked head either way"),
+    Row("wandb_project", ("logging.wandb.project",), _wandb("project"), lambda doc: get(doc, "logging.wandb.project")),
+    Row("wandb_entity", ("logging.wandb.entity",), _wandb("entity"), lambda doc: get(doc, "logging.wandb.entity")),
+    Row("wandb_name", ("logging.wandb.run_name",), _wandb("run_name"), lambda doc: get(doc, "logging.wandb.run_name")),
+    Row("wandb_mode", ("logging.wandb.mode",), _wandb_mode, lambda doc: get(doc, "logging.wandb.mode")),
+    _row("output_dir", "output.dir", "relative to where Axolotl runs, as recipe's output.dir"),
+    Row("deepspeed", ("distributed.strategy", "distributed.zero_offload"), _deepspeed, _write_deepspeed,
+        "an inline config with zero_optimization stage 2 or 3; the launch (processes, nodes) is not Axolotl's "
+        "config: it travels in the header comment"),
+    Row("fsdp_config", ("distributed.strategy", "distributed.fsdp_offload"), _fsdp_config, _write_fsdp,
+        "FSDP2 full sharding"),
+    Row("fsdp", (), _only(["full_shard", "auto_wrap"], ["full_shard"], why="recipe shards fully with FSDP2"),
+        lambda doc: ABSENT, "the older list form; fsdp_config says the rest"),
+    # Keys that change nothing recipe trains.
+    _ignored("base_model_config", "the model's config.json is read from the model"),
+    _ignored("model_type", "AutoModelForCausalLM picks the class from config.json"),
+    _ignored("tokenizer_type", "AutoTokenizer picks the model's tokenizer class"),
+    _ignored("is_llama_derived_model", "internal hint; the model type comes from config.json"),
+    _ignored("is_mistral_derived_model", "internal hint; the model type comes from config.json"),
+    _ignored("is_qwen_derived_model", "internal hint; the model type comes from config.json"),
+    _ignored("is_falcon_derived_model", "internal hint; the model type comes from config.json"),
+    _ignored("strict", "how Axolotl's command line overrides the file; recipe --set is always checked"),
+    _ignored("dataset_prepared_path", "a cache folder; recipe prepares data in memory"),
+    _ignored("dataset_processes", "preprocessing speed only"),
+    _ignored("dataloader_num_workers", "loading speed only"),
+    _ignored("dataloader_pin_memory", "loading speed only"),
+    _ignored("dataloader_prefetch_factor", "loading speed only"),
+    _ignored("pad_to_sequence_len", "padding changes no loss; fit-check counts every sequence at full length"),
+    _ignored("eval_sample_packing", "evaluation speed only"),
+    _ignored("include_tokens_per_second", "a metric only"),
+    _ignored("hf_use_auth_token", "the hub token comes from the environment (HF_TOKEN), as in recipe"),
+    _ignored("use_wandb", "recipe logs to W&B exactly when wandb_project is set"),
+    _ignored("save_safetensors", "recipe saves safetensors"),
+    _ignored("local_rank", "set by the launcher"),
+    _no_effect_when(True, why="recipe loads the fast tokenizer")("tokenizer_use_fast"),
+    _no_effect_when(True, why="recipe shuffles the mixed datasets with the seed")("shuffle_merged_datasets"),
+    _no_effect_when(False, why="recipe does not group batches by length")("group_by_length"),
+    _no_effect_when(False, why="recipe leaves TF32 matmuls off (torch's default)",
+                    hint="remove it; recipe trains in fp32, fp16 or bf16")("tf32"),
+    _no_effect_when(False, why="xformers attention is not supported",
+                    hint="recipe uses sdpa, which works on every card")("xformers_attention"),
+    _no_effect_when(False, "false", why="recipe does not send gradients or weights to W&B")("wandb_watch"),
+    _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
+    _no_effect_when(False, why="torch.compile is not supported yet")("torch_compile"),
+    _no_effect_when(False, why="starting from an existing adapter is not supported")("lora_fan_in_fan_out"),
+    _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
+    _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
+    _no_effect_when(False, why="resuming is `recipe run RUN_DIR/recipe.yaml --resume`")("auto_resume_from_checkpoints"),
+    _no_effect_when({}, why="recipe keeps the tokenizer's special tokens",
+                    hint="use a tokenizer whose pad/eos tokens are set")("special_tokens"),
+    _no_effect_when([], why="recipe adds no tokens to the tokenizer")("tokens"),
+)
+
+
+# --- dataset entries -------------------------------------------------------------------------------
+
+# Axolotl `type` -> recipe format, for types whose prompt is the same on both sides.
+TYPES = {"alpaca": "alpaca", "completion": "text", "sharegpt": "sharegpt", "chat_template": "chat"}
+_SHAREGPT_FIELDS = {"role": "from", "content": "value"}
+_CHAT_FIELDS = {"role": "role", "content": "content"}
+
+
+def _type(v, entry):
+    if isinstance(v, str) and v in TYPES:
+        fmt = TYPES[v]
+        if fmt == "chat" and _sharegpt_layout(entry):
+            fmt = "sharegpt"
+        return {"format": fmt}
+    if isinstance(v, dict):
+        raise NotConverted("a custom prompt type (a mapping) is not supported",
+                           "convert the data to alpaca, chat or prompt/completion records")
+    if v is None:
+        raise NotConverted("a dataset without type is pre-tokenized input_ids, which recipe does not read",
+                           "give the text records and their type")
+    raise NotConverted(f"dataset type {_shown(v)} is not one recipe reads",
+                       "recipe reads alpaca, chat_template, sharegpt and completion")
+
+
+def _mappings(entry) -> dict:
+    found = dict(entry.get("message_property_mappings") or {}) if isinstance(
+        entry.get("message_property_mappings"), dict) else {}
+    for old, name in (("message_field_role", "role"), ("message_field_content", "content")):
+        if isinstance(entry.get(old), str):
+            found.setdefault(name, entry[old])
+    return found
+
+
+def _sharegpt_layout(entry) -> bool:
+    """field_messages: conversations with {from, value} turns is recipe's sharegpt format."""
+    return entry.get("field_messages") == "conversations" and _mappings(entry) == _SHAREGPT_FIELDS
+
+
+def _write_type(d):
+    return {"alpaca": "alpaca", "text": "completion", "chat": "chat_template",
+            "sharegpt": "chat_template"}.get(d["format"]) or _unexpressible_format(d["format"])
+
+
+def _unexpressible_format(fmt):
+    raise NotConverted(f"format {fmt} has no Axolotl type that builds the same prompt",
+                       "Axolotl's custom types template the prompt; convert the data to alpaca or chat")
+
+
+def _message_fields(v, entry):
+    """field_messages and the turn mappings, read together: the two layouts recipe reads."""
+    messages = entry.get("field_messages", "messages")
+    if _sharegpt_layout(entry) or (messages == "messages" and _mappings(entry) in ({}, _CHAT_FIELDS)):
+        return {}
+    turns = ", ".join(f"{k}: {v}" for k, v in _mappings(entry).items()) or "role, content"
+    raise NotConverted(f"messages in field {_shown(messages)} with turns {{{turns}}}: recipe reads messages "
+                       "[{role, content}] or conversations [{from, value}]", "rename the fields in the data file")
+
+
+def _roles(v, entry):
+    default = {"user": ["human", "user"], "assistant": ["gpt", "assistant"], "system": ["system"]}
+    if isinstance(v, dict) and all(isinstance(s, list) and set(s) <= set(default.get(k, ())) for k, s in v.items()):
+        return {}
+    raise NotConverted(f"roles {_shown(v)}: recipe maps human/user, gpt/assistant and system only",
+                       "rename the roles in the data file")
+
+
+def _roles_to_train(v, entry):
+    if v in (None, ["assistant"]):
+        return {}
+    raise NotConverted(f"roles_to_train {_shown(v)}: recipe trains assistant turns (or every token with "
+                       "train_on_inputs: true)")
+
+
+def _ds_type(v, entry):
+    path = str(entry.get("path", ""))
+    suffix = {"json": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",)}.get(v)
+    if suffix and path.endswith(suffix):
+        return {}
+    raise NotConverted(f"ds_type {_shown(v)} for {path!r}: recipe reads the type from the file name",
+                       "name the file .jsonl, .json, .csv or .parquet")
+
+
+def _completion_field(v, entry):
+    if v == "text":
+        return {}
+    raise NotConverted(f"text in field {_shown(v)}: recipe's text format reads field text", "rename the field")
+
+
+DATASET_ROWS: tuple[Row, ...] = (
+    Row("path", ("path",), lambda v, e: {"path": v}, lambda d: d["path"],
+        "a local file is relative to where Axolotl runs; written relative to the recipe"),
+    Row("type", ("format",), _type, _write_type,
+        "alpaca (Axolotl adds a one-line preamble to the prompt; recipe does not), completion -> text, "
+        "chat_template -> chat, or sharegpt for conversations [{from, value}]"),
+    Row("split", ("split",), lambda v, e: {"split": v}, lambda d: d["split"] if d.get("split") != "train" else ABSENT),
+    Row("name", ("subset",), lambda v, e: {"subset": v}, lambda d: d.get("subset", ABSENT)),
+    Row("ds_type", (), _ds_type, lambda d: ABSENT, "must agree with the file's suffix"),
+    Row("field_messages", (), _message_fields,
+        lambda d: "conversations" if d["format"] == "sharegpt" else ABSENT),
+    Row("message_property_mappings", (), _message_fields,
+        lambda d: dict(_SHAREGPT_FIELDS) if d["format"] == "sharegpt" else ABSENT),
+    Row("message_field_role", (), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
+    Row("message_field_content", (), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
+    Row("roles", (), _roles, lambda d: ABSENT, "Axolotl's default mapping only"),
+    Row("roles_to_train", (), _roles_to_train, lambda d: ABSENT),
+    Row("train_on_eos", (), _only("turn", why="recipe trains the end of each assistant turn"), lambda d: ABSENT),
+    Row("chat_template", (), _chat_template, lambda d: ABSENT),
+    Row("field", (), _completion_field, lambda d: ABSENT),
+    Row("trust_remote_code", (), _only(False, why="recipe never runs a dataset's code"), lambda d: ABSENT),
+)
+
+# Keys recipe has no field for, with the reason; anything else unknown is named as such.
+UNSUPPORTED = {
+    "cut_cross_entropy": ("cut cross-entropy is not supported yet", ""),
+    "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
+    "evals_per_epoch": ("recipe evaluates every save_steps", "set save_steps"),
+    "saves_per_epoch": ("recipe saves every save_steps", "set save_steps"),
+    "lora_model_dir": ("starting from an existing adapter is not supported", ""),
+    "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
+    "hub_model_id": ("recipe does not push to the hub", "push the run folder's adapter/ yourself"),
+    "neftune_noise_alpha": ("NEFTune noise is not supported", ""),
+    "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
+    "gptq": ("GPTQ bases are not supported; recipe quantizes with bitsandbytes", "use load_in_4bit"),
+}
+
+
+# Axolotl's defaults that differ from the recipe's: written explicitly when the key is absent.
+DEFAULTS = {
+    "data.max_seq_length": 512,  # sequence_len
+    "training.warmup_ratio": 0.0,  # no warm-up unless warmup_ratio or warmup_steps says so (see UNLESS)
+    "training.gradient_checkpointing": False,
+    "lora.dropout": 0.0,  # lora_dropout, with an adapter
+}
+# A default above is not written when the field named here is set (the two exclude each other).
+UNLESS = {"training.warmup_ratio": "training.warmup_steps"}
+# What an adapter needs that Axolotl leaves to peft's per-model defaults when absent.
+ADAPTER_NEEDS = {
+    "lora_r": "add lora_r, e.g. lora_r: 16",
+    "lora_alpha": "add lora_alpha (twice lora_r is common)",
+    "lora_target_modules": "add lora_target_linear: true (every linear layer) or lora_target_modules: [q_proj, v_proj]",
+}
+# Said once per conversion when a dataset of this format is converted.
+FORMAT_NOTES = {
+    "alpaca": "alpaca prompts: Axolotl starts each with the line 'Below is an instruction that describes a "
+              "task...'; recipe's alpaca template has no preamble (the prompt is ### Instruction / ### Response)",
+}
+
+
+def row_for(key: str, rows: tuple[Row, ...]) -> Row | None:
+    return next((r for r in rows if r.key == key), None)

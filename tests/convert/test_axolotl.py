@@ -1,0 +1,223 @@
+"""The mapping table, row by row: each Axolotl key reads its example into the recipe values it
+stands for, refuses what has no recipe equivalent, and writes back what it read."""
+from __future__ import annotations
+
+import pytest
+
+from recipecli.convert.axolotl import (ABSENT, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, OPTIMIZERS, TOP_ROWS,
+                                       UNSUPPORTED, NotConverted, row_for)
+from recipecli.read.schema import schema
+
+QLORA = {"adapter": "qlora", "load_in_4bit": True}
+LIGER = {"plugins": [LIGER_PLUGIN], **{key: True for key in LIGER_LAYERS}}
+
+# key: (value, the rest of the config, recipe values it becomes)
+READS = {
+    "base_model": ("org/m", {}, {"model.id": "org/m"}),
+    "revision_of_model": ("abc123", {}, {"model.revision": "abc123"}),
+    "model_revision": ("abc123", {}, {"model.revision": "abc123"}),
+    "trust_remote_code": (True, {}, {"model.trust_remote_code": True}),
+    "adapter": ("lora", {"load_in_8bit": True}, {"method": "qlora"}),
+    "load_in_4bit": (True, {"adapter": "qlora"}, {"quantization.bits": 4}),
+    "load_in_8bit": (True, {"adapter": "lora"}, {"quantization.bits": 8}),
+    "bnb_config_kwargs": ({"bnb_4bit_quant_type": "fp4"}, QLORA, {"quantization.type": "fp4"}),
+    "lora_r": (8, QLORA, {"lora.r": 8}),
+    "lora_alpha": (16, QLORA, {"lora.alpha": 16}),
+    "lora_dropout": (0.1, QLORA, {"lora.dropout": 0.1}),
+    "peft_use_rslora": (True, QLORA, {"lora.use_rslora": True}),
+    "lora_target_linear": (True, QLORA, {"lora.target_modules": "all-linear"}),
+    "lora_target_modules": (["q_proj", "v_proj"], QLORA, {"lora.target_modules": ["q_proj", "v_proj"]}),
+    "datasets": ([], {}, {}),
+    "sequence_len": (4096, {}, {"data.max_seq_length": 4096}),
+    "sample_packing": (True, {}, {"data.packing": True}),
+    "train_on_inputs": (True, {}, {"data.completion_only_loss": False}),
+    "val_set_size": (0.1, {}, {"data.val_fraction": 0.1}),
+    "chat_template": ("tokenizer_default", {}, {}),
+    "micro_batch_size": (4, {}, {"training.micro_batch_size": 4}),
+    "gradient_accumulation_steps": (8, {}, {"training.gradient_accumulation_steps": 8}),
+    "num_epochs": (3, {}, {"training.epochs": 3}),
+    "max_steps": (100, {}, {"training.max_steps": 100}),
+    "learning_rate": ("2e-5", {}, {"training.learning_rate": 2e-5}),
+    "lr_scheduler": ("linear", {}, {"training.lr_scheduler": "linear"}),
+    "warmup_ratio": (0.1, {}, {"training.warmup_ratio": 0.1}),
+    "warmup_steps": (10, {}, {"training.warmup_steps": 10}),
+    "weight_decay": (0.01, {}, {"training.weight_decay": 0.01}),
+    "max_grad_norm": (0.3, {}, {"training.max_grad_norm": 0.3}),
+    "optimizer": ("adamw_bnb_8bit", {}, {"training.optimizer": "adamw_8bit"}),
+    "gradient_checkpointing": (False, {}, {"training.gradient_checkpointing": False}),
+    "gradient_checkpointing_kwargs": ({"use_reentrant": False}, {}, {}),
+    "bf16": (True, {}, {"training.precision": "bf16"}),
+    "fp16": (True, {}, {"training.precision": "fp16"}),
+    "flash_attention": (True, {}, {"training.attention": "flash_attention_2"}),
+    "sdp_attention": (True, {}, {"training.attention": "sdpa"}),
+    "eager_attention": (True, {}, {"training.attention": "eager"}),
+    "seed": (7, {}, {"training.seed": 7}),
+    "logging_steps": (5, {}, {"training.logging_steps": 5}),
+    "save_steps": (50, {}, {"training.save_steps": 50}),
+    "save_total_limit": (3, {}, {"training.save_total_limit": 3}),
+    "eval_steps": (25, {}, {"training.eval_steps": 25}),
+    "wandb_project": ("p", {}, {"logging.wandb.project": "p"}),
+    "wandb_entity": ("team", {}, {"logging.wandb.entity": "team"}),
+    "wandb_name": ("run", {}, {"logging.wandb.run_name": "run"}),
+    "wandb_mode": ("offline", {}, {"logging.wandb.mode": "offline"}),
+    "output_dir": ("./out", {}, {"output.dir": "./out"}),
+    "deepspeed": ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}, {},
+                  {"distributed.strategy": "deepspeed_zero3", "distributed.zero_offload": "optimizer"}),
+    "fsdp_config": ({"fsdp_version": 2, "fsdp_offload_params": True, "fsdp_transformer_layer_cls_to_wrap":
+                     "LlamaDecoderLayer"}, {}, {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}),
+    # issue 10: the recipe fields grown for Axolotl users
+    "peft_use_dora": (True, QLORA, {"lora.use_dora": True}),
+    "lora_modules_to_save": (["embed_tokens", "lm_head"], QLORA, {"lora.modules_to_save": ["embed_tokens", "lm_head"]}),
+    "early_stopping_patience": (3, {}, {"training.early_stopping_patience": 3}),
+    "load_best_model_at_end": (True, {"early_stopping_patience": 3}, {}),
+    "metric_for_best_model": ("eval_loss", {}, {}),
+    "greater_is_better": (False, {}, {}),
+    "plugins": ([LIGER_PLUGIN], {}, {}),
+    **{key: (True, LIGER, {"training.liger_kernel": True}) for key in LIGER_LAYERS},
+    "liger_swiglu": (True, {**LIGER, "liger_glu_activation": None}, {"training.liger_kernel": True}),
+    "liger_layer_norm": (True, LIGER, {}),
+    "liger_fused_linear_cross_entropy": (True, LIGER, {}),
+    "liger_cross_entropy": (False, {}, {}),
+}
+
+# key: (value, the rest of the config, words of the reason)
+REFUSALS = {
+    "adapter": ("prefix_tuning", {}, "recipe trains LoRA adapters"),
+    "load_in_4bit": (True, {}, "no adapter is set"),
+    "bnb_config_kwargs": ({"llm_int8_threshold": 5.0}, QLORA, "llm_int8_threshold"),
+    "lora_target_modules": (".*proj", QLORA, "regular expression"),
+    "val_set_size": (200, {}, "a count of examples"),
+    "optimizer": ("lion_8bit", {}, "not one recipe runs"),
+    "lr_scheduler": ("one_cycle", {}, "not one recipe runs"),
+    "gradient_checkpointing": ("offload", {}, "no offload"),
+    "gradient_checkpointing_kwargs": ({"use_reentrant": True}, {}, "use_reentrant false"),
+    "bf16": (True, {"fp16": True}, "no precision recipe knows"),
+    "chat_template": ("chatml", {}, "tokenizer's own chat template"),
+    "eval_steps": (0.25, {}, "a fraction of the run"),
+    "wandb_mode": ("shared", {}, "not online, offline or disabled"),
+    "tf32": (True, {}, "TF32"),
+    "xformers_attention": (True, {}, "xformers"),
+    "special_tokens": ({"pad_token": "<pad>"}, {}, "special tokens"),
+    "deepspeed": ("deepspeed_configs/zero1.json", {}, "inline config only"),
+    "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
+    "lora_modules_to_save": ("lm_head", QLORA, "not a list of module names"),
+    "early_stopping_patience": (0, {}, "1 or more"),
+    "load_best_model_at_end": (True, {}, "exactly when early_stopping_patience is set"),
+    "metric_for_best_model": ("eval_accuracy", {}, "watches eval_loss"),
+    "plugins": ([LIGER_PLUGIN, "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"], {},
+                "CutCrossEntropyPlugin' is not supported"),
+    "liger_rms_norm": (True, {"plugins": [LIGER_PLUGIN]}, "RoPE, RMSNorm and SwiGLU kernels on together"),
+    "liger_rope": (False, LIGER, "on together"),
+    "liger_layer_norm": (True, {"plugins": [LIGER_PLUGIN]}, "with the other layer kernels off"),
+    "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
+}
+
+DATASET_READS = {
+    "path": ("org/data", {}, {"path": "org/data"}),
+    "type": ("chat_template", {"field_messages": "conversations",
+                               "message_property_mappings": {"role": "from", "content": "value"}},
+             {"format": "sharegpt"}),
+    "split": ("test", {}, {"split": "test"}),
+    "name": ("en", {}, {"subset": "en"}),
+    "ds_type": ("json", {"path": "./d.jsonl"}, {}),
+    "field_messages": ("messages", {}, {}),
+    "message_property_mappings": ({"role": "role", "content": "content"}, {}, {}),
+    "message_field_role": ("from", {"field_messages": "conversations", "message_field_content": "value"}, {}),
+    "message_field_content": ("value", {"field_messages": "conversations", "message_field_role": "from"}, {}),
+    "roles": ({"user": ["human"], "assistant": ["gpt"]}, {}, {}),
+    "roles_to_train": (["assistant"], {}, {}),
+    "train_on_eos": ("turn", {}, {}),
+    "chat_template": ("tokenizer_default", {}, {}),
+    "field": ("text", {}, {}),
+    "trust_remote_code": (False, {}, {}),
+}
+
+
+def test_every_row_has_an_example():
+    assert set(READS) | {r.key for r in TOP_ROWS if not r.recipe} >= {r.key for r in TOP_ROWS}
+    assert set(DATASET_READS) == {r.key for r in DATASET_ROWS}
+
+
+def test_a_key_has_one_row_and_no_unsupported_reason_too():
+    keys = [r.key for r in TOP_ROWS]
+    assert len(keys) == len(set(keys))
+    assert not set(keys) & set(UNSUPPORTED)
+
+
+@pytest.mark.parametrize("key", sorted(READS))
+def test_each_row_reads_its_example(key):
+    value, rest, expected = READS[key]
+    assert row_for(key, TOP_ROWS).read(value, {key: value, **rest}) == expected
+
+
+@pytest.mark.parametrize("key", sorted(REFUSALS))
+def test_each_row_refuses_what_recipe_cannot_do(key):
+    value, rest, words = REFUSALS[key]
+    with pytest.raises(NotConverted, match=words):
+        row_for(key, TOP_ROWS).read(value, {key: value, **rest})
+
+
+@pytest.mark.parametrize("key", sorted(DATASET_READS))
+def test_each_dataset_row_reads_its_example(key):
+    value, rest, expected = DATASET_READS[key]
+    assert row_for(key, DATASET_ROWS).read(value, {key: value, **rest}) == expected
+
+
+@pytest.mark.parametrize("key", sorted(k for k, (_, _, out) in READS.items() if len(out) == 1))
+def test_each_row_writes_back_what_it_read(key):
+    value, rest, expected = READS[key]
+    ((path, recipe_value),) = expected.items()
+    doc: dict = {"method": "qlora", "quantization": {"bits": 4}}
+    node = doc
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = recipe_value
+    row = row_for(key, TOP_ROWS)
+    written = row.write(doc)
+    if key in ("model_revision", "liger_swiglu"):  # an older spelling: the current key writes it
+        assert written is ABSENT
+        return
+    again = row.read(written, {**rest, key: written})
+    assert again == expected, (key, written)
+
+
+def test_every_optimizer_alias_names_a_recipe_optimizer():
+    allowed = set(schema()["properties"]["training"]["properties"]["optimizer"]["enum"])
+    assert set(OPTIMIZERS.values()) <= allowed
+    assert OPTIMIZERS["adamw_bnb_8bit"] == "adamw_8bit" and OPTIMIZERS["adamw_torch_fused"] == "adamw_torch"
+
+
+def test_lora_keys_without_an_adapter_change_nothing():
+    # Axolotl ignores them then; a recipe refuses a lora section with method full.
+    assert row_for("lora_r", TOP_ROWS).read(16, {"lora_r": 16}) == {}
+
+
+def test_the_table_names_only_recipe_fields_that_exist():
+    props = schema()["properties"]
+    for row in TOP_ROWS:
+        for dotted in row.recipe:
+            node = {"properties": props}
+            for part in dotted.split("."):
+                node = node["properties"][part] if "properties" in node else node["items"]["properties"][part]
+    dataset = props["data"]["properties"]["datasets"]["items"]["properties"]
+    assert {p for row in DATASET_ROWS for p in row.recipe} <= set(dataset)
+
+
+def test_liger_keys_without_the_plugin_change_nothing():
+    # Axolotl reads them through its LigerPlugin only; without it they switch nothing on.
+    assert row_for("liger_rope", TOP_ROWS).read(True, {"liger_rope": True}) == {}
+
+
+def test_liger_is_written_as_the_plugin_and_every_switch_that_reads_back():
+    doc = {"method": "lora", "training": {"liger_kernel": True}}
+    written = {row.key: row.write(doc) for row in TOP_ROWS if row.key in ("plugins", *LIGER_LAYERS, "liger_layer_norm",
+                                                                          "liger_fused_linear_cross_entropy")}
+    assert written == {"plugins": [LIGER_PLUGIN], **{k: True for k in LIGER_LAYERS}, "liger_layer_norm": True,
+                       "liger_fused_linear_cross_entropy": True}
+    read: dict = {}
+    for key, value in written.items():
+        read.update(row_for(key, TOP_ROWS).read(value, written))
+    assert read == {"training.liger_kernel": True}
+    assert all(row.write({"method": "lora", "training": {"liger_kernel": False}}) is ABSENT
+               for row in TOP_ROWS if row.key == "plugins" or row.key.startswith("liger_"))

@@ -1,0 +1,314 @@
+"""The recipe fields added for Axolotl users (training.warmup_steps, training.eval_steps,
+lora.use_rslora): checked by the loader, and used by `recipe run` on the tiny model, from an
+Axolotl config converted by `recipe convert`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from recipecli.cli import main
+from recipecli.errors import ExitCode, InvalidRecipe
+from recipecli.read.load import load_recipe
+from recipecli.train import runner
+
+from ..conftest import RECIPES
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+AXOLOTL = f"""\
+base_model: {RECIPES / "models" / "tiny-llama"}
+adapter: qlora
+load_in_4bit: true
+lora_r: 4
+lora_alpha: 8
+lora_target_linear: true
+peft_use_rslora: true
+datasets:
+  - path: {RECIPES / "data" / "tiny-alpaca.jsonl"}
+    type: alpaca
+val_set_size: 0.25
+sequence_len: 64
+micro_batch_size: 4
+max_steps: 4
+learning_rate: 0.004
+lr_scheduler: constant_with_warmup
+warmup_steps: 2
+eval_steps: 2
+logging_steps: 1
+save_steps: 100
+output_dir: {{out}}
+"""
+
+
+def test_a_converted_config_trains_with_warmup_steps_eval_steps_and_rslora(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yml").write_text(AXOLOTL.format(out=tmp_path / "run"))
+    result = CliRunner().invoke(main, ["convert", "a.yml", "--from", "axolotl", "-o", "r.yaml"])
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(tmp_path / "r.yaml")
+    seen = {}
+
+    class Spy:  # a TrainerCallback reads what the trainer was built with
+        def __getattr__(self, name):
+            return lambda args, state, control, **kw: seen.update(model=kw.get("model")) if name == "on_train_begin" \
+                else None
+
+    done = runner.run(recipe, gpus=(), callbacks=[Spy()])
+    assert done.steps == 4
+    logs = [json.loads(line) for line in (done.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["learning_rate"] for r in logs if "learning_rate" in r]
+    assert rates[0] < rates[-1] == pytest.approx(0.004)  # warmed up over 2 steps, then constant
+    # every eval_steps (2 and 4), and once more at the end of the run
+    assert [r["step"] for r in logs if "eval_loss" in r] == [2, 4, 4]
+    lora = seen["model"].peft_config["default"]
+    assert lora.use_rslora and next(m for m in seen["model"].modules() if isinstance(getattr(m, "scaling", None), dict)).scaling[
+        "default"] == pytest.approx(8 / 4 ** 0.5)  # alpha / sqrt(r), not alpha / r
+
+
+@pytest.mark.parametrize("training, data, words", [
+    ({"warmup_steps": 5, "warmup_ratio": 0.1}, {}, "warmup_steps and warmup_ratio both set"),
+    ({"eval_steps": 10}, {}, "eval_steps without data.val_fraction"),
+])
+def test_fields_that_exclude_or_need_each_other(make_recipe, training, data, words):
+    path = make_recipe({"training": training, "data": data})
+    with pytest.raises(InvalidRecipe, match=words):
+        load_recipe(path)
+
+
+def test_warmup_ratio_default_is_left_out_with_warmup_steps(make_recipe):
+    assert load_recipe(make_recipe({"training": {"warmup_steps": 5}})).training.warmup_ratio is None
+    assert load_recipe(make_recipe()).training.warmup_ratio == 0.03
+
+
+# issue 10, the second part: DoRA, modules trained in full, early stopping (run on the CPU) and
+# Liger's kernels (refused on the CPU, before anything loads).
+AXOLOTL_MORE = f"""\
+base_model: {RECIPES / "models" / "tiny-llama"}
+adapter: qlora
+load_in_4bit: true
+lora_r: 4
+lora_alpha: 8
+lora_target_modules: [q_proj, v_proj]
+peft_use_dora: true
+lora_modules_to_save: [embed_tokens, lm_head]
+datasets:
+  - path: {RECIPES / "data" / "tiny-alpaca.jsonl"}
+    type: alpaca
+val_set_size: 0.05
+sequence_len: 64
+micro_batch_size: 4
+max_steps: 8
+learning_rate: 0.01
+logging_steps: 1
+eval_steps: 1
+save_steps: 1
+save_total_limit: 1
+early_stopping_patience: 2
+output_dir: {{out}}
+"""
+
+
+def _tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_dora_modules_to_save_and_early_stopping_train_from_a_converted_config(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yml").write_text(AXOLOTL_MORE.format(out=tmp_path / "run"))
+    result = CliRunner().invoke(main, ["convert", "a.yml", "--from", "axolotl", "-o", "r.yaml"])
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert (recipe.lora.use_dora, recipe.lora.modules_to_save, recipe.training.early_stopping_patience) == (
+        True, ("embed_tokens", "lm_head"), 2)
+    seen: dict = {"weights": {}}
+
+    class Spy:
+        """Reads the trained model, and makes eval_loss rise after the first evaluation, so that the
+        best checkpoint is step 1's and early stopping stops two evaluations later (step 3)."""
+
+        def __getattr__(self, name):
+            return lambda *a, **kw: None
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            seen["model"] = model
+            seen["head_before"] = model.base_model.model.lm_head.original_module.weight.detach().clone()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            metrics["eval_loss"] = float(state.global_step)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            seen["weights"][state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()
+                                                  if p.requires_grad}
+
+    done = runner.run(recipe, gpus=(), callbacks=[Spy()])
+    model = seen["model"]
+    lora = model.peft_config["default"]
+    assert lora.use_dora and set(lora.modules_to_save) >= {"embed_tokens", "lm_head"}
+    # DoRA: a trained magnitude vector per adapted layer; modules_to_save: a trained copy, the original frozen.
+    magnitudes = [n for n in seen["weights"][1] if "lora_magnitude_vector" in n]
+    assert len(magnitudes) == 2 * 2  # q_proj and v_proj in each of the 2 layers
+    head = model.base_model.model.lm_head
+    assert not head.original_module.weight.requires_grad
+    assert torch.equal(head.original_module.weight, seen["head_before"])
+    copy = next(n for n in seen["weights"][1] if "lm_head.modules_to_save" in n)
+    assert not torch.equal(seen["weights"][1][copy], seen["weights"][3][copy])  # the copy trains
+
+    # Early stopping: evaluations at 1, 2, 3; 2 and 3 are no better than 1, so it stops at 3.
+    assert done.steps == 3 and not done.interrupted
+    info = yaml.safe_load((done.run_dir / "run.yaml").read_text())
+    assert info["result"]["early_stopping"] == {"stopped_early": True, "best_step": 1, "best_eval_loss": 1.0}
+    # The best checkpoint survives rotation (save_total_limit 1) under its published name, and the
+    # result is its weights, not step 3's.
+    assert [p.name for p in done.run_dir.glob("checkpoint-*")] == ["checkpoint-1"]
+    state = json.loads((done.run_dir / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(done.run_dir / "checkpoint-1")
+    saved, best = _tensors(done.saved), _tensors(done.run_dir / "checkpoint-1")
+    assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in saved)
+    assert any("lora_magnitude_vector" in k for k in saved) and any("lm_head" in k for k in saved)
+    step3 = seen["weights"][3][copy]
+    assert not torch.equal(next(v for k, v in saved.items() if "lm_head" in k).to(step3.dtype), step3)
+
+
+def test_fit_check_refuses_dora_at_its_field_instead_of_under_estimating(make_recipe):
+    path = make_recipe({"lora": {"use_dora": True}})
+    result = CliRunner().invoke(main, ["fit-check", str(path), "--gpu", "rtx4090"])
+    assert result.exit_code == ExitCode.INVALID, result.output
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "use_dora" in text)
+    assert f"{path}:{line}:" in result.output
+    assert "$.lora.use_dora: fit-check does not model DoRA's memory yet" in result.output
+
+
+LIGER_AXOLOTL = AXOLOTL.replace("peft_use_rslora: true\n", "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"
+                                "liger_rope: true\nliger_rms_norm: true\nliger_glu_activation: true\n"
+                                "liger_fused_linear_cross_entropy: true\n")
+
+
+def test_liger_converts_and_is_refused_on_the_cpu_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yml").write_text(LIGER_AXOLOTL.format(out=tmp_path / "run"))
+    result = CliRunner().invoke(main, ["convert", "a.yml", "--from", "axolotl", "-o", "r.yaml"])
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.training.liger_kernel is True
+    with pytest.raises(InvalidRecipe) as info:
+        runner.run(recipe, gpus=())
+    (problem,) = info.value.problems
+    assert problem.path == "$.training.liger_kernel" and "run on a CUDA GPU" in problem.message
+    assert problem.location.line == next(i for i, t in enumerate((tmp_path / "r.yaml").read_text().splitlines(), 1)
+                                         if "liger_kernel" in t)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was taken
+
+
+def test_liger_reaches_trl_as_its_layer_kernels_with_trl_s_own_head(make_recipe):
+    from recipecli.fit.precision import choose
+
+    recipe = load_recipe(make_recipe({"training": {"liger_kernel": True}}))
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False)
+    assert args.use_liger_kernel is True
+    plain = load_recipe(make_recipe())
+    assert runner._sft_config(plain, choose(plain, None), plain.output_dir, has_eval=False,
+                              cuda=False).use_liger_kernel is False
+
+
+# What fit-check counts for the new fields (pure arithmetic: no model is loaded).
+def _setup(**delta):
+    import dataclasses
+
+    from recipecli.fit.setup import Setup
+
+    base = Setup(method="lora", weight_bits=16, quant_type=None, double_quant=False, compute_bytes=2, lora_r=16,
+                 lora_targets="all-linear", micro_batch_size=1, seq_len=2048, gradient_checkpointing=True,
+                 optimizer="adamw_torch", attention="sdpa", gradient_accumulation_steps=1, lora_dropout=0.05,
+                 adapter_bytes=4)
+    return dataclasses.replace(base, **delta)
+
+
+LLAMA3 = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+              num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False)
+
+
+def test_modules_to_save_count_a_trained_copy_its_gradients_and_optimizer_state():
+    from recipecli.fit.architectures import Shape
+    from recipecli.fit.estimate import estimate
+
+    shape = Shape(**LLAMA3)
+    plain, saved = estimate(shape, _setup()), estimate(shape, _setup(modules_to_save=("embed_tokens", "lm_head")))
+    copies = 2 * 128256 * 4096
+    assert saved.trainable_params - plain.trainable_params == copies
+    part = {c.name: c.bytes for c in saved.components}
+    assert part["lora"] - {c.name: c.bytes for c in plain.components}["lora"] == copies * 4
+    # the step's peak: every gradient, both AdamW moments and its step buffer over every trainable weight
+    assert part["gradients"] == saved.trainable_params * 4
+    assert part["optimizer"] == saved.trainable_params * (8 + 4)
+    # Adafactor steps on an fp32 copy of its largest matrix: the trained head now.
+    adafactor = estimate(shape, _setup(optimizer="adafactor", modules_to_save=("lm_head",)))
+    ada = {c.name: c.bytes for c in adafactor.components}
+    assert ada["optimizer"] >= 12 * 128256 * 4096
+
+
+@pytest.mark.parametrize("delta, words", [
+    ({"modules_to_save": ("q_proj",)}, "self_attn.q_proj would get an adapter"),
+    # perhaps a module all the same: not counted, so no estimate (recipe run checks the loaded model)
+    ({"modules_to_save": ("norm",)}, "norm: fit-check counts modules_to_save among embed_tokens, lm_head"),
+    ({"modules_to_save": ("mlp.down_proj",), "method": "qlora", "weight_bits": 4, "quant_type": "nf4",
+      "lora_targets": ("q_proj",)}, "mlp.down_proj is quantized"),
+    ({"use_dora": True}, "does not model DoRA's memory yet"),
+])
+def test_fit_check_refuses_what_it_cannot_count(delta, words):
+    from recipecli.errors import NotModeled, UnknownTargets
+    from recipecli.fit.architectures import Shape
+    from recipecli.fit.estimate import estimate
+
+    with pytest.raises((UnknownTargets, NotModeled), match=words) as info:
+        estimate(Shape(**LLAMA3), _setup(**delta))
+    # not modelled (recipe run goes on without an estimate) versus wrong (refused everywhere)
+    assert type(info.value) is (NotModeled if "use_dora" in delta or "norm" in delta["modules_to_save"]
+                                else UnknownTargets)
+    assert info.value.path == ("$.lora.use_dora" if "use_dora" in delta else "$.lora.modules_to_save")
+
+
+def test_liger_changes_no_byte_of_the_estimate_and_says_why():
+    from recipecli.fit.architectures import Shape
+    from recipecli.fit.estimate import estimate
+
+    plain, liger = estimate(Shape(**LLAMA3), _setup(gradient_checkpointing=False)), \
+        estimate(Shape(**LLAMA3), _setup(gradient_checkpointing=False, liger_kernel=True))
+    assert [c.bytes for c in plain.components] == [c.bytes for c in liger.components]
+    how = {c.name: c.explanation for c in liger.components}
+    assert "Liger's fused cross-entropy is off" in how["logits"]  # without checkpointing the forward peak holds it
+    assert "Liger's kernels counted as the layers they replace" in how["activations"]
+
+
+def test_modules_to_save_are_checked_against_the_loaded_model():
+    from transformers import AutoModelForCausalLM
+
+    from recipecli.errors import UnknownTargets
+    from recipecli.train.model import saved_modules
+
+    model = AutoModelForCausalLM.from_pretrained(str(RECIPES / "models" / "tiny-llama"))
+    assert saved_modules(("embed_tokens", "lm_head"), ["q_proj"], model) == ["embed_tokens", "lm_head"]
+    assert saved_modules((), "all-linear", model) is None
+    with pytest.raises(UnknownTargets, match="embeddings match no module of this llama model"):
+        saved_modules(("embeddings",), "all-linear", model)  # peft would skip it without a word
+    with pytest.raises(UnknownTargets, match="q_proj would get an adapter .target_modules all-linear."):
+        saved_modules(("q_proj",), "all-linear", model)  # peft would train it in full, adapter dropped
+
+
+def test_a_quantized_layer_cannot_be_trained_in_full():
+    from transformers import AutoModelForCausalLM
+
+    from recipecli.errors import UnknownTargets
+    from recipecli.train.model import bnb_config, saved_modules
+
+    model = AutoModelForCausalLM.from_pretrained(str(RECIPES / "models" / "tiny-llama"),
+                                                 quantization_config=bnb_config(4, "nf4", True, "float32"))
+    with pytest.raises(UnknownTargets, match="down_proj is quantized"):
+        saved_modules(("down_proj",), ["q_proj"], model)
+    assert saved_modules(("lm_head",), ["q_proj"], model) == ["lm_head"]  # bitsandbytes leaves the head unquantized

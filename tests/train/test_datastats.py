@@ -1,0 +1,258 @@
+"""`recipe data`'s numbers, loss-mask preview and warnings, on the tiny model and its shipped data.
+
+The preview is checked against TRL itself: a real SFTTrainer is built on the *untokenized*
+examples (TRL's own preparation) and its collator's labels must mark exactly the tokens the
+preview highlights; the trainer `recipe run` builds from the tokenized examples must collate the
+same. Nothing of transformers, trl or datasets is mocked.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from recipecli.read.load import load_recipe
+from recipecli.train import data, datastats, lossplot
+
+from ..conftest import RECIPES, ROOT
+
+DATA = RECIPES / "data"
+TINY = RECIPES / "models" / "tiny-llama"
+TEMPLATE = (TINY / "chat_template.jinja").read_text()
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TINY)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(TINY)
+
+
+@pytest.fixture
+def recipe(make_recipe):
+    def make(*datasets, training=None, **data_section):
+        specs = [{"path": str(path), "format": fmt} for path, fmt in datasets]
+        doc = {"model": {"id": str(TINY)}, "method": "lora", "quantization": None,
+               "data": {"datasets": specs, **data_section}, "training": {"max_steps": 10, **(training or {})}}
+        return load_recipe(make_recipe(doc))
+
+    return make
+
+
+def _trainer(recipe, model, tokenizer, train_set, flags, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True,
+                     per_device_train_batch_size=recipe.training.micro_batch_size, **flags)
+    return SFTTrainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer)
+
+
+MIXES = {
+    "alpaca": [(DATA / "tiny-alpaca.jsonl", "alpaca")],
+    "alpaca-csv": [(DATA / "tiny-alpaca.csv", "alpaca")],
+    "prompt_completion": [(DATA / "tiny-prompt-completion.jsonl", "prompt_completion")],
+    "chat": [(DATA / "tiny-chat.jsonl", "chat")],
+    "sharegpt": [(DATA / "tiny-sharegpt.jsonl", "sharegpt")],
+    "text": [(DATA / "tiny-text.jsonl", "text")],
+    "alpaca+chat": [(DATA / "tiny-alpaca.jsonl", "alpaca"), (DATA / "tiny-chat.jsonl", "chat")],
+}
+
+
+@pytest.mark.parametrize("answer_only", [True, False], ids=["answer-only", "whole"])
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_the_preview_marks_exactly_the_tokens_the_collator_trains(recipe, model, tokenizer, tmp_path, mix,
+                                                                  answer_only):
+    """At max_seq_length 24 some records are cut and some lose every trained token: TRL drops
+    those, and so must the statistics."""
+    r = recipe(*MIXES[mix], max_seq_length=24, completion_only_loss=answer_only)
+    raw, _ = data.load_examples(r, tokenizer)
+    native = _trainer(r, model, tokenizer, raw, data.sft_flags(r), tmp_path)  # TRL tokenizes
+    train, evals = data.prepare(r, tokenizer)
+    ours = _trainer(r, model, tokenizer, data.datasets(r, train, evals)[0], data.trainer_flags(r), tmp_path)
+    kept = [p for p in train if not p.dropped]
+    assert len(native.train_dataset) == len(kept) == len(ours.train_dataset)
+    stats = datastats.summarize(r, tokenizer, train, evals, show=len(kept))
+    for i, (prepared, (where, segments)) in enumerate(zip(kept, stats.previews)):
+        expected = native.data_collator([native.train_dataset[i]])
+        collated = ours.data_collator([ours.train_dataset[i]])
+        ids, labels = expected["input_ids"][0].tolist(), expected["labels"][0].tolist()
+        assert collated["input_ids"][0].tolist() == ids and collated["labels"][0].tolist() == labels
+        assert prepared.tokens.input_ids == ids and prepared.tokens.labels == labels
+        trained = [t for t, label in zip(ids, labels) if label != -100]
+        assert "".join(text for text, on in segments if on) == tokenizer.decode(trained)
+        assert "".join(text for text, _ in segments) == tokenizer.decode(ids)
+    if answer_only and mix != "text":
+        assert 0 < stats.mix.trained_tokens < stats.mix.kept_tokens
+    else:
+        assert stats.mix.trained_tokens == stats.mix.kept_tokens
+
+
+@pytest.mark.parametrize("mix", ["alpaca", "chat", "text"])
+def test_packed_sequences_are_what_the_trainer_packs(recipe, model, tokenizer, tmp_path, mix):
+    r = recipe(*MIXES[mix], max_seq_length=64, packing=True,
+               training={"micro_batch_size": 4, "gradient_accumulation_steps": 1})
+    raw, _ = data.load_examples(r, tokenizer)
+    native = _trainer(r, model, tokenizer, raw, data.sft_flags(r), tmp_path)
+    train, evals = data.prepare(r, tokenizer)
+    ours = _trainer(r, model, tokenizer, data.datasets(r, train, evals)[0], data.trainer_flags(r), tmp_path)
+    assert native.train_dataset[:]["labels"] == ours.train_dataset[:]["labels"]
+    stats = datastats.summarize(r, tokenizer, train, evals)
+    assert stats.sequences == len(native.train_dataset)
+    packed_tokens = sum(len(ids) for ids in native.train_dataset[:]["input_ids"])
+    assert stats.fill_ratio == pytest.approx(packed_tokens / (stats.sequences * 64))
+    assert stats.padding_share is None and stats.padding_avoided > 0
+    assert stats.steps_per_epoch == -(-stats.sequences // 4)
+
+
+def test_counts_follow_the_tokenizer(recipe, tokenizer, tmp_path):
+    """Lengths, truncation, lost tokens and duplicates, computed here from the tokenizer alone."""
+    texts = [json.loads(line)["text"] for line in (DATA / "tiny-text.jsonl").read_text().splitlines()]
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts + texts[:3]))
+    r = recipe((doubled, "text"), max_seq_length=30, val_fraction=0.25,
+               training={"micro_batch_size": 4, "gradient_accumulation_steps": 3})
+    stats = datastats.collect(r, tokenizer)
+    lengths = sorted(len(tokenizer(text=t + tokenizer.eos_token)["input_ids"]) for t in texts + texts[:3])
+    mix = stats.mix
+    assert (mix.records, mix.tokens, mix.duplicates) == (len(lengths), sum(lengths), 3)
+    assert mix.lengths["min"] == lengths[0] and mix.lengths["max"] == lengths[-1]
+    assert mix.lengths["median"] == lengths[(len(lengths) + 1) // 2 - 1]
+    assert mix.truncated == sum(n > 30 for n in lengths) > 0
+    assert mix.lost_tokens == sum(n - 30 for n in lengths if n > 30)
+    assert mix.kept_tokens == mix.trained_tokens == sum(min(n, 30) for n in lengths)
+    assert stats.eval_records == round(len(lengths) * 0.25) and stats.train_records == len(lengths) - stats.eval_records
+    assert stats.steps_per_epoch == -(-(-(-stats.train_records // 4)) // 3)
+    assert stats.datasets[0].fingerprint.startswith("sha256:") and stats.mix.fingerprint is None
+    assert 0 < stats.padding_share < 1
+
+
+def test_a_mix_is_counted_per_dataset_and_in_total(recipe, tokenizer):
+    stats = datastats.collect(recipe(*MIXES["alpaca+chat"]), tokenizer)
+    assert [p.format for p in stats.datasets] == ["alpaca", "chat"]
+    assert [p.records for p in stats.datasets] == [256, 256] and stats.mix.records == 512
+    assert stats.mix.tokens == sum(p.tokens for p in stats.datasets)
+    assert stats.mix.trained_tokens == sum(p.trained_tokens for p in stats.datasets)
+
+
+def test_the_demo_data_warns_of_nothing(recipe, tokenizer):
+    for mix in MIXES.values():
+        assert datastats.collect(recipe(*mix), tokenizer).warnings == [], mix
+
+
+def _messages(stats):
+    return [w.message for w in stats.warnings]
+
+
+def test_more_than_5_percent_truncated_is_a_warning_at_max_seq_length(recipe, tokenizer):
+    stats = datastats.collect(recipe(*MIXES["alpaca"], max_seq_length=28), tokenizer)
+    (warning,) = [w for w in stats.warnings if "longer than max_seq_length" in w.message]
+    assert warning.path == "$.data.max_seq_length" and warning.where.line > 0
+    assert f"{stats.mix.truncated} of 256 records" in warning.message and "p99 is" in warning.hint
+
+
+def test_records_left_without_trained_tokens_are_dropped_with_a_located_warning(recipe, tokenizer):
+    stats = datastats.collect(recipe(*MIXES["alpaca"], max_seq_length=16), tokenizer)
+    (warning,) = [w for w in stats.warnings if "no trained token" in w.message]
+    assert warning.where.file.endswith("data/tiny-alpaca.jsonl") and warning.where.line > 0
+    assert stats.mix.dropped == {"nothing trained is left within max_seq_length": 256 - stats.train_records}
+    assert stats.train_records < 256
+
+
+def _with_template(tokenizer, template: str):
+    import copy
+
+    changed = copy.deepcopy(tokenizer)
+    changed.chat_template = template
+    return changed
+
+
+def test_a_template_that_renders_earlier_turns_differently_is_a_warning(recipe, tokenizer, tmp_path):
+    """The Qwen3 pattern: earlier assistant turns are rendered otherwise than the last one."""
+    chat = tmp_path / "turns.jsonl"
+    turns = [{"role": "user", "content": "Add the numbers.\n1 + 1"}, {"role": "assistant", "content": "2"},
+             {"role": "user", "content": "Add the numbers.\n2 + 2"}, {"role": "assistant", "content": "4"}]
+    chat.write_text(json.dumps({"messages": turns}) + "\n")
+    drifting = TEMPLATE.replace("{% generation %}{{ message['content'] }}",
+                                "{% generation %}{% if loop.last %}{{ message['content'] }}{% endif %}")
+    stats = datastats.collect(recipe((chat, "chat")), _with_template(tokenizer, drifting))
+    (warning,) = [w for w in stats.warnings if "turn by turn" in w.message]
+    assert (warning.where.file, warning.where.line, warning.path) == (str(chat), 1, "$.messages[1]")
+    assert datastats.collect(recipe((chat, "chat")), tokenizer).warnings == []
+
+
+def test_a_template_with_no_end_of_turn_token_after_answers_is_a_warning(recipe, tokenizer):
+    silent = TEMPLATE.replace("{{ message['content'] }}<|im_end|>{% endgeneration %}",
+                              "{{ message['content'] }}{% endgeneration %}")
+    assert silent != TEMPLATE
+    stats = datastats.collect(recipe(*MIXES["chat"]), _with_template(tokenizer, silent))
+    (warning,) = [w for w in stats.warnings if "no end-of-turn token" in w.message]
+    assert warning.path == "$.model.id"
+
+
+def test_an_end_of_turn_token_outside_the_loss_is_a_warning(recipe, tokenizer):
+    untrained = TEMPLATE.replace("<|im_end|>{% endgeneration %}", "{% endgeneration %}<|im_end|>")
+    assert untrained != TEMPLATE
+    stats = datastats.collect(recipe(*MIXES["chat"]), _with_template(tokenizer, untrained))
+    assert any("leaves it out of the loss" in m for m in _messages(stats))
+    whole = datastats.collect(recipe(*MIXES["chat"], completion_only_loss=False), _with_template(tokenizer, untrained))
+    assert not any("out of the loss" in m for m in _messages(whole))  # every token trains then
+
+
+def test_a_prompt_whose_last_token_merges_with_the_completion_is_a_warning(recipe, tokenizer, tmp_path):
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(json.dumps({"prompt": "Reverse the words.\nred gre", "completion": "en blue"}) + "\n")
+    prepared = data.tokenize({"prompt": "Reverse the words.\nred gre", "completion": "en blue"}, tokenizer,
+                             answer_only=True)
+    assert prepared.prompt_merged  # the tiny tokenizer has one token for "green"
+    stats = datastats.collect(recipe((cut, "prompt_completion")), tokenizer)
+    (warning,) = [w for w in stats.warnings if "merges" in w.message]
+    assert (warning.where.file, warning.where.line) == (str(cut), 1)
+
+
+def test_the_plot_is_a_png_with_the_cut_off_marked(recipe, tokenizer, tmp_path):
+    stats = datastats.collect(recipe(*MIXES["alpaca"], max_seq_length=30), tokenizer)
+    png = tmp_path / "lengths.png"
+    datastats.plot(png, stats)
+    raw = png.read_bytes()
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", raw[16:24])
+    idat = raw.index(b"IDAT")
+    rows = zlib.decompress(raw[idat + 4:idat + 4 + struct.unpack(">I", raw[idat - 4:idat])[0]])
+    pixels = [rows[y * (width + 1) + 1:(y + 1) * (width + 1)] for y in range(height)]
+    cut_columns = {x for x in range(width) if pixels[lossplot.BOTTOM - 20][x] == lossplot.EVAL}
+    bars = {x for x in range(width) if pixels[lossplot.BOTTOM - 2][x] == lossplot.TRAIN}
+    assert cut_columns and bars
+    # Records longer than the cut-off draw bars right of it, since this cut truncates some.
+    assert stats.mix.truncated and max(bars) > min(cut_columns) > min(bars)
+
+
+def test_the_tokenizer_of_recipe_data_is_the_one_recipe_run_loads(recipe, tokenizer):
+    """Loaded without AutoTokenizer (and torch) for the tiny model: same class, same examples."""
+    for mix in ("alpaca", "chat"):
+        r = recipe(*MIXES[mix])
+        light = datastats.load_tokenizer(r)
+        assert type(light) is type(tokenizer)
+        ours, theirs = data.prepare(r, light)[0], data.prepare(r, tokenizer)[0]
+        assert [p.tokens for p in ours] == [p.tokens for p in theirs]
+
+
+def test_recipe_data_imports_no_torch():
+    code = ("import sys; from click.testing import CliRunner; from recipecli.cli import main; "
+            "r = CliRunner().invoke(main, ['data', 'recipes/tiny-demo.yaml', '--show', '1']); "
+            "assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'trl', 'datasets', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
