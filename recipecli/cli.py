@@ -225,9 +225,9 @@ def probe(file: str, steps: int, overrides: tuple[str, ...], vram: float | None,
           device: str, fmt: str) -> None:
     """Trace the recipe's training steps at full size on the CPU, without weights or a GPU.
 
-    Under torch's FakeTensorMode: the exact allocated peak of this software stack (fp32, no
-    autocast), reserved memory from a model of the CUDA caching allocator, by phase and by
-    category, beside fit-check's estimate. Not yet: qlora, autocast, 8-bit optimizers.
+    Under torch's FakeTensorMode: the exact allocated peak of this software stack (quantization,
+    autocast, optimizer as the recipe says), reserved memory from a model of the CUDA caching
+    allocator, by phase and by category, beside fit-check's estimate.
 
     With a GPU (--device cuda, or auto when torch sees one) the steps run there instead,
     measured per phase (allocated, reserved, nvidia-smi's figure, tokens/s) beside their trace.

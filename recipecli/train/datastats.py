@@ -172,7 +172,10 @@ def summarize(recipe: Recipe, tokenizer, train: list[Prepared], evals: Optional[
     padding = _padding(lengths, t.micro_batch_size, t.seed)
     packing = recipe.data.packing
     sequences = _packed(kept, recipe.data.max_seq_length) if packing and kept else len(kept)
-    steps = max(math.ceil(math.ceil(sequences / t.micro_batch_size) / t.gradient_accumulation_steps), 1)
+    # each process of a distributed run takes its share of the sequences (a count left to the
+    # GPUs visible at launch is unknown here: one process is assumed)
+    per_process = math.ceil(sequences / (recipe.processes or 1))
+    steps = max(math.ceil(math.ceil(per_process / t.micro_batch_size) / t.gradient_accumulation_steps), 1)
     return DataStats(
         recipe=str(recipe.source), max_seq_length=recipe.data.max_seq_length, packing=packing,
         micro_batch_size=t.micro_batch_size, accumulation=t.gradient_accumulation_steps, max_steps=t.max_steps,

@@ -137,6 +137,13 @@ def test_counts_follow_the_tokenizer(recipe, tokenizer, tmp_path):
     assert stats.steps_per_epoch == -(-(-(-stats.train_records // 4)) // 3)
     assert stats.datasets[0].fingerprint.startswith("sha256:") and stats.mix.fingerprint is None
     assert 0 < stats.padding_share < 1
+    # two DDP processes share the sequences: each runs half the micro-batches
+    from dataclasses import replace
+
+    from recipecli.read.recipe import Distributed
+
+    two = replace(r, distributed=Distributed("ddp", 2, 1, None, 29500, None, None, None))
+    assert datastats.collect(two, tokenizer).steps_per_epoch == -(-(-(-(-(-stats.train_records // 2)) // 4)) // 3)
 
 
 def test_a_mix_is_counted_per_dataset_and_in_total(recipe, tokenizer):
