@@ -73,13 +73,17 @@ def probe_text(result: ProbeResult, file: str) -> str:
     for p in result.phases:
         lines.append(f"  {PHASE_LABELS.get(p.name, p.name):<22}{size(p.allocated_bytes):>12}"
                      f"{size(p.reserved_fixed_bytes):>12}{size(p.reserved_expandable_bytes):>12}")
-    lines += ["", f"  at the peak ({PHASE_LABELS.get(result.peak_phase, result.peak_phase)}):"]
+    return "\n".join(lines + _peak_and_notes(result, "at the peak"))
+
+
+def _peak_and_notes(result: ProbeResult, title: str) -> list[str]:
+    """The traced peak by category, the parameter counts and the notes: the end of both tables."""
+    lines = ["", f"  {title} ({PHASE_LABELS.get(result.peak_phase, result.peak_phase)}):"]
     lines += [f"  {name:<22}{size(n):>12}" for name, n in result.breakdown.items() if n]
     if result.paged_bytes:
         lines += [f"  {'paged (outside)':<22}{size(result.paged_bytes):>12}"]
     lines += ["", f"  parameters: base {params(result.base_params)}, trainable {params(result.trainable_params)}"]
-    lines += [f"  note: {note}" for note in result.notes]
-    return "\n".join(lines)
+    return lines + [f"  note: {note}" for note in result.notes]
 
 
 def probe_json(result: ProbeResult, file: str) -> dict:
@@ -156,13 +160,7 @@ def measured_text(measured: DeviceProbe, file: str) -> str:
         lines.append(f"  {PHASE_LABELS.get(p.name, p.name):<22}{size(p.allocated_bytes):>12}"
                      f"{_maybe(p.reserved_bytes):>12}{_maybe(t and t.allocated_bytes):>12}"
                      f"{_maybe(t and t.reserved_fixed_bytes):>12}")
-    lines += ["", f"  traced, at the peak ({PHASE_LABELS.get(result.peak_phase, result.peak_phase)}):"]
-    lines += [f"  {name:<22}{size(n):>12}" for name, n in result.breakdown.items() if n]
-    if result.paged_bytes:
-        lines += [f"  {'paged (outside)':<22}{size(result.paged_bytes):>12}"]
-    lines += ["", f"  parameters: base {params(result.base_params)}, trainable {params(result.trainable_params)}"]
-    lines += [f"  note: {note}" for note in result.notes]
-    return "\n".join(lines)
+    return "\n".join(lines + _peak_and_notes(result, "traced, at the peak"))
 
 
 def measured_json(measured: DeviceProbe, file: str) -> dict:
