@@ -142,7 +142,8 @@ def setup_for(row: dict) -> tuple:
         gradient_checkpointing=row["gradient_checkpointing"], optimizer=row["optimizer"],
         attention=row["attention"], gradient_accumulation_steps=row["grad_accum"],
         lora_dropout=LORA_DROPOUT if row["method"] != "full" else 0.0, loss="chunked", autocast=sixteen,
-        adapter_bytes=DTYPE_BYTES[trained] if row["method"] != "full" else None, padded=False)
+        adapter_bytes=DTYPE_BYTES[trained] if row["method"] != "full" else None, padded=False,
+        packing=row["packing"])
     return shape, setup
 
 

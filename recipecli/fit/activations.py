@@ -40,6 +40,12 @@ def saved_bytes(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, tokens: int)
     # Backward through a layer's MLP holds one MLP-wide gradient at a time beside the gradients
     # of the hidden states flowing down (into the residual, the norm and the layer's output).
     gradients = (shape.intermediate_size * dt.matmul_out + 3 * h * 4) * tokens
+    # An adapter wider than its input (fp32 LoRA on a 16-bit base) casts the MLP-wide input of
+    # down_proj up (peft's _cast_input_dtype): in backward the gradients of the dropped copy and of
+    # the cast come in the adapter's dtype beside the base path's one.
+    i = shape.intermediate_size
+    if dt.train > dt.matmul_out and any(fin == i for fin, _ in adapters.values()):
+        gradients += i * (2 * dt.train - dt.matmul_out) * tokens
     # The final norm keeps its input and statistics (and, trained, its normalized input); every
     # layer reads one rotary cos/sin pair, computed once.
     final_norm = _norm_bytes(shape, s, dt) * tokens + 2 * shape.head_dim * dt.attention * tokens
@@ -97,7 +103,8 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     Returns:
         Bytes per token (norms, attention, MLP, trainable inputs and adapters).
     """
-    h, i, seq = shape.hidden_size, shape.intermediate_size, s.seq_len
+    h, i = shape.hidden_size, shape.intermediate_size
+    seq = s.seq_len * s.micro_batch_size if s.packing else s.seq_len  # the length attention sees
     heads = shape.num_attention_heads
     hq, hkv = heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
     full = s.method == "full"
@@ -119,9 +126,11 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
         kv = 2 * hq if repeated else hkv + (v_kept if folded else hkv)
         cast = dt.attention if dt.attention != 4 else 0
         attention = (hq + kv) * dt.attention + (4 + cast) * heads * seq
-    elif s.attention == "sdpa" and s.micro_batch_size > 1 and s.padded:
-        # A padding mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned
-        # into a float bias per layer.
+    elif s.attention == "sdpa" and (s.packing or (s.micro_batch_size > 1 and s.padded) or
+                                    (shape.sliding_window is not None and seq >= shape.sliding_window)):
+        # A mask (padding, or a sliding window the sequence reaches: transformers' sdpa_mask skips
+        # it only below the window) rules out sdpa's native GQA (k/v repeated to all heads) and is
+        # turned into a float bias per layer. flash_attention_2 takes both natively.
         attention = 4 * hq * dt.attention + seq * dt.attention
     else:  # q, k, v, the output and an fp32 logsumexp per head (flash and memory-efficient kernels)
         attention = (2 * hq + hkv + v_kept) * dt.attention + 4 * heads

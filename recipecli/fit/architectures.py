@@ -82,6 +82,9 @@ class Shape:
     norms_per_layer: int = 2
     embedding_norm: bool = False
     lm_head_bias: bool = False
+    # Attention only over the last this-many tokens (Mistral v0.1, Qwen2 with use_sliding_window):
+    # transformers then hands sdpa a mask from that length on (activations.py); None: full causal.
+    sliding_window: Optional[int] = None
 
     @property
     def gated_mlp(self) -> bool:
@@ -233,6 +236,20 @@ def _first(config: dict, *keys: str):
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
 
+# What transformers' configs take when config.json leaves sliding_window out (MistralConfig's
+# default); the other model types default to none.
+_SLIDING_WINDOW_DEFAULTS = {"mistral": 4096}
+
+
+def _sliding_window(config: dict, model_type: str) -> Optional[int]:
+    """The attention window transformers will use, read as its config classes read it (Qwen2
+    only with use_sliding_window); None for full causal attention or a value that is not one."""
+    if model_type == "qwen2" and not config.get("use_sliding_window", False):
+        return None
+    window = config.get("sliding_window", _SLIDING_WINDOW_DEFAULTS.get(model_type))
+    return window if _positive_int(window) else None
+
+
 def shape_from_config(config: dict) -> Shape:
     """Read a Hugging Face config.json (as a dict) into a Shape.
 
@@ -273,7 +290,8 @@ def shape_from_config(config: dict) -> Shape:
                            "whole number", hint=_FIXES, path=MODEL_PATH)
     base = dict(model_type=model_type, hidden_size=h, intermediate_size=inter,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied)
+                head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied,
+                sliding_window=_sliding_window(config, model_type))
     biased = dict(qkv_bias=True, o_bias=True, mlp_bias=True, norm="layer")
     if model_type == "phi":
         return Shape(**base, layout="phi", **biased, norms_per_layer=1, lm_head_bias=True)

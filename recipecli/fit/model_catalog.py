@@ -64,10 +64,14 @@ CONFIGS = {
         _llama(3072, 8192, 28, 24, 8, 128256, True),
     "codellama/CodeLlama-34b-hf|codellama/CodeLlama-34b-Instruct-hf|codellama/CodeLlama-34b-Python-hf":
         _llama(8192, 22016, 48, 64, 8, 32000),
-    "mistralai/Mistral-7B-v0.1|mistralai/Mistral-7B-Instruct-v0.1|mistralai/Mistral-7B-Instruct-v0.2":
-        _llama(4096, 14336, 32, 32, 8, 32000, model_type="mistral"),
+    # v0.1 attends through a 4,096-token sliding window; v0.2 and v0.3 dropped it (their config.json
+    # says null, which transformers' MistralConfig would otherwise read as its default, 4,096)
+    "mistralai/Mistral-7B-v0.1|mistralai/Mistral-7B-Instruct-v0.1":
+        _llama(4096, 14336, 32, 32, 8, 32000, model_type="mistral", sliding_window=4096),
+    "mistralai/Mistral-7B-Instruct-v0.2":
+        _llama(4096, 14336, 32, 32, 8, 32000, model_type="mistral", sliding_window=None),
     "mistralai/Mistral-7B-v0.3|mistralai/Mistral-7B-Instruct-v0.3":
-        _llama(4096, 14336, 32, 32, 8, 32768, model_type="mistral"),
+        _llama(4096, 14336, 32, 32, 8, 32768, model_type="mistral", sliding_window=None),
     "google/gemma-2b|google/gemma-2b-it|google/gemma-1.1-2b-it": _gemma(2048, 16384, 18, 8, 1),
     "google/gemma-7b|google/gemma-7b-it|google/gemma-1.1-7b-it": _gemma(3072, 24576, 28, 16, 16),
     "google/gemma-2-9b|google/gemma-2-9b-it": _gemma(3584, 14336, 42, 16, 8, "gemma2"),

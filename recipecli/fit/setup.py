@@ -50,6 +50,10 @@ class Setup:
     # Rows of a micro-batch shorter than the longest are padded, so attention gets a mask; False
     # when every row is full length (packing, or the probe's worst-case batch).
     padded: bool = True
+    # TRL's padding-free packing: the micro-batch arrives as one row of micro_batch_size x seq_len
+    # tokens; sdpa then gets a block-diagonal mask over the whole row, flash_attention_2 the
+    # sequence boundaries instead (activations.py).
+    packing: bool = False
     # lora.modules_to_save: modules peft trains in full beside the adapters (architectures.match_saved).
     modules_to_save: tuple[str, ...] = ()
     use_dora: bool = False  # lora.use_dora: not modelled, the estimate refuses it (estimate.estimate)

@@ -93,6 +93,8 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         num_gpus=num_gpus,
         parallelism=parallelism,
         gradient_accumulation_steps=recipe.training.gradient_accumulation_steps,
+        packing=recipe.data.packing,
+        padded=not recipe.data.packing,  # packed rows are full, unpacked ones padded to the longest
         lora_dropout=lora.dropout if lora else 0.0,
         # The dtype the runner enforces on the adapters (model.enforce_dtypes), so the two agree.
         adapter_bytes=DTYPE_BYTES[choices.trainable_dtype] if lora else None,

@@ -29,6 +29,7 @@ TargetShorthand = Literal["all-linear", "attention"]
 WandbMode = Literal["online", "offline"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
+ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # Fields that are not written in a recipe file: the codec skips them both ways.
@@ -89,12 +90,38 @@ class Lora:
 
 
 @dataclass(frozen=True)
+class Fields:
+    """A dataset's own names for the fields its format reads; None keeps the format's name."""
+
+    messages: Optional[str]
+    role: Optional[str]
+    content: Optional[str]
+    instruction: Optional[str]
+    input: Optional[str]
+    output: Optional[str]
+    prompt: Optional[str]
+    completion: Optional[str]
+    text: Optional[str]
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The data's names of each role; None keeps the format's names for it."""
+
+    system: Optional[tuple[str, ...]]
+    user: Optional[tuple[str, ...]]
+    assistant: Optional[tuple[str, ...]]
+
+
+@dataclass(frozen=True)
 class Dataset:
     path: str  # a hub dataset id, or the absolute path of a local file
     format: Format
     split: str
     subset: Optional[str]
     max_samples: Optional[int]
+    fields: Optional[Fields]  # absent: the format's own field names
+    roles: Optional[Roles]  # chat and sharegpt only (rules.py)
 
     @property
     def local_path(self) -> Optional[Path]:
@@ -111,6 +138,7 @@ class Data:
     max_seq_length: int
     packing: bool
     completion_only_loss: bool
+    chat_template: ChatTemplate
     val_fraction: Optional[float]
 
 

@@ -95,6 +95,42 @@ def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):
                               "a hub id is org/name; a local file ends in .jsonl, .json, .csv or .parquet")
 
 
+# The fields each format reads (schema: data.datasets[].fields); data.py reads them.
+FIELDS_OF_FORMAT = {
+    "alpaca": ("instruction", "input", "output"),
+    "chat": ("messages", "role", "content"),
+    "sharegpt": ("messages", "role", "content"),
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+}
+CONVERSATIONAL = ("chat", "sharegpt")
+
+
+def dataset_fields_match_the_format(doc: dict, ctx: Context):
+    for i, dataset in enumerate(doc.get("data", {}).get("datasets", [])):
+        fmt, where = dataset.get("format"), ("data", "datasets", i)
+        if fmt not in FIELDS_OF_FORMAT:
+            continue
+        for name in dataset.get("fields", {}):
+            if name not in FIELDS_OF_FORMAT[fmt]:
+                yield ctx.problem((*where, "fields", name), f"format {fmt} has no field {name}",
+                                  f"format {fmt} reads {', '.join(FIELDS_OF_FORMAT[fmt])}: remove {name}, or "
+                                  "change the format", key=True)
+        roles = dataset.get("roles", {})
+        if roles and fmt not in CONVERSATIONAL:
+            yield ctx.problem((*where, "roles"), f"roles with format {fmt}, which has no roles",
+                              "roles name the turns of chat and sharegpt data: remove it, or change the format",
+                              key=True)
+            continue
+        seen: dict = {}
+        for role, names in roles.items():
+            for k, name in enumerate(names):
+                if seen.setdefault(name, role) != role:
+                    # One name cannot mean two roles: which turns train would depend on the order.
+                    yield ctx.problem((*where, "roles", role, k), f"{name!r} names both {seen[name]} and {role}",
+                                      "give each name of the data one role")
+
+
 def one_process_without_a_strategy(doc: dict, ctx: Context):
     dist = doc.get("distributed", {})
     if dist.get("strategy") != "none":
@@ -213,6 +249,7 @@ RULES: tuple[Rule, ...] = (
     flash_attention_needs_half,
     model_is_a_folder_or_a_hub_id,
     datasets_are_files_or_hub_ids,
+    dataset_fields_match_the_format,
     one_process_without_a_strategy,
     several_nodes_need_their_main,
     offload_knobs_match_the_strategy,
@@ -238,6 +275,13 @@ def warnings(doc: dict, locate) -> list[Problem]:
         found.append(ctx.problem(("model", "trust_remote_code"),
                                  "warning: this recipe runs Python code downloaded with the model",
                                  "only for models whose code you have read or trust"))
+    data = doc.get("data", {})
+    formats = [d.get("format") for d in data.get("datasets", [])]
+    own = schema.schema()["properties"]["data"]["properties"]["chat_template"]["default"]
+    if data.get("chat_template", own) != own and not set(formats) & set(CONVERSATIONAL):
+        found.append(ctx.problem(("data", "chat_template"), f"warning: chat_template {data['chat_template']} "
+                                 "changes nothing: no dataset is conversational (chat or sharegpt)",
+                                 "remove it, or use format chat"))
     training = doc.get("training", {})
     if "max_steps" in training and "epochs" in training:
         found.append(ctx.problem(("training", "epochs"), "warning: epochs is ignored because max_steps is set",

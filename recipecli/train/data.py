@@ -36,7 +36,7 @@ from typing import Optional
 
 from ..errors import DataError
 from ..read.recipe import Format, Recipe
-from . import datafiles
+from . import datafiles, templates
 from .datafiles import Place, kind
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -49,9 +49,6 @@ _LAYOUT: dict[str, str] = {
     "sharegpt": "messages",
     "text": "text",
 }
-_CHAT_ROLES = ("system", "user", "assistant")
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                   "assistant": "assistant"}
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:
@@ -150,8 +147,9 @@ def read_examples(recipe: Recipe, tokenizer=None) -> list[Example]:
     examples = []
     for index, spec in enumerate(recipe.data.datasets):
         before = len(examples)
+        read = reader(spec, index)
         for place, record in itertools.islice(datafiles.records(spec), spec.max_samples):
-            example = _convert(spec.format, record, place)
+            example = _convert(read, record, place)
             example = _as_messages(example) if columns == "messages" and "prompt" in example else example
             examples.append(Example(example, index, place))
         if len(examples) == before:
@@ -213,13 +211,26 @@ def trainer_flags(recipe: Recipe) -> dict:
 
 
 def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
-    """The chat template conversations are tokenized with: None for the tokenizer's own; TRL's
-    training version of it when answer-only loss needs ``{% generation %}`` marks it lacks."""
-    if layout(recipe) != "messages" or not sft_flags(recipe)["assistant_only_loss"]:
+    """The chat template conversations are tokenized with: the named one of ``data.chat_template``
+    (marked for answer-only loss already); else None for the tokenizer's own, or TRL's training
+    version of it when answer-only loss needs ``{% generation %}`` marks it lacks."""
+    if layout(recipe) != "messages":
+        return None
+    if recipe.data.chat_template in templates.TEMPLATES:
+        return templates.template(recipe.data.chat_template)
+    if not sft_flags(recipe)["assistant_only_loss"]:
         return None
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     return None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
+
+
+def chat_template(recipe: Recipe) -> Optional[str]:
+    """The template a trained model is saved with, for its conversations to be asked as they were
+    trained: the named one of ``data.chat_template``; None keeps the tokenizer's own."""
+    if layout(recipe) != "messages" or recipe.data.chat_template not in templates.TEMPLATES:
+        return None
+    return templates.template(recipe.data.chat_template)
 
 
 def tokenize(columns: dict, tokenizer, *, answer_only: bool, chat_template: Optional[str] = None) -> Tokens:
@@ -343,11 +354,14 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+    if recipe.data.chat_template in templates.TEMPLATES:
+        return  # the named template is used, marked for answer-only loss
     conversational = next(datafiles.display(d) for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
     if not tokenizer.chat_template:
         raise DataError(f"{conversational} is conversational, but the tokenizer of {recipe.model.id} has no "
                         "chat template", "use a chat/instruct variant of the model, or data in format alpaca "
-                        "or prompt_completion", where=recipe.locate(("model", "id")), path="$.model.id")
+                        "or prompt_completion, or name one with data.chat_template (e.g. chatml)",
+                        where=recipe.locate(("model", "id")), path="$.model.id")
     if not sft_flags(recipe)["assistant_only_loss"] or has_generation_markers(tokenizer.chat_template):
         return
     try:
@@ -360,49 +374,100 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
             where=recipe.locate(("data", "completion_only_loss")), path="$.data.completion_only_loss") from e
 
 
-def _convert(format: Format, record: object, place: Place) -> dict:
+# Each format's own field names; data.datasets[].fields renames them (the keys are rules.FIELDS_OF_FORMAT).
+_OWN_FIELDS = {
+    "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
+    "chat": {"messages": "messages", "role": "role", "content": "content"},
+    "sharegpt": {"messages": "conversations", "role": "from", "content": "value"},
+    "text": {"text": "text"},
+    "prompt_completion": {"prompt": "prompt", "completion": "completion"},
+}
+# Each conversational format's own role names; data.datasets[].roles replaces them role by role.
+_OWN_ROLES = {
+    "chat": {"system": ("system",), "user": ("user",), "assistant": ("assistant",)},
+    "sharegpt": {"system": ("system",), "user": ("human", "user"), "assistant": ("gpt", "assistant")},
+}
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one dataset's records are read: its format, its names for the fields, and for
+    conversations which role each name of the data means."""
+
+    format: Format
+    names: dict  # field the format reads -> its name in the data
+    roles: dict  # role name in the data -> system, user or assistant
+    knob: str  # data.datasets[i], for hints that name the recipe field to change
+    renamed: frozenset = frozenset()  # fields whose name the recipe gives
+
+    def needs(self) -> str:
+        """What the format reads, in the data's names, for the hint of an error about a record."""
+        n, fmt = self.names, self.format
+        if fmt == "alpaca":
+            return f"format alpaca reads {n['instruction']}, {n['output']} and optionally {n['input']}"
+        if fmt == "prompt_completion":
+            return f"format prompt_completion reads {n['prompt']} and {n['completion']}"
+        if fmt == "text":
+            return f"format text reads {n['text']}"
+        return f"format {fmt} reads {n['messages']}: a list of {{{n['role']}, {n['content']}}}"
+
+
+def reader(spec, index: int = 0) -> Reader:
+    """The Reader of ``data.datasets[index]``."""
+    names = dict(_OWN_FIELDS[spec.format])
+    renamed = set()
+    if spec.fields is not None:
+        for field in names:
+            if getattr(spec.fields, field) is not None:
+                names[field] = getattr(spec.fields, field)
+                renamed.add(field)
+    roles = {}
+    if spec.format in _OWN_ROLES:
+        given = spec.roles
+        for role, own in _OWN_ROLES[spec.format].items():
+            mine = getattr(given, role) if given is not None else None
+            roles.update({name: role for name in (own if mine is None else mine)})
+    return Reader(spec.format, names, roles, f"data.datasets[{index}]", frozenset(renamed))
+
+
+def _convert(read: Reader, record: object, place: Place) -> dict:
     """One raw record to TRL columns; errors are raised at ``place``."""
     if not isinstance(record, dict):
         raise place.error(f"expected an object with fields, got {kind(record)}",
-                          f"every record is an object; {_NEEDS[format]}")
-    if format == "alpaca":
-        instruction = _text(record, "instruction", place, format)
-        output = _text(record, "output", place, format)
-        context = _text(record, "input", place, format, required=False)
+                          f"every record is an object; {read.needs()}")
+    n, fmt = read.names, read.format
+    if fmt == "alpaca":
+        instruction = _text(record, n["instruction"], place, read)
+        output = _text(record, n["output"], place, read)
+        context = _text(record, n["input"], place, read, required=False)
         return {"prompt": alpaca_prompt(instruction, context), "completion": output}
-    if format == "prompt_completion":
-        return {"prompt": _text(record, "prompt", place, format),
-                "completion": _text(record, "completion", place, format)}
-    if format == "text":
-        return {"text": _text(record, "text", place, format)}
-    field, turn = ("messages", _chat_turn) if format == "chat" else ("conversations", _sharegpt_turn)
-    turns = _present(record, (field,), place, format)
+    if fmt == "prompt_completion":
+        return {"prompt": _text(record, n["prompt"], place, read),
+                "completion": _text(record, n["completion"], place, read)}
+    if fmt == "text":
+        return {"text": _text(record, n["text"], place, read)}
+    field = n["messages"]
+    turns = _present(record, (field,), place, read)
     if not isinstance(turns, list) or not turns:
-        raise place.error(f"must be a non-empty list of turns, got {kind(turns)} {shown(turns)}",
-                          _NEEDS[format], (field,))
-    messages = [turn(t, place, (field, i)) for i, t in enumerate(turns)]
+        raise place.error(f"must be a non-empty list of turns, got {kind(turns)} {shown(turns)}", read.needs(),
+                          (field,))
+    messages = [_turn(t, place, (field, i), read) for i, t in enumerate(turns)]
     # Nothing to learn from a conversation without an answer, and TRL stops on it mid-epoch.
     if not any(m["role"] == "assistant" for m in messages):
         raise place.error("has no assistant turn", "drop the record: it has no answer to learn", (field,))
     return {"messages": messages}
 
 
-# What each format reads from a record, for the hint of an error about a record's fields.
-_NEEDS = {
-    "alpaca": "format alpaca reads instruction, output and optionally input",
-    "prompt_completion": "format prompt_completion reads prompt and completion",
-    "text": "format text reads text",
-    "chat": "format chat reads messages: a list of {role, content}",
-    "sharegpt": "format sharegpt reads conversations: a list of {from, value}",
-}
-
-
-def _present(record: dict, parts: tuple, place: Place, format: Format) -> object:
+def _present(record: dict, parts: tuple, place: Place, read: Reader) -> object:
     """The value of the field ``parts[-1]`` of ``record``; an error that says why when it has none."""
     field = parts[-1]
     if field not in record:
         fields = ", ".join(json.dumps(str(k)) for k in record) or "no fields"
-        hint = f"{_NEEDS[format]}; is {format} the format of this file?"
+        hint = f"{read.needs()}; is {read.format} the format of this file?"
+        own = next((f for f, name in read.names.items() if name == field), None)
+        if own is not None:
+            # The recipe field that names it: renaming is the fix when the data says it otherwise.
+            hint += f" Or name its field with {read.knob}.fields.{own}"
         if place.header_line is not None:
             raise place.header_error(f"no such column; the header has {fields}", hint, parts)
         raise place.error(f"missing; the record has {fields}", hint, parts)
@@ -413,12 +478,12 @@ def _present(record: dict, parts: tuple, place: Place, format: Format) -> object
     return record[field]
 
 
-def _text(record: dict, field: str, place: Place, format: Format, required: bool = True,
+def _text(record: dict, field: str, place: Place, read: Reader, required: bool = True,
           parts: tuple = ()) -> str:
     parts = (*parts, field)
     if not required and record.get(field) is None:
         return ""
-    value = _present(record, parts, place, format)
+    value = _present(record, parts, place, read)
     if not isinstance(value, str):
         hint = ("write text, not a list of parts: join the parts into one string" if isinstance(value, (list, dict))
                 else f"quote it in the file: \"{shown(value)}\"")
@@ -432,27 +497,20 @@ def shown(value: object, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _chat_turn(turn: object, place: Place, parts: tuple) -> dict:
+def _turn(turn: object, place: Place, parts: tuple, read: Reader) -> dict:
+    n = read.names
     if not isinstance(turn, dict):
-        raise place.error(f"expected a turn {{role, content}}, got {kind(turn)} {shown(turn)}", _NEEDS["chat"], parts)
-    role = _text(turn, "role", place, "chat", parts=parts)
-    if role not in _CHAT_ROLES:
-        hint = f"a chat role is one of {', '.join(_CHAT_ROLES)}"
-        if role in _SHAREGPT_ROLES:
+        raise place.error(f"expected a turn {{{n['role']}, {n['content']}}}, got {kind(turn)} {shown(turn)}",
+                          read.needs(), parts)
+    name = _text(turn, n["role"], place, read, parts=parts)
+    if name not in read.roles:
+        what = "a chat role" if read.format == "chat" else "a ShareGPT speaker"
+        hint = f"{what} is one of {', '.join(read.roles)}"
+        if read.format == "chat" and name in _OWN_ROLES["sharegpt"]["user"] + _OWN_ROLES["sharegpt"]["assistant"]:
             hint += "; ShareGPT data ({from: human, value}) is format sharegpt"
-        raise place.error(f"{shown(role)} is not a chat role", hint, (*parts, "role"))
-    return {"role": role, "content": _text(turn, "content", place, "chat", parts=parts)}
-
-
-def _sharegpt_turn(turn: object, place: Place, parts: tuple) -> dict:
-    if not isinstance(turn, dict):
-        raise place.error(f"expected a turn {{from, value}}, got {kind(turn)} {shown(turn)}", _NEEDS["sharegpt"],
-                          parts)
-    speaker = _text(turn, "from", place, "sharegpt", parts=parts)
-    if speaker not in _SHAREGPT_ROLES:
-        raise place.error(f"{shown(speaker)} is not a ShareGPT speaker",
-                          f"a speaker is one of {', '.join(_SHAREGPT_ROLES)}", (*parts, "from"))
-    return {"role": _SHAREGPT_ROLES[speaker], "content": _text(turn, "value", place, "sharegpt", parts=parts)}
+        hint += f"; other names are given with {read.knob}.roles, e.g. {{assistant: [{name}]}}"
+        raise place.error(f"{shown(name)} is not {what}", hint, (*parts, n["role"]))
+    return {"role": read.roles[name], "content": _text(turn, n["content"], place, read, parts=parts)}
 
 
 def _as_messages(example: dict) -> dict:

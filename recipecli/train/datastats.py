@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..read.recipe import Recipe
-from . import atomic, data, datafiles, lossplot
+from . import atomic, data, datafiles, lossplot, templates
 from .data import IGNORED, Prepared
 
 TRUNCATED_WARNING = 0.05  # the share of truncated records that earns a warning
@@ -330,6 +330,19 @@ def _template_warnings(recipe: Recipe, tokenizer, prepared: list[Prepared]) -> l
     probe = [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"}]
     after = render(probe).rsplit("answer", 1)[-1]
     ends = [t for t in (tokenizer.eos_token, *tokenizer.get_added_vocab()) if t and t in after]
+    named = recipe.data.chat_template
+    if named in templates.TEMPLATES:
+        marker = templates.end_of_turn(named, tokenizer)
+        pieces = len(tokenizer(text=marker, add_special_tokens=False)["input_ids"])
+        if pieces != 1:
+            # The model learns to write the marker piece by piece, and generation stops only at a token.
+            found.append(DataWarning(recipe.locate(("data", "chat_template")), "$.data.chat_template",
+                                     f"warning: chat_template {named} ends turns with {marker!r}, which the "
+                                     f"tokenizer of {recipe.model.id} has no token for (it trains as {pieces} "
+                                     "pieces, and generation does not stop there)",
+                                     "name the template the model was trained with, or tokenizer for its own"))
+            return found
+        ends = [marker]
     if not ends:
         found.append(DataWarning(where, path, "warning: the chat template puts no end-of-turn token after assistant "
                                               f"turns (nothing like {tokenizer.eos_token!r} follows the answer): the "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipecli.fit.architectures import CATALOG, find_shape, shape_from_config
+from recipecli.fit.architectures import CATALOG, find_config, find_shape, shape_from_config
 from recipecli.errors import ExitCode, RecipeError, UnknownModel, UnknownTargets
 from recipecli.read.load import load_recipe
 
@@ -52,7 +52,21 @@ def test_aliases_share_one_shape():
     assert CATALOG["meta-llama/Llama-2-7b-chat-hf"] is CATALOG["meta-llama/Llama-2-7b-hf"]
     assert CATALOG["meta-llama/Llama-3.1-8B"] is CATALOG["meta-llama/Meta-Llama-3-8B"]
     assert CATALOG["Qwen/Qwen2.5-7B-Instruct"] is CATALOG["Qwen/Qwen2.5-7B"]
-    assert CATALOG["mistralai/Mistral-7B-Instruct-v0.2"] is CATALOG["mistralai/Mistral-7B-v0.1"]
+    assert CATALOG["mistralai/Mistral-7B-Instruct-v0.1"] is CATALOG["mistralai/Mistral-7B-v0.1"]
+
+
+def test_mistral_v0_1_alone_keeps_the_sliding_window():
+    # v0.2 dropped the window (config.json: null); transformers' default would put it back
+    assert CATALOG["mistralai/Mistral-7B-v0.1"].sliding_window == 4096
+    assert CATALOG["mistralai/Mistral-7B-Instruct-v0.2"].sliding_window is None
+    assert shape_from_config(find_config("mistralai/Mistral-7B-Instruct-v0.2")).sliding_window is None
+    # left out of config.json: MistralConfig's default; Qwen2 only with use_sliding_window
+    assert shape_from_config({"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "vocab_size": 10}).sliding_window == 4096
+    qwen = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "vocab_size": 10, "sliding_window": 4096}
+    assert shape_from_config(qwen).sliding_window is None
+    assert shape_from_config({**qwen, "use_sliding_window": True}).sliding_window == 4096
 
 
 def test_linear_modules_of_llama_with_grouped_query_attention():

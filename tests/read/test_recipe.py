@@ -21,6 +21,7 @@ LITERALS = {
     ("logging", "wandb", "mode"): recipe.WandbMode,
     ("distributed", "strategy"): recipe.Strategy,
     ("distributed", "zero_offload"): recipe.ZeroOffload,
+    ("data", "chat_template"): recipe.ChatTemplate,
 }
 
 

@@ -36,6 +36,10 @@ BREAKING = {
                                       "$.lora.modules_to_save[1]"),
     "early_stopping_needs_evaluations": ({"training": {"early_stopping_patience": 3}},
                                          "$.training.early_stopping_patience"),
+    # issue 10: dataset field and role names
+    "dataset_fields_match_the_format": ({"data": {"datasets": [{"path": "org/d", "format": "alpaca",
+                                                                "fields": {"messages": "dialog"}}]}},
+                                        "$.data.datasets[0].fields.messages"),
 }
 
 
@@ -98,3 +102,31 @@ def test_early_stopping_needs_a_checkpoint_at_each_evaluation_it_may_keep(make_r
 def test_early_stopping_with_matching_steps_is_valid(make_recipe):
     resolve(make_recipe({"training": {"early_stopping_patience": 2, "save_steps": 10, "eval_steps": 5},
                          "data": {"val_fraction": 0.1}}))
+
+
+HUB_CHAT = {"path": "org/d", "format": "chat"}
+
+
+@pytest.mark.parametrize("dataset, path, words", [
+    ({**HUB_CHAT, "format": "text", "fields": {"text": "body", "output": "x"}}, "$.data.datasets[0].fields.output",
+     "format text reads text"),
+    ({**HUB_CHAT, "format": "alpaca", "roles": {"user": ["human"]}}, "$.data.datasets[0].roles", "has no roles"),
+    ({**HUB_CHAT, "roles": {"user": ["human", "gpt"], "assistant": ["gpt"]}}, "$.data.datasets[0].roles.assistant[0]",
+     "'gpt' names both user and assistant"),
+])
+def test_dataset_names_must_fit_the_format_and_mean_one_role(make_recipe, dataset, path, words):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [dataset]}}))
+    assert [p.path for p in info.value.problems] == [path]
+    assert words in str(info.value)
+
+
+def test_dataset_names_that_fit_are_valid_and_a_pointless_template_is_a_warning(make_recipe):
+    ok = resolve(make_recipe({"data": {"datasets": [
+        {**HUB_CHAT, "fields": {"messages": "dialog", "role": "speaker"}, "roles": {"assistant": ["bot"]}},
+        {"path": "org/e", "format": "alpaca", "fields": {"instruction": "question", "output": "answer"}}],
+        "chat_template": "chatml"}}))
+    assert not ok.warnings
+    pointless = resolve(make_recipe({"data": {"chat_template": "llama3"}}))  # MINIMAL's data is alpaca
+    (warning,) = pointless.warnings
+    assert warning.path == "$.data.chat_template" and "changes nothing" in warning.message
