@@ -91,7 +91,7 @@ DEFAULTS = dict(method="lora", lora_r=16, targets="all-linear", attention="sdpa"
                 gradient_checkpointing=False, weight_bits=32, quant_type="nf4", double_quant=False, precision="fp32",
                 grad_accum=1, packing=False)
 # The tracer's own code: a row traced by an older probe is traced again.
-TRACER = [ROOT / "recipecli" / "train" / name for name in ("probe.py", "memtrace.py", "model.py")]
+TRACER = [ROOT / "recipecli" / "train" / name for name in ("probe.py", "kernels.py", "memtrace.py", "model.py")]
 
 
 def _rows(groups) -> list[dict]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+
 ABSENT = object()  # write(): this recipe leaves the Axolotl key out
 
 Read = Callable[[Any, dict], dict]  # (value, whole config or dataset entry) -> {recipe path: value}
@@ -373,11 +375,31 @@ def _load_best(v, cfg):
                        "early_stopping_patience is set", "remove it")
 
 
+# Axolotl's template names (its ChatTemplate enum) for the templates recipe names in data.chat_template.
+CHAT_TEMPLATES = {"tokenizer_default": "tokenizer", "chatml": "chatml", "llama3": "llama3", "mistral_v1": "mistral",
+                  "gemma": "gemma", "phi_3": "phi"}
+
+
 def _chat_template(v, cfg):
-    if v in (None, "tokenizer_default"):
+    if isinstance(v, str) and v in CHAT_TEMPLATES:
+        # tokenizer_default is recipe's default too: a converted recipe leaves it out.
+        return {} if CHAT_TEMPLATES[v] == "tokenizer" else {"data.chat_template": CHAT_TEMPLATES[v]}
+    raise NotConverted(f"chat template {_shown(v)} is not one recipe names",
+                       "recipe names " + ", ".join(CHAT_TEMPLATES) + " (written as tokenizer, chatml, llama3, mistral, "
+                       "gemma, phi)")
+
+
+def _write_chat_template(doc):
+    named = get(doc, "data.chat_template")
+    return ABSENT if named in (ABSENT, "tokenizer") else {v: k for k, v in CHAT_TEMPLATES.items()}[named]
+
+
+def _dataset_chat_template(v, entry):
+    # Axolotl lets a dataset override the template; recipe has one for all conversations.
+    if v == "tokenizer_default":
         return {}
-    raise NotConverted(f"chat template {_shown(v)}: recipe trains with the tokenizer's own chat template",
-                       "use a model whose tokenizer has the template, or tokenizer_default")
+    raise NotConverted(f"a chat template per dataset ({_shown(v)}): recipe renders every conversation with "
+                       "data.chat_template", "move it to the top-level chat_template")
 
 
 def _deepspeed(v, cfg):
@@ -479,7 +501,9 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("train_on_inputs", ("data.completion_only_loss",), _train_on_inputs,
         lambda doc: not get(doc, "data.completion_only_loss")),
     Row("val_set_size", ("data.val_fraction",), _val_set_size, lambda doc: get(doc, "data.val_fraction")),
-    Row("chat_template", (), _chat_template, lambda doc: ABSENT, "tokenizer_default is recipe's only template"),
+    Row("chat_template", ("data.chat_template",), _chat_template, _write_chat_template,
+        "tokenizer_default -> tokenizer, mistral_v1 -> mistral, phi_3 -> phi; recipe writes each template from the "
+        "public format: llama3 does not trim turns, gemma folds a system turn into the next user turn"),
     _row("micro_batch_size", "training.micro_batch_size"),
     _row("gradient_accumulation_steps", "training.gradient_accumulation_steps"),
     Row("num_epochs", ("training.epochs",), _epochs, _write_epochs, "ignored when max_steps is set, as in Axolotl"),
@@ -577,26 +601,54 @@ TOP_ROWS: tuple[Row, ...] = (
 
 # --- dataset entries -------------------------------------------------------------------------------
 
-# Axolotl `type` -> recipe format, for types whose prompt is the same on both sides.
-TYPES = {"alpaca": "alpaca", "completion": "text", "sharegpt": "sharegpt", "chat_template": "chat"}
+# Axolotl `type` -> recipe format, for types whose prompt is the same on both sides (alpaca_chat and
+# alpaca:chat are alpaca records with another prompt: said in TYPE_NOTES).
+TYPES = {"alpaca": "alpaca", "alpaca_chat": "alpaca", "alpaca:chat": "alpaca", "completion": "text",
+         "sharegpt": "sharegpt", "chat_template": "chat"}
 _SHAREGPT_FIELDS = {"role": "from", "content": "value"}
-_CHAT_FIELDS = {"role": "role", "content": "content"}
+# Each recipe format's own names (recipe's fields default to them; data.py reads them).
+_OWN_NAMES = {"chat": {"messages": "messages", "role": "role", "content": "content"},
+              "sharegpt": {"messages": "conversations", "role": "from", "content": "value"},
+              "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
+              "text": {"text": "text"}}
+_OWN_ROLES = {"chat": {"system": ["system"], "user": ["user"], "assistant": ["assistant"]},
+              "sharegpt": {"system": ["system"], "user": ["human", "user"], "assistant": ["gpt", "assistant"]}}
+# A user-defined Axolotl type with these prompts builds recipe's alpaca prompt exactly.
+_ALPACA_TYPE = {"format": ALPACA_PROMPT_WITH_INPUT, "no_input_format": ALPACA_PROMPT}
 
 
 def _type(v, entry):
     if isinstance(v, str) and v in TYPES:
-        fmt = TYPES[v]
-        if fmt == "chat" and _sharegpt_layout(entry):
-            fmt = "sharegpt"
-        return {"format": fmt}
+        return {"format": _format_of(entry)}
     if isinstance(v, dict):
-        raise NotConverted("a custom prompt type (a mapping) is not supported",
-                           "convert the data to alpaca, chat or prompt/completion records")
+        return _custom_type(v)
     if v is None:
         raise NotConverted("a dataset without type is pre-tokenized input_ids, which recipe does not read",
                            "give the text records and their type")
     raise NotConverted(f"dataset type {_shown(v)} is not one recipe reads",
-                       "recipe reads alpaca, chat_template, sharegpt and completion")
+                       "recipe reads " + ", ".join(TYPES))
+
+
+def _format_of(entry) -> str:
+    fmt = TYPES[entry["type"]]
+    if entry["type"] == "sharegpt":
+        return fmt
+    # chat_template turns {from, value} are recipe's sharegpt format (its roles include human and gpt).
+    return "sharegpt" if fmt == "chat" and _mappings(entry) == _SHAREGPT_FIELDS else fmt
+
+
+def _custom_type(v: dict) -> dict:
+    """A user-defined type: recipe's alpaca with the data's field names, when its prompt is recipe's."""
+    names = {"field_instruction": "instruction", "field_input": "input", "field_output": "output"}
+    other = [k for k in v if k not in names and k not in _ALPACA_TYPE]
+    if other or any(v.get(k) != prompt for k, prompt in _ALPACA_TYPE.items()):
+        raise NotConverted("a custom prompt type is supported only as recipe's alpaca prompt (format and "
+                           "no_input_format as `recipe convert --to axolotl` writes them, and field_* names)",
+                           "convert the data to alpaca, chat or prompt/completion records, or use type: alpaca")
+    if not all(isinstance(v.get(k, ""), str) and v.get(k) != "" for k in names if k in v):
+        raise NotConverted("field_instruction, field_input and field_output are field names (text)")
+    fields = {names[k]: v[k] for k in names if k in v and v[k] != _OWN_NAMES["alpaca"][names[k]]}
+    return {"format": "alpaca", **({"fields": fields} if fields else {})}
 
 
 def _mappings(entry) -> dict:
@@ -608,12 +660,17 @@ def _mappings(entry) -> dict:
     return found
 
 
-def _sharegpt_layout(entry) -> bool:
-    """field_messages: conversations with {from, value} turns is recipe's sharegpt format."""
-    return entry.get("field_messages") == "conversations" and _mappings(entry) == _SHAREGPT_FIELDS
+def _conversational(entry) -> str:
+    if entry.get("type") not in TYPES or TYPES[entry["type"]] not in ("chat", "sharegpt"):
+        raise NotConverted(f"message fields with type {_shown(entry.get('type'))}: only conversations have them",
+                           "use type: chat_template, or remove the key")
+    return _format_of(entry)
 
 
 def _write_type(d):
+    if d["format"] == "alpaca" and d.get("fields"):
+        mine = {**_OWN_NAMES["alpaca"], **d["fields"]}
+        return {f"field_{k}": mine[k] for k in ("instruction", "input", "output")} | dict(_ALPACA_TYPE)
     return {"alpaca": "alpaca", "text": "completion", "chat": "chat_template",
             "sharegpt": "chat_template"}.get(d["format"]) or _unexpressible_format(d["format"])
 
@@ -624,21 +681,49 @@ def _unexpressible_format(fmt):
 
 
 def _message_fields(v, entry):
-    """field_messages and the turn mappings, read together: the two layouts recipe reads."""
-    messages = entry.get("field_messages", "messages")
-    if _sharegpt_layout(entry) or (messages == "messages" and _mappings(entry) in ({}, _CHAT_FIELDS)):
-        return {}
-    turns = ", ".join(f"{k}: {v}" for k, v in _mappings(entry).items()) or "role, content"
-    raise NotConverted(f"messages in field {_shown(messages)} with turns {{{turns}}}: recipe reads messages "
-                       "[{role, content}] or conversations [{from, value}]", "rename the fields in the data file")
+    """field_messages and the turn mappings, read together, as recipe's fields where they differ
+    from the format's own names (Axolotl's chat_template defaults are recipe chat's)."""
+    fmt = _conversational(entry)
+    mappings = _mappings(entry)
+    other = [k for k in mappings if k not in ("role", "content")]
+    if other:
+        raise NotConverted(f"message property {other[0]!r}: recipe reads a turn's role and content only",
+                           "remove it from message_property_mappings")
+    # Axolotl's own names: its legacy sharegpt type reads conversations [{from, value}].
+    own = _OWN_NAMES["sharegpt" if entry.get("type") == "sharegpt" else "chat"]
+    names = {"messages": entry.get("field_messages", own["messages"]), "role": mappings.get("role", own["role"]),
+             "content": mappings.get("content", own["content"])}
+    if not all(isinstance(n, str) and n for n in names.values()):
+        raise NotConverted(f"field names must be text, got {_shown(list(names.values()))}")
+    fields = {k: n for k, n in names.items() if n != _OWN_NAMES[fmt][k]}
+    return {"fields": fields} if fields else {}
+
+
+def _write_field_messages(d):
+    if d["format"] not in ("chat", "sharegpt"):
+        return ABSENT
+    name = (d.get("fields") or {}).get("messages", _OWN_NAMES[d["format"]]["messages"])
+    return ABSENT if name == "messages" else name
+
+
+def _write_mappings(d):
+    if d["format"] not in ("chat", "sharegpt"):
+        return ABSENT
+    names = {k: (d.get("fields") or {}).get(k, _OWN_NAMES[d["format"]][k]) for k in ("role", "content")}
+    return ABSENT if names == {"role": "role", "content": "content"} else names
 
 
 def _roles(v, entry):
-    default = {"user": ["human", "user"], "assistant": ["gpt", "assistant"], "system": ["system"]}
-    if isinstance(v, dict) and all(isinstance(s, list) and set(s) <= set(default.get(k, ())) for k, s in v.items()):
-        return {}
-    raise NotConverted(f"roles {_shown(v)}: recipe maps human/user, gpt/assistant and system only",
-                       "rename the roles in the data file")
+    fmt = _conversational(entry)
+    if not isinstance(v, dict) or not all(isinstance(s, list) and s and all(isinstance(n, str) and n for n in s)
+                                          for s in v.values()):
+        raise NotConverted(f"expected {{role: [names in the data]}}, got {_shown(v)}")
+    other = [k for k in v if k not in _OWN_ROLES[fmt]]
+    if other:
+        raise NotConverted(f"role {other[0]!r}: recipe's conversations have system, user and assistant turns",
+                           "remove it, and the turns of that role from the data")
+    roles = {k: list(s) for k, s in v.items() if list(s) != _OWN_ROLES[fmt][k]}
+    return {"roles": roles} if roles else {}
 
 
 def _roles_to_train(v, entry):
@@ -658,9 +743,12 @@ def _ds_type(v, entry):
 
 
 def _completion_field(v, entry):
-    if v == "text":
-        return {}
-    raise NotConverted(f"text in field {_shown(v)}: recipe's text format reads field text", "rename the field")
+    if entry.get("type") != "completion":
+        raise NotConverted(f"field with type {_shown(entry.get('type'))}: recipe reads it for type completion only",
+                           "remove it")
+    if not isinstance(v, str) or not v:
+        raise NotConverted(f"field {_shown(v)} is not a field name")
+    return {} if v == "text" else {"fields": {"text": v}}
 
 
 DATASET_ROWS: tuple[Row, ...] = (
@@ -672,17 +760,21 @@ DATASET_ROWS: tuple[Row, ...] = (
     Row("split", ("split",), lambda v, e: {"split": v}, lambda d: d["split"] if d.get("split") != "train" else ABSENT),
     Row("name", ("subset",), lambda v, e: {"subset": v}, lambda d: d.get("subset", ABSENT)),
     Row("ds_type", (), _ds_type, lambda d: ABSENT, "must agree with the file's suffix"),
-    Row("field_messages", (), _message_fields,
-        lambda d: "conversations" if d["format"] == "sharegpt" else ABSENT),
-    Row("message_property_mappings", (), _message_fields,
-        lambda d: dict(_SHAREGPT_FIELDS) if d["format"] == "sharegpt" else ABSENT),
-    Row("message_field_role", (), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
-    Row("message_field_content", (), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
-    Row("roles", (), _roles, lambda d: ABSENT, "Axolotl's default mapping only"),
+    Row("field_messages", ("fields",), _message_fields, _write_field_messages,
+        "the field of the turns -> fields.messages where it is not the format's own"),
+    Row("message_property_mappings", ("fields",), _message_fields, _write_mappings,
+        "{role, content} -> fields.role and fields.content; {from, value} makes the format sharegpt"),
+    Row("message_field_role", ("fields",), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
+    Row("message_field_content", ("fields",), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
+    Row("roles", ("roles",), _roles, lambda d: d.get("roles", ABSENT),
+        "system, user and assistant; Axolotl's default also reads human and gpt, recipe's chat format does not"),
     Row("roles_to_train", (), _roles_to_train, lambda d: ABSENT),
     Row("train_on_eos", (), _only("turn", why="recipe trains the end of each assistant turn"), lambda d: ABSENT),
-    Row("chat_template", (), _chat_template, lambda d: ABSENT),
-    Row("field", (), _completion_field, lambda d: ABSENT),
+    Row("chat_template", (), _dataset_chat_template, lambda d: ABSENT, "tokenizer_default only: the top-level key "
+        "names the template"),
+    Row("field", ("fields",), _completion_field,
+        lambda d: d["fields"]["text"] if d["format"] == "text" and "text" in (d.get("fields") or {}) else ABSENT,
+        "type completion's text field -> fields.text"),
     Row("trust_remote_code", (), _only(False, why="recipe never runs a dataset's code"), lambda d: ABSENT),
 )
 
@@ -716,11 +808,15 @@ ADAPTER_NEEDS = {
     "lora_alpha": "add lora_alpha (twice lora_r is common)",
     "lora_target_modules": "add lora_target_linear: true (every linear layer) or lora_target_modules: [q_proj, v_proj]",
 }
-# Said once per conversion when a dataset of this format is converted.
-FORMAT_NOTES = {
+# Said once per conversion where a dataset has this Axolotl type, read or written: the records
+# convert, the prompt they train with differs (a user-defined type with recipe's prompt does not).
+TYPE_NOTES = {
     "alpaca": "alpaca prompts: Axolotl starts each with the line 'Below is an instruction that describes a "
               "task...'; recipe's alpaca template has no preamble (the prompt is ### Instruction / ### Response)",
+    "alpaca_chat": "alpaca_chat prompts: Axolotl writes 'USER: ... ASSISTANT:'; recipe's alpaca prompt is "
+                   "### Instruction / ### Response",
 }
+TYPE_NOTES["alpaca:chat"] = TYPE_NOTES["alpaca_chat"]
 
 
 def row_for(key: str, rows: tuple[Row, ...]) -> Row | None:

@@ -109,8 +109,9 @@ def from_axolotl(doc: Document, header: dict, out_dir: Optional[Path]) -> Conver
         conv.unconverted.append(Unconverted(doc.values[("datasets",)], "datasets", cfg["datasets"],
                                             "expected a list of datasets", "datasets: [{path: ..., type: ...}]"))
     _defaults(conv, doc)
-    formats = {d.get("format") for d in conv.document.get("data", {}).get("datasets", [])}
-    conv.notes += [note for fmt, note in axolotl.FORMAT_NOTES.items() if fmt in formats]
+    entries = cfg.get("datasets") if isinstance(cfg.get("datasets"), list) else []
+    types = {e.get("type") for e in entries if isinstance(e, dict) and isinstance(e.get("type"), str)}
+    conv.notes += [note for kind, note in axolotl.TYPE_NOTES.items() if kind in types]
     _local_paths(conv.document, out_dir)
     conv.unconverted.sort(key=lambda u: (u.location.line, u.location.column))  # in file order
     return conv
@@ -156,7 +157,11 @@ def _dataset(conv: Conversion, doc: Document, i: int, entry) -> dict:
         if value is None and key != "type":
             conv.empty.append(name)
             continue
-        out.update(_apply(conv, row, value, entry, key_at, name, ("data", "datasets", i), value_at))
+        for dotted, new in _apply(conv, row, value, entry, key_at, name, ("data", "datasets", i), value_at).items():
+            if isinstance(new, dict) and isinstance(out.get(dotted), dict):
+                out[dotted] = {**out[dotted], **new}  # fields read by several keys (field_messages, mappings)
+            else:
+                out[dotted] = new
     return out
 
 
@@ -230,8 +235,8 @@ def to_axolotl(doc: dict, locate, extends_at: Optional[Location]) -> Conversion:
             if name not in dataset_fields:
                 conv.unconverted.append(Unconverted(locate(("data", "datasets", i, name)),
                                                     f"data.datasets[{i}].{name}", value, "Axolotl has no key for it"))
-    formats = {d["format"] for d in doc["data"]["datasets"]}
-    conv.notes += [note for fmt, note in axolotl.FORMAT_NOTES.items() if fmt in formats]
+    types = {e.get("type") for e in conv.document["datasets"] if isinstance(e.get("type"), str)}
+    conv.notes += [note for kind, note in axolotl.TYPE_NOTES.items() if kind in types]
     if extends_at is not None:
         conv.notes.append(f"{extends_at}: key 'extends': resolved: the base's values are written out in full "
                           "(Axolotl has no bases)")

@@ -304,7 +304,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         ("optimizer", states + step_temp, opt_how + per_gpu
          + (f" + {gib(step_temp)} step temporaries" if step_temp else "")),
         ("activations", act, act_how),
-        ("logits", loss, loss_how if loss else "freed before the peak"),
+        ("logits", loss, loss_how if loss else f"freed before the peak ({loss_how})"),
         ("dequant_buffer", dequant, f"largest quantized layer ({biggest:,} weights) in "
          f"{dt.compute}-byte compute dtype" if dequant else "no quantized layer at the peak"),
     )

@@ -32,6 +32,10 @@ ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
 ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# The prompt an alpaca record trains with (train/data.py), here because it is what format alpaca
+# means: the converter writes it into an Axolotl config, which must build the same prompt.
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 # Fields that are not written in a recipe file: the codec skips them both ways.
 NOT_IN_DOCUMENT = {"document": False}
 

@@ -6,8 +6,10 @@
     checkpoints and the stop on NaN; checkpoints: which are whole; failures: OOM, full disk;
     callbacks, tracking) -> runfolder + lossplot (what a run leaves behind)
     -> after (merge, generate); tiny (the demo model)
-    memtrace + probe: one training step traced, allocation by allocation, on real tensors or at full
-    size under FakeTensorMode (issue 8; not yet behind a command)
+    memtrace + probe (+ kernels: the GPU's kernels stood in on the CPU) -> measure: one training
+    step traced, allocation by allocation, on real tensors or at full size under FakeTensorMode
+    (`recipe probe`); gpuprobe: the same steps measured on a GPU
+    launch: a distributed run handed to accelerate; data + datastats: what will be trained
 
 Owns: everything that touches torch, transformers, peft, trl, bitsandbytes, datasets and wandb.
 Those are imported inside functions only, so importing this package stays cheap.

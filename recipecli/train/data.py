@@ -18,6 +18,11 @@ text               text                 nothing: every token is trained
 A mix of prompt/completion and conversational datasets becomes conversational (the prompt is
 the user turn, the completion the assistant turn); plain text mixes with neither.
 
+Each dataset is read through its ``Reader``: the format's field names, or the data's own where
+``fields`` renames them, and for conversations the role each name of the data means (``roles``).
+Conversations are rendered with ``data.chat_template``: the tokenizer's own, or a named one of
+templates.py, already marked for answer-only loss.
+
 ``recipe run`` and ``recipe data`` share one pipeline, ``prepare``: read -> mix and split ->
 ``tokenize`` -> ``truncate`` -> drop what has no trained token left. The trainer gets its result
 already tokenized (input_ids and labels), so TRL only packs and pads it, and the statistics
@@ -35,12 +40,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import DataError
-from ..read.recipe import Format, Recipe
+from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, Format, Recipe
 from . import datafiles, templates
 from .datafiles import Place, kind
 
-ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
-ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 
 _LAYOUT: dict[str, str] = {
     "alpaca": "prompt_completion",

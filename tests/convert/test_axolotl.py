@@ -32,7 +32,7 @@ READS = {
     "sample_packing": (True, {}, {"data.packing": True}),
     "train_on_inputs": (True, {}, {"data.completion_only_loss": False}),
     "val_set_size": (0.1, {}, {"data.val_fraction": 0.1}),
-    "chat_template": ("tokenizer_default", {}, {}),
+    "chat_template": ("chatml", {}, {"data.chat_template": "chatml"}),
     "micro_batch_size": (4, {}, {"training.micro_batch_size": 4}),
     "gradient_accumulation_steps": (8, {}, {"training.gradient_accumulation_steps": 8}),
     "num_epochs": (3, {}, {"training.epochs": 3}),
@@ -92,7 +92,7 @@ REFUSALS = {
     "gradient_checkpointing": ("offload", {}, "no offload"),
     "gradient_checkpointing_kwargs": ({"use_reentrant": True}, {}, "use_reentrant false"),
     "bf16": (True, {"fp16": True}, "no precision recipe knows"),
-    "chat_template": ("chatml", {}, "tokenizer's own chat template"),
+    "chat_template": ("jinja", {}, "not one recipe names"),
     "eval_steps": (0.25, {}, "a fraction of the run"),
     "wandb_mode": ("shared", {}, "not online, offline or disabled"),
     "tf32": (True, {}, "TF32"),
@@ -112,6 +112,7 @@ REFUSALS = {
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
 }
 
+CHAT = {"type": "chat_template"}
 DATASET_READS = {
     "path": ("org/data", {}, {"path": "org/data"}),
     "type": ("chat_template", {"field_messages": "conversations",
@@ -120,16 +121,47 @@ DATASET_READS = {
     "split": ("test", {}, {"split": "test"}),
     "name": ("en", {}, {"subset": "en"}),
     "ds_type": ("json", {"path": "./d.jsonl"}, {}),
-    "field_messages": ("messages", {}, {}),
-    "message_property_mappings": ({"role": "role", "content": "content"}, {}, {}),
-    "message_field_role": ("from", {"field_messages": "conversations", "message_field_content": "value"}, {}),
-    "message_field_content": ("value", {"field_messages": "conversations", "message_field_role": "from"}, {}),
-    "roles": ({"user": ["human"], "assistant": ["gpt"]}, {}, {}),
+    "field_messages": ("dialog", CHAT, {"fields": {"messages": "dialog"}}),
+    "message_property_mappings": ({"role": "speaker", "content": "text"}, CHAT,
+                                  {"fields": {"role": "speaker", "content": "text"}}),
+    "message_field_role": ("from", {**CHAT, "field_messages": "conversations", "message_field_content": "value"}, {}),
+    "message_field_content": ("value", {**CHAT, "field_messages": "conversations", "message_field_role": "from"}, {}),
+    "roles": ({"user": ["human"], "assistant": ["gpt"]}, CHAT, {"roles": {"user": ["human"], "assistant": ["gpt"]}}),
     "roles_to_train": (["assistant"], {}, {}),
     "train_on_eos": ("turn", {}, {}),
     "chat_template": ("tokenizer_default", {}, {}),
-    "field": ("text", {}, {}),
+    "field": ("body", {"type": "completion"}, {"fields": {"text": "body"}}),
     "trust_remote_code": (False, {}, {}),
+}
+
+# Dataset entries and the recipe dataset each becomes (issue 10: Axolotl's type aliases and field names).
+ENTRIES = {
+    "alpaca_chat": ({"type": "alpaca_chat"}, {"format": "alpaca"}),
+    "alpaca:chat": ({"type": "alpaca:chat"}, {"format": "alpaca"}),
+    "completion": ({"type": "completion"}, {"format": "text"}),
+    "legacy sharegpt": ({"type": "sharegpt"}, {"format": "sharegpt"}),
+    "legacy sharegpt, renamed": ({"type": "sharegpt", "field_messages": "dialog"},
+                                 {"format": "sharegpt", "fields": {"messages": "dialog"}}),
+    "from/value elsewhere": ({**CHAT, "field_messages": "turns", "message_property_mappings": {
+        "role": "from", "content": "value"}}, {"format": "sharegpt", "fields": {"messages": "turns"}}),
+    "chat renamed": ({**CHAT, "field_messages": "dialog", "message_field_role": "who",
+                      "roles": {"assistant": ["bot"], "user": ["user"]}},
+                     {"format": "chat", "fields": {"messages": "dialog", "role": "who"}, "roles": {"assistant": ["bot"]}}),
+    "user-defined alpaca": ({"type": {"field_instruction": "question", "field_output": "answer",
+                                      "format": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+                                                "### Response:\n",
+                                      "no_input_format": "### Instruction:\n{instruction}\n\n### Response:\n"}},
+                            {"format": "alpaca", "fields": {"instruction": "question", "output": "answer"}}),
+}
+
+DATASET_REFUSALS = {
+    "type": ({"field_instruction": "q", "format": "[INST] {instruction} [/INST]"}, {}, "custom prompt type"),
+    "field_messages": ("dialog", {"type": "alpaca"}, "only conversations have them"),
+    "message_property_mappings": ({"role": "role", "content": "content", "tool_calls": "calls"}, CHAT,
+                                  "message property 'tool_calls'"),
+    "roles": ({"tool": ["function"]}, CHAT, "role 'tool'"),
+    "chat_template": ("chatml", CHAT, "a chat template per dataset"),
+    "field": ("body", {"type": "alpaca"}, "for type completion only"),
 }
 
 
@@ -221,3 +253,59 @@ def test_liger_is_written_as_the_plugin_and_every_switch_that_reads_back():
     assert read == {"training.liger_kernel": True}
     assert all(row.write({"method": "lora", "training": {"liger_kernel": False}}) is ABSENT
                for row in TOP_ROWS if row.key == "plugins" or row.key.startswith("liger_"))
+
+
+def _read_entry(entry: dict) -> dict:
+    """What translate does with one entry: every key's row, the fields of several merged."""
+    out: dict = {}
+    for key, value in entry.items():
+        for name, new in row_for(key, DATASET_ROWS).read(value, entry).items():
+            out[name] = {**out.get(name, {}), **new} if isinstance(new, dict) and name in out else new
+    return out
+
+
+@pytest.mark.parametrize("name", list(ENTRIES))
+def test_dataset_types_and_names_read_and_write_back(name):
+    entry, expected = ENTRIES[name]
+    assert _read_entry(entry) == expected
+    written = {}
+    for row in DATASET_ROWS:
+        try:
+            value = row.write({"path": "org/d", "split": "train", **expected})
+        except NotConverted:
+            continue
+        if value is not ABSENT and value is not None:
+            written[row.key] = value
+    assert _read_entry({k: v for k, v in written.items() if k != "path"}) == expected, written
+
+
+@pytest.mark.parametrize("key", sorted(DATASET_REFUSALS))
+def test_each_dataset_row_refuses_what_recipe_cannot_do(key):
+    value, rest, words = DATASET_REFUSALS[key]
+    with pytest.raises(NotConverted, match=words):
+        row_for(key, DATASET_ROWS).read(value, {key: value, **rest})
+
+
+def test_every_named_template_has_an_axolotl_name():
+    from recipecli.convert.axolotl import CHAT_TEMPLATES
+
+    assert sorted(CHAT_TEMPLATES.values()) == sorted(
+        schema()["properties"]["data"]["properties"]["chat_template"]["enum"])
+    written = row_for("chat_template", TOP_ROWS).write({"data": {"chat_template": "phi"}})
+    assert written == "phi_3" and row_for("chat_template", TOP_ROWS).write({"data": {"chat_template": "tokenizer"}}) \
+        is ABSENT
+
+
+_PROMPTS = {"format": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+            "no_input_format": "### Instruction:\n{instruction}\n\n### Response:\n"}
+
+
+@pytest.mark.parametrize("key, value, rest", [
+    ("roles", {"user": "human"}, CHAT), ("roles", ["user"], CHAT), ("roles", {"user": []}, CHAT),
+    ("field_messages", 5, CHAT), ("message_property_mappings", {"role": ["x"]}, CHAT),
+    ("type", {"field_instruction": 5, **_PROMPTS}, {}), ("type", {"field_output": "", **_PROMPTS}, {}),
+    ("type", 7, {}), ("field", "", {"type": "completion"}), ("field", {"a": 1}, {"type": "completion"}),
+], ids=str)
+def test_hostile_dataset_values_are_reported_not_crashed_on(key, value, rest):
+    with pytest.raises(NotConverted):
+        row_for(key, DATASET_ROWS).read(value, {key: value, **rest})

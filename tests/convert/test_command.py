@@ -37,12 +37,17 @@ def here(tmp_path, monkeypatch, offline) -> Path:
         shutil.copy(config, tmp_path)
     (tmp_path / "chat.jsonl").write_text('{"conversations": [{"from": "human", "value": "hi"}, '
                                          '{"from": "gpt", "value": "hello"}]}\n')
-    (tmp_path / "corpus.jsonl").write_text('{"text": "plain text"}\n')
+    (tmp_path / "corpus.jsonl").write_text('{"body": "plain text"}\n')
+    (tmp_path / "support.jsonl").write_text('{"dialog": [{"speaker": "customer", "text": "hi"}, '
+                                            '{"speaker": "agent", "text": "hello"}]}\n')
+    (tmp_path / "instructions.jsonl").write_text('{"instruction": "Add.", "output": "2"}\n')
+    (tmp_path / "qa.jsonl").write_text('{"question": "Add.", "context": "1 + 1", "answer": "2"}\n')
     (tmp_path / "notes.jsonl").write_text('{"body": "a note"}\n')
     return tmp_path
 
 
-@pytest.mark.parametrize("config", ["qlora-chat.yml", "lora-alpaca-8bit.yml", "full-completion.yml"])
+@pytest.mark.parametrize("config", ["qlora-chat.yml", "lora-alpaca-8bit.yml", "full-completion.yml",
+                                    "renamed-fields.yml"])
 def test_a_supported_config_converts_with_every_key_mapped_and_validates(here, config):
     result = convert(config, "--from", "axolotl", "-o", "recipe.yaml", "--gpu", "rtx2080")
     assert result.exit_code == 0, result.output
@@ -57,11 +62,35 @@ def test_what_the_chat_config_becomes(here):
     r = load_recipe(here / "r.yaml")
     assert (r.method, r.quantization.bits, r.lora.r, r.lora.use_rslora) == ("qlora", 4, 16, True)
     assert r.data.datasets[0].format == "sharegpt" and r.data.datasets[0].path == str(here / "chat.jsonl")
+    support = r.data.datasets[1]
+    assert (support.format, support.fields.messages, support.fields.role, support.fields.content) == (
+        "chat", "dialog", "speaker", "text")
+    assert (support.roles.user, support.roles.assistant, support.roles.system) == (("customer",), ("agent",), None)
+    assert r.data.chat_template == "chatml"
     t = r.training
     assert (t.optimizer, t.warmup_steps, t.warmup_ratio, t.eval_steps, t.attention) == ("adamw_8bit", 20, None, 50, "sdpa")
     assert (t.learning_rate, t.weight_decay, t.max_grad_norm, t.epochs) == (2e-4, 0.01, 0.5, 2)
     assert r.wandb.project == "chat-qlora" and r.wandb.run_name == "first-try"
     assert "Empty in the source" in (here / "r.yaml").read_text()  # wandb_entity:, fp16: ... are named
+
+
+def test_renamed_fields_convert_and_the_data_reads_by_them(here):
+    """Every key maps, and the converted recipe reads the corpus' data through its own names."""
+    from recipecli.train import data
+
+    for config in ("qlora-chat.yml", "renamed-fields.yml", "full-completion.yml"):
+        result = convert(config, "--from", "axolotl", "-o", f"{config}.yaml")
+        assert result.exit_code == 0 and "not converted" not in result.output, result.output
+        examples = [e.columns for e in data.read_examples(load_recipe(here / f"{config}.yaml"))
+                    if e.place.name.endswith((".jsonl"))]
+        assert examples, config
+    r = load_recipe(here / "renamed-fields.yml.yaml")
+    qa, chat = r.data.datasets
+    assert (qa.format, qa.fields.instruction, qa.fields.input, qa.fields.output) == ("alpaca", "question", "context",
+                                                                                     "answer")
+    assert chat.format == "alpaca" and chat.fields is None
+    assert "alpaca_chat prompts" in convert("renamed-fields.yml", "--from", "axolotl").output
+    assert data.read_examples(load_recipe(here / "full-completion.yml.yaml"))[0].columns == {"text": "plain text"}
 
 
 def test_axolotl_defaults_that_differ_are_written(here):
@@ -84,7 +113,7 @@ def test_unmapped_keys_are_reported_at_their_lines_and_nothing_is_written(here):
         line = next(i for i, text in enumerate(lines, 1) if text.startswith(key + ":"))
         assert f"unsupported.yml:{line}:1: key '{key}': not converted: " in result.output, key
     assert "key 'datasets[0].type': not converted: dataset type 'chatml.intel'" in result.output
-    assert "key 'datasets[1].field': not converted" in result.output
+    assert "key 'datasets[1].roles': not converted: message fields with type 'completion'" in result.output
     assert "preference training" in result.output and "cut cross-entropy is not" in result.output
     assert "hint: did you mean 'lora_modules_to_save'?" in result.output
     assert "9 keys not converted: nothing written" in result.output
@@ -158,6 +187,12 @@ DELTAS = {
                                                                "max_steps": 30, "lr_scheduler": "linear"}},
     "rslora-names": {"lora": {"use_rslora": True, "target_modules": ["q_proj", "v_proj"], "r": 4}},
     "wandb": {"logging": {"wandb": {"project": "p", "entity": "e", "run_name": "n", "mode": "offline"}}},
+    "renamed-fields": {"data": {"chat_template": "gemma", "datasets": [
+        {"path": "org/chat", "format": "chat", "fields": {"messages": "dialog", "content": "text"},
+         "roles": {"assistant": ["bot", "agent"]}},
+        {"path": "org/sg", "format": "sharegpt", "fields": {"messages": "turns"}},
+        {"path": "org/qa", "format": "alpaca", "fields": {"output": "answer"}},
+        {"path": "org/notes", "format": "text", "fields": {"text": "body"}}]}},
     "chat-sharegpt": {"data": {"datasets": [{"path": "org/chat", "format": "chat"},
                                             {"path": "org/sg", "format": "sharegpt", "split": "test",
                                              "subset": "en"}], "completion_only_loss": False, "packing": True}},

@@ -59,6 +59,10 @@ _DELTAS = [
         [None, {"bits": 8}, {"bits": 4, "type": "fp4", "double_quant": False}, {"compute_dtype": "float32"}],
         [{}, {"max_steps": 7}, {"epochs": 2.5}, {"max_steps": 3, "epochs": 2}])
     if not (q and m != "qlora")
+] + [  # issue 10: a dataset's own field and role names, a named chat template
+    {"method": "lora", "data": {"chat_template": "llama3", "datasets": [
+        {"path": "org/c", "format": "chat", "fields": {"messages": "dialog"}, "roles": {"assistant": ["bot", "gpt"]}},
+        {"path": "org/a", "format": "alpaca", "fields": {"instruction": "q", "input": "ctx", "output": "a"}}]}},
 ]
 
 

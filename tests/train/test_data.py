@@ -365,3 +365,76 @@ def test_files_that_exhaust_a_parser_are_located_errors(recipe, tmp_path):
     assert "deep.json: nested too deeply to read" in _error_of(recipe((tmp_path / "deep.json", "text")))
     assert "big.csv: not readable as CSV: field larger than field limit" in _error_of(
         recipe((tmp_path / "big.csv", "text")))
+
+
+# issue 10: data that names its fields and roles its own way (data.datasets[].fields and roles)
+@pytest.fixture
+def named(make_recipe):
+    def make(path, fmt, **names):
+        return load_recipe(make_recipe({"data": {"datasets": [{"path": str(path), "format": fmt, **names}]}}))
+    return make
+
+
+def test_renamed_fields_and_roles_read_as_the_format_s_own(named, tmp_path):
+    dialog = tmp_path / "dialog.jsonl"
+    dialog.write_text(json.dumps({"turns": [{"who": "customer", "says": "hi"}, {"who": "bot", "says": "hello"},
+                                            {"who": "rules", "says": "be kind"}]}) + "\n")
+    r = named(dialog, "chat", fields={"messages": "turns", "role": "who", "content": "says"},
+              roles={"user": ["customer"], "assistant": ["bot"], "system": ["rules"]})
+    (example,) = data.read_examples(r)
+    assert example.columns == {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                            {"role": "system", "content": "be kind"}]}
+    qa = tmp_path / "qa.csv"
+    qa.write_text("question,answer\nWhat is 1 + 1?,2\n")
+    (alpaca,) = data.read_examples(named(qa, "alpaca", fields={"instruction": "question", "output": "answer"}))
+    assert alpaca.columns == {"prompt": data.alpaca_prompt("What is 1 + 1?"), "completion": "2"}
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"body": "a note"}\n')
+    (text,) = data.read_examples(named(notes, "text", fields={"text": "body"}))
+    assert text.columns == {"text": "a note"}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"q": "a", "a": "b"}\n')
+    (pc,) = data.read_examples(named(pairs, "prompt_completion", fields={"prompt": "q", "completion": "a"}))
+    assert pc.columns == {"prompt": "a", "completion": "b"}
+
+
+def test_a_role_written_in_roles_replaces_the_format_s_names_for_it(named, tmp_path):
+    """sharegpt reads human and gpt; roles: {assistant: [bot]} makes bot the only assistant name."""
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]})
+                    + "\n")
+    with pytest.raises(DataError) as error:
+        data.read_examples(named(talk, "sharegpt", roles={"assistant": ["bot"]}))
+    assert str(error.value).startswith(f"{talk}:1:63: $.conversations[1].from: ")
+    assert "data.datasets[0].roles" in error.value.hint
+
+
+@pytest.mark.parametrize("record, names, located, words", [
+    ({"dialog": [{"speaker": "user", "text": "hi"}]}, {"fields": {"messages": "dialog", "content": "text"}},
+     "1:13: $.dialog[0].role", 'missing; the record has "speaker", "text"'),
+    ({"messages": [{"role": "user", "content": "hi"}]}, {"fields": {"messages": "dialog"}},
+     "1:1: $.dialog", 'missing; the record has "messages"'),
+    ({"dialog": [{"speaker": "agent", "text": "hi"}]}, {"fields": {"messages": "dialog", "role": "speaker",
+                                                                   "content": "text"}},
+     "1:25: $.dialog[0].speaker", '"agent" is not a chat role'),
+    ({"question": "q", "answer": 7}, {"fields": {"instruction": "question", "output": "answer"}},
+     "1:29: $.answer", "must be a string, got a number 7"),
+])
+def test_a_record_without_a_renamed_field_is_located_at_it(named, tmp_path, record, names, located, words):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(record) + "\n")
+    fmt = "alpaca" if "question" in record else "chat"
+    with pytest.raises(DataError) as error:
+        data.read_examples(named(bad, fmt, **names))
+    first = str(error.value).splitlines()[0]
+    assert first.startswith(f"{bad}:{located}: ") and words in first, first
+
+
+def test_a_missing_field_names_the_recipe_field_that_renames_it(named, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "response": "a"}\n')
+    with pytest.raises(DataError) as error:
+        data.read_examples(named(bad, "alpaca", fields={"instruction": "question"}))
+    assert error.value.path == "$.output"
+    assert "format alpaca reads question, output and optionally input" in error.value.hint
+    assert "data.datasets[0].fields.output" in error.value.hint

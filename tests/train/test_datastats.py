@@ -15,8 +15,9 @@ import zlib
 
 import pytest
 
+from recipecli.errors import DataError
 from recipecli.read.load import load_recipe
-from recipecli.train import data, datastats, lossplot
+from recipecli.train import data, datastats, lossplot, templates
 
 from ..conftest import RECIPES, ROOT
 
@@ -44,7 +45,8 @@ def model():
 @pytest.fixture
 def recipe(make_recipe):
     def make(*datasets, training=None, **data_section):
-        specs = [{"path": str(path), "format": fmt} for path, fmt in datasets]
+        # A dataset is (path, format), or (path, format, {fields, roles...}) for the data's own names.
+        specs = [{"path": str(d[0]), "format": d[1], **(d[2] if len(d) > 2 else {})} for d in datasets]
         doc = {"model": {"id": str(TINY)}, "method": "lora", "quantization": None,
                "data": {"datasets": specs, **data_section}, "training": {"max_steps": 10, **(training or {})}}
         return load_recipe(make_recipe(doc))
@@ -263,3 +265,103 @@ def test_recipe_data_imports_no_torch():
             "print(sorted(m for m in ('torch', 'trl', 'datasets', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# issue 10: datasets that name their fields and roles their own way, and the named chat templates.
+CHAT_NAMES = {"fields": {"messages": "dialog", "role": "speaker", "content": "text"},
+              "roles": {"user": ["customer"], "assistant": ["agent"]}}
+ALPACA_NAMES = {"fields": {"instruction": "question", "input": "context", "output": "answer"}}
+
+
+def _renamed(tmp_path, source, keys: dict, roles: dict = {}):
+    """The shipped file with its keys (at any depth) and role names renamed, as another tool writes it."""
+    def rename(value):
+        if isinstance(value, dict):
+            return {keys.get(k, k): roles.get(v, v) if k == "role" else rename(v) for k, v in value.items()}
+        return [rename(v) for v in value] if isinstance(value, list) else value
+
+    out = tmp_path / f"renamed-{source.name}"
+    out.write_text("".join(json.dumps(rename(json.loads(line))) + "\n" for line in source.read_text().splitlines()))
+    return out
+
+
+@pytest.fixture
+def renamed(tmp_path):
+    return {
+        "chat": (_renamed(tmp_path, DATA / "tiny-chat.jsonl", {"messages": "dialog", "role": "speaker",
+                                                                "content": "text"},
+                          {"user": "customer", "assistant": "agent"}), "chat", CHAT_NAMES),
+        "alpaca": (_renamed(tmp_path, DATA / "tiny-alpaca.jsonl", {"instruction": "question", "input": "context",
+                                                                     "output": "answer"}), "alpaca", ALPACA_NAMES),
+    }
+
+
+def _same_as_trl(r, model, tokenizer, tmp_path, native_tokenizer=None):
+    """The examples `recipe run` trains are what TRL's SFTTrainer makes of the same records, label by label."""
+    native_tokenizer = native_tokenizer or tokenizer
+    raw, _ = data.load_examples(r, native_tokenizer)
+    native = _trainer(r, model, native_tokenizer, raw, data.sft_flags(r), tmp_path)
+    train, evals = data.prepare(r, tokenizer)
+    kept = [p for p in train if not p.dropped]
+    assert len(native.train_dataset) == len(kept)
+    stats = datastats.summarize(r, tokenizer, train, evals, show=len(kept))
+    for i, (prepared, (_, segments)) in enumerate(zip(kept, stats.previews)):
+        expected = native.data_collator([native.train_dataset[i]])
+        ids, labels = expected["input_ids"][0].tolist(), expected["labels"][0].tolist()
+        assert prepared.tokens.input_ids == ids and prepared.tokens.labels == labels
+        assert "".join(text for text, on in segments if on) == tokenizer.decode(
+            [t for t, label in zip(ids, labels) if label != -100])
+    return train, stats
+
+
+@pytest.mark.parametrize("kind", ["chat", "alpaca"])
+def test_renamed_fields_and_roles_train_as_the_shipped_data_and_as_trl_does(recipe, model, tokenizer, tmp_path,
+                                                                            renamed, kind):
+    r = recipe(renamed[kind], max_seq_length=48)
+    train, stats = _same_as_trl(r, model, tokenizer, tmp_path)
+    shipped, _ = data.prepare(recipe(MIXES[kind][0], max_seq_length=48), tokenizer)
+    assert [p.tokens for p in train] == [p.tokens for p in shipped]  # the same examples, read by other names
+    assert 0 < stats.mix.trained_tokens < stats.mix.kept_tokens and stats.warnings == []
+
+
+def _conversation():
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add the numbers.\n1 + 1"},
+            {"role": "assistant", "content": "2"}, {"role": "user", "content": "And 2 + 2?"},
+            {"role": "assistant", "content": "It is 4."}]
+
+
+@pytest.mark.parametrize("name", sorted(templates.TEMPLATES))
+def test_a_named_template_trains_exactly_the_answers_and_their_end_of_turn(recipe, tokenizer, tmp_path, name):
+    chat = tmp_path / "turns.jsonl"
+    chat.write_text(json.dumps({"messages": _conversation()}) + "\n")
+    r = recipe((chat, "chat"), chat_template=name)
+    ((prepared,), _) = data.prepare(r, tokenizer)
+    trained = tokenizer.decode([t for t in prepared.tokens.labels if t != -100], skip_special_tokens=False)
+    end = templates.end_of_turn(name, tokenizer)
+    assert trained == "2" + end + "It is 4." + end
+    whole = tokenizer.decode(prepared.tokens.input_ids, skip_special_tokens=False)
+    assert "Be brief." in whole and whole != tokenizer.apply_chat_template(_conversation(), tokenize=False)
+    assert data.chat_template(r) == templates.template(name)
+    stats = datastats.collect(r, tokenizer)
+    # chatml and mistral end turns with tokens of the tiny tokenizer; the others' markers are no tokens of it.
+    if name in ("chatml", "mistral"):
+        assert stats.warnings == []
+    else:
+        (warning,) = stats.warnings
+        assert warning.path == "$.data.chat_template" and "has no token for" in warning.message
+        assert not any("turn by turn" in w.message for w in stats.warnings)
+
+
+@pytest.mark.parametrize("name", ["chatml", "mistral", "gemma"])
+def test_a_named_template_trains_as_trl_does_with_that_template(recipe, model, tokenizer, tmp_path, renamed, name):
+    """TRL is given the template as the tokenizer's own; `recipe run` gets it by name."""
+    r = recipe(renamed["chat"], max_seq_length=48, chat_template=name)
+    _same_as_trl(r, model, tokenizer, tmp_path, native_tokenizer=_with_template(tokenizer, templates.template(name)))
+
+
+def test_a_tokenizer_without_a_template_trains_conversations_with_a_named_one(recipe, tokenizer):
+    bare = _with_template(tokenizer, None)
+    r = recipe(*MIXES["chat"], chat_template="chatml")
+    assert data.prepare(r, bare)[0][0].tokens == data.prepare(r, tokenizer)[0][0].tokens  # chatml is the tiny's own
+    with pytest.raises(DataError, match="name one with data.chat_template"):
+        data.prepare(recipe(*MIXES["chat"]), bare)

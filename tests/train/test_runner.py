@@ -275,6 +275,18 @@ def test_every_data_format_trains_end_to_end(tiny, file, format):
     _assert_complete_run(run(recipe, gpus=()), recipe)
 
 
+def test_a_named_chat_template_is_saved_with_the_adapter(tiny):
+    from transformers import AutoTokenizer
+
+    from recipecli.train import templates
+
+    recipe = tiny({"data": {"datasets": [{"path": str(DATA / "tiny-chat.jsonl"), "format": "chat",
+                                          "max_samples": 8}], "chat_template": "chatml"}}, **{"training.max_steps": 1})
+    run(recipe, gpus=())
+    saved = AutoTokenizer.from_pretrained(recipe.output_dir / "adapter")
+    assert saved.chat_template == templates.template("chatml")  # `recipe generate` asks as training did
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("delta", [
     {"quantization": {"bits": 8}},
