@@ -512,6 +512,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("lr_scheduler", ("training.lr_scheduler",), _scheduler, lambda doc: get(doc, "training.lr_scheduler")),
     _row("warmup_ratio", "training.warmup_ratio", "Axolotl warms up for 0 steps by default: written explicitly"),
     _row("warmup_steps", "training.warmup_steps"),
+    _row("saves_per_epoch", "training.saves_per_epoch"),
+    _row("evals_per_epoch", "training.evals_per_epoch"),
     _row("weight_decay", "training.weight_decay"),
     _row("max_grad_norm", "training.max_grad_norm"),
     Row("optimizer", ("training.optimizer",), _optimizer, lambda doc: get(doc, "training.optimizer"),
@@ -782,8 +784,6 @@ DATASET_ROWS: tuple[Row, ...] = (
 UNSUPPORTED = {
     "cut_cross_entropy": ("cut cross-entropy is not supported yet", ""),
     "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
-    "evals_per_epoch": ("recipe evaluates every save_steps", "set save_steps"),
-    "saves_per_epoch": ("recipe saves every save_steps", "set save_steps"),
     "lora_model_dir": ("starting from an existing adapter is not supported", ""),
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
     "hub_model_id": ("recipe does not push to the hub", "push the run folder's adapter/ yourself"),

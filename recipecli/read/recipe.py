@@ -167,6 +167,8 @@ class Training:
     save_steps: int
     save_total_limit: int
     eval_steps: Optional[int]  # absent: every save_steps
+    saves_per_epoch: Optional[int]  # in place of save_steps, resolved from the data at run time
+    evals_per_epoch: Optional[int]  # in place of eval_steps, likewise
     early_stopping_patience: Optional[int]  # absent: no early stopping
     early_stopping_threshold: Optional[float]  # present exactly with early_stopping_patience
     liger_kernel: bool

@@ -208,6 +208,22 @@ def evaluation_needs_held_out_data(doc: dict, ctx: Context):
                           "add data.val_fraction (e.g. 0.02), or remove eval_steps", key=True)
 
 
+def per_epoch_or_steps(doc: dict, ctx: Context):
+    training, data = doc.get("training", {}), doc.get("data", {})
+    for per_epoch, steps in (("saves_per_epoch", "save_steps"), ("evals_per_epoch", "eval_steps")):
+        if per_epoch in training and steps in training:
+            yield ctx.problem(("training", per_epoch), f"{per_epoch} and {steps} both set",
+                              f"keep one: {steps} counts optimizer steps, {per_epoch} divides an epoch", key=True)
+        if per_epoch in training and "early_stopping_patience" in training:
+            # early stopping needs each evaluation's checkpoint: a relation of steps known only now
+            yield ctx.problem(("training", per_epoch), f"{per_epoch} with early stopping",
+                              f"use {steps} with early_stopping_patience (save_steps a multiple of eval_steps)",
+                              key=True)
+    if "evals_per_epoch" in training and "val_fraction" not in data:
+        yield ctx.problem(("training", "evals_per_epoch"), "evals_per_epoch without data.val_fraction: nothing to "
+                          "evaluate on", "add data.val_fraction (e.g. 0.02), or remove evals_per_epoch", key=True)
+
+
 def saved_modules_are_not_adapted(doc: dict, ctx: Context):
     lora = doc.get("lora", {})
     targets = lora.get("target_modules")
@@ -243,6 +259,7 @@ def early_stopping_needs_evaluations(doc: dict, ctx: Context):
 
 RULES: tuple[Rule, ...] = (
     lora_with_full,
+    per_epoch_or_steps,
     quantization_without_qlora,
     four_bit_options_with_8bit,
     compute_dtype_against_precision,

@@ -52,7 +52,7 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate
 # What may change between a run and its --resume: how long it goes on, how often it logs and
 # saves, where it is written. Anything else would continue the checkpoint as a different run.
 RESUMABLE_CHANGES = ("training.max_steps", "training.epochs", "training.logging_steps", "training.save_steps",
-                     "training.save_total_limit", "output",
+                     "training.saves_per_epoch", "training.save_total_limit", "output",
                      # Where the nodes meet: a new allocation (SLURM) gives new machines.
                      "distributed.main_address", "distributed.main_port", "distributed.node_rank")
 

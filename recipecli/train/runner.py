@@ -126,7 +126,8 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             model = load_model(recipe, choices, cuda=cuda)
             if recipe.training.liger_kernel:
                 _refuse_unless_liger_knows(recipe, model.config.model_type)
-            args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda)
+            args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda,
+                               steps_per_epoch=data_stats.steps_per_epoch)
 
             stop = StopRequest()
             # What the recorder stops on: the signal itself, or in a distributed run the ranks'
@@ -406,11 +407,20 @@ def _early_stopping_result(recipe: Recipe, state, interrupted: bool) -> dict:
     return {"stopped_early": stopped, "best_step": best, "best_eval_loss": state.best_metric}
 
 
-def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bool, cuda: bool):
+def every(steps_per_epoch: int, per_epoch: Optional[int], steps: int) -> int:
+    """Optimizer steps between two saves (or evaluations): ``steps``, or an epoch's steps divided
+    ``per_epoch`` times (at least 1), as Axolotl's saves_per_epoch / evals_per_epoch mean it."""
+    return steps if per_epoch is None else max(1, steps_per_epoch // per_epoch)
+
+
+def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bool, cuda: bool,
+                steps_per_epoch: int):
     """Every training field of the recipe, translated to TRL's SFTConfig."""
     from trl import SFTConfig
 
     t = recipe.training
+    save_steps = every(steps_per_epoch, t.saves_per_epoch, t.save_steps)
+    eval_steps = every(steps_per_epoch, t.evals_per_epoch, t.eval_steps if t.eval_steps is not None else save_steps)
     return SFTConfig(
         output_dir=str(run_dir),
         per_device_train_batch_size=t.micro_batch_size,
@@ -431,10 +441,10 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         use_cpu=not cuda,
         seed=t.seed,
         logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
+        save_steps=save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=t.eval_steps if t.eval_steps is not None else t.save_steps,
+        eval_steps=eval_steps,
         report_to=["wandb"] if recipe.wandb else "none",
         run_name=(recipe.wandb.run_name or recipe.name) if recipe.wandb else recipe.name,
         # TRL applies Liger's layer kernels only (RMSNorm, RoPE, SwiGLU), keeping its own chunked LM head.

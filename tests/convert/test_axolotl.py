@@ -41,6 +41,8 @@ READS = {
     "lr_scheduler": ("linear", {}, {"training.lr_scheduler": "linear"}),
     "warmup_ratio": (0.1, {}, {"training.warmup_ratio": 0.1}),
     "warmup_steps": (10, {}, {"training.warmup_steps": 10}),
+    "saves_per_epoch": (2, {}, {"training.saves_per_epoch": 2}),
+    "evals_per_epoch": (4, {}, {"training.evals_per_epoch": 4}),
     "weight_decay": (0.01, {}, {"training.weight_decay": 0.01}),
     "max_grad_norm": (0.3, {}, {"training.max_grad_norm": 0.3}),
     "optimizer": ("adamw_bnb_8bit", {}, {"training.optimizer": "adamw_8bit"}),

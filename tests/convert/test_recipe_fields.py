@@ -210,11 +210,12 @@ def test_liger_reaches_trl_as_its_layer_kernels_with_trl_s_own_head(make_recipe)
     from recipecli.fit.precision import choose
 
     recipe = load_recipe(make_recipe({"training": {"liger_kernel": True}}))
-    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False)
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False,
+                              steps_per_epoch=1)
     assert args.use_liger_kernel is True
     plain = load_recipe(make_recipe())
     assert runner._sft_config(plain, choose(plain, None), plain.output_dir, has_eval=False,
-                              cuda=False).use_liger_kernel is False
+                              cuda=False, steps_per_epoch=1).use_liger_kernel is False
 
 
 # What fit-check counts for the new fields (pure arithmetic: no model is loaded).

@@ -29,6 +29,7 @@ BREAKING = {
                                          "$.distributed.fsdp_offload"),
     "quantized_base_fits_the_strategy": ({"distributed": {"strategy": "deepspeed_zero3"}}, "$.distributed.strategy"),
     "one_warmup": ({"training": {"warmup_steps": 5, "warmup_ratio": 0.1}}, "$.training.warmup_steps"),
+    "per_epoch_or_steps": ({"training": {"saves_per_epoch": 2, "save_steps": 50}}, "$.training.saves_per_epoch"),
     "evaluation_needs_held_out_data": ({"training": {"eval_steps": 5}}, "$.training.eval_steps"),
     # issue 10: LoRA modules trained in full, early stopping
     "saved_modules_are_not_adapted": ({"lora": {"target_modules": ["q_proj", "lm_head"],
@@ -53,6 +54,23 @@ def test_rule_fires_on_its_delta_alone(make_recipe, name):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe(delta))
     assert [p.path for p in info.value.problems] == [path]
+
+
+@pytest.mark.parametrize("training, data, path", [
+    ({"evals_per_epoch": 2, "eval_steps": 5}, {"val_fraction": 0.1}, "$.training.evals_per_epoch"),
+    ({"evals_per_epoch": 2}, {}, "$.training.evals_per_epoch"),  # nothing to evaluate on
+    ({"saves_per_epoch": 2, "early_stopping_patience": 2}, {"val_fraction": 0.1}, "$.training.saves_per_epoch"),
+])
+def test_per_epoch_counts_are_refused_where_they_cannot_work(make_recipe, training, data, path):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"training": training, "data": data}))
+    assert [p.path for p in info.value.problems] == [path]
+
+
+def test_per_epoch_counts_alone_are_valid(make_recipe):
+    recipe = resolve(make_recipe({"training": {"saves_per_epoch": 2, "evals_per_epoch": 4},
+                                  "data": {"val_fraction": 0.1}}))
+    assert recipe is not None
 
 
 def test_rules_are_quiet_on_a_good_recipe(make_recipe, tmp_path):

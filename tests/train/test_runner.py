@@ -191,7 +191,7 @@ def test_the_trainer_gets_the_dtypes_precision_decides(tiny, tmp_path, gpu, adap
     choices = choose(recipe, card(gpu) if gpu else None)  # forced: this machine has no such card
     tokenizer = load_tokenizer(recipe)
     train_set, _ = data.load_examples(recipe, tokenizer)
-    args = runner._sft_config(recipe, choices, tmp_path / "out", has_eval=False, cuda=False)
+    args = runner._sft_config(recipe, choices, tmp_path / "out", has_eval=False, cuda=False, steps_per_epoch=1)
     assert (args.fp16, args.bf16) == (choices.precision == "fp16", choices.precision == "bf16")
     trainer = runner._trainer(recipe, choices, load_model(recipe, choices, cuda=False), args, tokenizer, train_set,
                               None, ())
@@ -273,6 +273,24 @@ def _assert_complete_run(result, recipe):
 def test_every_data_format_trains_end_to_end(tiny, file, format):
     recipe = tiny({"data": {"datasets": [{"path": str(DATA / file), "format": format, "max_samples": 24}]}})
     _assert_complete_run(run(recipe, gpus=()), recipe)
+
+
+def test_saves_per_epoch_become_steps_from_the_data(tiny):
+    recipe = tiny({"training": {"saves_per_epoch": 2, "save_steps": None, "max_steps": None, "epochs": 1,
+                                "save_total_limit": 5}})
+    result = run(recipe, gpus=())
+    steps = _run_yaml(recipe.output_dir)["data"]["steps_per_epoch"]
+    assert steps >= 4  # two saves an epoch: every steps // 2 optimizer steps
+    saved = sorted(int(p.name.split("-")[1]) for p in recipe.output_dir.glob("checkpoint-*"))
+    assert saved[0] == steps // 2 and result is not None
+
+
+def test_every_turns_per_epoch_counts_into_steps():
+    from recipecli.train import runner
+
+    assert runner.every(10, None, 200) == 200
+    assert runner.every(10, 4, 200) == 2
+    assert runner.every(3, 8, 200) == 1  # never zero
 
 
 def test_a_named_chat_template_is_saved_with_the_adapter(tiny):
