@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 # A full commit hash: a revision pinned to exactly one snapshot.
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -132,10 +134,15 @@ def offline() -> bool:
 
 def download_config(model_id: str, revision: str) -> Optional[Path]:
     """config.json alone, downloaded into the cache; None when the hub cannot give it."""
-    from huggingface_hub import hf_hub_download  # only here: the only network path
+    from huggingface_hub import constants, hf_hub_download  # only here: the only network path
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
+        # A hub whose name does not resolve (no network) would cost huggingface_hub's five retries
+        # with back-off, ~25 s, before the same answer: ask the resolver once first (not behind a
+        # proxy, which resolves the name itself).
+        if not any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+            socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname or "", 443)
         return Path(hf_hub_download(model_id, "config.json", revision=revision))
     # No network, no such repo or file, a gated repo, an id the hub rejects: all mean "not found".
     except (OSError, EntryNotFoundError, ValueError):

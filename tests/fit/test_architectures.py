@@ -207,6 +207,21 @@ def test_unknown_model_offline_names_the_three_fixes(offline):
     assert isinstance(err.value, RecipeError) and err.value.exit_code == ExitCode.INVALID
 
 
+def test_an_unreachable_hub_is_answered_at_once_without_retries(tmp_path):
+    """Online mode with a hub name that does not resolve (no network): one resolver question, not
+    huggingface_hub's five retries with back-off (~25 s) before the same "unknown model"."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path)}
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(name, None)
+    code = "from recipecli.fit.model_catalog import download_config; print(download_config('acme/never-seen', 'main'))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "None"
+    assert "Retrying" not in proc.stderr
+
+
 def _snapshot(repo: Path, sha: str, config: dict) -> None:
     (repo / "snapshots" / sha).mkdir(parents=True)
     (repo / "snapshots" / sha / "config.json").write_text(json.dumps(config))
