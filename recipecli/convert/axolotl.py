@@ -74,6 +74,21 @@ def _only(*values, why: str, hint: str = "") -> Read:
     return read
 
 
+def _special_tokens(v, cfg):
+    if v is None or v == {}:
+        return {}
+    if not isinstance(v, dict):
+        raise NotConverted(f"{_shown(v)}: not a mapping of token names", "")
+    others = sorted(str(k) for k in v if k != "pad_token")
+    if others:
+        raise NotConverted(f"{', '.join(others)}: recipe keeps the tokenizer's own bos/eos/unk tokens",
+                           "use a tokenizer whose tokens are set; only pad_token converts")
+    pad = v.get("pad_token")
+    if not isinstance(pad, str) or not pad:
+        raise NotConverted(f"pad_token {_shown(pad)}: not a token's text", "")
+    return {"data.pad_token": pad}
+
+
 def _ignored(key: str, notes: str) -> Row:
     """A key that changes nothing recipe trains (a cache folder, a loader hint, speed only)."""
     return Row(key, (), lambda v, cfg: {}, lambda doc: ABSENT, notes)
@@ -595,8 +610,9 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
     _no_effect_when(False, why="resuming is `recipe run RUN_DIR/recipe.yaml --resume`")("auto_resume_from_checkpoints"),
-    _no_effect_when({}, why="recipe keeps the tokenizer's special tokens",
-                    hint="use a tokenizer whose pad/eos tokens are set")("special_tokens"),
+    Row("special_tokens", ("data.pad_token",), _special_tokens,
+        lambda doc: {"pad_token": get(doc, "data.pad_token")} if get(doc, "data.pad_token") is not ABSENT else ABSENT,
+        "pad_token only, and only a token the tokenizer has: recipe adds no tokens and keeps bos/eos/unk"),
     _no_effect_when([], why="recipe adds no tokens to the tokenizer")("tokens"),
 )
 

@@ -143,6 +143,7 @@ class Data:
     packing: bool
     completion_only_loss: bool
     chat_template: ChatTemplate
+    pad_token: Optional[str]  # absent: the tokenizer's own
     val_fraction: Optional[float]
 
 

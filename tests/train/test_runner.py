@@ -293,6 +293,23 @@ def test_every_turns_per_epoch_counts_into_steps():
     assert runner.every(3, 8, 200) == 1  # never zero
 
 
+def test_a_pad_token_is_set_before_training_and_saved(tiny):
+    from transformers import AutoTokenizer
+
+    from recipecli.train.tiny import EOS
+
+    recipe = tiny({"data": {"pad_token": EOS}}, **{"training.max_steps": 1})
+    run(recipe, gpus=())
+    assert AutoTokenizer.from_pretrained(recipe.output_dir / "adapter").pad_token == EOS
+
+
+def test_a_pad_token_the_tokenizer_lacks_is_refused_before_the_model_and_leaves_no_folder(tiny, tmp_path):
+    recipe = tiny({"data": {"pad_token": "<|finetune_right_pad_id|>"}})
+    with pytest.raises(DataError, match=r"\$\.data\.pad_token: pad_token '<\|finetune_right_pad_id\|>' is not a token"):
+        run(recipe, gpus=())
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_named_chat_template_is_saved_with_the_adapter(tiny):
     from transformers import AutoTokenizer
 
