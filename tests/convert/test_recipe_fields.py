@@ -43,12 +43,17 @@ output_dir: {{out}}
 """
 
 
-def test_a_converted_config_trains_with_warmup_steps_eval_steps_and_rslora(tmp_path, monkeypatch):
+def _converted(axolotl: str, tmp_path, monkeypatch):
+    """`recipe convert` of an Axolotl config (its output_dir under tmp_path), loaded as a recipe."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "a.yml").write_text(AXOLOTL.format(out=tmp_path / "run"))
+    (tmp_path / "a.yml").write_text(axolotl.format(out=tmp_path / "run"))
     result = CliRunner().invoke(main, ["convert", "a.yml", "--from", "axolotl", "-o", "r.yaml"])
     assert result.exit_code == 0, result.output
-    recipe = load_recipe(tmp_path / "r.yaml")
+    return load_recipe(tmp_path / "r.yaml")
+
+
+def test_a_converted_config_trains_with_warmup_steps_eval_steps_and_rslora(tmp_path, monkeypatch):
+    recipe = _converted(AXOLOTL, tmp_path, monkeypatch)
     seen = {}
 
     class Spy:  # a TrainerCallback reads what the trainer was built with
@@ -120,11 +125,7 @@ def _tensors(folder):
 def test_dora_modules_to_save_and_early_stopping_train_from_a_converted_config(tmp_path, monkeypatch):
     import torch
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "a.yml").write_text(AXOLOTL_MORE.format(out=tmp_path / "run"))
-    result = CliRunner().invoke(main, ["convert", "a.yml", "--from", "axolotl", "-o", "r.yaml"])
-    assert result.exit_code == 0, result.output
-    recipe = load_recipe(tmp_path / "r.yaml")
+    recipe = _converted(AXOLOTL_MORE, tmp_path, monkeypatch)
     assert (recipe.lora.use_dora, recipe.lora.modules_to_save, recipe.training.early_stopping_patience) == (
         True, ("embed_tokens", "lm_head"), 2)
     seen: dict = {"weights": {}}
@@ -191,11 +192,7 @@ LIGER_AXOLOTL = AXOLOTL.replace("peft_use_rslora: true\n", "plugins:\n  - axolot
 
 
 def test_liger_converts_and_is_refused_on_the_cpu_before_anything_loads(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "a.yml").write_text(LIGER_AXOLOTL.format(out=tmp_path / "run"))
-    result = CliRunner().invoke(main, ["convert", "a.yml", "--from", "axolotl", "-o", "r.yaml"])
-    assert result.exit_code == 0, result.output
-    recipe = load_recipe(tmp_path / "r.yaml")
+    recipe = _converted(LIGER_AXOLOTL, tmp_path, monkeypatch)
     assert recipe.training.liger_kernel is True
     with pytest.raises(InvalidRecipe) as info:
         runner.run(recipe, gpus=())
