@@ -1,6 +1,9 @@
 """Shared test helpers: a minimal recipe plus a delta, no network, and paths of the repository."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,24 @@ from recipecli.read.load import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
+HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "wandb")
+
+
+def heavy_imports(*commands: list[str], exit_codes=(0,), cwd=ROOT, env=None) -> list[str]:
+    """The heavy libraries (HEAVY) a fresh interpreter has imported after running these `recipe`
+    commands in turn (through click's CliRunner), each ending with one of ``exit_codes``."""
+    code = ("import json, sys\n"
+            "from click.testing import CliRunner\n"
+            "from recipecli.cli import main\n"
+            "commands, codes, heavy = json.loads(sys.argv[1])\n"
+            "for args in commands:\n"
+            "    result = CliRunner().invoke(main, args)\n"
+            "    assert result.exit_code in codes, (args, result.exit_code, result.output)\n"
+            "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps([list(commands), list(exit_codes), HEAVY])],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 SHARED = ROOT.parent / "shared"
 SHIPPED = sorted(RECIPES.rglob("*.yaml"))
 

@@ -18,7 +18,7 @@ from recipecli.fit.gpu_catalog import card
 from recipecli.fit.hardware import detect
 from recipecli.report.fit import check_files, fitted_yaml
 
-from ..conftest import ROOT
+from ..conftest import ROOT, heavy_imports
 
 SEVEN_B = {"model": {"id": "mistralai/Mistral-7B-v0.1"}}
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -226,17 +226,9 @@ def test_help_ends_with_an_example(command):
 
 
 def test_fit_check_of_every_shipped_recipe_leaves_torch_out():
-    code = ("import sys\n"
-            "from click.testing import CliRunner\n"
-            "from recipecli.cli import main\n"
-            "for args in (['fit-check', '--gpu', 'rtx2080', '-v'], ['gpu', '--gpu', 't4'], ['gpu']):\n"
-            "    result = CliRunner().invoke(main, args)\n"
-            "    assert result.exit_code in (0, 3), (args, result.output)\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=OFFLINE,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
+    heavy = heavy_imports(["fit-check", "--gpu", "rtx2080", "-v"], ["gpu", "--gpu", "t4"], ["gpu"], exit_codes=(0, 3),
+                          env=OFFLINE)
+    assert not {"torch", "transformers", "peft", "trl", "bitsandbytes"} & set(heavy), heavy
 
 
 # ---- parameter counts (defect 19): the base model's published count, never the adapters ----
