@@ -74,19 +74,22 @@ def _only(*values, why: str, hint: str = "") -> Read:
     return read
 
 
+SPECIAL_TOKENS = ("pad_token", "eos_token", "bos_token", "unk_token")
+
+
 def _special_tokens(v, cfg):
     if v is None or v == {}:
         return {}
     if not isinstance(v, dict):
         raise NotConverted(f"{_shown(v)}: not a mapping of token names", "")
-    others = sorted(str(k) for k in v if k != "pad_token")
+    others = sorted(str(k) for k in v if k not in SPECIAL_TOKENS)
     if others:
-        raise NotConverted(f"{', '.join(others)}: recipe keeps the tokenizer's own bos/eos/unk tokens",
-                           "use a tokenizer whose tokens are set; only pad_token converts")
-    pad = v.get("pad_token")
-    if not isinstance(pad, str) or not pad:
-        raise NotConverted(f"pad_token {_shown(pad)}: not a token's text", "")
-    return {"data.pad_token": pad}
+        raise NotConverted(f"{', '.join(others)}: recipe sets the tokenizer's " + ", ".join(SPECIAL_TOKENS),
+                           "remove it")
+    bad = next((k for k in SPECIAL_TOKENS if k in v and not (isinstance(v[k], str) and v[k])), None)
+    if bad:
+        raise NotConverted(f"{bad} {_shown(v[bad])}: not a token's text", "")
+    return {f"data.special_tokens.{k}": v[k] for k in SPECIAL_TOKENS if k in v}
 
 
 def _ignored(key: str, notes: str) -> Row:
@@ -610,9 +613,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
     _no_effect_when(False, why="resuming is `recipe run RUN_DIR/recipe.yaml --resume`")("auto_resume_from_checkpoints"),
-    Row("special_tokens", ("data.pad_token",), _special_tokens,
-        lambda doc: {"pad_token": get(doc, "data.pad_token")} if get(doc, "data.pad_token") is not ABSENT else ABSENT,
-        "pad_token only, and only a token the tokenizer has: recipe adds no tokens and keeps bos/eos/unk"),
+    Row("special_tokens", ("data.special_tokens",), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
+        "a token the tokenizer has (checked when the recipe runs): recipe adds no tokens"),
     _no_effect_when([], why="recipe adds no tokens to the tokenizer")("tokens"),
 )
 

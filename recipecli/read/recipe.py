@@ -118,6 +118,20 @@ class Roles:
 
 
 @dataclass(frozen=True)
+class SpecialTokens:
+    """Special tokens set on the tokenizer by their text; None keeps the tokenizer's own."""
+
+    pad_token: Optional[str]
+    eos_token: Optional[str]
+    bos_token: Optional[str]
+    unk_token: Optional[str]
+
+    def named(self) -> dict[str, str]:
+        """The tokens the recipe sets, by the tokenizer's attribute names."""
+        return {name: text for name, text in vars(self).items() if text is not None}
+
+
+@dataclass(frozen=True)
 class Dataset:
     path: str  # a hub dataset id, or the absolute path of a local file
     format: Format
@@ -143,7 +157,7 @@ class Data:
     packing: bool
     completion_only_loss: bool
     chat_template: ChatTemplate
-    pad_token: Optional[str]  # absent: the tokenizer's own
+    special_tokens: Optional[SpecialTokens]  # absent: the tokenizer's own
     val_fraction: Optional[float]
 
 

@@ -228,22 +228,24 @@ def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
     return None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
 
 
-def set_pad_token(recipe: Recipe, tokenizer) -> None:
-    """Make ``data.pad_token`` the tokenizer's padding token, before anything is tokenized.
+def set_special_tokens(recipe: Recipe, tokenizer) -> None:
+    """Set ``data.special_tokens`` on the tokenizer, before anything is tokenized.
 
     Raises:
-        DataError: the text is not one token of this tokenizer (recipe adds no tokens: a new one
-            would need a new embedding row, which the base model does not have).
+        DataError: a text is not one token of this tokenizer (recipe adds no tokens: a new one
+            would need a new embedding row, which the base model does not have). Nothing is set then.
     """
-    pad = recipe.data.pad_token
-    if pad is None:
-        return
-    if pad not in tokenizer.get_vocab():
-        raise DataError(f"pad_token {pad!r} is not a token of {recipe.model.id}'s tokenizer",
-                        "name one of its tokens (its end-of-sequence token is a common choice: "
-                        f"{tokenizer.eos_token!r}), or leave data.pad_token out",
-                        where=recipe.locate(("data", "pad_token")), path="$.data.pad_token")
-    tokenizer.pad_token = pad
+    named = recipe.data.special_tokens.named() if recipe.data.special_tokens else {}
+    vocab = tokenizer.get_vocab()
+    for name, text in named.items():
+        if text not in vocab:
+            raise DataError(f"{name} {text!r} is not a token of {recipe.model.id}'s tokenizer",
+                            f"name one of its tokens (its own is {getattr(tokenizer, name)!r}), or leave "
+                            f"data.special_tokens.{name} out",
+                            where=recipe.locate(("data", "special_tokens", name)),
+                            path=f"$.data.special_tokens.{name}")
+    for name, text in named.items():
+        setattr(tokenizer, name, text)
 
 
 def chat_template(recipe: Recipe) -> Optional[str]:
@@ -318,10 +320,10 @@ def prepare(recipe: Recipe, tokenizer) -> tuple[list[Prepared], Optional[list[Pr
         ``(train, eval)``; eval is None without ``data.val_fraction``.
 
     Raises:
-        DataError: as ``load_examples``, or a data.pad_token the tokenizer lacks (set on it here,
+        DataError: as ``load_examples``, or a special token the tokenizer lacks (set on it here,
             before anything is tokenized, for `recipe run` and `recipe data` alike).
     """
-    set_pad_token(recipe, tokenizer)
+    set_special_tokens(recipe, tokenizer)
     train, evals = split(recipe, read_examples(recipe, tokenizer))
     template = training_template(recipe, tokenizer)
     answer_only = recipe.data.completion_only_loss and layout(recipe) != "text"

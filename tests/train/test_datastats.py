@@ -117,6 +117,22 @@ def test_packed_sequences_are_what_the_trainer_packs(recipe, model, tokenizer, t
     assert stats.steps_per_epoch == -(-stats.sequences // 4)
 
 
+@pytest.mark.parametrize("mix", ["alpaca", "text"])
+def test_a_recipe_s_eos_token_ends_what_trains_as_in_trl(recipe, model, tmp_path, mix):
+    from transformers import AutoTokenizer
+
+    from recipecli.train.tiny import TURN
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY)  # prepare() sets the recipe's tokens on it
+    r = recipe(*MIXES[mix], max_seq_length=512, special_tokens={"eos_token": TURN})
+    train, evals = data.prepare(r, tokenizer)
+    assert tokenizer.eos_token == TURN
+    native = _trainer(r, model, tokenizer, data.load_examples(r, tokenizer)[0], data.sft_flags(r), tmp_path)
+    ids = native.train_dataset[:]["input_ids"]
+    assert [p.tokens.input_ids for p in train] == ids
+    assert {row[-1] for row in ids} == {tokenizer.convert_tokens_to_ids(TURN)}
+
+
 def test_counts_follow_the_tokenizer(recipe, tokenizer, tmp_path):
     """Lengths, truncation, lost tokens and duplicates, computed here from the tokenizer alone."""
     texts = [json.loads(line)["text"] for line in (DATA / "tiny-text.jsonl").read_text().splitlines()]

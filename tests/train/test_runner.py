@@ -293,19 +293,22 @@ def test_every_turns_per_epoch_counts_into_steps():
     assert runner.every(3, 8, 200) == 1  # never zero
 
 
-def test_a_pad_token_is_set_before_training_and_saved(tiny):
+def test_special_tokens_are_set_before_training_and_saved(tiny):
     from transformers import AutoTokenizer
 
-    from recipecli.train.tiny import EOS
+    from recipecli.train.tiny import EOS, TURN
 
-    recipe = tiny({"data": {"pad_token": EOS}}, **{"training.max_steps": 1})
+    recipe = tiny({"data": {"special_tokens": {"pad_token": EOS, "eos_token": TURN}}}, **{"training.max_steps": 1})
     run(recipe, gpus=())
-    assert AutoTokenizer.from_pretrained(recipe.output_dir / "adapter").pad_token == EOS
+    saved = AutoTokenizer.from_pretrained(recipe.output_dir / "adapter")
+    assert (saved.pad_token, saved.eos_token) == (EOS, TURN)
 
 
-def test_a_pad_token_the_tokenizer_lacks_is_refused_before_the_model_and_leaves_no_folder(tiny, tmp_path):
-    recipe = tiny({"data": {"pad_token": "<|finetune_right_pad_id|>"}})
-    with pytest.raises(DataError, match=r"\$\.data\.pad_token: pad_token '<\|finetune_right_pad_id\|>' is not a token"):
+@pytest.mark.parametrize("name", ["pad_token", "eos_token", "bos_token", "unk_token"])
+def test_a_special_token_the_tokenizer_lacks_is_refused_before_the_model_and_leaves_no_folder(tiny, tmp_path, name):
+    recipe = tiny({"data": {"special_tokens": {name: "<|finetune_right_pad_id|>"}}})
+    with pytest.raises(DataError, match=rf"\$\.data\.special_tokens\.{name}: {name} '<\|finetune_right_pad_id\|>' "
+                                        r"is not a token"):
         run(recipe, gpus=())
     assert not (tmp_path / "run").exists()
 
