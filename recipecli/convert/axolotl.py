@@ -321,6 +321,9 @@ def _use_reentrant(v, cfg):
 
 
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+# Cut cross-entropy never materializes the logits; neither does recipe's loss (TRL's chunked LM
+# head), so the plugin and its switch change no memory and no loss: read as nothing.
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 # Axolotl's switches for the layer kernels recipe's training.liger_kernel turns on together (what
 # transformers' apply_liger_kernel applies by default); liger_swiglu is the older name of the GLU one.
 LIGER_LAYERS = ("liger_rope", "liger_rms_norm", "liger_glu_activation")
@@ -340,11 +343,12 @@ def _liger_layers_on(cfg) -> set:
 def _plugins(v, cfg):
     if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
         raise NotConverted(f"expected a list of plugin names, got {_shown(v)}")
-    others = [p for p in v if p != LIGER_PLUGIN]
+    others = [p for p in v if p not in (LIGER_PLUGIN, CCE_PLUGIN)]
     if others:
-        raise NotConverted(f"plugin {others[0]!r} is not supported: recipe runs Liger's kernels only",
+        raise NotConverted(f"plugin {others[0]!r} is not supported: recipe runs Liger's kernels and a loss that "
+                           "never materializes the logits (as cut cross-entropy) only",
                            f"remove it; keep {LIGER_PLUGIN} with liger_rope, liger_rms_norm and liger_glu_activation")
-    return {}  # the plugin alone changes nothing: its liger_* keys say which kernels
+    return {}  # a plugin alone changes nothing: its liger_* keys say which kernels
 
 
 def _liger_layer(v, cfg):
@@ -566,6 +570,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("liger_fused_linear_cross_entropy", (), _liger_loss, _write_liger(True),
         "recipe's loss (TRL's chunked head) never materializes the logits, with or without it"),
     Row("liger_cross_entropy", (), _liger_loss, lambda doc: ABSENT, "recipe's loss is TRL's chunked head either way"),
+    Row("cut_cross_entropy", (), _liger_loss, lambda doc: ABSENT,
+        "recipe's loss is TRL's chunked head, which never materializes the logits either way"),
     Row("wandb_project", ("logging.wandb.project",), _wandb("project"), lambda doc: get(doc, "logging.wandb.project")),
     Row("wandb_entity", ("logging.wandb.entity",), _wandb("entity"), lambda doc: get(doc, "logging.wandb.entity")),
     Row("wandb_name", ("logging.wandb.run_name",), _wandb("run_name"), lambda doc: get(doc, "logging.wandb.run_name")),
@@ -800,7 +806,6 @@ DATASET_ROWS: tuple[Row, ...] = (
 
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
 UNSUPPORTED = {
-    "cut_cross_entropy": ("cut cross-entropy is not supported yet", ""),
     "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
     "lora_model_dir": ("starting from an existing adapter is not supported", ""),
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),

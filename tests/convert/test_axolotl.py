@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recipecli.convert.axolotl import (ABSENT, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, OPTIMIZERS, TOP_ROWS,
+from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, OPTIMIZERS, TOP_ROWS,
                                        UNSUPPORTED, NotConverted, row_for)
 from recipecli.read.schema import schema
 
@@ -77,7 +77,8 @@ READS = {
     "load_best_model_at_end": (True, {"early_stopping_patience": 3}, {}),
     "metric_for_best_model": ("eval_loss", {}, {}),
     "greater_is_better": (False, {}, {}),
-    "plugins": ([LIGER_PLUGIN], {}, {}),
+    "plugins": ([LIGER_PLUGIN, CCE_PLUGIN], {}, {}),
+    "cut_cross_entropy": (True, {"plugins": [CCE_PLUGIN]}, {}),
     **{key: (True, LIGER, {"training.liger_kernel": True}) for key in LIGER_LAYERS},
     "liger_swiglu": (True, {**LIGER, "liger_glu_activation": None}, {"training.liger_kernel": True}),
     "liger_layer_norm": (True, LIGER, {}),
@@ -109,8 +110,7 @@ REFUSALS = {
     "early_stopping_patience": (0, {}, "1 or more"),
     "load_best_model_at_end": (True, {}, "exactly when early_stopping_patience is set"),
     "metric_for_best_model": ("eval_accuracy", {}, "watches eval_loss"),
-    "plugins": ([LIGER_PLUGIN, "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"], {},
-                "CutCrossEntropyPlugin' is not supported"),
+    "plugins": ([LIGER_PLUGIN, "axolotl.integrations.spectrum.SpectrumPlugin"], {}, "SpectrumPlugin' is not supported"),
     "liger_rms_norm": (True, {"plugins": [LIGER_PLUGIN]}, "RoPE, RMSNorm and SwiGLU kernels on together"),
     "liger_rope": (False, LIGER, "on together"),
     "liger_layer_norm": (True, {"plugins": [LIGER_PLUGIN]}, "with the other layer kernels off"),
