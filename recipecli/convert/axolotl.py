@@ -397,23 +397,38 @@ def _load_best(v, cfg):
                        "early_stopping_patience is set", "remove it")
 
 
-# Axolotl's template names (its ChatTemplate enum) for the templates recipe names in data.chat_template.
+# Axolotl's template names (its ChatTemplate enum) for the templates recipe names in data.chat_template;
+# jinja is the template written in chat_template_jinja on both sides.
 CHAT_TEMPLATES = {"tokenizer_default": "tokenizer", "chatml": "chatml", "llama3": "llama3", "mistral_v1": "mistral",
-                  "gemma": "gemma", "phi_3": "phi"}
+                  "gemma": "gemma", "phi_3": "phi", "jinja": "jinja"}
 
 
 def _chat_template(v, cfg):
+    if v == "jinja" and not cfg.get("chat_template_jinja"):
+        raise NotConverted("chat_template jinja without chat_template_jinja", "add the template's text")
     if isinstance(v, str) and v in CHAT_TEMPLATES:
         # tokenizer_default is recipe's default too: a converted recipe leaves it out.
         return {} if CHAT_TEMPLATES[v] == "tokenizer" else {"data.chat_template": CHAT_TEMPLATES[v]}
     raise NotConverted(f"chat template {_shown(v)} is not one recipe names",
                        "recipe names " + ", ".join(CHAT_TEMPLATES) + " (written as tokenizer, chatml, llama3, mistral, "
-                       "gemma, phi)")
+                       "gemma, phi, jinja)")
 
 
 def _write_chat_template(doc):
     named = get(doc, "data.chat_template")
     return ABSENT if named in (ABSENT, "tokenizer") else {v: k for k, v in CHAT_TEMPLATES.items()}[named]
+
+
+def _chat_template_jinja(v, cfg):
+    if cfg.get("chat_template") != "jinja":
+        raise NotConverted(f"chat_template_jinja with chat_template {_shown(cfg.get('chat_template'))}: Axolotl "
+                           "reads it with chat_template: jinja only", "remove it, or set chat_template: jinja")
+    if not isinstance(v, str) or not v.strip():
+        raise NotConverted(f"chat_template_jinja {_shown(v)}: not a template's text")
+    if "{" not in v:  # Axolotl also takes a file's path here
+        raise NotConverted(f"chat_template_jinja {_shown(v)}: a template file; recipe holds the template's text",
+                           "paste the file's text into chat_template_jinja (a YAML block: chat_template_jinja: |)")
+    return {"data.chat_template_jinja": v}
 
 
 def _dataset_chat_template(v, entry):
@@ -526,6 +541,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("chat_template", ("data.chat_template",), _chat_template, _write_chat_template,
         "tokenizer_default -> tokenizer, mistral_v1 -> mistral, phi_3 -> phi; recipe writes each template from the "
         "public format: llama3 does not trim turns, gemma folds a system turn into the next user turn"),
+    Row("chat_template_jinja", ("data.chat_template_jinja",), _chat_template_jinja,
+        lambda doc: get(doc, "data.chat_template_jinja"), "the template's text (a path to a template file is refused)"),
     _row("micro_batch_size", "training.micro_batch_size"),
     _row("gradient_accumulation_steps", "training.gradient_accumulation_steps"),
     Row("num_epochs", ("training.epochs",), _epochs, _write_epochs, "ignored when max_steps is set, as in Axolotl"),

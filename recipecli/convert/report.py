@@ -10,9 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import yaml
-
 from ..errors import InvalidRecipe, Problem, RecipeError, UsageError, format_error
+from ..read.codec import block_yaml
 from .translate import Unconverted
 
 
@@ -48,7 +47,7 @@ def axolotl_yaml(doc: dict, name: str, description: Optional[str], source: str,
         lines.append(f"recipe description: {json.dumps(description, ensure_ascii=False)}")
     if distributed is not None:  # how many processes and machines: the launcher's, not the config's
         lines.append(f"recipe distributed: {json.dumps(distributed)}")
-    return header(lines, ()) + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return header(lines, ()) + block_yaml(doc)
 
 
 def relocated(error: InvalidRecipe, origin: dict, source: str) -> InvalidRecipe:

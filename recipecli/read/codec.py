@@ -89,9 +89,25 @@ def to_document(recipe: Recipe) -> dict:
 
 def dump(doc: dict, header: str = "") -> str:
     """YAML text of a document, sections and fields in the schema's order, headed by comments."""
-    body = yaml.safe_dump(ordered(doc), sort_keys=False, default_flow_style=False, allow_unicode=True)
     comments = "".join(f"# {line}\n" for line in header.splitlines())
-    return comments + body
+    return comments + block_yaml(ordered(doc))
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Safe YAML whose text of several lines (a chat template) is a literal block, as people write it."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str):
+    # PyYAML falls back to quoting where a block cannot hold the text (trailing spaces, tabs...).
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_BlockDumper.add_representer(str, _text)
+
+
+def block_yaml(doc: dict) -> str:
+    """A document as YAML in the given key order, block style, text of several lines as blocks."""
+    return yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def ordered(value, node: dict | None = None):

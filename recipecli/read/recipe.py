@@ -29,7 +29,7 @@ TargetShorthand = Literal["all-linear", "attention"]
 WandbMode = Literal["online", "offline"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
-ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi"]
+ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi", "jinja"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # The prompt an alpaca record trains with (train/data.py), here because it is what format alpaca
@@ -157,6 +157,7 @@ class Data:
     packing: bool
     completion_only_loss: bool
     chat_template: ChatTemplate
+    chat_template_jinja: Optional[str]  # with chat_template jinja only (rules.py)
     special_tokens: Optional[SpecialTokens]  # absent: the tokenizer's own
     val_fraction: Optional[float]
 

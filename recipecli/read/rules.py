@@ -131,6 +131,17 @@ def dataset_fields_match_the_format(doc: dict, ctx: Context):
                                       "give each name of the data one role")
 
 
+def jinja_template_and_its_text(doc: dict, ctx: Context):
+    data = doc.get("data", {})
+    jinja = data.get("chat_template") == "jinja"
+    if jinja and "chat_template_jinja" not in data:
+        yield ctx.problem(("data", "chat_template"), "chat_template jinja without chat_template_jinja",
+                          "add data.chat_template_jinja with the template's Jinja text, or name a template")
+    if "chat_template_jinja" in data and not jinja:
+        yield ctx.problem(("data", "chat_template_jinja"), "chat_template_jinja without chat_template: jinja",
+                          "set data.chat_template: jinja to train with it, or remove it", key=True)
+
+
 def one_process_without_a_strategy(doc: dict, ctx: Context):
     dist = doc.get("distributed", {})
     if dist.get("strategy") != "none":
@@ -267,6 +278,7 @@ RULES: tuple[Rule, ...] = (
     model_is_a_folder_or_a_hub_id,
     datasets_are_files_or_hub_ids,
     dataset_fields_match_the_format,
+    jinja_template_and_its_text,
     one_process_without_a_strategy,
     several_nodes_need_their_main,
     offload_knobs_match_the_strategy,

@@ -213,16 +213,27 @@ def trainer_flags(recipe: Recipe) -> dict:
             "packing": recipe.data.packing, "packing_strategy": PACKING_STRATEGY}
 
 
-def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
-    """The chat template conversations are tokenized with: the named one of ``data.chat_template``
-    (marked for answer-only loss already); else None for the tokenizer's own, or TRL's training
-    version of it when answer-only loss needs ``{% generation %}`` marks it lacks."""
+# A minimal conversation, for what a template renders around an answer.
+PROBE = ({"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"})
+
+
+def recipe_template(recipe: Recipe) -> Optional[str]:
+    """The Jinja text the recipe gives for conversations (named, or its own with ``jinja``); None
+    when the tokenizer's own template renders them, or nothing is conversational."""
     if layout(recipe) != "messages":
         return None
-    if recipe.data.chat_template in templates.TEMPLATES:
-        return templates.template(recipe.data.chat_template)
-    if not sft_flags(recipe)["assistant_only_loss"]:
-        return None
+    if recipe.data.chat_template == "jinja":
+        return recipe.data.chat_template_jinja
+    return templates.template(recipe.data.chat_template) if recipe.data.chat_template in templates.TEMPLATES else None
+
+
+def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
+    """The chat template conversations are tokenized with: the recipe's (``recipe_template``;
+    _check_chat_template saw it marked for answer-only loss); else None for the tokenizer's own, or
+    TRL's training version of it when answer-only loss needs ``{% generation %}`` marks it lacks."""
+    own = recipe_template(recipe)
+    if own is not None or layout(recipe) != "messages" or not sft_flags(recipe)["assistant_only_loss"]:
+        return own
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     return None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
@@ -246,14 +257,6 @@ def set_special_tokens(recipe: Recipe, tokenizer) -> None:
                             path=f"$.data.special_tokens.{name}")
     for name, text in named.items():
         setattr(tokenizer, name, text)
-
-
-def chat_template(recipe: Recipe) -> Optional[str]:
-    """The template a trained model is saved with, for its conversations to be asked as they were
-    trained: the named one of ``data.chat_template``; None keeps the tokenizer's own."""
-    if layout(recipe) != "messages" or recipe.data.chat_template not in templates.TEMPLATES:
-        return None
-    return templates.template(recipe.data.chat_template)
 
 
 def tokenize(columns: dict, tokenizer, *, answer_only: bool, chat_template: Optional[str] = None) -> Tokens:
@@ -305,6 +308,24 @@ def tokenize_many(batch: list[dict], tokenizer, *, answer_only: bool, chat_templ
     return tokens
 
 
+def _tokenized(chunk: list[Example], tokenizer, **how) -> list[Tokens]:
+    """``tokenize_many`` of the chunk; a record the chat template refuses (its ``raise_exception``:
+    roles that do not alternate, a system turn it has no place for) is a DataError at that record."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenize_many([e.columns for e in chunk], tokenizer, **how)
+    except TemplateError:
+        for example in chunk:  # which one: the template said why, not where
+            try:
+                tokenize_many([example.columns], tokenizer, **how)
+            except TemplateError as e:
+                raise example.place.error(f"the chat template refuses this conversation: {e}",
+                                          "drop or mend the record, or use a template that accepts it "
+                                          "(data.chat_template)") from e
+        raise
+
+
 def truncate(tokens: Tokens, max_length: int) -> Tokens:
     """Keep the first ``max_length`` tokens (TRL's keep_start, and what its packing keeps)."""
     if tokens.length <= max_length:
@@ -341,8 +362,7 @@ def prepare(recipe: Recipe, tokenizer) -> tuple[list[Prepared], Optional[list[Pr
         prepared = []
         for i in range(0, len(examples), _BATCH):
             chunk = examples[i:i + _BATCH]
-            tokens = tokenize_many([e.columns for e in chunk], tokenizer, answer_only=answer_only,
-                                   chat_template=template)
+            tokens = _tokenized(chunk, tokenizer, answer_only=answer_only, chat_template=template)
             prepared += [one(e, t) for e, t in zip(chunk, tokens)]
         return prepared
 
@@ -379,6 +399,8 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+    if recipe.data.chat_template == "jinja":
+        return _check_jinja(recipe, tokenizer)
     if recipe.data.chat_template in templates.TEMPLATES:
         return  # the named template is used, marked for answer-only loss
     conversational = next(datafiles.display(d) for d in recipe.data.datasets if _LAYOUT[d.format] == "messages")
@@ -541,3 +563,25 @@ def _turn(turn: object, place: Place, parts: tuple, read: Reader) -> dict:
 def _as_messages(example: dict) -> dict:
     return {"messages": [{"role": "user", "content": example["prompt"]},
                          {"role": "assistant", "content": example["completion"]}]}
+
+
+def _check_jinja(recipe: Recipe, tokenizer) -> None:
+    """The recipe's own template: Jinja that compiles, marked for answer-only loss when that is on."""
+    from jinja2 import TemplateError, TemplateSyntaxError
+    from trl.chat_template_utils import has_generation_markers
+
+    text, where = recipe.data.chat_template_jinja, recipe.locate(("data", "chat_template_jinja"))
+    try:  # compiling comes first: a syntax error shows whatever is rendered
+        tokenizer.apply_chat_template(list(PROBE), chat_template=text, tokenize=False)
+    except TemplateSyntaxError as e:
+        raise DataError(f"chat_template_jinja is not a Jinja template (its line {e.lineno}): {e.message}",
+                        "fix the template, or name one with data.chat_template (e.g. chatml)",
+                        where=where, path="$.data.chat_template_jinja") from e
+    except TemplateError:
+        pass  # the template refuses this conversation (raise_exception): the data's own decide
+    if sft_flags(recipe)["assistant_only_loss"] and not has_generation_markers(text):
+        raise DataError("answer-only loss is on, but chat_template_jinja does not mark assistant turns "
+                        "({% generation %})",
+                        "wrap each assistant turn's text and end-of-turn marker in {% generation %}...{% "
+                        "endgeneration %}, or set data.completion_only_loss: false",
+                        where=where, path="$.data.chat_template_jinja")

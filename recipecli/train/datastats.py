@@ -326,9 +326,14 @@ def _template_warnings(recipe: Recipe, tokenizer, prepared: list[Prepared]) -> l
                              "use a template that renders earlier turns the same whatever follows them",
                              ("messages", turn)))
             break
-    where, path = recipe.locate(("model", "id")), "$.model.id"
-    probe = [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"}]
-    after = render(probe).rsplit("answer", 1)[-1]
+    # The template the warnings are about: the recipe's own Jinja, or the model's.
+    knob = ("data", "chat_template_jinja") if recipe.data.chat_template == "jinja" else ("model", "id")
+    where, path = recipe.locate(knob), "$." + ".".join(knob)
+    probe = list(data.PROBE)
+    try:
+        after = render(probe).rsplit("answer", 1)[-1]
+    except TemplateError:  # a template that wants more than one plain exchange: no end-of-turn check
+        return found
     ends = [t for t in (tokenizer.eos_token, *tokenizer.get_added_vocab()) if t and t in after]
     named = recipe.data.chat_template
     if named in templates.TEMPLATES:

@@ -119,7 +119,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                 say(f"note: {note}")
 
             tokenizer = load_tokenizer(recipe)
-            template = data.chat_template(recipe)
+            template = data.recipe_template(recipe)
             if template is not None:  # saved with the adapter, so `recipe generate` asks as training did
                 tokenizer.chat_template = template
             train_set, eval_set, data_stats = datastats.for_run(recipe, tokenizer)  # prints its summary line

@@ -63,6 +63,10 @@ _DELTAS = [
     {"method": "lora", "data": {"chat_template": "llama3", "datasets": [
         {"path": "org/c", "format": "chat", "fields": {"messages": "dialog"}, "roles": {"assistant": ["bot", "gpt"]}},
         {"path": "org/a", "format": "alpaca", "fields": {"instruction": "q", "input": "ctx", "output": "a"}}]}},
+    # a template of several lines, special tokens
+    {"method": "lora", "data": {"chat_template": "jinja", "special_tokens": {"eos_token": "<|im_end|>"},
+                                "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}  \n{% endfor %}\n",
+                                "datasets": [{"path": "org/c", "format": "chat"}]}},
 ]
 
 
@@ -73,6 +77,12 @@ def test_identity_and_validity_on_generated_recipes(make_recipe, delta, tmp_path
     assert _round_trip(recipe, tmp_path) == recipe
     doc = codec.to_document(recipe)
     assert resolve(tmp_path / "again.yaml").raw == doc  # what is written is exactly the document
+
+
+def test_text_of_several_lines_is_written_as_a_block_where_yaml_can_hold_it():
+    assert codec.block_yaml({"t": "a\nb\n"}) == "t: |\n  a\n  b\n"
+    awkward = "a  \n\tb"  # trailing spaces and a tab: quoted instead, the same text read back
+    assert yaml.safe_load(codec.block_yaml({"t": awkward})) == {"t": awkward}
 
 
 def test_an_8bit_recipe_shows_as_a_valid_8bit_recipe(make_recipe):

@@ -41,6 +41,7 @@ BREAKING = {
     "dataset_fields_match_the_format": ({"data": {"datasets": [{"path": "org/d", "format": "alpaca",
                                                                 "fields": {"messages": "dialog"}}]}},
                                         "$.data.datasets[0].fields.messages"),
+    "jinja_template_and_its_text": ({"data": {"chat_template": "jinja"}}, "$.data.chat_template"),
 }
 
 
@@ -64,6 +65,16 @@ def test_rule_fires_on_its_delta_alone(make_recipe, name):
 def test_per_epoch_counts_are_refused_where_they_cannot_work(make_recipe, training, data, path):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"training": training, "data": data}))
+    assert [p.path for p in info.value.problems] == [path]
+
+
+@pytest.mark.parametrize("data, path", [
+    ({"chat_template_jinja": "{{ messages }}"}, "$.data.chat_template_jinja"),
+    ({"chat_template": "chatml", "chat_template_jinja": "{{ messages }}"}, "$.data.chat_template_jinja"),
+])
+def test_a_jinja_text_needs_chat_template_jinja(make_recipe, data, path):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": data}))
     assert [p.path for p in info.value.problems] == [path]
 
 

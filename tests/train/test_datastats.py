@@ -350,7 +350,7 @@ def test_a_named_template_trains_exactly_the_answers_and_their_end_of_turn(recip
     assert trained == "2" + end + "It is 4." + end
     whole = tokenizer.decode(prepared.tokens.input_ids, skip_special_tokens=False)
     assert "Be brief." in whole and whole != tokenizer.apply_chat_template(_conversation(), tokenize=False)
-    assert data.chat_template(r) == templates.template(name)
+    assert data.recipe_template(r) == templates.template(name)
     stats = datastats.collect(r, tokenizer)
     # chatml and mistral end turns with tokens of the tiny tokenizer; the others' markers are no tokens of it.
     if name in ("chatml", "mistral"):
@@ -366,6 +366,49 @@ def test_a_named_template_trains_as_trl_does_with_that_template(recipe, model, t
     """TRL is given the template as the tokenizer's own; `recipe run` gets it by name."""
     r = recipe(renamed["chat"], max_seq_length=48, chat_template=name)
     _same_as_trl(r, model, tokenizer, tmp_path, native_tokenizer=_with_template(tokenizer, templates.template(name)))
+
+
+# A recipe's own template: Phi-style markers, which the tiny tokenizer does not have as tokens.
+JINJA = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' }}{% if m['role'] == 'assistant' %}"
+         "{% generation %}{{ m['content'] + eos_token }}{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}"
+         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def test_a_jinja_template_trains_as_trl_does_with_it(recipe, model, tokenizer, tmp_path, renamed):
+    r = recipe(renamed["chat"], max_seq_length=48, chat_template="jinja", chat_template_jinja=JINJA)
+    assert data.recipe_template(r) == JINJA
+    train, stats = _same_as_trl(r, model, tokenizer, tmp_path, native_tokenizer=_with_template(tokenizer, JINJA))
+    assert tokenizer.decode(train[0].tokens.input_ids).startswith("<|system|>")
+    assert stats.warnings == []
+
+
+@pytest.mark.parametrize("text, answer_only, words", [
+    ("{% for m in messages %}{{ m['content'] }}", True, r"not a Jinja template \(its line 1\)"),
+    ("{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}", True, "does not mark assistant turns"),
+])
+def test_a_jinja_template_that_cannot_train_is_refused_at_its_field(recipe, tokenizer, text, answer_only, words):
+    r = recipe(*MIXES["chat"], chat_template="jinja", chat_template_jinja=text, completion_only_loss=answer_only)
+    with pytest.raises(DataError, match=words) as info:
+        data.prepare(r, tokenizer)
+    assert info.value.path == "$.data.chat_template_jinja" and ":" in str(info.value.where)
+
+
+def test_an_unmarked_jinja_template_trains_every_token_without_answer_only_loss(recipe, tokenizer):
+    r = recipe(*MIXES["chat"], chat_template="jinja", completion_only_loss=False,
+               chat_template_jinja="{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}")
+    ((first, *_), _) = data.prepare(r, tokenizer)
+    assert first.tokens.labels == first.tokens.input_ids
+
+
+def test_a_record_the_template_refuses_is_located(recipe, tokenizer, tmp_path):
+    chat = tmp_path / "turns.jsonl"
+    good = {"messages": _conversation()[1:3]}
+    chat.write_text("\n".join(json.dumps(r) for r in (good, good, {"messages": _conversation()})) + "\n")
+    refuse = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role here') }}{% endif %}"
+    r = recipe((chat, "chat"), chat_template="jinja", chat_template_jinja=refuse + JINJA)
+    with pytest.raises(DataError, match="the chat template refuses this conversation: no system role here") as info:
+        data.prepare(r, tokenizer)
+    assert str(info.value.where).endswith("turns.jsonl:3:1")
 
 
 def test_a_tokenizer_without_a_template_trains_conversations_with_a_named_one(recipe, tokenizer):

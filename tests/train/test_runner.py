@@ -313,16 +313,23 @@ def test_a_special_token_the_tokenizer_lacks_is_refused_before_the_model_and_lea
     assert not (tmp_path / "run").exists()
 
 
-def test_a_named_chat_template_is_saved_with_the_adapter(tiny):
+JINJA = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' }}{% if m['role'] == 'assistant' %}{% generation %}"
+         "{{ m['content'] + eos_token }}{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("template", [{"chat_template": "chatml"},
+                                      {"chat_template": "jinja", "chat_template_jinja": JINJA}], ids=["named", "jinja"])
+def test_the_recipe_s_chat_template_is_saved_with_the_adapter(tiny, template):
     from transformers import AutoTokenizer
 
-    from recipecli.train import templates
+    from recipecli.train import data
 
     recipe = tiny({"data": {"datasets": [{"path": str(DATA / "tiny-chat.jsonl"), "format": "chat",
-                                          "max_samples": 8}], "chat_template": "chatml"}}, **{"training.max_steps": 1})
+                                          "max_samples": 8}], **template}}, **{"training.max_steps": 1})
     run(recipe, gpus=())
     saved = AutoTokenizer.from_pretrained(recipe.output_dir / "adapter")
-    assert saved.chat_template == templates.template("chatml")  # `recipe generate` asks as training did
+    assert saved.chat_template == data.recipe_template(recipe)  # `recipe generate` asks as training did
+    assert saved.chat_template in (JINJA, data.templates.template("chatml"))
 
 
 @pytest.mark.slow
