@@ -18,6 +18,9 @@ from typing import Any, Callable
 from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 
 ABSENT = object()  # write(): this recipe leaves the Axolotl key out
+# read(): a note printed with the conversion, for a value that becomes what recipe has closest
+# (the same memory and loss, another kernel); never for a value that changes what is trained.
+NOTE = "note"
 
 Read = Callable[[Any, dict], dict]  # (value, whole config or dataset entry) -> {recipe path: value}
 Write = Callable[[dict], Any]  # (resolved recipe document or dataset entry) -> value or ABSENT
@@ -255,19 +258,36 @@ def _write_fp16(doc):
     return {"auto": ABSENT, "bf16": ABSENT, "fp16": True, "fp32": False}[get(doc, "training.precision")]
 
 
-def _attention(kernel: str) -> Row:
-    key = {"flash_attention_2": "flash_attention", "sdpa": "sdp_attention", "eager": "eager_attention"}[kernel]
+# Axolotl's attention switches and attn_implementation values -> training.attention.
+_ATTENTION_KEYS = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
+# xformers' memory-efficient kernel is what PyTorch's sdpa runs as its memory-efficient backend (it
+# was upstreamed): the same memory on every card; recipe does not install xformers.
+_XFORMERS_NOTE = "xformers attention -> sdpa, whose memory-efficient kernel is xformers' own (same memory)"
+
+
+def _attention(key: str) -> Row:
+    kernel = _ATTENTION_KEYS.get(key, "sdpa")
 
     def read(v, cfg):
         if v is False:
             return {}
         if v is not True:
             raise NotConverted(f"expected true or false, got {_shown(v)}")
-        return {"training.attention": kernel}
+        return {"training.attention": kernel, **({NOTE: _XFORMERS_NOTE} if key == "xformers_attention" else {})}
 
-    return Row(key, ("training.attention",), read,
-               lambda doc: True if get(doc, "training.attention") == kernel else ABSENT,
-               "attention auto (sdpa) is Axolotl's default, when none of the three is set")
+    write = (lambda doc: ABSENT) if key == "xformers_attention" else (
+        lambda doc: True if get(doc, "training.attention") == kernel else ABSENT)
+    return Row(key, ("training.attention",), read, write,
+               "attention auto (sdpa) is Axolotl's default, when none of them is set")
+
+
+def _attn_implementation(v, cfg):
+    if v in ("flash_attention_2", "sdpa", "eager"):
+        return {"training.attention": v}
+    if v == "xformers":
+        return {"training.attention": "sdpa", NOTE: _XFORMERS_NOTE}
+    raise NotConverted(f"attn_implementation {_shown(v)} is not one recipe runs",
+                       "use flash_attention_2, sdpa or eager")
 
 
 def _val_set_size(v, cfg):
@@ -472,22 +492,28 @@ def _write_deepspeed(doc):
 
 
 # fsdp_config keys that say what recipe's FSDP2 full sharding does anyway.
-_FSDP_AS_RECIPE = {"fsdp_version": (2,), "fsdp_sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
-                   "fsdp_auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "fsdp_state_dict_type": (
-                       "FULL_STATE_DICT", "SHARDED_STATE_DICT"), "fsdp_use_orig_params": (True, False),
-                   "fsdp_sync_module_states": (True,), "fsdp_cpu_ram_efficient_loading": (True, False)}
+# fsdp_config values that are what recipe's FSDP2 full sharding does. Axolotl reads each key with
+# or without its fsdp_ prefix (the FSDP2 documentation writes them without).
+_FSDP_AS_RECIPE = {"version": (2,), "sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
+                   "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "state_dict_type": (
+                       "FULL_STATE_DICT", "SHARDED_STATE_DICT"), "use_orig_params": (True, False),
+                   "sync_module_states": (True,), "cpu_ram_efficient_loading": (True, False)}
 
 
 def _fsdp_config(v, cfg):
     if not isinstance(v, dict):
         raise NotConverted(f"expected a mapping, got {_shown(v)}")
+    offload = False
     for key, value in v.items():
-        if key == "fsdp_offload_params" and isinstance(value, bool) or key == "fsdp_transformer_layer_cls_to_wrap":
-            continue
-        if key not in _FSDP_AS_RECIPE or value not in _FSDP_AS_RECIPE[key]:
+        name = str(key).removeprefix("fsdp_")
+        if name == "offload_params" and isinstance(value, bool):
+            offload = value
+        elif name != "transformer_layer_cls_to_wrap" and value not in _FSDP_AS_RECIPE.get(name, ()):
             raise NotConverted(f"fsdp_config.{key} {_shown(value)}: recipe shards fully with FSDP2",
-                               "remove it, or use a value of " + ", ".join(_FSDP_AS_RECIPE))
-    return {"distributed.strategy": "fsdp", "distributed.fsdp_offload": v.get("fsdp_offload_params", False)}
+                               "remove it, or use a value of " + ", ".join(f"fsdp_{k}" for k in _FSDP_AS_RECIPE))
+    if cfg.get("fsdp_version", 2) != 2:
+        raise NotConverted(f"fsdp_version {_shown(cfg['fsdp_version'])}: recipe shards with FSDP2", "use fsdp_version: 2")
+    return {"distributed.strategy": "fsdp", "distributed.fsdp_offload": offload}
 
 
 def _write_fsdp(doc):
@@ -563,7 +589,11 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("bf16", ("training.precision",), _precision, _write_bf16, "with fp16: auto/bf16/fp16/fp32"),
     Row("fp16", ("training.precision",), lambda v, cfg: _precision(v, cfg) if "bf16" not in cfg else {},
         _write_fp16, "read with bf16"),
-    _attention("flash_attention_2"), _attention("sdpa"), _attention("eager"),
+    *(_attention(key) for key in (*_ATTENTION_KEYS, "xformers_attention")),
+    _row("tf32", "training.tf32", "TF32 where the card has it (compute capability 8.0+); recipe run says it changes "
+         "nothing elsewhere"),
+    Row("attn_implementation", ("training.attention",), _attn_implementation, lambda doc: ABSENT,
+        "transformers' name for the kernel, the newer spelling of the switches; xformers -> sdpa, as its switch"),
     _row("seed", "training.seed"),
     _row("logging_steps", "training.logging_steps"),
     _row("save_steps", "training.save_steps"),
@@ -599,6 +629,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "config: it travels in the header comment"),
     Row("fsdp_config", ("distributed.strategy", "distributed.fsdp_offload"), _fsdp_config, _write_fsdp,
         "FSDP2 full sharding"),
+    Row("fsdp_version", (), _only(2, why="recipe shards with FSDP2"), lambda doc: ABSENT,
+        "the top-level spelling of fsdp_config.fsdp_version"),
     Row("fsdp", (), _only(["full_shard", "auto_wrap"], ["full_shard"], why="recipe shards fully with FSDP2"),
         lambda doc: ABSENT, "the older list form; fsdp_config says the rest"),
     # Keys that change nothing recipe trains.
@@ -625,10 +657,6 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(True, why="recipe loads the fast tokenizer")("tokenizer_use_fast"),
     _no_effect_when(True, why="recipe shuffles the mixed datasets with the seed")("shuffle_merged_datasets"),
     _no_effect_when(False, why="recipe does not group batches by length")("group_by_length"),
-    _no_effect_when(False, why="recipe leaves TF32 matmuls off (torch's default)",
-                    hint="remove it; recipe trains in fp32, fp16 or bf16")("tf32"),
-    _no_effect_when(False, why="xformers attention is not supported",
-                    hint="recipe uses sdpa, which works on every card")("xformers_attention"),
     _no_effect_when(False, "false", why="recipe does not send gradients or weights to W&B")("wandb_watch"),
     _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _no_effect_when(False, why="torch.compile is not supported yet")("torch_compile"),
@@ -636,7 +664,7 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
     _no_effect_when(False, why="resuming is `recipe run RUN_DIR/recipe.yaml --resume`")("auto_resume_from_checkpoints"),
-    Row("special_tokens", ("data.special_tokens",), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
+    Row("special_tokens", tuple(f"data.special_tokens.{k}" for k in SPECIAL_TOKENS), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
         "a token the tokenizer has (checked when the recipe runs): recipe adds no tokens"),
     _no_effect_when([], why="recipe adds no tokens to the tokenizer")("tokens"),
 )

@@ -21,7 +21,7 @@ from ..read import paths
 from ..read.codec import flatten
 from ..read.yamlload import Document
 from . import axolotl
-from .axolotl import ABSENT, DATASET_ROWS, TOP_ROWS, UNSUPPORTED, NotConverted, row_for
+from .axolotl import ABSENT, DATASET_ROWS, TOP_ROWS, UNSUPPORTED, NotConverted, get, row_for
 
 # Where the recipe's name and description travel in an Axolotl file, which has no key for them:
 # comment lines `--to axolotl` writes and `--from axolotl` reads back (values as JSON strings).
@@ -124,10 +124,19 @@ def _apply(conv: Conversion, row, value, context: dict, where: Location, key: st
     except NotConverted as e:
         conv.unconverted.append(Unconverted(where, key, value, e.why, e.hint))
         return {}
+    if axolotl.NOTE in updates:  # converted to what recipe has closest, said where
+        updates = dict(updates)
+        conv.notes.append(f"{where}: key '{key}': {updates.pop(axolotl.NOTE)}")
     for dotted, new in updates.items():
         path = prefix + tuple(dotted.split("."))
         if prefix:  # a dataset entry: its fields are set by the caller
             conv.origin[json_path(path)] = value_at
+            continue
+        before = get(conv.document, dotted)
+        if before is not ABSENT and before != new:  # two keys that say otherwise (flash_attention and sdp_attention)
+            first = conv.origin[json_path(path)]
+            conv.unconverted.append(Unconverted(where, key, value, f"makes {dotted} {new!r}, but line {first.line} "
+                                                f"made it {before!r}", "keep one of the two keys"))
             continue
         _set(conv.document, path, new)
         conv.origin[json_path(path)] = value_at

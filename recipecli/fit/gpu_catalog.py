@@ -18,6 +18,7 @@ from ..units import GIB, MIB
 # Compute capability 8.0 (Ampere) brought bf16 tensor cores; flash-attn 2 needs them too.
 BF16_MIN_CAPABILITY = (8, 0)
 FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
+TF32_MIN_CAPABILITY = (8, 0)  # Ampere: the tensor cores that compute TF32
 
 # What nvidia-smi shows for a process beyond PyTorch's reserved memory: the CUDA context (driver
 # state, the per-SM local-memory reservation, the kernels loaded so far). With lazy module
@@ -62,6 +63,11 @@ class Gpu:
     def supports_bf16(self) -> Optional[bool]:
         cc = self.compute_capability
         return None if cc is None else cc >= BF16_MIN_CAPABILITY
+
+    @property
+    def supports_tf32(self) -> Optional[bool]:
+        cc = self.compute_capability
+        return None if cc is None else cc >= TF32_MIN_CAPABILITY
 
     @property
     def supports_flash_attention_2(self) -> Optional[bool]:

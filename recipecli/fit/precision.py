@@ -33,6 +33,7 @@ class Choices:
     trainable_dtype: DtypeName  # the trained parameters: LoRA adapters, or every weight (method full)
     autocast_dtype: Optional[DtypeName]  # the forward's torch.autocast dtype; None: no autocast
     grad_scaler: bool  # fp16's AMP GradScaler scales the loss and unscales fp32 gradients
+    tf32: bool = False  # fp32 matmuls in TF32 (training.tf32 on a card that has it); changes no memory
 
     @property
     def matmul_dtype(self) -> DtypeName:
@@ -155,9 +156,14 @@ def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
             problem(("quantization", "compute_dtype"), f"bfloat16 needs compute capability >= 8.0; {label} lacks it",
                     "set quantization.compute_dtype to auto (follows training.precision)")
 
+    tf32 = training.tf32 and cc_known and gpu.supports_tf32
+    if training.tf32 and not tf32:
+        # Asked for speed, not for a result: a card without TF32 runs plain fp32 (Axolotl configs set it freely).
+        notes.append(f"{label} has no TF32 (compute capability >= 8.0): tf32 changes nothing here")
+
     if problems:
         raise InvalidRecipe(problems)
     return Choices(precision, attention, compute_dtype, tuple(notes),
-                   **dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype))
+                   **dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype), tf32=tf32)
 
 

@@ -178,6 +178,7 @@ class Training:
     gradient_checkpointing: bool
     precision: Precision
     attention: Attention
+    tf32: bool
     seed: int
     logging_steps: int
     save_steps: int

@@ -438,6 +438,7 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         gradient_checkpointing=t.gradient_checkpointing,
         bf16=choices.precision == "bf16",
         fp16=choices.precision == "fp16",
+        tf32=True if choices.tf32 else None,  # None leaves torch's default (off); transformers refuses True without TF32
         use_cpu=not cuda,
         seed=t.seed,
         logging_steps=t.logging_steps,

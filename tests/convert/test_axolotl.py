@@ -57,6 +57,10 @@ READS = {
     "flash_attention": (True, {}, {"training.attention": "flash_attention_2"}),
     "sdp_attention": (True, {}, {"training.attention": "sdpa"}),
     "eager_attention": (True, {}, {"training.attention": "eager"}),
+    "xformers_attention": (True, {}, {"training.attention": "sdpa", "note": "xformers attention -> sdpa, whose "
+                                      "memory-efficient kernel is xformers' own (same memory)"}),
+    "attn_implementation": ("flash_attention_2", {}, {"training.attention": "flash_attention_2"}),
+    "tf32": (True, {}, {"training.tf32": True}),
     "seed": (7, {}, {"training.seed": 7}),
     "logging_steps": (5, {}, {"training.logging_steps": 5}),
     "save_steps": (50, {}, {"training.save_steps": 50}),
@@ -71,6 +75,7 @@ READS = {
                   {"distributed.strategy": "deepspeed_zero3", "distributed.zero_offload": "optimizer"}),
     "fsdp_config": ({"fsdp_version": 2, "fsdp_offload_params": True, "fsdp_transformer_layer_cls_to_wrap":
                      "LlamaDecoderLayer"}, {}, {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}),
+    "fsdp_version": (2, {}, {}),
     # issue 10: the recipe fields grown for Axolotl users
     "peft_use_dora": (True, QLORA, {"lora.use_dora": True}),
     "lora_modules_to_save": (["embed_tokens", "lm_head"], QLORA, {"lora.modules_to_save": ["embed_tokens", "lm_head"]}),
@@ -103,11 +108,12 @@ REFUSALS = {
     "chat_template_jinja": ("templates/chat.jinja", {"chat_template": "jinja"}, "a template file"),
     "eval_steps": (0.25, {}, "a fraction of the run"),
     "wandb_mode": ("shared", {}, "not online, offline or disabled"),
-    "tf32": (True, {}, "TF32"),
-    "xformers_attention": (True, {}, "xformers"),
+    "xformers_attention": ("yes", {}, "expected true or false"),
+    "attn_implementation": ("flex_attention", {}, "not one recipe runs"),
     "special_tokens": ({"sep_token": "</s>"}, {}, "sep_token: recipe sets the tokenizer's pad_token"),
     "deepspeed": ("deepspeed_configs/zero1.json", {}, "inline config only"),
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
+    "fsdp_version": (1, {}, "recipe shards with FSDP2"),
     "lora_modules_to_save": ("lm_head", QLORA, "not a list of module names"),
     "early_stopping_patience": (0, {}, "1 or more"),
     "load_best_model_at_end": (True, {}, "exactly when early_stopping_patience is set"),
@@ -214,11 +220,20 @@ def test_each_row_writes_back_what_it_read(key):
     node[last] = recipe_value
     row = row_for(key, TOP_ROWS)
     written = row.write(doc)
-    if key in ("model_revision", "liger_swiglu"):  # an older spelling: the current key writes it
+    if key in ("model_revision", "liger_swiglu", "attn_implementation"):  # another spelling: one key writes it
         assert written is ABSENT
         return
     again = row.read(written, {**rest, key: written})
     assert again == expected, (key, written)
+
+
+@pytest.mark.parametrize("config", [
+    {"fsdp_version": 2, "fsdp_reshard_after_forward": True, "fsdp_offload_params": True},
+    {"version": 2, "reshard_after_forward": True, "offload_params": True, "state_dict_type": "FULL_STATE_DICT"},
+], ids=["prefixed", "fsdp2-spelling"])
+def test_fsdp_config_reads_with_or_without_the_fsdp_prefix(config):
+    read = row_for("fsdp_config", TOP_ROWS).read(config, {"fsdp_config": config})
+    assert read == {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}
 
 
 def test_every_optimizer_alias_names_a_recipe_optimizer():

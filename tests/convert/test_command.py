@@ -152,6 +152,27 @@ def test_an_invalid_converted_value_is_located_at_its_axolotl_key(here):
         in result.output
 
 
+MINIMAL = "base_model: org/m\nadapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n" \
+          "learning_rate: 0.0001\ndatasets:\n  - path: org/d\n    type: alpaca\n"
+
+
+def test_two_keys_that_set_one_field_otherwise_are_both_located(here):
+    (here / "two.yml").write_text(MINIMAL + "flash_attention: true\nsdp_attention: true\n")
+    result = convert("two.yml", "--from", "axolotl")
+    assert result.exit_code == ExitCode.INVALID
+    assert "two.yml:11:1: key 'sdp_attention': not converted: makes training.attention 'sdpa', but line 10 made " \
+           "it 'flash_attention_2'" in result.output
+
+
+def test_a_kernel_converted_to_recipe_s_closest_is_said_at_its_line(here):
+    (here / "x.yml").write_text(MINIMAL + "xformers_attention: true\ntf32: true\n")
+    result = convert("x.yml", "--from", "axolotl", "-o", "x.yaml")
+    assert result.exit_code == 0
+    assert "note: x.yml:10:1: key 'xformers_attention': xformers attention -> sdpa" in result.stderr
+    recipe = load_recipe(here / "x.yaml")
+    assert (recipe.training.attention, recipe.training.tf32) == ("sdpa", True)
+
+
 def test_one_direction_is_required(here):
     assert convert("full-completion.yml").exit_code == ExitCode.USAGE
     assert convert("full-completion.yml", "--from", "axolotl", "--to", "axolotl").exit_code == ExitCode.USAGE
@@ -195,6 +216,9 @@ DELTAS = {
                                             {"path": "org/sg", "format": "sharegpt", "split": "test",
                                              "subset": "en"}], "completion_only_loss": False, "packing": True}},
     "remote-code": {"model": {"trust_remote_code": True, "revision": "v2"}},
+    "tf32-jinja": {"training": {"tf32": True}, "data": {
+        "chat_template": "jinja", "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}\n{% endfor %}",
+        "special_tokens": {"pad_token": "<pad>", "eos_token": "</s>"}, "datasets": [{"path": "org/c", "format": "chat"}]}},
     "fsdp": {"method": "lora", "distributed": {"strategy": "fsdp", "processes_per_node": 2, "fsdp_offload": True}},
     "zero3-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
                                                         "zero_offload": "optimizer_and_parameters"},

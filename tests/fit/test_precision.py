@@ -115,3 +115,12 @@ def test_fp32_adapters_on_turing_are_counted_at_4_bytes(recipe_for):
     parts = {v: {c.name: c.bytes for c in v.estimate.components} for v in (turing, ampere)}
     assert parts[turing]["lora"] == 4 * adapters
     assert parts[ampere]["lora"] == 2 * adapters
+
+
+@pytest.mark.parametrize("where, on", [("cpu", False), ("rtx2080", False), ("t4", False), ("vram8", False),
+                                        ("rtx3090", True), ("a100", True)])
+def test_tf32_is_on_only_where_the_card_has_it_and_said_elsewhere(make_recipe, where, on):
+    choices = choose(load_recipe(make_recipe({"training": {"tf32": True, "precision": "fp32"}})), CARDS[where])
+    assert choices.tf32 is on
+    assert any("tf32 changes nothing here" in note for note in choices.notes) is not on
+    assert choose(load_recipe(make_recipe({"training": {"precision": "fp32"}})), CARDS[where]).tf32 is False

@@ -304,6 +304,11 @@ def test_special_tokens_are_set_before_training_and_saved(tiny):
     assert (saved.pad_token, saved.eos_token) == (EOS, TURN)
 
 
+def test_tf32_asked_on_the_cpu_trains_and_says_it_changes_nothing(tiny, capsys):
+    run(tiny({"training": {"tf32": True}}, **{"training.max_steps": 1}), gpus=())  # transformers raises on tf32=True
+    assert "no GPU has no TF32 (compute capability >= 8.0): tf32 changes nothing here" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["pad_token", "eos_token", "bos_token", "unk_token"])
 def test_a_special_token_the_tokenizer_lacks_is_refused_before_the_model_and_leaves_no_folder(tiny, tmp_path, name):
     recipe = tiny({"data": {"special_tokens": {name: "<|finetune_right_pad_id|>"}}})
