@@ -12,7 +12,9 @@ writes Axolotl's explicitly, so an absent key means the same on both sides.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
@@ -93,6 +95,15 @@ def _special_tokens(v, cfg):
     if bad:
         raise NotConverted(f"{bad} {_shown(v[bad])}: not a token's text", "")
     return {f"data.special_tokens.{k}": v[k] for k in SPECIAL_TOKENS if k in v}
+
+
+def _tokens(v, cfg):
+    if isinstance(v, dict):  # the older spelling of special_tokens
+        return _special_tokens(v, cfg)
+    if v == []:
+        return {}
+    raise NotConverted(f"{_shown(v)}: recipe adds no tokens to the tokenizer (a new token needs an embedding row "
+                       "the base model does not have)", "use a model whose tokenizer has them, or remove it")
 
 
 def _ignored(key: str, notes: str) -> Row:
@@ -421,11 +432,15 @@ def _load_best(v, cfg):
 # jinja is the template written in chat_template_jinja on both sides.
 CHAT_TEMPLATES = {"tokenizer_default": "tokenizer", "chatml": "chatml", "llama3": "llama3", "mistral_v1": "mistral",
                   "gemma": "gemma", "phi_3": "phi", "jinja": "jinja"}
+# Axolotl's other names for a format recipe writes the same way (read only; recipe writes the name above).
+TEMPLATE_ALIASES = {"gemma3": "gemma", "gemma3_text": "gemma", "gemma3n": "gemma"}
 
 
 def _chat_template(v, cfg):
     if v == "jinja" and not cfg.get("chat_template_jinja"):
         raise NotConverted("chat_template jinja without chat_template_jinja", "add the template's text")
+    if isinstance(v, str) and v in TEMPLATE_ALIASES:
+        return {"data.chat_template": TEMPLATE_ALIASES[v]}
     if isinstance(v, str) and v in CHAT_TEMPLATES:
         # tokenizer_default is recipe's default too: a converted recipe leaves it out.
         return {} if CHAT_TEMPLATES[v] == "tokenizer" else {"data.chat_template": CHAT_TEMPLATES[v]}
@@ -459,10 +474,17 @@ def _dataset_chat_template(v, entry):
                        "data.chat_template", "move it to the top-level chat_template")
 
 
+# Axolotl's shipped deepspeed_configs/, by file name: (ZeRO stage, recipe's zero_offload). Read from
+# the public files; *_torch_compile (torch.compile) have no recipe equivalent.
+AXOLOTL_DEEPSPEED = {"zero1.json": (1, "none"), "zero2.json": (2, "optimizer"), "zero3.json": (3, "none"), "zero3_bf16.json": (3, "none"),
+                     "zero3_cpuoffload.json": (3, "optimizer_and_parameters"),
+                     "zero3_bf16_cpuoffload_all.json": (3, "optimizer_and_parameters")}
+_DEEPSPEED_FILE_LIMIT = 1 << 20  # a DeepSpeed config is a few hundred bytes
+
+
 def _deepspeed(v, cfg):
     if isinstance(v, str):
-        raise NotConverted(f"DeepSpeed config file {v!r}: the converter reads an inline config only",
-                           "paste the file's zero_optimization block under deepspeed: (Axolotl takes a mapping too)")
+        return _deepspeed_file(v)
     zero = v.get("zero_optimization") if isinstance(v, dict) else None
     stage = zero.get("stage") if isinstance(zero, dict) else None
     if stage not in (2, 3):
@@ -478,6 +500,33 @@ def _deepspeed(v, cfg):
     return {"distributed.strategy": f"deepspeed_zero{stage}", "distributed.zero_offload": offload}
 
 
+def _deepspeed_file(name: str) -> dict:
+    """A DeepSpeed config named by its path, relative to where Axolotl (and recipe convert) runs: read
+    when it is here; one of Axolotl's shipped configs by its name when it is not."""
+    path = Path(name).expanduser()
+    try:
+        found = path.is_file() and path.stat().st_size <= _DEEPSPEED_FILE_LIMIT  # not a FIFO, device or giant
+        text = path.read_text(encoding="utf-8") if found else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NotConverted(f"DeepSpeed config file {name!r} cannot be read: {e}") from e
+    if text is not None:
+        try:
+            return _deepspeed(json.loads(text), {})
+        except ValueError as e:
+            raise NotConverted(f"DeepSpeed config file {name!r} is not JSON: {e}") from e
+    if path.parent.name == "deepspeed_configs" and path.name in AXOLOTL_DEEPSPEED:
+        stage, offload = AXOLOTL_DEEPSPEED[path.name]
+        if stage not in (2, 3):
+            raise NotConverted(f"{name}: Axolotl's ZeRO stage {stage} config; recipe runs stage 2 or 3",
+                               "use deepspeed_configs/zero2.json or zero3.json")
+        return {"distributed.strategy": f"deepspeed_zero{stage}", "distributed.zero_offload": offload,
+                NOTE: f"{name} is not here: read as Axolotl's shipped deepspeed_configs/{path.name} (ZeRO-{stage}, "
+                      f"offload {offload})"}
+    raise NotConverted(f"DeepSpeed config file {name!r} is not here, and is not one of Axolotl's shipped "
+                       "deepspeed_configs/", "run recipe convert where the file is, or paste its zero_optimization "
+                       "block under deepspeed: (Axolotl takes a mapping too)")
+
+
 def _write_deepspeed(doc):
     strategy = get(doc, "distributed.strategy", "none")
     if not strategy.startswith("deepspeed_zero"):
@@ -491,7 +540,6 @@ def _write_deepspeed(doc):
     return {"zero_optimization": zero}
 
 
-# fsdp_config keys that say what recipe's FSDP2 full sharding does anyway.
 # fsdp_config values that are what recipe's FSDP2 full sharding does. Axolotl reads each key with
 # or without its fsdp_ prefix (the FSDP2 documentation writes them without).
 _FSDP_AS_RECIPE = {"version": (2,), "sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
@@ -565,8 +613,9 @@ TOP_ROWS: tuple[Row, ...] = (
         lambda doc: not get(doc, "data.completion_only_loss")),
     Row("val_set_size", ("data.val_fraction",), _val_set_size, lambda doc: get(doc, "data.val_fraction")),
     Row("chat_template", ("data.chat_template",), _chat_template, _write_chat_template,
-        "tokenizer_default -> tokenizer, mistral_v1 -> mistral, phi_3 -> phi; recipe writes each template from the "
-        "public format: llama3 does not trim turns, gemma folds a system turn into the next user turn"),
+        "tokenizer_default -> tokenizer, mistral_v1 -> mistral, phi_3 -> phi, gemma3 (and gemma3_text, gemma3n) -> "
+        "gemma; recipe writes each template from the public format: llama3 does not trim turns, gemma folds a "
+        "system turn into the next user turn (Gemma 3's way)"),
     Row("chat_template_jinja", ("data.chat_template_jinja",), _chat_template_jinja,
         lambda doc: get(doc, "data.chat_template_jinja"), "the template's text (a path to a template file is refused)"),
     _row("micro_batch_size", "training.micro_batch_size"),
@@ -666,7 +715,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, why="resuming is `recipe run RUN_DIR/recipe.yaml --resume`")("auto_resume_from_checkpoints"),
     Row("special_tokens", tuple(f"data.special_tokens.{k}" for k in SPECIAL_TOKENS), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
         "a token the tokenizer has (checked when the recipe runs): recipe adds no tokens"),
-    _no_effect_when([], why="recipe adds no tokens to the tokenizer")("tokens"),
+    Row("tokens", (), _tokens, lambda doc: ABSENT,
+        "a list adds tokens (recipe adds none); older configs give the special tokens here, read as special_tokens"),
 )
 
 

@@ -37,13 +37,15 @@ TEMPLATES: dict[str, str] = {
         "{% elif message['role'] == 'user' %}{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
         "{% set ns.system = '' %}"
         "{% else %}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{% endif %}{% endfor %}"),
-    # Gemma: <start_of_turn>user|model\ntext<end_of_turn>\n, after the BOS token.
+    # Gemma (1, 2 and 3): <start_of_turn>user|model\ntext<end_of_turn>\n, after the BOS token, each
+    # turn's text trimmed; Gemma 3 folds a system turn into the first user turn, as this does.
     "gemma": (
         "{{ bos_token }}" + _FOLD +
         "{% elif message['role'] == 'user' %}"
-        "{{ '<start_of_turn>user\\n' + ns.system + message['content'] + '<end_of_turn>\\n' }}{% set ns.system = '' %}"
+        "{{ '<start_of_turn>user\\n' + ns.system + (message['content'] | trim) + '<end_of_turn>\\n' }}"
+        "{% set ns.system = '' %}"
         "{% else %}{{ '<start_of_turn>model\\n' }}"
-        "{% generation %}{{ message['content'] + '<end_of_turn>' }}{% endgeneration %}{{ '\\n' }}"
+        "{% generation %}{{ (message['content'] | trim) + '<end_of_turn>' }}{% endgeneration %}{{ '\\n' }}"
         "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"),
     # Phi-3: <|role|>\ntext<|end|>\n

@@ -2,10 +2,12 @@
 stands for, refuses what has no recipe equivalent, and writes back what it read."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, OPTIMIZERS, TOP_ROWS,
-                                       UNSUPPORTED, NotConverted, row_for)
+from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, NOTE, OPTIMIZERS,
+                                       TOP_ROWS, UNSUPPORTED, NotConverted, row_for)
 from recipecli.read.schema import schema
 
 QLORA = {"adapter": "qlora", "load_in_4bit": True}
@@ -45,6 +47,7 @@ READS = {
     "special_tokens": ({"pad_token": "<|end_of_text|>", "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"},
                        {}, {"data.special_tokens.pad_token": "<|end_of_text|>", "data.special_tokens.eos_token": "</s>",
                             "data.special_tokens.bos_token": "<s>", "data.special_tokens.unk_token": "<unk>"}),
+    "tokens": ({"pad_token": "<|padding|>"}, {}, {"data.special_tokens.pad_token": "<|padding|>"}),
     "saves_per_epoch": (2, {}, {"training.saves_per_epoch": 2}),
     "evals_per_epoch": (4, {}, {"training.evals_per_epoch": 4}),
     "weight_decay": (0.01, {}, {"training.weight_decay": 0.01}),
@@ -111,7 +114,8 @@ REFUSALS = {
     "xformers_attention": ("yes", {}, "expected true or false"),
     "attn_implementation": ("flex_attention", {}, "not one recipe runs"),
     "special_tokens": ({"sep_token": "</s>"}, {}, "sep_token: recipe sets the tokenizer's pad_token"),
-    "deepspeed": ("deepspeed_configs/zero1.json", {}, "inline config only"),
+    "tokens": (["<|im_start|>"], {}, "recipe adds no tokens"),
+    "deepspeed": ("deepspeed_configs/zero1.json", {}, "ZeRO stage 1 config; recipe runs stage 2 or 3"),
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
     "fsdp_version": (1, {}, "recipe shards with FSDP2"),
     "lora_modules_to_save": ("lm_head", QLORA, "not a list of module names"),
@@ -220,7 +224,7 @@ def test_each_row_writes_back_what_it_read(key):
     node[last] = recipe_value
     row = row_for(key, TOP_ROWS)
     written = row.write(doc)
-    if key in ("model_revision", "liger_swiglu", "attn_implementation"):  # another spelling: one key writes it
+    if key in ("model_revision", "liger_swiglu", "attn_implementation", "tokens"):  # another spelling: one key writes it
         assert written is ABSENT
         return
     again = row.read(written, {**rest, key: written})
@@ -234,6 +238,30 @@ def test_each_row_writes_back_what_it_read(key):
 def test_fsdp_config_reads_with_or_without_the_fsdp_prefix(config):
     read = row_for("fsdp_config", TOP_ROWS).read(config, {"fsdp_config": config})
     assert read == {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}
+
+
+@pytest.mark.parametrize("name", ["gemma3", "gemma3_text", "gemma3n"])
+def test_axolotl_s_gemma_3_templates_read_as_gemma(name):
+    assert row_for("chat_template", TOP_ROWS).read(name, {}) == {"data.chat_template": "gemma"}
+
+
+def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    read = row_for("deepspeed", TOP_ROWS).read
+    (tmp_path / "mine.json").write_text('{"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}')
+    assert read("mine.json", {}) == {"distributed.strategy": "deepspeed_zero3", "distributed.zero_offload": "optimizer"}
+    shipped = read("deepspeed_configs/zero2.json", {})  # Axolotl's zero2.json offloads the optimizer
+    assert shipped.pop(NOTE).startswith("deepspeed_configs/zero2.json is not here: read as Axolotl's shipped")
+    assert shipped == {"distributed.strategy": "deepspeed_zero2", "distributed.zero_offload": "optimizer"}
+    (tmp_path / "deepspeed_configs").mkdir()
+    (tmp_path / "deepspeed_configs" / "zero2.json").write_text('{"zero_optimization": {"stage": 2}}')
+    assert read("deepspeed_configs/zero2.json", {}) == {"distributed.strategy": "deepspeed_zero2",
+                                                         "distributed.zero_offload": "none"}  # the file here wins
+    os.mkfifo(tmp_path / "pipe.json")  # never opened: it would block
+    (tmp_path / "bad.json").write_text("{stage: 3")
+    for name, words in (("pipe.json", "is not here"), ("other/zero3.json", "is not here"), ("bad.json", "not JSON")):
+        with pytest.raises(NotConverted, match=words):
+            read(name, {})
 
 
 def test_every_optimizer_alias_names_a_recipe_optimizer():
