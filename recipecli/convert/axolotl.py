@@ -541,27 +541,33 @@ def _write_deepspeed(doc):
 
 
 # fsdp_config values that are what recipe's FSDP2 full sharding does. Axolotl reads each key with
-# or without its fsdp_ prefix (the FSDP2 documentation writes them without).
-_FSDP_AS_RECIPE = {"version": (2,), "sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
+# or without its fsdp_ prefix (the FSDP2 documentation writes them without). limit_all_gathers is
+# FSDP1's rate limit on prefetching, on by default there; FSDP2 bounds it by design.
+_FSDP_AS_RECIPE = {"version": (1, 2), "sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
                    "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "state_dict_type": (
                        "FULL_STATE_DICT", "SHARDED_STATE_DICT"), "use_orig_params": (True, False),
-                   "sync_module_states": (True,), "cpu_ram_efficient_loading": (True, False)}
+                   "sync_module_states": (True,), "cpu_ram_efficient_loading": (True, False),
+                   "limit_all_gathers": (True,), "activation_checkpointing": (True, False)}
 
 
 def _fsdp_config(v, cfg):
     if not isinstance(v, dict):
         raise NotConverted(f"expected a mapping, got {_shown(v)}")
-    offload = False
-    for key, value in v.items():
-        name = str(key).removeprefix("fsdp_")
-        if name == "offload_params" and isinstance(value, bool):
-            offload = value
-        elif name != "transformer_layer_cls_to_wrap" and value not in _FSDP_AS_RECIPE.get(name, ()):
+    found = {str(key).removeprefix("fsdp_"): (key, value) for key, value in v.items()}
+    for name, (key, value) in found.items():
+        if name == "offload_params" and isinstance(value, bool) or name == "transformer_layer_cls_to_wrap":
+            continue
+        if not any(value == ok and type(value) is type(ok) for ok in _FSDP_AS_RECIPE.get(name, ())):  # True is not 1
             raise NotConverted(f"fsdp_config.{key} {_shown(value)}: recipe shards fully with FSDP2",
                                "remove it, or use a value of " + ", ".join(f"fsdp_{k}" for k in _FSDP_AS_RECIPE))
-    if cfg.get("fsdp_version", 2) != 2:
-        raise NotConverted(f"fsdp_version {_shown(cfg['fsdp_version'])}: recipe shards with FSDP2", "use fsdp_version: 2")
-    return {"distributed.strategy": "fsdp", "distributed.fsdp_offload": offload}
+    out = {"distributed.strategy": "fsdp", "distributed.fsdp_offload": found.get("offload_params", (0, False))[1]}
+    if found.get("activation_checkpointing", (0, False))[1]:  # FSDP's wrapper for what the trainer does itself
+        out["training.gradient_checkpointing"] = True
+    version = found.get("version", (0, cfg.get("fsdp_version", 1)))[1]
+    if version == 1:
+        out[NOTE] = "FSDP1 full sharding -> recipe's FSDP2 full sharding (the same share of weights, gradients " \
+                    "and optimizer state per GPU)"
+    return out
 
 
 def _write_fsdp(doc):
@@ -678,8 +684,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "config: it travels in the header comment"),
     Row("fsdp_config", ("distributed.strategy", "distributed.fsdp_offload"), _fsdp_config, _write_fsdp,
         "FSDP2 full sharding"),
-    Row("fsdp_version", (), _only(2, why="recipe shards with FSDP2"), lambda doc: ABSENT,
-        "the top-level spelling of fsdp_config.fsdp_version"),
+    Row("fsdp_version", (), _only(1, 2, why="recipe shards with FSDP2"), lambda doc: ABSENT,
+        "the top-level spelling of fsdp_config.fsdp_version; FSDP1 is converted to FSDP2 with a note"),
     Row("fsdp", (), _only(["full_shard", "auto_wrap"], ["full_shard"], why="recipe shards fully with FSDP2"),
         lambda doc: ABSENT, "the older list form; fsdp_config says the rest"),
     # Keys that change nothing recipe trains.

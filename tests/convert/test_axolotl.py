@@ -117,7 +117,7 @@ REFUSALS = {
     "tokens": (["<|im_start|>"], {}, "recipe adds no tokens"),
     "deepspeed": ("deepspeed_configs/zero1.json", {}, "ZeRO stage 1 config; recipe runs stage 2 or 3"),
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
-    "fsdp_version": (1, {}, "recipe shards with FSDP2"),
+    "fsdp_version": (3, {}, "recipe shards with FSDP2"),
     "lora_modules_to_save": ("lm_head", QLORA, "not a list of module names"),
     "early_stopping_patience": (0, {}, "1 or more"),
     "load_best_model_at_end": (True, {}, "exactly when early_stopping_patience is set"),
@@ -238,6 +238,16 @@ def test_each_row_writes_back_what_it_read(key):
 def test_fsdp_config_reads_with_or_without_the_fsdp_prefix(config):
     read = row_for("fsdp_config", TOP_ROWS).read(config, {"fsdp_config": config})
     assert read == {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}
+
+
+def test_fsdp1_becomes_fsdp2_with_a_note_and_its_checkpointing_the_trainer_s():
+    config = {"fsdp_limit_all_gathers": True, "fsdp_activation_checkpointing": True, "fsdp_sharding_strategy": "FULL_SHARD"}
+    read = row_for("fsdp_config", TOP_ROWS).read(config, {"fsdp_config": config})
+    assert read.pop(NOTE).startswith("FSDP1 full sharding -> recipe's FSDP2")
+    assert read == {"distributed.strategy": "fsdp", "distributed.fsdp_offload": False,
+                    "training.gradient_checkpointing": True}
+    with pytest.raises(NotConverted, match="fsdp_version True"):
+        row_for("fsdp_config", TOP_ROWS).read({"fsdp_version": True}, {})
 
 
 @pytest.mark.parametrize("name", ["gemma3", "gemma3_text", "gemma3n"])
