@@ -878,6 +878,14 @@ def _completion_field(v, entry):
     return {} if v == "text" else {"fields": {"text": v}}
 
 
+def _data_files(v, entry):
+    files = [v] if isinstance(v, str) else v
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
+        raise NotConverted(f"data_files {_shown(v)}: expected a file name or a list of them",
+                           "a mapping of split names to files is not supported: pick the training split's files")
+    return {"data_files": files}
+
+
 DATASET_ROWS: tuple[Row, ...] = (
     Row("path", ("path",), lambda v, e: {"path": v}, lambda d: d["path"],
         "a local file is relative to where Axolotl runs; written relative to the recipe"),
@@ -886,6 +894,8 @@ DATASET_ROWS: tuple[Row, ...] = (
         "chat_template -> chat, or sharegpt for conversations [{from, value}]"),
     Row("split", ("split",), lambda v, e: {"split": v}, lambda d: d["split"] if d.get("split") != "train" else ABSENT),
     Row("name", ("subset",), lambda v, e: {"subset": v}, lambda d: d.get("subset", ABSENT)),
+    Row("data_files", ("data_files",), _data_files, lambda d: d.get("data_files", ABSENT),
+        "files inside a hub dataset's repository; one name becomes a list of one"),
     Row("ds_type", (), _ds_type, lambda d: ABSENT, "must agree with the file's suffix"),
     Row("field_messages", ("fields",), _message_fields, _write_field_messages,
         "the field of the turns -> fields.messages where it is not the format's own"),

@@ -137,6 +137,7 @@ class Dataset:
     format: Format
     split: str
     subset: Optional[str]
+    data_files: Optional[tuple[str, ...]]  # hub datasets only (rules.py)
     max_samples: Optional[int]
     fields: Optional[Fields]  # absent: the format's own field names
     roles: Optional[Roles]  # chat and sharegpt only (rules.py)

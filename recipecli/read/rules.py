@@ -85,6 +85,10 @@ def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):
         if path is None:
             continue
         if paths.is_data_file(path):
+            if "data_files" in dataset:
+                yield ctx.problem(("data", "datasets", i, "data_files"), "data_files with a local file",
+                                  "data_files picks files of a hub dataset; a local dataset is its file: remove it",
+                                  key=True)
             file = paths.absolute(path, ctx.directory_of(where))
             if not file.is_file():
                 yield ctx.problem(where, f"dataset file not found: {file}" if not file.exists() else

@@ -113,6 +113,9 @@ def _problems(error: jsonschema.ValidationError, locate) -> list[Problem]:
     if error.validator == "type":
         message, hint = _type_problem(sub.get("type"), error.instance)
         return [Problem(locate(path, False), json_path(path), message, hint or description)]
+    if error.validator == "pattern":  # the regular expression helps no one: the description says the form
+        return [Problem(locate(path, False), json_path(path), f"{_shown(error.instance)} is not of the form "
+                        "this field takes", description)]
     if error.validator in ("oneOf", "anyOf"):
         return [Problem(locate(path, False), json_path(path), f"{_shown(error.instance)} is not a valid value",
                         description)]

@@ -69,7 +69,7 @@ def fingerprint(spec: Dataset) -> str:
     """Identity of a dataset for the run folder: what was trained on, not just its name.
 
     Returns:
-        ``sha256:<hex>`` of a local file's bytes; ``hub:<id>[/<subset>]:<split>`` for a hub dataset,
+        ``sha256:<hex>`` of a local file's bytes; ``hub:<id>[/<subset>]:<split>[:<data_files>]`` for a hub dataset,
         which has no content hash before download.
 
     Raises:
@@ -77,7 +77,8 @@ def fingerprint(spec: Dataset) -> str:
     """
     if not spec.is_local:
         subset = f"/{spec.subset}" if spec.subset else ""
-        return f"hub:{spec.path}{subset}:{spec.split}"
+        files = f":{','.join(spec.data_files)}" if spec.data_files else ""
+        return f"hub:{spec.path}{subset}:{spec.split}{files}"
     _check_regular_file(spec)
     digest = hashlib.sha256()
     try:
@@ -300,7 +301,8 @@ def _hub_rows(spec: Dataset):
     # and prepares the whole split (into its cache), so a large set costs its full download once.
     split = spec.split if spec.max_samples is None else f"{spec.split}[:{spec.max_samples}]"
     try:
-        loaded = datasets.load_dataset(spec.path, name=spec.subset, split=split)
+        loaded = datasets.load_dataset(spec.path, name=spec.subset, split=split,
+                                       data_files=list(spec.data_files) if spec.data_files else None)
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError is an OSError
         raise DataError(f"could not download hub dataset (subset {spec.subset}, split {spec.split}): {e}",
                         "check the id and your connection, or save it as a local .jsonl/.parquet file and "

@@ -149,6 +149,7 @@ DATASET_READS = {
     "chat_template": ("tokenizer_default", {}, {}),
     "field": ("body", {"type": "completion"}, {"fields": {"text": "body"}}),
     "trust_remote_code": (False, {}, {}),
+    "data_files": ("data/train.jsonl", {}, {"data_files": ["data/train.jsonl"]}),
 }
 
 # Dataset entries and the recipe dataset each becomes (issue 10: Axolotl's type aliases and field names).
@@ -172,6 +173,7 @@ ENTRIES = {
 }
 
 DATASET_REFUSALS = {
+    "data_files": ({"train": "a.jsonl"}, {}, "expected a file name or a list of them"),
     "type": ({"field_instruction": "q", "format": "[INST] {instruction} [/INST]"}, {}, "custom prompt type"),
     "field_messages": ("dialog", {"type": "alpaca"}, "only conversations have them"),
     "message_property_mappings": ({"role": "role", "content": "content", "tool_calls": "calls"}, CHAT,

@@ -218,7 +218,8 @@ DELTAS = {
     "remote-code": {"model": {"trust_remote_code": True, "revision": "v2"}},
     "tf32-jinja": {"training": {"tf32": True}, "data": {
         "chat_template": "jinja", "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}\n{% endfor %}",
-        "special_tokens": {"pad_token": "<pad>", "eos_token": "</s>"}, "datasets": [{"path": "org/c", "format": "chat"}]}},
+        "special_tokens": {"pad_token": "<pad>", "eos_token": "</s>"},
+        "datasets": [{"path": "org/c", "format": "chat", "data_files": ["a/*.jsonl"]}]}},
     "fsdp": {"method": "lora", "distributed": {"strategy": "fsdp", "processes_per_node": 2, "fsdp_offload": True}},
     "zero3-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
                                                         "zero_offload": "optimizer_and_parameters"},

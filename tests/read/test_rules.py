@@ -78,6 +78,20 @@ def test_a_jinja_text_needs_chat_template_jinja(make_recipe, data, path):
     assert [p.path for p in info.value.problems] == [path]
 
 
+def test_data_files_belong_to_hub_datasets(make_recipe, tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "d.jsonl", "format": "text", "data_files": ["a.jsonl"]}]}}))
+    assert [p.path for p in info.value.problems] == ["$.data.datasets[0].data_files"]
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "~/secret.jsonl", "../up.jsonl", "data/../../up.jsonl", "a\\..\\b"])
+def test_data_files_stay_inside_the_dataset_s_repository(make_recipe, name):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "text", "data_files": [name]}]}}))
+    assert [p.path for p in info.value.problems] == ["$.data.datasets[0].data_files[0]"]
+
+
 def test_per_epoch_counts_alone_are_valid(make_recipe):
     recipe = resolve(make_recipe({"training": {"saves_per_epoch": 2, "evals_per_epoch": 4},
                                   "data": {"val_fraction": 0.1}}))

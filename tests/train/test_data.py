@@ -196,6 +196,18 @@ def test_max_samples_of_a_hub_dataset_is_a_split_slice(make_recipe, tmp_path, mo
     assert sorted(e["text"] for e in data.load_examples(load_recipe(path))[0]) == ["row 0", "row 1", "row 2"]
 
 
+def test_data_files_of_a_hub_dataset_read_only_those_files(make_recipe, tmp_path, monkeypatch):
+    folder = tmp_path / "org" / "set"
+    (folder / "more").mkdir(parents=True)
+    (folder / "train.jsonl").write_text(json.dumps({"text": "the split's own"}) + "\n")
+    (folder / "more" / "picked.jsonl").write_text(json.dumps({"text": "picked"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    path = make_recipe({"data": {"datasets": [{"path": "org/set", "format": "text", "data_files": ["more/*.jsonl"]}]}})
+    recipe = load_recipe(path)
+    assert [e["text"] for e in data.load_examples(recipe)[0]] == ["picked"]
+    assert datafiles.fingerprint(recipe.data.datasets[0]) == "hub:org/set:train:more/*.jsonl"
+
+
 # Each error is located as an editor jumps to it (file:line:col, at the field's value where the
 # record has it) and says what is really wrong.
 @pytest.mark.parametrize("name, fmt, located, message", [
