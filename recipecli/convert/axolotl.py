@@ -106,6 +106,12 @@ def _tokens(v, cfg):
                        "the base model does not have)", "use a model whose tokenizer has them, or remove it")
 
 
+def _auto_resume(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {NOTE: "recipe resumes a run when asked: recipe run RUN_DIR/recipe.yaml --resume"} if v else {}
+
+
 def _ignored(key: str, notes: str) -> Row:
     """A key that changes nothing recipe trains (a cache folder, a loader hint, speed only)."""
     return Row(key, (), lambda v, cfg: {}, lambda doc: ABSENT, notes)
@@ -216,9 +222,17 @@ OPTIMIZERS = {
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
+# Optimizers recipe runs as another library's of the same state size, said as a note.
+OPTIMIZER_NOTES = {"adamw_torch_8bit": ("adamw_8bit", "torchao's 8-bit AdamW -> bitsandbytes' (adamw_8bit): the "
+                                                      "same two 8-bit states per trained weight")}
+
+
 def _optimizer(v, cfg):
     if isinstance(v, str) and v in OPTIMIZERS:
         return {"training.optimizer": OPTIMIZERS[v]}
+    if isinstance(v, str) and v in OPTIMIZER_NOTES:
+        name, note = OPTIMIZER_NOTES[v]
+        return {"training.optimizer": name, NOTE: note}
     raise NotConverted(f"optimizer {_shown(v)} is not one recipe runs",
                        "recipe runs " + ", ".join(sorted(set(OPTIMIZERS.values()))))
 
@@ -718,7 +732,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, why="starting from an existing adapter is not supported")("lora_fan_in_fan_out"),
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
-    _no_effect_when(False, why="resuming is `recipe run RUN_DIR/recipe.yaml --resume`")("auto_resume_from_checkpoints"),
+    Row("auto_resume_from_checkpoints", (), _auto_resume, lambda doc: ABSENT,
+        "how Axolotl's command starts, not what it trains: recipe resumes with --resume, said as a note"),
     Row("special_tokens", tuple(f"data.special_tokens.{k}" for k in SPECIAL_TOKENS), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
         "a token the tokenizer has (checked when the recipe runs): recipe adds no tokens"),
     Row("tokens", (), _tokens, lambda doc: ABSENT,

@@ -276,6 +276,13 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
             read(name, {})
 
 
+def test_a_same_sized_optimizer_and_auto_resume_convert_with_a_note():
+    assert row_for("optimizer", TOP_ROWS).read("adamw_torch_8bit", {})["training.optimizer"] == "adamw_8bit"
+    assert NOTE in row_for("optimizer", TOP_ROWS).read("adamw_torch_8bit", {})
+    assert "--resume" in row_for("auto_resume_from_checkpoints", TOP_ROWS).read(True, {})[NOTE]
+    assert row_for("auto_resume_from_checkpoints", TOP_ROWS).read(False, {}) == {}
+
+
 def test_every_optimizer_alias_names_a_recipe_optimizer():
     allowed = set(schema()["properties"]["training"]["properties"]["optimizer"]["enum"])
     assert set(OPTIMIZERS.values()) <= allowed
