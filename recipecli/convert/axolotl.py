@@ -369,20 +369,26 @@ LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 # Cut cross-entropy never materializes the logits; neither does recipe's loss (TRL's chunked LM
 # head), so the plugin and its switch change no memory and no loss: read as nothing.
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
-# Axolotl's switches for the layer kernels recipe's training.liger_kernel turns on together (what
-# transformers' apply_liger_kernel applies by default); liger_swiglu is the older name of the GLU one.
-LIGER_LAYERS = ("liger_rope", "liger_rms_norm", "liger_glu_activation")
+# Axolotl's switch for each of Liger's layer kernels, by recipe's kernel name (training.liger_kernel:
+# true is all four); liger_swiglu is the older name of the GLU one.
+LIGER_SWITCHES = {"liger_rope": "rope", "liger_rms_norm": "rms_norm", "liger_glu_activation": "glu",
+                  "liger_layer_norm": "layer_norm"}
+LIGER_LAYERS = tuple(LIGER_SWITCHES)
 
 
 def _liger_plugin(cfg) -> bool:
     return isinstance(cfg.get("plugins"), list) and LIGER_PLUGIN in cfg["plugins"]
 
 
-def _liger_layers_on(cfg) -> set:
-    """The values of the three layer switches, absent read as Axolotl's default (off)."""
+def _liger_kernels(cfg) -> Any:
+    """training.liger_kernel for the whole config: true for every kernel, the list of those on, or
+    ABSENT for none; Axolotl reads the switches through its plugin only, absent ones as off."""
+    if not _liger_plugin(cfg):
+        return ABSENT
     glu = cfg.get("liger_glu_activation")
-    glu = cfg.get("liger_swiglu") if glu is None else glu
-    return {cfg.get("liger_rope") is True, cfg.get("liger_rms_norm") is True, glu is True}
+    switches = dict(cfg, liger_glu_activation=cfg.get("liger_swiglu") if glu is None else glu)
+    on = [kernel for key, kernel in LIGER_SWITCHES.items() if switches.get(key) is True]
+    return True if len(on) == len(LIGER_SWITCHES) else on or ABSENT
 
 
 def _plugins(v, cfg):
@@ -392,30 +398,22 @@ def _plugins(v, cfg):
     if others:
         raise NotConverted(f"plugin {others[0]!r} is not supported: recipe runs Liger's kernels and a loss that "
                            "never materializes the logits (as cut cross-entropy) only",
-                           f"remove it; keep {LIGER_PLUGIN} with liger_rope, liger_rms_norm and liger_glu_activation")
+                           f"remove it; keep {LIGER_PLUGIN} with its liger_* switches")
     return {}  # a plugin alone changes nothing: its liger_* keys say which kernels
 
 
 def _liger_layer(v, cfg):
     if not isinstance(v, bool):
         raise NotConverted(f"expected true or false, got {_shown(v)}")
-    if not _liger_plugin(cfg):
-        return {}  # Axolotl reads liger_* keys through the plugin only
-    if _liger_layers_on(cfg) != {v}:
-        raise NotConverted("recipe's training.liger_kernel turns Liger's RoPE, RMSNorm and SwiGLU kernels on together",
-                           "set liger_rope, liger_rms_norm and liger_glu_activation all true, or all false")
-    return {"training.liger_kernel": True} if v else {}
+    kernels = _liger_kernels(cfg)  # every switch reads the same value, from all of them
+    return {} if kernels is ABSENT else {"training.liger_kernel": kernels}
 
 
-def _liger_layer_norm(v, cfg):
-    # transformers applies Liger's LayerNorm too where the model has one, whenever the kernels are on.
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    if _liger_plugin(cfg) and v != (_liger_layers_on(cfg) == {True}):
-        raise NotConverted(f"liger_layer_norm {v} with the other layer kernels {'off' if v else 'on'}: recipe's "
-                           "training.liger_kernel applies Liger's LayerNorm with them",
-                           "set liger_layer_norm like liger_rope, liger_rms_norm and liger_glu_activation")
-    return {}
+def _write_liger_switch(kernel: str) -> Write:
+    def write(doc):
+        on = get(doc, "training.liger_kernel", False)
+        return ABSENT if on is False else (on is True or kernel in on)
+    return write
 
 
 def _liger_loss(v, cfg):
@@ -424,8 +422,8 @@ def _liger_loss(v, cfg):
     raise NotConverted(f"expected true or false, got {_shown(v)}")
 
 
-def _write_liger(value):
-    return lambda doc: value if get(doc, "training.liger_kernel") is True else ABSENT
+def _write_liger_on(doc):
+    return True if get(doc, "training.liger_kernel", False) is not False else ABSENT
 
 
 def _early_stopping(v, cfg):
@@ -675,15 +673,13 @@ TOP_ROWS: tuple[Row, ...] = (
         "true exactly with early_stopping_patience"),
     _no_effect_when("eval_loss", "loss", why="recipe's early stopping watches eval_loss")("metric_for_best_model"),
     _no_effect_when(False, why="a lower eval_loss is better")("greater_is_better"),
-    Row("plugins", (), _plugins, lambda doc: [LIGER_PLUGIN] if get(doc, "training.liger_kernel") is True else ABSENT,
-        f"{LIGER_PLUGIN} only; its liger_* keys say which kernels"),
-    *(Row(key, ("training.liger_kernel",), _liger_layer, _write_liger(True),
-          "all three together: recipe's training.liger_kernel") for key in LIGER_LAYERS),
+    Row("plugins", (), _plugins, lambda doc: [LIGER_PLUGIN] if _write_liger_on(doc) is True else ABSENT,
+        f"{LIGER_PLUGIN} and cut cross-entropy's; the liger_* switches say which kernels"),
+    *(Row(key, ("training.liger_kernel",), _liger_layer, _write_liger_switch(kernel),
+          f"-> {kernel} in training.liger_kernel (true: all four)") for key, kernel in LIGER_SWITCHES.items()),
     Row("liger_swiglu", ("training.liger_kernel",), _liger_layer, lambda doc: ABSENT,
         "older name of liger_glu_activation"),
-    Row("liger_layer_norm", (), _liger_layer_norm, _write_liger(True),
-        "applied with the others where the model has one"),
-    Row("liger_fused_linear_cross_entropy", (), _liger_loss, _write_liger(True),
+    Row("liger_fused_linear_cross_entropy", (), _liger_loss, _write_liger_on,
         "recipe's loss (TRL's chunked head) never materializes the logits, with or without it"),
     Row("liger_cross_entropy", (), _liger_loss, lambda doc: ABSENT, "recipe's loss is TRL's chunked head either way"),
     Row("cut_cross_entropy", (), _liger_loss, lambda doc: ABSENT,

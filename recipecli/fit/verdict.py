@@ -100,7 +100,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         adapter_bytes=DTYPE_BYTES[choices.trainable_dtype] if lora else None,
         modules_to_save=lora.modules_to_save if lora else (),
         use_dora=lora.use_dora if lora else False,
-        liger_kernel=recipe.training.liger_kernel,
+        liger_kernel=bool(recipe.training.liger_kernel),
     )
     return setup, list(choices.notes)
 

@@ -26,6 +26,7 @@ Bits = Literal[4, 8]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
 TargetShorthand = Literal["all-linear", "attention"]
+LigerKernel = Literal["rope", "rms_norm", "glu", "layer_norm"]
 WandbMode = Literal["online", "offline"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
@@ -189,7 +190,7 @@ class Training:
     evals_per_epoch: Optional[int]  # in place of eval_steps, likewise
     early_stopping_patience: Optional[int]  # absent: no early stopping
     early_stopping_threshold: Optional[float]  # present exactly with early_stopping_patience
-    liger_kernel: bool
+    liger_kernel: Union[bool, tuple[LigerKernel, ...]]  # true: every kernel
 
 
 @dataclass(frozen=True)

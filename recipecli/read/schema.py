@@ -6,6 +6,7 @@ this module only turns jsonschema's findings into located, hinted problems.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import json
 import math
@@ -117,6 +118,11 @@ def _problems(error: jsonschema.ValidationError, locate) -> list[Problem]:
         return [Problem(locate(path, False), json_path(path), f"{_shown(error.instance)} is not of the form "
                         "this field takes", description)]
     if error.validator in ("oneOf", "anyOf"):
+        # The branch of the value's own kind says what is wrong inside it (a list of one wrong name).
+        # The field's description is the hint: it names every form the value may take.
+        inside = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
+        if inside:
+            return [dataclasses.replace(p, hint=description or p.hint) for e in inside for p in _problems(e, locate)]
         return [Problem(locate(path, False), json_path(path), f"{_shown(error.instance)} is not a valid value",
                         description)]
     return [Problem(locate(path, False), json_path(path), error.message[:200], description)]

@@ -366,6 +366,20 @@ def _liger_problem(recipe: Recipe, message: str, hint: str) -> InvalidRecipe:
     return InvalidRecipe([Problem(recipe.locate(LIGER_PATH), "$.training.liger_kernel", message, hint)])
 
 
+# Liger's keyword for each kernel of training.liger_kernel: the gated MLP is SwiGLU or GeGLU by model.
+_LIGER_KEYWORDS = {"rope": ("rope",), "rms_norm": ("rms_norm",), "glu": ("swiglu", "geglu"),
+                   "layer_norm": ("layer_norm",)}
+
+
+def liger_config(kernels) -> Optional[dict]:
+    """transformers' liger_kernel_config for a list of kernels: every keyword said, since Liger's apply
+    functions default each one they are not given to on (a model's function takes only its own:
+    Liger drops the rest). None for true (Liger's defaults: every kernel) and for false."""
+    if isinstance(kernels, bool):
+        return None
+    return {word: kernel in kernels for kernel, words in _LIGER_KEYWORDS.items() for word in words}
+
+
 def _refuse_unless_liger_runs(recipe: Recipe, cuda: bool) -> None:
     """Liger's kernels are Triton kernels: on the CPU Triton finds no driver and the first step
     fails (liger-kernel 0.8.5 imports there, and stops with "0 active drivers"), so say it now.
@@ -449,7 +463,8 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         report_to=["wandb"] if recipe.wandb else "none",
         run_name=(recipe.wandb.run_name or recipe.name) if recipe.wandb else recipe.name,
         # TRL applies Liger's layer kernels only (RMSNorm, RoPE, SwiGLU), keeping its own chunked LM head.
-        use_liger_kernel=t.liger_kernel,
+        use_liger_kernel=bool(t.liger_kernel),
+        liger_kernel_config=liger_config(t.liger_kernel),
         # Early stopping watches eval_loss and the result is the best checkpoint's weights: the Trainer
         # tracks the best evaluation and loads its checkpoint at the end (trainer.py keeps it published).
         **({"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, NOTE, OPTIMIZERS,
-                                       TOP_ROWS, UNSUPPORTED, NotConverted, row_for)
+from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, LIGER_SWITCHES, NOTE,
+                                       OPTIMIZERS, TOP_ROWS, UNSUPPORTED, NotConverted, row_for)
 from recipecli.read.schema import schema
 
 QLORA = {"adapter": "qlora", "load_in_4bit": True}
@@ -90,7 +90,6 @@ READS = {
     "cut_cross_entropy": (True, {"plugins": [CCE_PLUGIN]}, {}),
     **{key: (True, LIGER, {"training.liger_kernel": True}) for key in LIGER_LAYERS},
     "liger_swiglu": (True, {**LIGER, "liger_glu_activation": None}, {"training.liger_kernel": True}),
-    "liger_layer_norm": (True, LIGER, {}),
     "liger_fused_linear_cross_entropy": (True, LIGER, {}),
     "liger_cross_entropy": (False, {}, {}),
 }
@@ -123,9 +122,7 @@ REFUSALS = {
     "load_best_model_at_end": (True, {}, "exactly when early_stopping_patience is set"),
     "metric_for_best_model": ("eval_accuracy", {}, "watches eval_loss"),
     "plugins": ([LIGER_PLUGIN, "axolotl.integrations.spectrum.SpectrumPlugin"], {}, "SpectrumPlugin' is not supported"),
-    "liger_rms_norm": (True, {"plugins": [LIGER_PLUGIN]}, "RoPE, RMSNorm and SwiGLU kernels on together"),
-    "liger_rope": (False, LIGER, "on together"),
-    "liger_layer_norm": (True, {"plugins": [LIGER_PLUGIN]}, "with the other layer kernels off"),
+    "liger_rms_norm": (1, {"plugins": [LIGER_PLUGIN]}, "expected true or false"),
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
 }
 
@@ -310,18 +307,25 @@ def test_liger_keys_without_the_plugin_change_nothing():
     assert row_for("liger_rope", TOP_ROWS).read(True, {"liger_rope": True}) == {}
 
 
-def test_liger_is_written_as_the_plugin_and_every_switch_that_reads_back():
-    doc = {"method": "lora", "training": {"liger_kernel": True}}
-    written = {row.key: row.write(doc) for row in TOP_ROWS if row.key in ("plugins", *LIGER_LAYERS, "liger_layer_norm",
+@pytest.mark.parametrize("kernels", [True, ["rms_norm", "glu", "layer_norm"], ["rope"]], ids=str)
+def test_liger_is_written_as_the_plugin_and_every_switch_that_reads_back(kernels):
+    doc = {"method": "lora", "training": {"liger_kernel": kernels}}
+    written = {row.key: row.write(doc) for row in TOP_ROWS if row.key in ("plugins", *LIGER_LAYERS,
                                                                           "liger_fused_linear_cross_entropy")}
-    assert written == {"plugins": [LIGER_PLUGIN], **{k: True for k in LIGER_LAYERS}, "liger_layer_norm": True,
-                       "liger_fused_linear_cross_entropy": True}
+    assert written == {"plugins": [LIGER_PLUGIN], "liger_fused_linear_cross_entropy": True,
+                       **{k: kernels is True or kernel in kernels for k, kernel in LIGER_SWITCHES.items()}}
     read: dict = {}
     for key, value in written.items():
         read.update(row_for(key, TOP_ROWS).read(value, written))
-    assert read == {"training.liger_kernel": True}
+    assert read == {"training.liger_kernel": kernels}
     assert all(row.write({"method": "lora", "training": {"liger_kernel": False}}) is ABSENT
                for row in TOP_ROWS if row.key == "plugins" or row.key.startswith("liger_"))
+
+
+def test_liger_switches_left_out_are_off_and_all_off_is_no_liger():
+    some = {"plugins": [LIGER_PLUGIN], "liger_rms_norm": True, "liger_swiglu": True, "liger_rope": False}
+    assert row_for("liger_rope", TOP_ROWS).read(False, some) == {"training.liger_kernel": ["rms_norm", "glu"]}
+    assert row_for("liger_rope", TOP_ROWS).read(False, {"plugins": [LIGER_PLUGIN], "liger_rope": False}) == {}
 
 
 def _read_entry(entry: dict) -> dict:

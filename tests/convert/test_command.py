@@ -216,6 +216,7 @@ DELTAS = {
                                             {"path": "org/sg", "format": "sharegpt", "split": "test",
                                              "subset": "en"}], "completion_only_loss": False, "packing": True}},
     "remote-code": {"model": {"trust_remote_code": True, "revision": "v2"}},
+    "liger-some": {"training": {"liger_kernel": ["rms_norm", "glu"]}},
     "tf32-jinja": {"training": {"tf32": True}, "data": {
         "chat_template": "jinja", "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}\n{% endfor %}",
         "special_tokens": {"pad_token": "<pad>", "eos_token": "</s>"},

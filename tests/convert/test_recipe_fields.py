@@ -188,7 +188,7 @@ def test_fit_check_refuses_dora_at_its_field_instead_of_under_estimating(make_re
 
 LIGER_AXOLOTL = AXOLOTL.replace("peft_use_rslora: true\n", "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"
                                 "liger_rope: true\nliger_rms_norm: true\nliger_glu_activation: true\n"
-                                "liger_fused_linear_cross_entropy: true\n")
+                                "liger_layer_norm: true\nliger_fused_linear_cross_entropy: true\n")
 
 
 def test_liger_converts_and_is_refused_on_the_cpu_before_anything_loads(tmp_path, monkeypatch):
@@ -209,7 +209,13 @@ def test_liger_reaches_trl_as_its_layer_kernels_with_trl_s_own_head(make_recipe)
     recipe = load_recipe(make_recipe({"training": {"liger_kernel": True}}))
     args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False,
                               steps_per_epoch=1)
+    assert args.use_liger_kernel is True and args.liger_kernel_config is None  # Liger's own defaults: every kernel
+    some = load_recipe(make_recipe({"training": {"liger_kernel": ["rms_norm", "glu"]}}))
+    args = runner._sft_config(some, choose(some, None), some.output_dir, has_eval=False, cuda=False, steps_per_epoch=1)
     assert args.use_liger_kernel is True
+    # every kernel said (Liger's functions default the rest to on), TRL's head kept
+    assert args.liger_kernel_config == {"rope": False, "rms_norm": True, "swiglu": True, "geglu": True,
+                                        "layer_norm": False}
     plain = load_recipe(make_recipe())
     assert runner._sft_config(plain, choose(plain, None), plain.output_dir, has_eval=False,
                               cuda=False, steps_per_epoch=1).use_liger_kernel is False

@@ -60,7 +60,7 @@ CASES = {
     "val_fraction_one.yaml": (9, "$.data.val_fraction", "maximum of 1"),
     "val_fraction_zero.yaml": (9, "$.data.val_fraction", "minimum of 0"),
     "seq_len_tiny.yaml": (9, "$.data.max_seq_length", "minimum of 8"),
-    "target_modules_bad.yaml": (10, "$.lora.target_modules", "'everything' is not a valid value"),
+    "target_modules_bad.yaml": (10, "$.lora.target_modules", "'everything' is not one of all-linear, attention"),
     "target_modules_path.yaml": (10, "$.lora.target_modules[0]", "is not of the form this field takes"),
     "lora_with_full.yaml": (9, "$.lora", "lora section with method full"),
     "quant_with_lora.yaml": (9, "$.quantization", "quantization section with method lora"),

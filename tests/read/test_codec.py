@@ -64,7 +64,7 @@ _DELTAS = [
         {"path": "org/c", "format": "chat", "fields": {"messages": "dialog"}, "roles": {"assistant": ["bot", "gpt"]}},
         {"path": "org/a", "format": "alpaca", "fields": {"instruction": "q", "input": "ctx", "output": "a"}}]}},
     # a template of several lines, special tokens
-    {"method": "lora", "data": {"chat_template": "jinja", "special_tokens": {"eos_token": "<|im_end|>"},
+    {"method": "lora", "training": {"liger_kernel": ["rope", "layer_norm"]}, "data": {"chat_template": "jinja", "special_tokens": {"eos_token": "<|im_end|>"},
                                 "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}  \n{% endfor %}\n",
                                 "datasets": [{"path": "org/c", "format": "chat"}]}},
 ]

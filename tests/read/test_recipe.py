@@ -22,6 +22,7 @@ LITERALS = {
     ("distributed", "strategy"): recipe.Strategy,
     ("distributed", "zero_offload"): recipe.ZeroOffload,
     ("data", "chat_template"): recipe.ChatTemplate,
+    ("training", "liger_kernel"): recipe.LigerKernel,
 }
 
 
