@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+from ..read.schema import defaults_of
 
 ABSENT = object()  # write(): this recipe leaves the Axolotl key out
 # read(): a note printed with the conversion, for a value that becomes what recipe has closest
@@ -62,6 +63,13 @@ def _same(path: str) -> tuple[Read, Write]:
 def _row(key: str, path: str, notes: str = "") -> Row:
     read, write = _same(path)
     return Row(key, (path,), read, write, notes)
+
+
+def _row_unless_default(key: str, path: str, notes: str = "") -> Row:
+    """A key whose Axolotl default is recipe's: written back only where the recipe says otherwise."""
+    section, field = path.split(".")
+    return Row(key, (path,), lambda v, cfg: {path: v},
+               lambda doc: ABSENT if get(doc, path) == defaults_of(section)[field] else get(doc, path), notes)
 
 
 def _no_effect_when(*values, why: str, hint: str = "") -> Callable[[str], Row]:
@@ -110,6 +118,21 @@ def _auto_resume(v, cfg):
     if not isinstance(v, bool):
         raise NotConverted(f"expected true or false, got {_shown(v)}")
     return {NOTE: "recipe resumes a run when asked: recipe run RUN_DIR/recipe.yaml --resume"} if v else {}
+
+
+def _said_when_on(key: str, note: str) -> Row:
+    """A switch for speed alone (a fused kernel, compilation): true converts with the note that
+    recipe runs without it (fit-check counts the unfused layers: never less memory than Axolotl)."""
+    def read(v, cfg):
+        if not isinstance(v, bool):
+            raise NotConverted(f"expected true or false, got {_shown(v)}")
+        return {NOTE: note} if v else {}
+    return Row(key, (), read, lambda doc: ABSENT, f"speed only; true is said: {note}")
+
+
+def _one(key: str, why: str) -> Row:
+    """A size of one is no parallelism of that kind (what recipe runs); more is ``why`` not."""
+    return Row(key, (), _only(1, why=why), lambda doc: ABSENT, f"1 only: otherwise {why}")
 
 
 def _ignored(key: str, notes: str) -> Row:
@@ -306,6 +329,13 @@ def _attention(key: str) -> Row:
                "attention auto (sdpa) is Axolotl's default, when none of them is set")
 
 
+def _attention_name(v, cfg):
+    names = {"flash": "flash_attention_2", "sdpa": "sdpa", "sdp": "sdpa", "eager": "eager", "xformers": "xformers"}
+    if v not in names:
+        raise NotConverted(f"attention {_shown(v)} is not one recipe runs", "use flash, sdpa, eager or xformers")
+    return _attn_implementation(names[v], cfg)
+
+
 def _attn_implementation(v, cfg):
     if v in ("flash_attention_2", "sdpa", "eager"):
         return {"training.attention": v}
@@ -313,6 +343,69 @@ def _attn_implementation(v, cfg):
         return {"training.attention": "sdpa", NOTE: _XFORMERS_NOTE}
     raise NotConverted(f"attn_implementation {_shown(v)} is not one recipe runs",
                        "use flash_attention_2, sdpa or eager")
+
+
+def _batch_size(v, cfg):
+    """Axolotl's older batch_size: micro_batch_size x gradient_accumulation_steps on one GPU."""
+    micro = cfg.get("micro_batch_size", 1)
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1 and isinstance(micro, int) and micro >= 1):
+        raise NotConverted(f"batch_size {_shown(v)}: expected a whole number of examples, 1 or more")
+    if "gradient_accumulation_steps" in cfg:
+        if v != micro * cfg["gradient_accumulation_steps"]:
+            raise NotConverted(f"batch_size {v} is not micro_batch_size x gradient_accumulation_steps",
+                               "remove batch_size: the other two say the batch")
+        return {}
+    if v % micro:
+        raise NotConverted(f"batch_size {v} is not a multiple of micro_batch_size {micro}",
+                           "write gradient_accumulation_steps instead")
+    return {"training.gradient_accumulation_steps": v // micro}
+
+
+def _save_strategy(v, cfg):
+    if v == "steps":
+        return {}
+    if v == "epoch":
+        return {"training.saves_per_epoch": 1}
+    if v == "no":
+        return {NOTE: "save_strategy no: recipe still saves checkpoints (every save_steps), so that --resume can "
+                      "continue a run"}
+    raise NotConverted(f"save_strategy {_shown(v)} is not steps, epoch or no")
+
+
+def _eval_strategy(v, cfg):
+    if v == "steps":
+        return {}
+    if v == "epoch":
+        return {"training.evals_per_epoch": 1}
+    if v == "no" and not cfg.get("val_set_size"):
+        return {}
+    raise NotConverted(f"eval_strategy {_shown(v)}: recipe evaluates whenever it holds data out (val_set_size)",
+                       "remove it, or val_set_size")
+
+
+def _evals_per_epoch(v, cfg):
+    if v == 0 and not cfg.get("val_set_size"):
+        return {}  # no held-out data: nothing is evaluated either way
+    return {"training.evals_per_epoch": v}
+
+
+def _eot_tokens(v, cfg):
+    # Which turns' ends train is the template's business in recipe: each named template, and TRL's
+    # marked version of a tokenizer's, keeps the end-of-turn marker inside {% generation %}.
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s for s in v):
+        raise NotConverted(f"eot_tokens {_shown(v)}: expected a list of token texts")
+    return {NOTE: f"eot_tokens {v}: recipe trains the end-of-turn marker its chat template closes each assistant "
+                  "turn with (check it with recipe data --show)"}
+
+
+def _half_weights(flag: str, precision: str) -> Read:
+    """bfloat16 / float16: load the weights in that dtype, which recipe does at that precision."""
+    def read(v, cfg):
+        if v in (False, "auto") or v is True and cfg.get(flag) in (True, "auto"):
+            return {}
+        raise NotConverted(f"{_shown(v)} without {flag}: true: recipe loads the weights in {precision} at that "
+                           "precision only", f"set {flag}: true, or remove it")
+    return read
 
 
 def _val_set_size(v, cfg):
@@ -361,6 +454,9 @@ def _gradient_checkpointing(v, cfg):
 def _use_reentrant(v, cfg):
     if isinstance(v, dict) and set(v) <= {"use_reentrant"} and v.get("use_reentrant", False) is False:
         return {}  # what TRL and transformers use
+    if v == {"use_reentrant": True}:
+        return {NOTE: "use_reentrant true: recipe checkpoints non-reentrant, transformers' way (the same memory "
+                      "and result)"}
     raise NotConverted(f"{_shown(v)}: recipe checkpoints with use_reentrant false and no other option",
                        "remove it, or write {use_reentrant: false}")
 
@@ -446,6 +542,10 @@ CHAT_TEMPLATES = {"tokenizer_default": "tokenizer", "chatml": "chatml", "llama3"
                   "gemma": "gemma", "phi_3": "phi", "jinja": "jinja"}
 # Axolotl's other names for a format recipe writes the same way (read only; recipe writes the name above).
 TEMPLATE_ALIASES = {"gemma3": "gemma", "gemma3_text": "gemma", "gemma3n": "gemma"}
+# Axolotl's copies of one model family's own template: that model's tokenizer renders the same.
+MODEL_TEMPLATES = ("mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "cohere", "command_a",
+                   "llama3_2_vision", "llama4", "phi_35", "phi_4", "deepseek_v2", "deepseek_v3", "jamba", "qwen_25",
+                   "qwen3", "falcon_h1", "exaone", "gemma4")
 
 
 def _chat_template(v, cfg):
@@ -453,6 +553,9 @@ def _chat_template(v, cfg):
         raise NotConverted("chat_template jinja without chat_template_jinja", "add the template's text")
     if isinstance(v, str) and v in TEMPLATE_ALIASES:
         return {"data.chat_template": TEMPLATE_ALIASES[v]}
+    if isinstance(v, str) and v in MODEL_TEMPLATES:
+        return {NOTE: f"chat template {v} is that model family's own: recipe renders with the tokenizer's template "
+                      "(tokenizer, the default), which for that model is the same"}
     if isinstance(v, str) and v in CHAT_TEMPLATES:
         # tokenizer_default is recipe's default too: a converted recipe leaves it out.
         return {} if CHAT_TEMPLATES[v] == "tokenizer" else {"data.chat_template": CHAT_TEMPLATES[v]}
@@ -645,7 +748,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("warmup_ratio", "training.warmup_ratio", "Axolotl warms up for 0 steps by default: written explicitly"),
     _row("warmup_steps", "training.warmup_steps"),
     _row("saves_per_epoch", "training.saves_per_epoch"),
-    _row("evals_per_epoch", "training.evals_per_epoch"),
+    Row("evals_per_epoch", ("training.evals_per_epoch",), _evals_per_epoch,
+        lambda doc: get(doc, "training.evals_per_epoch"), "0 without held-out data: nothing to evaluate, left out"),
     _row("weight_decay", "training.weight_decay"),
     _row("max_grad_norm", "training.max_grad_norm"),
     Row("optimizer", ("training.optimizer",), _optimizer, lambda doc: get(doc, "training.optimizer"),
@@ -724,12 +828,64 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, why="recipe does not group batches by length")("group_by_length"),
     _no_effect_when(False, "false", why="recipe does not send gradients or weights to W&B")("wandb_watch"),
     _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
-    _no_effect_when(False, why="torch.compile is not supported yet")("torch_compile"),
+    _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "
+                                   "uncompiled step)"),
     _no_effect_when(False, why="starting from an existing adapter is not supported")("lora_fan_in_fan_out"),
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
     Row("auto_resume_from_checkpoints", (), _auto_resume, lambda doc: ABSENT,
         "how Axolotl's command starts, not what it trains: recipe resumes with --resume, said as a note"),
+    # Axolotl's speed switches: a fused kernel or a compile; recipe runs the plain layers (said when on).
+    *(_said_when_on(key, f"{key}: Axolotl's fused LoRA kernel; recipe runs peft's LoRA layers (the same result; "
+                         "fit-check counts their activations, which the kernel saves)")
+      for key in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")),
+    *(_said_when_on(key, f"{key}: a fused flash-attn kernel; recipe runs the model's own layers (the same result)")
+      for key in ("flash_attn_cross_entropy", "flash_attn_rms_norm", "flash_attn_fuse_mlp", "flash_attn_fuse_qkv",
+                  "fused_attn_kernel")),
+    _said_when_on("use_kernels", "use_kernels: the hub's kernels for the model's layers; recipe runs its own layers"),
+    _said_when_on("liger_rms_norm_gated", "liger_rms_norm_gated: Liger's gated RMSNorm; recipe runs the model's own"),
+    Row("chunked_cross_entropy", (), _liger_loss, lambda doc: ABSENT,
+        "recipe's loss is TRL's chunked head, which never materializes the logits either way"),
+    Row("loss_watchdog_threshold", (), lambda v, cfg: {NOTE: "recipe does not stop on a loss spike (Axolotl's loss "
+                                                            "watchdog); it stops on a loss that is not a number"},
+        lambda doc: ABSENT, "a guard that stops a diverging run, said as a note"),
+    _ignored("loss_watchdog_patience", "read with loss_watchdog_threshold"),
+    Row("batch_size", ("training.gradient_accumulation_steps",), _batch_size, lambda doc: ABSENT,
+        "the older way to say micro_batch_size x gradient_accumulation_steps"),
+    Row("save_strategy", ("training.saves_per_epoch",), _save_strategy, lambda doc: ABSENT,
+        "steps (recipe's way), epoch -> saves_per_epoch 1; no: recipe saves anyway, said"),
+    Row("eval_strategy", ("training.evals_per_epoch",), _eval_strategy, lambda doc: ABSENT,
+        "steps (recipe's way), epoch -> evals_per_epoch 1"),
+    Row("evaluation_strategy", ("training.evals_per_epoch",), _eval_strategy, lambda doc: ABSENT,
+        "older name of eval_strategy"),
+    Row("eot_tokens", (), _eot_tokens, lambda doc: ABSENT, "the template's end-of-turn marker trains: said"),
+    Row("bfloat16", (), _half_weights("bf16", "bf16"), lambda doc: ABSENT, "recipe's bf16 loads the weights in bf16"),
+    Row("float16", (), _half_weights("fp16", "fp16"), lambda doc: ABSENT, "recipe's fp16 loads the weights in fp16"),
+    _row_unless_default("adam_beta1", "training.adam_beta1"),
+    _row_unless_default("adam_beta2", "training.adam_beta2"),
+    _row_unless_default("adam_epsilon", "training.adam_epsilon"),
+    Row("attention", ("training.attention",), _attention_name, lambda doc: ABSENT,
+        "Axolotl's newer single key: flash -> flash_attention_2, xformers -> sdpa (said)"),
+    _ignored("eval_max_new_tokens", "samples generated for Axolotl's eval table, not trained"),
+    _ignored("eval_table_size", "samples generated for Axolotl's eval table, not trained"),
+    _ignored("eval_table_max_new_tokens", "samples generated for Axolotl's eval table, not trained"),
+    _ignored("experimental_skip_move_to_device", "where the model is loaded before sharding, not what trains"),
+    _ignored("ddp_find_unused_parameters", "DDP bookkeeping accelerate sets, not what trains"),
+    _ignored("low_cpu_mem_usage", "transformers loads models that way"),
+    Row("save_only_model", (), _only(False, why="recipe's checkpoints keep the optimizer state, so that --resume "
+                                                 "continues exactly"), lambda doc: ABSENT),
+    Row("eval_batch_size", (), lambda v, cfg: {NOTE: f"eval_batch_size {v}: recipe evaluates in micro-batches of "
+                                                     "micro_batch_size (no gradients: less memory than a step)"},
+        lambda doc: ABSENT, "evaluation only, said"),
+    Row("gptq", (), _only(False, why="GPTQ bases are not supported; recipe quantizes with bitsandbytes",
+                          hint="use load_in_4bit"), lambda doc: ABSENT),
+    *(_one(key, why) for key, why in (
+        ("dp_shard_size", "sharding over part of the GPUs is not supported: recipe's fsdp shards over all of them"),
+        ("dp_replicate_size", "replicated groups of shards are not supported"),
+        ("tensor_parallel_size", "tensor parallelism is not supported"),
+        ("context_parallel_size", "context parallelism is not supported"),
+        ("sequence_parallel_degree", "sequence parallelism is not supported"),
+        ("expert_parallel_size", "expert parallelism is not supported"))),
     Row("special_tokens", tuple(f"data.special_tokens.{k}" for k in SPECIAL_TOKENS), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
         "a token the tokenizer has (checked when the recipe runs): recipe adds no tokens"),
     Row("tokens", (), _tokens, lambda doc: ABSENT,
@@ -928,13 +1084,40 @@ DATASET_ROWS: tuple[Row, ...] = (
 
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
 UNSUPPORTED = {
+    "activation_offloading": ("offloading activations to the CPU is not supported yet",
+                              "remove it: fit-check then counts the activations on the GPU"),
+    "quantize_moe_experts": ("mixture-of-experts models are not supported yet (fit-check does not model experts)", ""),
+    "experts_implementation": ("mixture-of-experts models are not supported yet", ""),
+    "use_scattermoe": ("mixture-of-experts kernels are not supported", ""),
+    "moe_kernels": ("mixture-of-experts kernels are not supported", ""),
+    "llama4_linearized_experts": ("mixture-of-experts models are not supported yet", ""),
+    "lora_target_parameters": ("LoRA on parameters (experts) rather than modules is not supported", ""),
+    "unfrozen_parameters": ("training some weights in full (unfrozen_parameters) is not supported",
+                            "use lora.modules_to_save for whole modules"),
+    "qat": ("quantization-aware training is not supported", ""),
+    "fp8": ("fp8 training is not supported", "use bf16"),
+    "model_quantization_config": ("quantized bases other than bitsandbytes 4/8-bit are not supported", ""),
+    "tokenizer_use_mistral_common": ("the mistral-common tokenizer is not supported; recipe loads the model's "
+                                     "tokenizer with transformers", "remove it"),
+    "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
+    "flex_attention": ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2"),
+    "lr_quadratic_warmup": ("a quadratic warm-up is not supported; recipe warms up linearly", "remove it"),
+    "cosine_min_lr_ratio": ("a cosine schedule to a floor is not supported; recipe's cosine decays to 0", ""),
+    "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
+    "noisy_embedding_alpha": ("NEFTune noise is not supported", ""),
+    "push_dataset_to_hub": ("recipe does not push to the hub", ""),
+    "hub_strategy": ("recipe does not push to the hub", ""),
+    "peft": ("peft options beyond recipe's lora section (LoftQ...) are not supported", ""),
+    "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
+    "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
+    "relora_steps": ("ReLoRA is not supported", ""),
+    "lisa_n_layers": ("LISA is not supported", ""),
     "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
     "lora_model_dir": ("starting from an existing adapter is not supported", ""),
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
     "hub_model_id": ("recipe does not push to the hub", "push the run folder's adapter/ yourself"),
     "neftune_noise_alpha": ("NEFTune noise is not supported", ""),
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
-    "gptq": ("GPTQ bases are not supported; recipe quantizes with bitsandbytes", "use load_in_4bit"),
 }
 
 

@@ -177,6 +177,9 @@ class Training:
     weight_decay: float
     max_grad_norm: float
     optimizer: Optimizer
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
     gradient_checkpointing: bool
     precision: Precision
     attention: Attention

@@ -210,6 +210,17 @@ def quantized_base_fits_the_strategy(doc: dict, ctx: Context):
                           "shard), or strategy: ddp or deepspeed_zero2")
 
 
+def adam_knobs_need_adam(doc: dict, ctx: Context):
+    training = doc.get("training", {})
+    optimizer = training.get("optimizer", schema.defaults_of("training")["optimizer"])
+    if "adamw" in optimizer:
+        return
+    for knob in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+        if knob in training:
+            yield ctx.problem(("training", knob), f"{knob} with optimizer {optimizer}, which is not AdamW",
+                              "remove it, or use an adamw optimizer", key=True)
+
+
 def one_warmup(doc: dict, ctx: Context):
     training = doc.get("training", {})
     if "warmup_steps" in training and "warmup_ratio" in training:
@@ -288,6 +299,7 @@ RULES: tuple[Rule, ...] = (
     offload_knobs_match_the_strategy,
     quantized_base_fits_the_strategy,
     one_warmup,
+    adam_knobs_need_adam,
     evaluation_needs_held_out_data,
     saved_modules_are_not_adapted,
     early_stopping_needs_evaluations,

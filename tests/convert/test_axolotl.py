@@ -79,6 +79,14 @@ READS = {
     "fsdp_config": ({"fsdp_version": 2, "fsdp_offload_params": True, "fsdp_transformer_layer_cls_to_wrap":
                      "LlamaDecoderLayer"}, {}, {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}),
     "fsdp_version": (2, {}, {}),
+    "batch_size": (8, {"micro_batch_size": 2}, {"training.gradient_accumulation_steps": 4}),
+    "save_strategy": ("epoch", {}, {"training.saves_per_epoch": 1}),
+    "eval_strategy": ("epoch", {}, {"training.evals_per_epoch": 1}),
+    "evaluation_strategy": ("epoch", {}, {"training.evals_per_epoch": 1}),
+    "attention": ("flash", {}, {"training.attention": "flash_attention_2"}),
+    "adam_beta1": (0.95, {}, {"training.adam_beta1": 0.95}),
+    "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
+    "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     # issue 10: the recipe fields grown for Axolotl users
     "peft_use_dora": (True, QLORA, {"lora.use_dora": True}),
     "lora_modules_to_save": (["embed_tokens", "lm_head"], QLORA, {"lora.modules_to_save": ["embed_tokens", "lm_head"]}),
@@ -104,7 +112,7 @@ REFUSALS = {
     "optimizer": ("lion_8bit", {}, "not one recipe runs"),
     "lr_scheduler": ("one_cycle", {}, "not one recipe runs"),
     "gradient_checkpointing": ("offload", {}, "no offload"),
-    "gradient_checkpointing_kwargs": ({"use_reentrant": True}, {}, "use_reentrant false"),
+    "gradient_checkpointing_kwargs": ({"use_reentrant": True, "preserve_rng_state": False}, {}, "use_reentrant false"),
     "bf16": (True, {"fp16": True}, "no precision recipe knows"),
     "chat_template": ("jinja", {}, "jinja without chat_template_jinja"),
     "chat_template_jinja": ("templates/chat.jinja", {"chat_template": "jinja"}, "a template file"),
@@ -117,6 +125,16 @@ REFUSALS = {
     "deepspeed": ("deepspeed_configs/zero1.json", {}, "ZeRO stage 1 config; recipe runs stage 2 or 3"),
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
     "fsdp_version": (3, {}, "recipe shards with FSDP2"),
+    "batch_size": (9, {"micro_batch_size": 2}, "not a multiple of micro_batch_size"),
+    "save_strategy": ("best", {}, "not steps, epoch or no"),
+    "eval_strategy": ("no", {"val_set_size": 0.1}, "recipe evaluates whenever it holds data out"),
+    "attention": ("flex", {}, "not one recipe runs"),
+    "save_only_model": (True, {}, "keep the optimizer state"),
+    "gptq": (True, {}, "GPTQ bases are not supported"),
+    "dp_shard_size": (2, {}, "sharding over part of the GPUs"),
+    "bfloat16": (True, {}, "without bf16"),
+    "eot_tokens": ("<|im_end|>", {}, "expected a list of token texts"),
+    "lora_mlp_kernel": ("yes", {}, "expected true or false"),
     "lora_modules_to_save": ("lm_head", QLORA, "not a list of module names"),
     "early_stopping_patience": (0, {}, "1 or more"),
     "load_best_model_at_end": (True, {}, "exactly when early_stopping_patience is set"),
@@ -223,7 +241,8 @@ def test_each_row_writes_back_what_it_read(key):
     node[last] = recipe_value
     row = row_for(key, TOP_ROWS)
     written = row.write(doc)
-    if key in ("model_revision", "liger_swiglu", "attn_implementation", "tokens"):  # another spelling: one key writes it
+    if key in ("model_revision", "liger_swiglu", "attn_implementation", "tokens", "batch_size", "save_strategy",
+               "eval_strategy", "evaluation_strategy", "attention"):  # another key writes what it means
         assert written is ABSENT
         return
     again = row.read(written, {**rest, key: written})
@@ -271,6 +290,27 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     for name, words in (("pipe.json", "is not here"), ("other/zero3.json", "is not here"), ("bad.json", "not JSON")):
         with pytest.raises(NotConverted, match=words):
             read(name, {})
+
+
+@pytest.mark.parametrize("key, value, rest", [
+    ("lora_qkv_kernel", True, {}), ("torch_compile", True, {}), ("use_kernels", True, {}),
+    ("loss_watchdog_threshold", 5.0, {}), ("eot_tokens", ["<|im_end|>"], {}), ("save_strategy", "no", {}),
+    ("eval_batch_size", 4, {}), ("gradient_checkpointing_kwargs", {"use_reentrant": True}, {}),
+    ("chat_template", "llama4", {}), ("attention", "xformers", {}),
+])
+def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value, rest):
+    read = row_for(key, TOP_ROWS).read(value, {key: value, **rest})
+    assert read.get(NOTE) and set(read) <= {NOTE, "training.attention"}
+
+
+@pytest.mark.parametrize("key, value, rest", [
+    ("lora_qkv_kernel", False, {}), ("torch_compile", False, {}), ("bfloat16", True, {"bf16": True}),
+    ("bfloat16", "auto", {}), ("float16", True, {"fp16": True}), ("gptq", False, {}), ("tensor_parallel_size", 1, {}),
+    ("evals_per_epoch", 0, {}), ("eval_strategy", "no", {}), ("chunked_cross_entropy", True, {}),
+    ("batch_size", 8, {"micro_batch_size": 2, "gradient_accumulation_steps": 4}),
+])
+def test_what_axolotl_and_recipe_do_alike_converts_to_nothing(key, value, rest):
+    assert row_for(key, TOP_ROWS).read(value, {key: value, **rest}) == {}
 
 
 def test_a_same_sized_optimizer_and_auto_resume_convert_with_a_note():

@@ -221,6 +221,19 @@ def test_liger_reaches_trl_as_its_layer_kernels_with_trl_s_own_head(make_recipe)
                               cuda=False, steps_per_epoch=1).use_liger_kernel is False
 
 
+def test_adam_settings_reach_the_optimizer(make_recipe):
+    from recipecli.fit.precision import choose
+
+    recipe = load_recipe(make_recipe({"training": {"adam_beta1": 0.8, "adam_beta2": 0.95, "adam_epsilon": 1e-6}}))
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False,
+                              steps_per_epoch=1)
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.8, 0.95, 1e-6)
+    from transformers import Trainer
+
+    _, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert kwargs["betas"] == (0.8, 0.95) and kwargs["eps"] == 1e-6
+
+
 # What fit-check counts for the new fields (pure arithmetic: no model is loaded).
 def _setup(**delta):
     import dataclasses

@@ -42,6 +42,7 @@ BREAKING = {
                                                                 "fields": {"messages": "dialog"}}]}},
                                         "$.data.datasets[0].fields.messages"),
     "jinja_template_and_its_text": ({"data": {"chat_template": "jinja"}}, "$.data.chat_template"),
+    "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
 }
 
 
