@@ -195,6 +195,8 @@ def _write_bnb(doc):
 
 
 def _targets_linear(v, cfg):
+    if cfg.get("adapter") not in ("lora", "qlora") and isinstance(v, bool):
+        return {}  # as every lora_* key: Axolotl ignores it without an adapter
     if v is True:
         return {"lora.target_modules": "all-linear"}
     if v is False:
@@ -203,6 +205,8 @@ def _targets_linear(v, cfg):
 
 
 def _target_modules(v, cfg):
+    if cfg.get("adapter") not in ("lora", "qlora"):
+        return {}  # as every lora_* key: Axolotl ignores it without an adapter
     if cfg.get("lora_target_linear") is True:
         return {}  # every linear layer is adapted already; the names add none
     if isinstance(v, str) and v.isidentifier():
@@ -245,9 +249,12 @@ OPTIMIZERS = {
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
-# Optimizers recipe runs as another library's of the same state size, said as a note.
+# Optimizers recipe runs as another library's, said as a note: the same state size, or (4-bit) a
+# larger one, so that fit-check never counts less than Axolotl's run keeps.
 OPTIMIZER_NOTES = {"adamw_torch_8bit": ("adamw_8bit", "torchao's 8-bit AdamW -> bitsandbytes' (adamw_8bit): the "
-                                                      "same two 8-bit states per trained weight")}
+                                                      "same two 8-bit states per trained weight"),
+                   "adamw_torch_4bit": ("adamw_8bit", "torchao's 4-bit AdamW -> bitsandbytes' 8-bit (adamw_8bit), "
+                                                      "the fewest bits recipe runs: its states take twice the memory")}
 
 
 def _optimizer(v, cfg):
@@ -384,8 +391,8 @@ def _eval_strategy(v, cfg):
 
 
 def _evals_per_epoch(v, cfg):
-    if v == 0 and not cfg.get("val_set_size"):
-        return {}  # no held-out data: nothing is evaluated either way
+    if not cfg.get("val_set_size") and isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return {}  # no held-out data: Axolotl evaluates nothing, whatever the count
     return {"training.evals_per_epoch": v}
 
 
@@ -444,7 +451,14 @@ def _wandb_mode(v, cfg):
     raise NotConverted(f"wandb_mode {_shown(v)} is not online, offline or disabled")
 
 
+def _fsdp_checkpoints(cfg) -> bool:
+    fsdp = cfg.get("fsdp_config") if isinstance(cfg.get("fsdp_config"), dict) else {}
+    return any(fsdp.get(k) is True for k in ("fsdp_activation_checkpointing", "activation_checkpointing"))
+
+
 def _gradient_checkpointing(v, cfg):
+    if v is False and _fsdp_checkpoints(cfg):
+        return {}  # FSDP checkpoints the layers itself: fsdp_config says gradient_checkpointing true
     if isinstance(v, bool):
         return {"training.gradient_checkpointing": v}
     raise NotConverted(f"gradient_checkpointing {_shown(v)}: recipe recomputes activations on the GPU only "
@@ -662,7 +676,8 @@ _FSDP_AS_RECIPE = {"version": (1, 2), "sharding_strategy": ("FULL_SHARD",), "res
                    "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "state_dict_type": (
                        "FULL_STATE_DICT", "SHARDED_STATE_DICT"), "use_orig_params": (True, False),
                    "sync_module_states": (True,), "cpu_ram_efficient_loading": (True, False),
-                   "limit_all_gathers": (True,), "activation_checkpointing": (True, False)}
+                   "limit_all_gathers": (True,), "activation_checkpointing": (True, False),
+                   "backward_prefetch": ("BACKWARD_PRE",), "forward_prefetch": (False,)}
 
 
 def _fsdp_config(v, cfg):
@@ -683,6 +698,14 @@ def _fsdp_config(v, cfg):
         out[NOTE] = "FSDP1 full sharding -> recipe's FSDP2 full sharding (the same share of weights, gradients " \
                     "and optimizer state per GPU)"
     return out
+
+
+def _fsdp_list(v, cfg):
+    # full_shard and auto_wrap, in any order; auto_wrap alone leaves the sharding to fsdp_config
+    if isinstance(v, list) and v and set(v) <= {"full_shard", "auto_wrap"} and (
+            "full_shard" in v or isinstance(cfg.get("fsdp_config"), dict)):
+        return {}
+    raise NotConverted(f"fsdp {_shown(v)}: recipe shards fully with FSDP2", "use [full_shard, auto_wrap]")
 
 
 def _write_fsdp(doc):
@@ -800,8 +823,7 @@ TOP_ROWS: tuple[Row, ...] = (
         "FSDP2 full sharding"),
     Row("fsdp_version", (), _only(1, 2, why="recipe shards with FSDP2"), lambda doc: ABSENT,
         "the top-level spelling of fsdp_config.fsdp_version; FSDP1 is converted to FSDP2 with a note"),
-    Row("fsdp", (), _only(["full_shard", "auto_wrap"], ["full_shard"], why="recipe shards fully with FSDP2"),
-        lambda doc: ABSENT, "the older list form; fsdp_config says the rest"),
+    Row("fsdp", (), _fsdp_list, lambda doc: ABSENT, "the older list form; fsdp_config says the rest"),
     # Keys that change nothing recipe trains.
     _ignored("base_model_config", "the model's config.json is read from the model"),
     _ignored("model_type", "AutoModelForCausalLM picks the class from config.json"),

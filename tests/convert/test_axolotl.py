@@ -49,7 +49,7 @@ READS = {
                             "data.special_tokens.bos_token": "<s>", "data.special_tokens.unk_token": "<unk>"}),
     "tokens": ({"pad_token": "<|padding|>"}, {}, {"data.special_tokens.pad_token": "<|padding|>"}),
     "saves_per_epoch": (2, {}, {"training.saves_per_epoch": 2}),
-    "evals_per_epoch": (4, {}, {"training.evals_per_epoch": 4}),
+    "evals_per_epoch": (4, {"val_set_size": 0.1}, {"training.evals_per_epoch": 4}),
     "weight_decay": (0.01, {}, {"training.weight_decay": 0.01}),
     "max_grad_norm": (0.3, {}, {"training.max_grad_norm": 0.3}),
     "optimizer": ("adamw_bnb_8bit", {}, {"training.optimizer": "adamw_8bit"}),
@@ -311,6 +311,16 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
 ])
 def test_what_axolotl_and_recipe_do_alike_converts_to_nothing(key, value, rest):
     assert row_for(key, TOP_ROWS).read(value, {key: value, **rest}) == {}
+
+
+@pytest.mark.parametrize("value, fsdp_config", [(["auto_wrap", "full_shard"], None), (["auto_wrap"], {"fsdp_version": 2})])
+def test_the_fsdp_list_reads_in_any_order(value, fsdp_config):
+    assert row_for("fsdp", TOP_ROWS).read(value, {"fsdp": value, "fsdp_config": fsdp_config}) == {}
+
+
+def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
+    cfg = {"gradient_checkpointing": False, "fsdp_config": {"fsdp_activation_checkpointing": True}}
+    assert row_for("gradient_checkpointing", TOP_ROWS).read(False, cfg) == {}
 
 
 def test_a_same_sized_optimizer_and_auto_resume_convert_with_a_note():
