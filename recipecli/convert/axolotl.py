@@ -110,8 +110,11 @@ def _tokens(v, cfg):
         return _special_tokens(v, cfg)
     if v == []:
         return {}
-    raise NotConverted(f"{_shown(v)}: recipe adds no tokens to the tokenizer (a new token needs an embedding row "
-                       "the base model does not have)", "use a model whose tokenizer has them, or remove it")
+    if isinstance(v, list) and all(isinstance(s, str) and s for s in v):
+        # Axolotl adds the missing ones; recipe checks each is a token already (the common case: a
+        # chat template's markers), and refuses with the token's name when one is not.
+        return {"data.tokens": v}
+    raise NotConverted(f"tokens {_shown(v)}: expected a list of token texts")
 
 
 def _auto_resume(v, cfg):
@@ -479,6 +482,8 @@ LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 # Cut cross-entropy never materializes the logits; neither does recipe's loss (TRL's chunked LM
 # head), so the plugin and its switch change no memory and no loss: read as nothing.
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+# The hub's kernels (use_kernels) for the model's layers: speed only, said as a note.
+KERNELS_PLUGIN = "axolotl.integrations.kernels.KernelsPlugin"
 # Axolotl's switch for each of Liger's layer kernels, by recipe's kernel name (training.liger_kernel:
 # true is all four); liger_swiglu is the older name of the GLU one.
 LIGER_SWITCHES = {"liger_rope": "rope", "liger_rms_norm": "rms_norm", "liger_glu_activation": "glu",
@@ -504,11 +509,14 @@ def _liger_kernels(cfg) -> Any:
 def _plugins(v, cfg):
     if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
         raise NotConverted(f"expected a list of plugin names, got {_shown(v)}")
-    others = [p for p in v if p not in (LIGER_PLUGIN, CCE_PLUGIN)]
+    others = [p for p in v if p not in (LIGER_PLUGIN, CCE_PLUGIN, KERNELS_PLUGIN)]
     if others:
         raise NotConverted(f"plugin {others[0]!r} is not supported: recipe runs Liger's kernels and a loss that "
                            "never materializes the logits (as cut cross-entropy) only",
                            f"remove it; keep {LIGER_PLUGIN} with its liger_* switches")
+    if KERNELS_PLUGIN in v:
+        return {NOTE: "KernelsPlugin: the hub's kernels for the model's layers; recipe runs its own layers "
+                      "(the same result)"}
     return {}  # a plugin alone changes nothing: its liger_* keys say which kernels
 
 
@@ -559,7 +567,7 @@ TEMPLATE_ALIASES = {"gemma3": "gemma", "gemma3_text": "gemma", "gemma3n": "gemma
 # Axolotl's copies of one model family's own template: that model's tokenizer renders the same.
 MODEL_TEMPLATES = ("mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "cohere", "command_a",
                    "llama3_2_vision", "llama4", "phi_35", "phi_4", "deepseek_v2", "deepseek_v3", "jamba", "qwen_25",
-                   "qwen3", "falcon_h1", "exaone", "gemma4")
+                   "qwen3", "qwen3_5", "falcon_h1", "exaone", "gemma4")
 
 
 def _chat_template(v, cfg):
@@ -910,8 +918,9 @@ TOP_ROWS: tuple[Row, ...] = (
         ("expert_parallel_size", "expert parallelism is not supported"))),
     Row("special_tokens", tuple(f"data.special_tokens.{k}" for k in SPECIAL_TOKENS), _special_tokens, lambda doc: get(doc, "data.special_tokens"),
         "a token the tokenizer has (checked when the recipe runs): recipe adds no tokens"),
-    Row("tokens", (), _tokens, lambda doc: ABSENT,
-        "a list adds tokens (recipe adds none); older configs give the special tokens here, read as special_tokens"),
+    Row("tokens", ("data.tokens",), _tokens, lambda doc: get(doc, "data.tokens"),
+        "tokens the tokenizer must have (recipe checks; Axolotl adds missing ones); older configs give the special "
+        "tokens here, read as special_tokens"),
 )
 
 
@@ -920,7 +929,7 @@ TOP_ROWS: tuple[Row, ...] = (
 # Axolotl `type` -> recipe format, for types whose prompt is the same on both sides (alpaca_chat and
 # alpaca:chat are alpaca records with another prompt: said in TYPE_NOTES).
 TYPES = {"alpaca": "alpaca", "alpaca_chat": "alpaca", "alpaca:chat": "alpaca", "completion": "text",
-         "sharegpt": "sharegpt", "chat_template": "chat"}
+         "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat"}
 _SHAREGPT_FIELDS = {"role": "from", "content": "value"}
 # Each recipe format's own names (recipe's fields default to them; data.py reads them).
 _OWN_NAMES = {"chat": {"messages": "messages", "role": "role", "content": "content"},

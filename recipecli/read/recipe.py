@@ -161,6 +161,7 @@ class Data:
     chat_template: ChatTemplate
     chat_template_jinja: Optional[str]  # with chat_template jinja only (rules.py)
     special_tokens: Optional[SpecialTokens]  # absent: the tokenizer's own
+    tokens: Optional[tuple[str, ...]]  # checked to be tokens already (recipe adds none)
     val_fraction: Optional[float]
 
 

@@ -240,7 +240,7 @@ def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
 
 
 def set_special_tokens(recipe: Recipe, tokenizer) -> None:
-    """Set ``data.special_tokens`` on the tokenizer, before anything is tokenized.
+    """Set ``data.special_tokens`` on the tokenizer, before anything is tokenized, and check ``data.tokens``.
 
     Raises:
         DataError: a text is not one token of this tokenizer (recipe adds no tokens: a new one
@@ -255,6 +255,11 @@ def set_special_tokens(recipe: Recipe, tokenizer) -> None:
                             f"data.special_tokens.{name} out",
                             where=recipe.locate(("data", "special_tokens", name)),
                             path=f"$.data.special_tokens.{name}")
+    for i, text in enumerate(recipe.data.tokens or ()):
+        if text not in vocab:
+            raise DataError(f"{text!r} is not a token of {recipe.model.id}'s tokenizer, and recipe adds none",
+                            "use a tokenizer that has it (e.g. the model's chat/instruct variant), or remove it",
+                            where=recipe.locate(("data", "tokens", i)), path=f"$.data.tokens[{i}]")
     for name, text in named.items():
         setattr(tokenizer, name, text)
 

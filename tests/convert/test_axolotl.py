@@ -47,7 +47,7 @@ READS = {
     "special_tokens": ({"pad_token": "<|end_of_text|>", "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"},
                        {}, {"data.special_tokens.pad_token": "<|end_of_text|>", "data.special_tokens.eos_token": "</s>",
                             "data.special_tokens.bos_token": "<s>", "data.special_tokens.unk_token": "<unk>"}),
-    "tokens": ({"pad_token": "<|padding|>"}, {}, {"data.special_tokens.pad_token": "<|padding|>"}),
+    "tokens": (["<|im_start|>"], {}, {"data.tokens": ["<|im_start|>"]}),
     "saves_per_epoch": (2, {}, {"training.saves_per_epoch": 2}),
     "evals_per_epoch": (4, {"val_set_size": 0.1}, {"training.evals_per_epoch": 4}),
     "weight_decay": (0.01, {}, {"training.weight_decay": 0.01}),
@@ -121,7 +121,7 @@ REFUSALS = {
     "xformers_attention": ("yes", {}, "expected true or false"),
     "attn_implementation": ("flex_attention", {}, "not one recipe runs"),
     "special_tokens": ({"sep_token": "</s>"}, {}, "sep_token: recipe sets the tokenizer's pad_token"),
-    "tokens": (["<|im_start|>"], {}, "recipe adds no tokens"),
+    "tokens": ("<|im_start|>", {}, "expected a list of token texts"),
     "deepspeed": ("deepspeed_configs/zero1.json", {}, "ZeRO stage 1 config; recipe runs stage 2 or 3"),
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
     "fsdp_version": (3, {}, "recipe shards with FSDP2"),
@@ -241,7 +241,7 @@ def test_each_row_writes_back_what_it_read(key):
     node[last] = recipe_value
     row = row_for(key, TOP_ROWS)
     written = row.write(doc)
-    if key in ("model_revision", "liger_swiglu", "attn_implementation", "tokens", "batch_size", "save_strategy",
+    if key in ("model_revision", "liger_swiglu", "attn_implementation", "batch_size", "save_strategy",
                "eval_strategy", "evaluation_strategy", "attention"):  # another key writes what it means
         assert written is ABSENT
         return
@@ -311,6 +311,11 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
 ])
 def test_what_axolotl_and_recipe_do_alike_converts_to_nothing(key, value, rest):
     assert row_for(key, TOP_ROWS).read(value, {key: value, **rest}) == {}
+
+
+def test_the_older_tokens_mapping_reads_as_special_tokens():
+    assert row_for("tokens", TOP_ROWS).read({"pad_token": "<|padding|>"}, {}) == {
+        "data.special_tokens.pad_token": "<|padding|>"}
 
 
 @pytest.mark.parametrize("value, fsdp_config", [(["auto_wrap", "full_shard"], None), (["auto_wrap"], {"fsdp_version": 2})])

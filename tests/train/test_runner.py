@@ -304,6 +304,15 @@ def test_special_tokens_are_set_before_training_and_saved(tiny):
     assert (saved.pad_token, saved.eos_token) == (EOS, TURN)
 
 
+def test_tokens_the_tokenizer_lacks_are_refused_by_name_before_the_model(tiny, tmp_path):
+    from recipecli.train.tiny import TURN
+
+    recipe = tiny({"data": {"tokens": [TURN, "<|im_start|>user"]}})
+    with pytest.raises(DataError, match=r"\$\.data\.tokens\[1\]: '<\|im_start\|>user' is not a token"):
+        run(recipe, gpus=())
+    assert not (tmp_path / "run").exists()
+
+
 def test_tf32_asked_on_the_cpu_trains_and_says_it_changes_nothing(tiny, capsys):
     run(tiny({"training": {"tf32": True}}, **{"training.max_steps": 1}), gpus=())  # transformers raises on tf32=True
     assert "no GPU has no TF32 (compute capability >= 8.0): tf32 changes nothing here" in capsys.readouterr().err
