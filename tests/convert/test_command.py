@@ -45,7 +45,7 @@ def here(tmp_path, monkeypatch, offline) -> Path:
 
 
 @pytest.mark.parametrize("config", ["qlora-chat.yml", "lora-alpaca-8bit.yml", "full-completion.yml",
-                                    "renamed-fields.yml"])
+                                    "renamed-fields.yml", "gemma3-chat-kernels.yml", "fsdp1-full.yml"])
 def test_a_supported_config_converts_with_every_key_mapped_and_validates(here, config):
     result = convert(config, "--from", "axolotl", "-o", "recipe.yaml", "--gpu", "rtx2080")
     assert result.exit_code == 0, result.output
@@ -70,6 +70,21 @@ def test_what_the_chat_config_becomes(here):
     assert (t.learning_rate, t.weight_decay, t.max_grad_norm, t.epochs) == (2e-4, 0.01, 0.5, 2)
     assert r.wandb.project == "chat-qlora" and r.wandb.run_name == "first-try"
     assert "Empty in the source" in (here / "r.yaml").read_text()  # wandb_entity:, fp16: ... are named
+
+
+def test_the_newer_style_configs_become_these_recipes_with_their_notes(here):
+    result = convert("gemma3-chat-kernels.yml", "--from", "axolotl", "-o", "g.yaml")
+    g = load_recipe(here / "g.yaml")
+    assert (g.data.chat_template, g.data.tokens, g.data.special_tokens.pad_token) == ("gemma", ("<start_of_turn>",), "<pad>")
+    assert (g.training.liger_kernel, g.training.optimizer, g.training.adam_beta2) == (("rms_norm", "glu"), "adamw_8bit", 0.95)
+    assert (g.training.gradient_accumulation_steps, g.training.tf32, g.training.evals_per_epoch) == (4, True, None)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    for key in ("lora_mlp_kernel", "eot_tokens", "optimizer", "gradient_checkpointing_kwargs", "loss_watchdog_threshold"):
+        assert any(f"key '{key}'" in note for note in notes), key
+    result = convert("fsdp1-full.yml", "--from", "axolotl", "-o", "f.yaml")
+    f = load_recipe(here / "f.yaml")
+    assert (f.method, f.distributed.strategy, f.training.gradient_checkpointing) == ("full", "fsdp", True)
+    assert "FSDP1 full sharding -> recipe's FSDP2" in result.stderr
 
 
 def test_renamed_fields_convert_and_the_data_reads_by_them(here):
