@@ -137,33 +137,35 @@ def claimed(path: Path, recipe: Recipe, *, overwrite: bool, resume: bool) -> Ite
                 raise UsageError("output.dir cannot be created: a file is in the way", NEW_DIR, where=str(path))
         except OSError as e:
             raise UsageError(f"output.dir cannot be created: {e.strerror}", NEW_DIR, where=str(path)) from e
+    # One block from the lock on, so that a signal anywhere in it (SIGTERM arrives as
+    # KeyboardInterrupt while the setup runs: runner._before_training) undoes what this call made.
+    fd = claim = None
     try:
         fd, lock_created = _lock(path)
-    except UsageError:  # another run holds it: the folder is that run's now, whoever made it
-        raise
-    except RecipeError:
-        if created:  # the folder this call made must not outlive a lock it could not take
-            with suppress(OSError):
-                (path / LOCK).unlink(missing_ok=True)
-                path.rmdir()  # only if empty: never anything another process wrote
-        raise
-    # Ours to remove when emptied: a folder a run made, as opposed to an empty one the user made.
-    owned = created or (before is not None and (bool(before.entries) or not lock_created))
-    claim = Claim(path, fd, resume=resume, created=created, lock_created=lock_created, owned=owned)
-    try:
+        # Ours to remove when emptied: a folder a run made, as opposed to an empty one the user made.
+        owned = created or (before is not None and (bool(before.entries) or not lock_created))
+        claim = Claim(path, fd, resume=resume, created=created, lock_created=lock_created, owned=owned)
         # Again under the lock: a run that held it a moment ago may have finished or failed since.
         _refuse_contents(path, recipe, overwrite=overwrite, resume=resume)
         # The last complete one (checkpoints.problem); UsageError naming each when none is.
         claim.resume_from = checkpoints.to_resume(path)[0] if resume else None
         yield claim
-    except BaseException:
-        try:
-            claim.undo()
-        except OSError as e:  # the error that stopped the run matters more than this one
-            print(f"warning: could not remove what this run created in {path}: {e}", file=sys.stderr)
+    except BaseException as e:
+        if claim is not None:
+            try:
+                claim.undo()
+            except OSError as error:  # the error that stopped the run matters more than this one
+                print(f"warning: could not remove what this run created in {path}: {error}", file=sys.stderr)
+        elif created and not isinstance(e, UsageError):
+            # The folder this call made must not outlive a lock it did not take. Busy (UsageError):
+            # another run holds it, and the folder is that run's now, whoever made it.
+            with suppress(OSError):
+                (path / LOCK).unlink(missing_ok=True)
+                path.rmdir()  # only if empty: never anything another process wrote
         raise
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 @contextmanager

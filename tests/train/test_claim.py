@@ -100,6 +100,24 @@ def test_a_failed_or_interrupted_setup_leaves_no_folder(recipe, failure):
     assert not r.output_dir.exists()
 
 
+@pytest.mark.parametrize("where", ["flock", "pid"])
+def test_a_signal_while_the_lock_is_taken_leaves_no_folder(recipe, monkeypatch, where):
+    """SIGTERM arrives as KeyboardInterrupt (runner._before_training); on a loaded machine it can
+    land right after run.lock is created, before the claim is made: nothing may be left."""
+    import fcntl
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    target = fcntl if where == "flock" else os  # the lock taken, or the holder's id being written
+    monkeypatch.setattr(target, "flock" if where == "flock" else "ftruncate", interrupted)
+    r = recipe()
+    with pytest.raises(KeyboardInterrupt):
+        with claimed(r.output_dir, r, overwrite=False, resume=False):
+            pass
+    assert not r.output_dir.exists()
+
+
 def test_once_training_started_a_failure_keeps_the_folder(recipe):
     r = recipe()
     with pytest.raises(RuntimeError):
