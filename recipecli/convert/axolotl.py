@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 from ..read.schema import defaults_of
@@ -860,7 +860,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "
                                    "uncompiled step)"),
-    _no_effect_when(False, why="starting from an existing adapter is not supported")("lora_fan_in_fan_out"),
+    _no_effect_when(False, why="peft sets fan_in_fan_out itself for the models that need it (GPT-2's Conv1D "
+                               "layers)", hint="remove it")("lora_fan_in_fan_out"),
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
     Row("auto_resume_from_checkpoints", (), _auto_resume, lambda doc: ABSENT,
@@ -902,6 +903,11 @@ TOP_ROWS: tuple[Row, ...] = (
     _ignored("experimental_skip_move_to_device", "where the model is loaded before sharding, not what trains"),
     _ignored("ddp_find_unused_parameters", "DDP bookkeeping accelerate sets, not what trains"),
     _ignored("low_cpu_mem_usage", "transformers loads models that way"),
+    _ignored("remove_unused_columns", "which dataset columns the trainer keeps: recipe hands it tokens only"),
+    _ignored("skip_prepare_dataset", "when Axolotl tokenizes (ahead or on the fly): recipe tokenizes before training"),
+    _ignored("debug", "Axolotl's own debug output"),
+    _ignored("torch_compile_mode", "read with torch_compile (said when that is on)"),
+    _ignored("tokenizer_legacy", "a loader hint of older Llama tokenizers; the tokenizer's own files say it"),
     Row("save_only_model", (), _only(False, why="recipe's checkpoints keep the optimizer state, so that --resume "
                                                  "continues exactly"), lambda doc: ABSENT),
     Row("eval_batch_size", (), lambda v, cfg: {NOTE: f"eval_batch_size {v}: recipe evaluates in micro-batches of "
@@ -1115,6 +1121,17 @@ DATASET_ROWS: tuple[Row, ...] = (
 
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
 UNSUPPORTED = {
+    "model_config": ("changing the model's config (a mixture-of-experts router's outputs...) is not supported", ""),
+    "use_sonicmoe": ("mixture-of-experts kernels are not supported", ""),
+    "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),
+    "resize_token_embeddings_to_32x": ("resizing the embeddings is not supported: recipe keeps the model's vocabulary",
+                                       "remove it"),
+    "max_packed_sequence_len": ("Axolotl's older packing length is not supported", "use sample_packing with sequence_len"),
+    "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
+    "flex_attn_compile_kwargs": ("flex attention is not supported", ""),
+    "model_quantization_config_kwargs": ("quantized bases other than bitsandbytes 4/8-bit are not supported", ""),
+    "device_map": ("placing the model's layers over several GPUs is not supported: recipe trains the whole model on "
+                   "each GPU (or shards it with distributed)", "remove it"),
     "activation_offloading": ("offloading activations to the CPU is not supported yet",
                               "remove it: fit-check then counts the activations on the GPU"),
     "quantize_moe_experts": ("mixture-of-experts models are not supported yet (fit-check does not model experts)", ""),
@@ -1150,6 +1167,20 @@ UNSUPPORTED = {
     "neftune_noise_alpha": ("NEFTune noise is not supported", ""),
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
 }
+
+
+# A value that switches an unsupported key off is what recipe does: it converts to nothing.
+OFF = (False, [], {})
+OFF_AT_ZERO = ("neftune_noise_alpha", "noisy_embedding_alpha", "cosine_min_lr_ratio", "expert_parallel_size")
+
+
+def unsupported(key: str, value: Any) -> Optional[tuple[str, str]]:
+    """Why recipe cannot do this key's value, with a hint; None where the value switches it off."""
+    if key not in UNSUPPORTED:
+        return None
+    off = any(value == o and type(value) is type(o) for o in OFF) or (key in OFF_AT_ZERO and value == 0
+                                                                      and not isinstance(value, bool))
+    return None if off else UNSUPPORTED[key]
 
 
 # Axolotl's defaults that differ from the recipe's: written explicitly when the key is absent.

@@ -97,7 +97,9 @@ def from_axolotl(doc: Document, header: dict, out_dir: Optional[Path]) -> Conver
             continue
         row = row_for(key, TOP_ROWS)
         if row is None:
-            why, hint = UNSUPPORTED.get(key) or _unknown(key)
+            if key in UNSUPPORTED and axolotl.unsupported(key, value) is None:
+                continue  # switched off: what recipe does
+            why, hint = axolotl.unsupported(key, value) or _unknown(key)
             conv.unconverted.append(Unconverted(where, key, value, why, hint))
             continue
         _apply(conv, row, value, cfg, where, key, (), doc.values[(key,)])

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, LIGER_SWITCHES, NOTE,
-                                       OPTIMIZERS, TOP_ROWS, UNSUPPORTED, NotConverted, row_for)
+                                       OPTIMIZERS, TOP_ROWS, UNSUPPORTED, NotConverted, row_for,
+                                       unsupported)
 from recipecli.read.schema import schema
 
 QLORA = {"adapter": "qlora", "load_in_4bit": True}
@@ -326,6 +327,12 @@ def test_the_fsdp_list_reads_in_any_order(value, fsdp_config):
 def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
     cfg = {"gradient_checkpointing": False, "fsdp_config": {"fsdp_activation_checkpointing": True}}
     assert row_for("gradient_checkpointing", TOP_ROWS).read(False, cfg) == {}
+
+
+@pytest.mark.parametrize("key, value", [("activation_offloading", False), ("flex_attention", False),
+                                        ("neftune_noise_alpha", 0), ("unfrozen_parameters", [])])
+def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
+    assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]
 
 
 def test_a_same_sized_optimizer_and_auto_resume_convert_with_a_note():
