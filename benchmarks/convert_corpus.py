@@ -12,6 +12,7 @@ converter's answer:
 
     preference  rl, reward_model or process_reward_model set, or a dataset type of dpo/orpo/kto/
                 bradley_terry/ebft
+    objective   another training objective: a diffusion, decision or distillation (kd, gkd) plugin
     pretraining pretraining_dataset set
     multimodal  processor_type set, or vision / audio / llava / -vl in the file's path
 
@@ -57,6 +58,9 @@ def kind(path: Path, relative: str) -> str:
     types = [str(d.get("type", "")).split(".")[0] for d in datasets if isinstance(d, dict)]
     if any(t.startswith(PREFERENCE_TYPES) for t in types):
         return "preference"
+    plugins = cfg.get("plugins") if isinstance(cfg.get("plugins"), list) else []
+    if any(re.search(r"diffusion|decision|\bgkd\b|\bkd\b", str(p)) for p in plugins):
+        return "objective"
     if cfg.get("pretraining_dataset"):
         return "pretraining"
     lowered = relative.lower()

@@ -349,6 +349,9 @@ def _attention_name(v, cfg):
 def _attn_implementation(v, cfg):
     if v in ("flash_attention_2", "sdpa", "eager"):
         return {"training.attention": v}
+    if v in ("flash_attention_3", "kernels-community/vllm-flash-attn3", "kernels-community/flash-attn3"):
+        return {"training.attention": "flash_attention_2", NOTE: f"{v} -> flash_attention_2: FlashAttention 3 "
+                "(Hopper only) and 2 keep the same memory; recipe runs 2, on every card from compute capability 8.0"}
     if v == "xformers":
         return {"training.attention": "sdpa", NOTE: _XFORMERS_NOTE}
     raise NotConverted(f"attn_implementation {_shown(v)} is not one recipe runs",

@@ -298,6 +298,7 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("loss_watchdog_threshold", 5.0, {}), ("eot_tokens", ["<|im_end|>"], {}), ("save_strategy", "no", {}),
     ("eval_batch_size", 4, {}), ("gradient_checkpointing_kwargs", {"use_reentrant": True}, {}),
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
+    ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
 ])
 def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value, rest):
     read = row_for(key, TOP_ROWS).read(value, {key: value, **rest})

@@ -324,3 +324,20 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
 
 def test_convert_never_imports_torch(here):
     assert heavy_imports(["convert", "full-completion.yml", "--from", "axolotl", "--gpu", "rtx2080"], cwd=here) == []
+
+
+def test_the_corpus_benchmark_counts_what_converts_and_why_not(here):
+    """benchmarks/convert_corpus.py, on this corpus: the four supported configs and the two newer
+    ones convert; unsupported.yml (rl: dpo) is preference training, not counted as supervised."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_corpus", ROOT / "benchmarks" / "convert_corpus.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(here)
+    assert result["kinds"] == {"supervised": 6, "preference": 1}
+    assert (result["supervised"], result["supervised_converted"]) == (6, 6)
+    assert result["outcomes"] == {"ok": 6, "unmapped": 1}
+    (here / "broken.yml").write_text("base_model: org/m\nlearning_rate: .nan\ndatasets:\n  - path: org/d\n    type: alpaca\n")
+    rows = {r["file"]: r for r in bench.measure(here)["rows"]}
+    assert rows["broken.yml"]["outcome"] == "invalid" and "not a finite number" in rows["broken.yml"]["detail"][0]
