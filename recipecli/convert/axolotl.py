@@ -117,6 +117,13 @@ def _tokens(v, cfg):
     raise NotConverted(f"tokens {_shown(v)}: expected a list of token texts")
 
 
+def _save_only_model(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {NOTE: "save_only_model: recipe's checkpoints keep the optimizer state too (more disk), so that --resume "
+                  "continues exactly"} if v else {}
+
+
 def _auto_resume(v, cfg):
     if not isinstance(v, bool):
         raise NotConverted(f"expected true or false, got {_shown(v)}")
@@ -911,8 +918,7 @@ TOP_ROWS: tuple[Row, ...] = (
     _ignored("debug", "Axolotl's own debug output"),
     _ignored("torch_compile_mode", "read with torch_compile (said when that is on)"),
     _ignored("tokenizer_legacy", "a loader hint of older Llama tokenizers; the tokenizer's own files say it"),
-    Row("save_only_model", (), _only(False, why="recipe's checkpoints keep the optimizer state, so that --resume "
-                                                 "continues exactly"), lambda doc: ABSENT),
+    Row("save_only_model", (), _save_only_model, lambda doc: ABSENT, "what a checkpoint holds, not what trains: said"),
     Row("eval_batch_size", (), lambda v, cfg: {NOTE: f"eval_batch_size {v}: recipe evaluates in micro-batches of "
                                                      "micro_batch_size (no gradients: less memory than a step)"},
         lambda doc: ABSENT, "evaluation only, said"),

@@ -130,7 +130,7 @@ REFUSALS = {
     "save_strategy": ("best", {}, "not steps, epoch or no"),
     "eval_strategy": ("no", {"val_set_size": 0.1}, "recipe evaluates whenever it holds data out"),
     "attention": ("flex", {}, "not one recipe runs"),
-    "save_only_model": (True, {}, "keep the optimizer state"),
+    "save_only_model": ("yes", {}, "expected true or false"),
     "gptq": (True, {}, "GPTQ bases are not supported"),
     "dp_shard_size": (2, {}, "sharding over part of the GPUs"),
     "bfloat16": (True, {}, "without bf16"),
@@ -297,6 +297,7 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("lora_qkv_kernel", True, {}), ("torch_compile", True, {}), ("use_kernels", True, {}),
     ("loss_watchdog_threshold", 5.0, {}), ("eot_tokens", ["<|im_end|>"], {}), ("save_strategy", "no", {}),
     ("eval_batch_size", 4, {}), ("gradient_checkpointing_kwargs", {"use_reentrant": True}, {}),
+    ("save_only_model", True, {}),
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
     ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
 ])
