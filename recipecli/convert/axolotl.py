@@ -277,6 +277,15 @@ def _optimizer(v, cfg):
                        "recipe runs " + ", ".join(sorted(set(OPTIMIZERS.values()))))
 
 
+def _min_lr_ratio(v, cfg):
+    if cfg.get("cosine_constant_lr_ratio") is not None:
+        raise NotConverted("cosine_min_lr_ratio with cosine_constant_lr_ratio: Axolotl's hold-at-the-floor schedule "
+                           "is not supported", "remove cosine_constant_lr_ratio: the cosine then decays to the floor")
+    if cfg.get("lr_scheduler", "cosine") != "cosine":
+        return {}  # Axolotl reads it for its cosine schedule only
+    return {"training.min_lr_ratio": v} if v else {}
+
+
 def _scheduler(v, cfg):
     if v in SCHEDULERS:
         return {"training.lr_scheduler": v}
@@ -902,6 +911,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("eot_tokens", (), _eot_tokens, lambda doc: ABSENT, "the template's end-of-turn marker trains: said"),
     Row("bfloat16", (), _half_weights("bf16", "bf16"), lambda doc: ABSENT, "recipe's bf16 loads the weights in bf16"),
     Row("float16", (), _half_weights("fp16", "fp16"), lambda doc: ABSENT, "recipe's fp16 loads the weights in fp16"),
+    Row("cosine_min_lr_ratio", ("training.min_lr_ratio",), _min_lr_ratio,
+        lambda doc: get(doc, "training.min_lr_ratio") or ABSENT, "the cosine schedule's floor"),
     _row_unless_default("adam_beta1", "training.adam_beta1"),
     _row_unless_default("adam_beta2", "training.adam_beta2"),
     _row_unless_default("adam_epsilon", "training.adam_epsilon"),
@@ -1159,7 +1170,6 @@ UNSUPPORTED = {
     "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
     "flex_attention": ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2"),
     "lr_quadratic_warmup": ("a quadratic warm-up is not supported; recipe warms up linearly", "remove it"),
-    "cosine_min_lr_ratio": ("a cosine schedule to a floor is not supported; recipe's cosine decays to 0", ""),
     "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
     "noisy_embedding_alpha": ("NEFTune noise is not supported", ""),
     "push_dataset_to_hub": ("recipe does not push to the hub", ""),
@@ -1180,7 +1190,7 @@ UNSUPPORTED = {
 
 # A value that switches an unsupported key off is what recipe does: it converts to nothing.
 OFF = (False, [], {})
-OFF_AT_ZERO = ("neftune_noise_alpha", "noisy_embedding_alpha", "cosine_min_lr_ratio", "expert_parallel_size")
+OFF_AT_ZERO = ("neftune_noise_alpha", "noisy_embedding_alpha", "expert_parallel_size")
 
 
 def unsupported(key: str, value: Any) -> Optional[tuple[str, str]]:

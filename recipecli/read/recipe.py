@@ -173,6 +173,7 @@ class Training:
     max_steps: Optional[int]
     learning_rate: float
     lr_scheduler: LrScheduler
+    min_lr_ratio: float  # cosine only (rules.py)
     warmup_ratio: Optional[float]  # absent when warmup_steps is set
     warmup_steps: Optional[int]
     weight_decay: float

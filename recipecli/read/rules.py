@@ -215,10 +215,20 @@ def adam_knobs_need_adam(doc: dict, ctx: Context):
     optimizer = training.get("optimizer", schema.defaults_of("training")["optimizer"])
     if "adamw" in optimizer:
         return
+    defaults = schema.defaults_of("training")
     for knob in ("adam_beta1", "adam_beta2", "adam_epsilon"):
-        if knob in training:
+        # A written-out document (recipe show, a run folder's recipe.yaml) holds the defaults: not a choice.
+        if training.get(knob, defaults[knob]) != defaults[knob]:
             yield ctx.problem(("training", knob), f"{knob} with optimizer {optimizer}, which is not AdamW",
                               "remove it, or use an adamw optimizer", key=True)
+
+
+def min_lr_needs_cosine(doc: dict, ctx: Context):
+    training = doc.get("training", {})
+    scheduler = training.get("lr_scheduler", schema.defaults_of("training")["lr_scheduler"])
+    if training.get("min_lr_ratio", 0) and scheduler != "cosine":  # 0, the default, is no floor
+        yield ctx.problem(("training", "min_lr_ratio"), f"min_lr_ratio with lr_scheduler {scheduler}: only the cosine "
+                          "schedule decays to a floor", "remove it, or use lr_scheduler: cosine", key=True)
 
 
 def one_warmup(doc: dict, ctx: Context):
@@ -299,6 +309,7 @@ RULES: tuple[Rule, ...] = (
     offload_knobs_match_the_strategy,
     quantized_base_fits_the_strategy,
     one_warmup,
+    min_lr_needs_cosine,
     adam_knobs_need_adam,
     evaluation_needs_held_out_data,
     saved_modules_are_not_adapted,

@@ -443,7 +443,9 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         num_train_epochs=t.epochs if t.epochs is not None else 1,  # max_steps decides then
         max_steps=t.max_steps if t.max_steps is not None else -1,
         learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
+        # transformers' cosine with a floor (min_lr_rate: a fraction of the peak), where the recipe sets one.
+        lr_scheduler_type="cosine_with_min_lr" if t.min_lr_ratio else t.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if t.min_lr_ratio else {},
         # transformers 5: a value below 1 is a fraction of all steps, a whole number from 1 a count.
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
         weight_decay=t.weight_decay,

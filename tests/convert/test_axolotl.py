@@ -86,6 +86,7 @@ READS = {
     "evaluation_strategy": ("epoch", {}, {"training.evals_per_epoch": 1}),
     "attention": ("flash", {}, {"training.attention": "flash_attention_2"}),
     "adam_beta1": (0.95, {}, {"training.adam_beta1": 0.95}),
+    "cosine_min_lr_ratio": (0.1, {}, {"training.min_lr_ratio": 0.1}),
     "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     # issue 10: the recipe fields grown for Axolotl users
@@ -127,6 +128,7 @@ REFUSALS = {
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
     "fsdp_version": (3, {}, "recipe shards with FSDP2"),
     "batch_size": (9, {"micro_batch_size": 2}, "not a multiple of micro_batch_size"),
+    "cosine_min_lr_ratio": (1.0, {"cosine_constant_lr_ratio": 0}, "hold-at-the-floor schedule"),
     "save_strategy": ("best", {}, "not steps, epoch or no"),
     "eval_strategy": ("no", {"val_set_size": 0.1}, "recipe evaluates whenever it holds data out"),
     "attention": ("flex", {}, "not one recipe runs"),

@@ -234,6 +234,24 @@ def test_adam_settings_reach_the_optimizer(make_recipe):
     assert kwargs["betas"] == (0.8, 0.95) and kwargs["eps"] == 1e-6
 
 
+def test_min_lr_ratio_is_the_cosine_schedule_s_floor(make_recipe):
+    import torch
+    from transformers import get_scheduler
+
+    from recipecli.fit.precision import choose
+
+    recipe = load_recipe(make_recipe({"training": {"min_lr_ratio": 0.1, "max_steps": 10, "warmup_steps": 2}}))
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False,
+                              steps_per_epoch=1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.training.learning_rate)
+    schedule = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=2, num_training_steps=10,
+                             scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(0.1 * recipe.training.learning_rate)
+
+
 # What fit-check counts for the new fields (pure arithmetic: no model is loaded).
 def _setup(**delta):
     import dataclasses

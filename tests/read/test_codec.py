@@ -63,6 +63,9 @@ _DELTAS = [
     {"method": "lora", "data": {"chat_template": "llama3", "datasets": [
         {"path": "org/c", "format": "chat", "fields": {"messages": "dialog"}, "roles": {"assistant": ["bot", "gpt"]}},
         {"path": "org/a", "format": "alpaca", "fields": {"instruction": "q", "input": "ctx", "output": "a"}}]}},
+    # knobs of one optimizer or schedule, written out with the others (defaults must not fire their rules)
+    {"method": "lora", "training": {"optimizer": "sgd", "lr_scheduler": "constant"}},
+    {"method": "lora", "training": {"adam_beta2": 0.95, "min_lr_ratio": 0.1}},
     # a template of several lines, special tokens
     {"method": "lora", "training": {"liger_kernel": ["rope", "layer_norm"]}, "data": {"chat_template": "jinja", "special_tokens": {"eos_token": "<|im_end|>"},
                                 "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}  \n{% endfor %}\n",

@@ -42,6 +42,7 @@ BREAKING = {
                                                                 "fields": {"messages": "dialog"}}]}},
                                         "$.data.datasets[0].fields.messages"),
     "jinja_template_and_its_text": ({"data": {"chat_template": "jinja"}}, "$.data.chat_template"),
+    "min_lr_needs_cosine": ({"training": {"lr_scheduler": "linear", "min_lr_ratio": 0.1}}, "$.training.min_lr_ratio"),
     "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
 }
 
@@ -91,6 +92,12 @@ def test_data_files_stay_inside_the_dataset_s_repository(make_recipe, name):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "text", "data_files": [name]}]}}))
     assert [p.path for p in info.value.problems] == ["$.data.datasets[0].data_files[0]"]
+
+
+def test_defaults_written_out_do_not_fire_the_rules_of_their_knobs(make_recipe):
+    # recipe show and a run folder's recipe.yaml write every default: an sgd recipe holds adam_beta1 0.9
+    assert resolve(make_recipe({"training": {"optimizer": "sgd", "adam_beta1": 0.9, "adam_epsilon": 1e-08,
+                                             "lr_scheduler": "constant", "min_lr_ratio": 0}}))
 
 
 def test_per_epoch_counts_alone_are_valid(make_recipe):
