@@ -291,8 +291,6 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
             act_how = "freed before the end of backward"
     lora = (lora_params + copies) * dt.train / shard_w
     per_gpu = f", / {s.num_gpus} GPUs" if shard_g > 1 else ""
-    allocated = weights + quant / shard_w + lora + grad_now + states + step_temp + act + loss \
-        + dequant
     parts = (
         ("weights", weights, weights_how),
         ("quant_constants", quant / shard_w, quant_how),

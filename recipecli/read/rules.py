@@ -211,11 +211,10 @@ def quantized_base_fits_the_strategy(doc: dict, ctx: Context):
 
 
 def adam_knobs_need_adam(doc: dict, ctx: Context):
-    training = doc.get("training", {})
-    optimizer = training.get("optimizer", schema.defaults_of("training")["optimizer"])
+    training, defaults = doc.get("training", {}), schema.defaults_of("training")
+    optimizer = training.get("optimizer", defaults["optimizer"])
     if "adamw" in optimizer:
         return
-    defaults = schema.defaults_of("training")
     for knob in ("adam_beta1", "adam_beta2", "adam_epsilon"):
         # A written-out document (recipe show, a run folder's recipe.yaml) holds the defaults: not a choice.
         if training.get(knob, defaults[knob]) != defaults[knob]:

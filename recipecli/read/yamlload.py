@@ -237,7 +237,7 @@ class _Walker:
             return _BOOL[text]
         if _OCTAL_OR_HEX.fullmatch(text) or _LEADING_ZERO.fullmatch(text):
             raise _fail(_loc(node, self.name), f"{text} is octal or hexadecimal (or read so by YAML 1.1)",
-                        f"write the number in decimal without a leading zero, or quote it to keep it as text")
+                        "write the number in decimal without a leading zero, or quote it to keep it as text")
         if _INT.fullmatch(text):
             if len(text) > MAX_DIGITS:  # Python refuses to parse ints past 4,300 digits
                 raise _fail(_loc(node, self.name), f"a whole number of {len(text.lstrip('+-'))} digits",
