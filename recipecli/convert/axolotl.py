@@ -1110,6 +1110,20 @@ def _data_files(v, entry):
     return {"data_files": files}
 
 
+# The legacy sharegpt type's FastChat conversation templates that are one of recipe's named ones.
+CONVERSATIONS = {"chatml": "chatml"}
+
+
+def _conversation(v, entry):
+    if entry.get("type") != "sharegpt":
+        raise NotConverted(f"conversation with type {_shown(entry.get('type'))}: Axolotl reads it for the legacy "
+                           "sharegpt type only", "remove it")
+    if v not in CONVERSATIONS:
+        raise NotConverted(f"conversation {_shown(v)} is not a template recipe names", "use conversation: chatml, "
+                           "or type chat_template with the top-level chat_template")
+    return {"data.chat_template": CONVERSATIONS[v]}
+
+
 DATASET_ROWS: tuple[Row, ...] = (
     Row("path", ("path",), lambda v, e: {"path": v}, lambda d: d["path"],
         "a local file is relative to where Axolotl runs; written relative to the recipe"),
@@ -1129,6 +1143,8 @@ DATASET_ROWS: tuple[Row, ...] = (
     Row("message_field_content", ("fields",), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
     Row("roles", ("roles",), _roles, lambda d: d.get("roles", ABSENT),
         "system, user and assistant; Axolotl's default also reads human and gpt, recipe's chat format does not"),
+    Row("conversation", ("data.chat_template",), _conversation, lambda d: ABSENT,
+        "the legacy sharegpt type's template (FastChat's chatml) -> the top-level data.chat_template"),
     Row("roles_to_train", (), _roles_to_train, lambda d: ABSENT),
     Row("train_on_eos", (), _only("turn", why="recipe trains the end of each assistant turn"), lambda d: ABSENT),
     Row("chat_template", (), _dataset_chat_template, lambda d: ABSENT, "tokenizer_default only: the top-level key "

@@ -130,8 +130,11 @@ def _apply(conv: Conversion, row, value, context: dict, where: Location, key: st
         updates = dict(updates)
         conv.notes.append(f"{where}: key '{key}': {updates.pop(axolotl.NOTE)}")
     for dotted, new in updates.items():
-        path = prefix + tuple(dotted.split("."))
-        if prefix:  # a dataset entry: its fields are set by the caller
+        # A dotted name is a field of the document (a dataset's legacy `conversation` names the
+        # template every conversation renders with); a plain one, a field of the dataset entry.
+        document_field = not prefix or "." in dotted
+        path = tuple(dotted.split(".")) if document_field else prefix + (dotted,)
+        if not document_field:  # a dataset entry: its fields are set by the caller
             conv.origin[json_path(path)] = value_at
             continue
         before = get(conv.document, dotted)
@@ -169,6 +172,8 @@ def _dataset(conv: Conversion, doc: Document, i: int, entry) -> dict:
             conv.empty.append(name)
             continue
         for dotted, new in _apply(conv, row, value, entry, key_at, name, ("data", "datasets", i), value_at).items():
+            if "." in dotted:
+                continue  # a field of the document, set by _apply
             if isinstance(new, dict) and isinstance(out.get(dotted), dict):
                 out[dotted] = {**out[dotted], **new}  # fields read by several keys (field_messages, mappings)
             else:

@@ -72,6 +72,18 @@ def test_what_the_chat_config_becomes(here):
     assert "Empty in the source" in (here / "r.yaml").read_text()  # wandb_entity:, fp16: ... are named
 
 
+def test_a_legacy_sharegpt_conversation_template_names_the_recipe_s_template(here):
+    (here / "legacy.yml").write_text(MINIMAL.replace("    type: alpaca\n", "    type: sharegpt\n    conversation: chatml\n")
+                                     + "chat_template: chatml\n")
+    assert convert("legacy.yml", "--from", "axolotl", "-o", "l.yaml").exit_code == 0
+    assert load_recipe(here / "l.yaml").data.chat_template == "chatml"
+    (here / "other.yml").write_text(MINIMAL.replace("    type: alpaca\n", "    type: sharegpt\n    conversation: chatml\n")
+                                    + "chat_template: llama3\n")
+    result = convert("other.yml", "--from", "axolotl")
+    assert "other.yml:10:5: key 'datasets[0].conversation': not converted: makes data.chat_template 'chatml', " \
+           "but line 11 made it 'llama3'" in result.output
+
+
 def test_the_newer_style_configs_become_these_recipes_with_their_notes(here):
     result = convert("gemma3-chat-kernels.yml", "--from", "axolotl", "-o", "g.yaml")
     g = load_recipe(here / "g.yaml")
