@@ -124,6 +124,14 @@ def _save_only_model(v, cfg):
                   "continues exactly"} if v else {}
 
 
+def _fan_in_fan_out(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    # peft's LoRA layers set it from the layer they wrap (true for GPT-2's Conv1D, false for Linear),
+    # correcting a value that does not match with a warning: the key never changes what trains.
+    return {NOTE: "lora_fan_in_fan_out: peft sets it from each adapted layer's type (Conv1D or Linear)"} if v else {}
+
+
 def _auto_resume(v, cfg):
     if not isinstance(v, bool):
         raise NotConverted(f"expected true or false, got {_shown(v)}")
@@ -879,8 +887,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "
                                    "uncompiled step)"),
-    _no_effect_when(False, why="peft sets fan_in_fan_out itself for the models that need it (GPT-2's Conv1D "
-                               "layers)", hint="remove it")("lora_fan_in_fan_out"),
+    Row("lora_fan_in_fan_out", (), _fan_in_fan_out, lambda doc: ABSENT,
+        "peft decides it per layer type whatever the config says: nothing to convert"),
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
     Row("auto_resume_from_checkpoints", (), _auto_resume, lambda doc: ABSENT,
@@ -1157,6 +1165,9 @@ DATASET_ROWS: tuple[Row, ...] = (
 
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
 UNSUPPORTED = {
+    "dataloader_drop_last": ("dropping the last short batch is not supported: recipe trains every example",
+                             "remove it"),
+    "tensor_parallel": ("tensor parallelism is not supported", ""),
     "model_config": ("changing the model's config (a mixture-of-experts router's outputs...) is not supported", ""),
     "use_sonicmoe": ("mixture-of-experts kernels are not supported", ""),
     "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),

@@ -301,7 +301,7 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("lora_qkv_kernel", True, {}), ("torch_compile", True, {}), ("use_kernels", True, {}),
     ("loss_watchdog_threshold", 5.0, {}), ("eot_tokens", ["<|im_end|>"], {}), ("save_strategy", "no", {}),
     ("eval_batch_size", 4, {}), ("gradient_checkpointing_kwargs", {"use_reentrant": True}, {}),
-    ("save_only_model", True, {}),
+    ("save_only_model", True, {}), ("lora_fan_in_fan_out", True, {}),
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
     ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
 ])
