@@ -234,9 +234,11 @@ def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
     own = recipe_template(recipe)
     if own is not None or layout(recipe) != "messages" or not sft_flags(recipe)["assistant_only_loss"]:
         return own
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    if templates.marks_answers(tokenizer.chat_template):
+        return None
+    from trl.chat_template_utils import get_training_chat_template
 
-    return None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
+    return get_training_chat_template(tokenizer)
 
 
 def set_special_tokens(recipe: Recipe, tokenizer) -> None:
@@ -400,10 +402,9 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
 
     Answer-only loss on conversations needs ``{% generation %}`` markers in the template; TRL
     patches a known list of templates and raises in SFTTrainer's constructor for any other one.
-    The same check, with TRL's own helpers, here: before the model loads, naming the knob.
+    The same check here, before the model loads, naming the knob (TRL is imported only for a
+    template without markers, to see whether it can patch it).
     """
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
     if recipe.data.chat_template == "jinja":
         return _check_jinja(recipe, tokenizer)
     if recipe.data.chat_template in templates.TEMPLATES:
@@ -414,8 +415,10 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
                         "chat template", "use a chat/instruct variant of the model, or data in format alpaca "
                         "or prompt_completion, or name one with data.chat_template (e.g. chatml)",
                         where=recipe.locate(("model", "id")), path="$.model.id")
-    if not sft_flags(recipe)["assistant_only_loss"] or has_generation_markers(tokenizer.chat_template):
+    if not sft_flags(recipe)["assistant_only_loss"] or templates.marks_answers(tokenizer.chat_template):
         return
+    from trl.chat_template_utils import get_training_chat_template
+
     try:
         get_training_chat_template(tokenizer)
     except ValueError as e:  # TRL has no training version of this template
@@ -573,7 +576,6 @@ def _as_messages(example: dict) -> dict:
 def _check_jinja(recipe: Recipe, tokenizer) -> None:
     """The recipe's own template: Jinja that compiles, marked for answer-only loss when that is on."""
     from jinja2 import TemplateError, TemplateSyntaxError
-    from trl.chat_template_utils import has_generation_markers
 
     text, where = recipe.data.chat_template_jinja, recipe.locate(("data", "chat_template_jinja"))
     try:  # compiling comes first: a syntax error shows whatever is rendered
@@ -584,7 +586,7 @@ def _check_jinja(recipe: Recipe, tokenizer) -> None:
                         where=where, path="$.data.chat_template_jinja") from e
     except TemplateError:
         pass  # the template refuses this conversation (raise_exception): the data's own decide
-    if sft_flags(recipe)["assistant_only_loss"] and not has_generation_markers(text):
+    if sft_flags(recipe)["assistant_only_loss"] and not templates.marks_answers(text):
         raise DataError("answer-only loss is on, but chat_template_jinja does not mark assistant turns "
                         "({% generation %})",
                         "wrap each assistant turn's text and end-of-turn marker in {% generation %}...{% "

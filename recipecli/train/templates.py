@@ -11,6 +11,8 @@ warns of that (datastats.py) with ``END_OF_TURN``.
 """
 from __future__ import annotations
 
+import re
+
 # Folding a system turn into the next user turn, for the formats without a system role.
 _FOLD = ("{% set ns = namespace(system='') %}{% for message in messages %}"
          "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] + '\\n\\n' %}")
@@ -71,3 +73,16 @@ def template(name: str) -> str:
 def end_of_turn(name: str, tokenizer) -> str:
     """The text a named template ends each assistant turn with, for this tokenizer."""
     return END_OF_TURN[name] or tokenizer.eos_token
+
+
+# transformers' assistant masks come from {% generation %} blocks, whatever their whitespace trimming.
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def marks_answers(template) -> bool:
+    """Whether a chat template marks the text that trains (``{% generation %}``), as answer-only loss
+    needs; a template of named variants (a dict) is judged by its default one. Checked here rather
+    than with TRL's helper so that conversations are prepared without importing TRL (and torch)."""
+    if isinstance(template, dict):
+        template = template.get("default") or ""
+    return bool(template) and _GENERATION_TAG.search(template) is not None

@@ -272,8 +272,22 @@ def test_the_tokenizer_of_recipe_data_is_the_one_recipe_run_loads(recipe, tokeni
         assert [p.tokens for p in ours] == [p.tokens for p in theirs]
 
 
-def test_recipe_data_imports_no_torch():
-    assert not {"torch", "trl", "datasets", "peft"} & set(heavy_imports(["data", "recipes/tiny-demo.yaml", "--show", "1"]))
+@pytest.mark.parametrize("delta", [[], ["--set", f"data.datasets=[{{path: {DATA / 'tiny-chat.jsonl'}, format: chat}}]"],
+                                   ["--set", f"data.datasets=[{{path: {DATA / 'tiny-chat.jsonl'}, format: chat}}]",
+                                    "--set", "data.chat_template=chatml"]], ids=["alpaca", "chat", "named-template"])
+def test_recipe_data_imports_no_torch(delta):
+    # Conversations too: a template that marks its answers needs no TRL to check (templates.marks_answers).
+    assert not {"torch", "trl", "datasets", "peft"} & set(heavy_imports(["data", "recipes/tiny-demo.yaml", "--show", "1",
+                                                                         *delta]))
+
+
+def test_marked_templates_are_found_as_trl_finds_them():
+    from trl.chat_template_utils import has_generation_markers
+
+    for template in [*templates.TEMPLATES.values(), TEMPLATE, "{% for m in messages %}{{ m }}{% endfor %}",
+                     "{%- generation -%}x{%- endgeneration -%}", "{%generation%}x{%endgeneration%}", ""]:
+        assert templates.marks_answers(template) == (bool(template) and has_generation_markers(template)), template
+    assert templates.marks_answers({"default": TEMPLATE, "tool_use": ""}) and not templates.marks_answers(None)
 
 
 # issue 10: datasets that name their fields and roles their own way, and the named chat templates.
