@@ -249,10 +249,21 @@ def per_epoch_or_steps(doc: dict, ctx: Context):
         if per_epoch in training and steps in training:
             yield ctx.problem(("training", per_epoch), f"{per_epoch} and {steps} both set",
                               f"keep one: {steps} counts optimizer steps, {per_epoch} divides an epoch", key=True)
-        if per_epoch in training and "early_stopping_patience" in training:
-            # early stopping needs each evaluation's checkpoint: a relation of steps known only now
-            yield ctx.problem(("training", per_epoch), f"{per_epoch} with early stopping",
-                              f"use {steps} with early_stopping_patience (save_steps a multiple of eval_steps)",
+    if "early_stopping_patience" in training and ("saves_per_epoch" in training or "evals_per_epoch" in training):
+        # The best evaluation must have its checkpoint (save_steps a multiple of eval_steps), and an
+        # epoch's steps are known only when the run starts: per-epoch counts keep that relation only
+        # when saves follow evaluations (recipe run saves every E/S-th evaluation), or evaluations
+        # follow saves (eval_steps left out: one at each save).
+        saves, evals = training.get("saves_per_epoch"), training.get("evals_per_epoch")
+        follows = (evals is None and "eval_steps" not in training) if saves else False
+        if saves and evals:
+            follows = evals % saves == 0
+        if not follows:
+            where = "evals_per_epoch" if evals else "saves_per_epoch"
+            yield ctx.problem(("training", where), "per-epoch counts with early stopping: a save must follow each "
+                              "evaluation that may be the best",
+                              "with early_stopping_patience, give evals_per_epoch a multiple of saves_per_epoch (e.g. "
+                              "saves 1, evals 4), saves_per_epoch alone, or save_steps a multiple of eval_steps",
                               key=True)
     if "evals_per_epoch" in training and "val_fraction" not in data:
         yield ctx.problem(("training", "evals_per_epoch"), "evals_per_epoch without data.val_fraction: nothing to "
@@ -278,13 +289,14 @@ def early_stopping_needs_evaluations(doc: dict, ctx: Context):
                           key=True)
     if "early_stopping_patience" not in training:
         return
+    per_epoch = "saves_per_epoch" in training or "evals_per_epoch" in training  # per_epoch_or_steps checks those
     if "val_fraction" not in data:
         yield ctx.problem(("training", "early_stopping_patience"), "early stopping without data.val_fraction: no "
                           "eval_loss to watch", "add data.val_fraction (e.g. 0.02), or remove early_stopping_patience",
                           key=True)
     save = training.get("save_steps", schema.defaults_of("training")["save_steps"])
     evaluate = training.get("eval_steps", save)
-    if save % evaluate:
+    if not per_epoch and save % evaluate:
         # The best evaluation must have its checkpoint to be the result (load_best_model_at_end).
         yield ctx.problem(("training", "save_steps") if "save_steps" in training else ("training", "eval_steps"),
                           f"save_steps {save} is not a multiple of eval_steps {evaluate}, as early stopping needs",

@@ -435,6 +435,10 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
     t = recipe.training
     save_steps = every(steps_per_epoch, t.saves_per_epoch, t.save_steps)
     eval_steps = every(steps_per_epoch, t.evals_per_epoch, t.eval_steps if t.eval_steps is not None else save_steps)
+    if t.early_stopping_patience is not None and t.saves_per_epoch and t.evals_per_epoch:
+        # The best evaluation must have its checkpoint: every E/S-th evaluation is saved (rules.py
+        # allows per-epoch counts with early stopping only where E is a multiple of S).
+        save_steps = eval_steps * (t.evals_per_epoch // t.saves_per_epoch)
     return SFTConfig(
         output_dir=str(run_dir),
         per_device_train_batch_size=t.micro_batch_size,

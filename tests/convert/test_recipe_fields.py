@@ -252,6 +252,21 @@ def test_min_lr_ratio_is_the_cosine_schedule_s_floor(make_recipe):
     assert schedule.get_last_lr()[0] == pytest.approx(0.1 * recipe.training.learning_rate)
 
 
+@pytest.mark.parametrize("steps_per_epoch", [10, 101, 3])
+def test_early_stopping_saves_every_evaluation_it_may_keep(make_recipe, steps_per_epoch):
+    """saves_per_epoch 1, evals_per_epoch 4 (Axolotl's falcon and xgen examples): whatever an epoch's
+    steps, save_steps is a multiple of eval_steps, which load_best_model_at_end requires (SFTConfig
+    refuses otherwise)."""
+    from recipecli.fit.precision import choose
+
+    recipe = load_recipe(make_recipe({"training": {"saves_per_epoch": 1, "evals_per_epoch": 4,
+                                                   "early_stopping_patience": 3}, "data": {"val_fraction": 0.1}}))
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=True, cuda=False,
+                              steps_per_epoch=steps_per_epoch)
+    assert args.save_steps % args.eval_steps == 0 and args.load_best_model_at_end
+    assert args.eval_steps == max(1, steps_per_epoch // 4) and args.save_steps == 4 * args.eval_steps
+
+
 # What fit-check counts for the new fields (pure arithmetic: no model is loaded).
 def _setup(**delta):
     import dataclasses

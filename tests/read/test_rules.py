@@ -62,7 +62,12 @@ def test_rule_fires_on_its_delta_alone(make_recipe, name):
 @pytest.mark.parametrize("training, data, path", [
     ({"evals_per_epoch": 2, "eval_steps": 5}, {"val_fraction": 0.1}, "$.training.evals_per_epoch"),
     ({"evals_per_epoch": 2}, {}, "$.training.evals_per_epoch"),  # nothing to evaluate on
-    ({"saves_per_epoch": 2, "early_stopping_patience": 2}, {"val_fraction": 0.1}, "$.training.saves_per_epoch"),
+    # with early stopping, a save must follow each evaluation that may be the best
+    ({"saves_per_epoch": 2, "evals_per_epoch": 3, "early_stopping_patience": 2}, {"val_fraction": 0.1},
+     "$.training.evals_per_epoch"),
+    ({"evals_per_epoch": 4, "early_stopping_patience": 2}, {"val_fraction": 0.1}, "$.training.evals_per_epoch"),
+    ({"saves_per_epoch": 2, "eval_steps": 7, "early_stopping_patience": 2}, {"val_fraction": 0.1},
+     "$.training.saves_per_epoch"),
 ])
 def test_per_epoch_counts_are_refused_where_they_cannot_work(make_recipe, training, data, path):
     with pytest.raises(InvalidRecipe) as info:
@@ -98,6 +103,12 @@ def test_defaults_written_out_do_not_fire_the_rules_of_their_knobs(make_recipe):
     # recipe show and a run folder's recipe.yaml write every default: an sgd recipe holds adam_beta1 0.9
     assert resolve(make_recipe({"training": {"optimizer": "sgd", "adam_beta1": 0.9, "adam_epsilon": 1e-08,
                                              "lr_scheduler": "constant", "min_lr_ratio": 0}}))
+
+
+@pytest.mark.parametrize("training", [{"saves_per_epoch": 1, "evals_per_epoch": 4}, {"saves_per_epoch": 2}],
+                         ids=["saves-follow-evaluations", "evaluations-follow-saves"])
+def test_per_epoch_counts_that_keep_each_best_evaluation_saved_go_with_early_stopping(make_recipe, training):
+    assert resolve(make_recipe({"training": {**training, "early_stopping_patience": 3}, "data": {"val_fraction": 0.1}}))
 
 
 def test_per_epoch_counts_alone_are_valid(make_recipe):
