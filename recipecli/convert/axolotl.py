@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+from ..read.recipe import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 from ..read.schema import defaults_of
 
 ABSENT = object()  # write(): this recipe leaves the Axolotl key out
@@ -972,11 +972,16 @@ _OWN_NAMES = {"chat": {"messages": "messages", "role": "role", "content": "conte
               "text": {"text": "text"}}
 _OWN_ROLES = {"chat": {"system": ["system"], "user": ["user"], "assistant": ["assistant"]},
               "sharegpt": {"system": ["system"], "user": ["human", "user"], "assistant": ["gpt", "assistant"]}}
-# A user-defined Axolotl type with these prompts builds recipe's alpaca prompt exactly.
-_ALPACA_TYPE = {"format": ALPACA_PROMPT_WITH_INPUT, "no_input_format": ALPACA_PROMPT}
+# A user-defined Axolotl type with these prompts builds recipe's alpaca prompt exactly, without
+# Stanford Alpaca's preamble (False) or with it (True).
+_ALPACA_TYPES = {False: {"format": ALPACA_PROMPT_WITH_INPUT, "no_input_format": ALPACA_PROMPT},
+                 True: {"format": ALPACA_PREAMBLE_WITH_INPUT + ALPACA_PROMPT_WITH_INPUT,
+                        "no_input_format": ALPACA_PREAMBLE + ALPACA_PROMPT}}
 
 
 def _type(v, entry):
+    if v == "alpaca":  # Axolotl's alpaca prompts are Stanford Alpaca's, preamble included
+        return {"format": "alpaca", "preamble": True}
     if isinstance(v, str) and v in TYPES:
         return {"format": _format_of(entry)}
     if isinstance(v, dict):
@@ -999,15 +1004,17 @@ def _format_of(entry) -> str:
 def _custom_type(v: dict) -> dict:
     """A user-defined type: recipe's alpaca with the data's field names, when its prompt is recipe's."""
     names = {"field_instruction": "instruction", "field_input": "input", "field_output": "output"}
-    other = [k for k in v if k not in names and k not in _ALPACA_TYPE]
-    if other or any(v.get(k) != prompt for k, prompt in _ALPACA_TYPE.items()):
+    other = [k for k in v if k not in names and k not in _ALPACA_TYPES[False]]
+    preamble = next((p for p, prompts in _ALPACA_TYPES.items() if all(v.get(k) == s for k, s in prompts.items())),
+                    None)
+    if other or preamble is None:
         raise NotConverted("a custom prompt type is supported only as recipe's alpaca prompt (format and "
                            "no_input_format as `recipe convert --to axolotl` writes them, and field_* names)",
                            "convert the data to alpaca, chat or prompt/completion records, or use type: alpaca")
     if not all(isinstance(v.get(k, ""), str) and v.get(k) != "" for k in names if k in v):
         raise NotConverted("field_instruction, field_input and field_output are field names (text)")
     fields = {names[k]: v[k] for k in names if k in v and v[k] != _OWN_NAMES["alpaca"][names[k]]}
-    return {"format": "alpaca", **({"fields": fields} if fields else {})}
+    return {"format": "alpaca", **({"preamble": True} if preamble else {}), **({"fields": fields} if fields else {})}
 
 
 def _mappings(entry) -> dict:
@@ -1027,10 +1034,14 @@ def _conversational(entry) -> str:
 
 
 def _write_type(d):
-    if d["format"] == "alpaca" and d.get("fields"):
-        mine = {**_OWN_NAMES["alpaca"], **d["fields"]}
-        return {f"field_{k}": mine[k] for k in ("instruction", "input", "output")} | dict(_ALPACA_TYPE)
-    return {"alpaca": "alpaca", "text": "completion", "chat": "chat_template",
+    if d["format"] == "alpaca":
+        preamble = bool(d.get("preamble"))
+        if preamble and not d.get("fields"):
+            return "alpaca"  # Axolotl's own: Stanford Alpaca's prompt, preamble included
+        # Renamed fields, or recipe's prompt without the preamble: a user-defined type that builds it.
+        mine = {**_OWN_NAMES["alpaca"], **(d.get("fields") or {})}
+        return {f"field_{k}": mine[k] for k in ("instruction", "input", "output")} | dict(_ALPACA_TYPES[preamble])
+    return {"text": "completion", "chat": "chat_template",
             "sharegpt": "chat_template"}.get(d["format"]) or _unexpressible_format(d["format"])
 
 
@@ -1135,8 +1146,8 @@ def _conversation(v, entry):
 DATASET_ROWS: tuple[Row, ...] = (
     Row("path", ("path",), lambda v, e: {"path": v}, lambda d: d["path"],
         "a local file is relative to where Axolotl runs; written relative to the recipe"),
-    Row("type", ("format",), _type, _write_type,
-        "alpaca (Axolotl adds a one-line preamble to the prompt; recipe does not), completion -> text, "
+    Row("type", ("format", "preamble"), _type, _write_type,
+        "alpaca -> alpaca with Stanford Alpaca's preamble (Axolotl's prompt exactly), completion -> text, "
         "chat_template -> chat, or sharegpt for conversations [{from, value}]"),
     Row("split", ("split",), lambda v, e: {"split": v}, lambda d: d["split"] if d.get("split") != "train" else ABSENT),
     Row("name", ("subset",), lambda v, e: {"subset": v}, lambda d: d.get("subset", ABSENT)),
@@ -1247,8 +1258,6 @@ ADAPTER_NEEDS = {
 # Said once per conversion where a dataset has this Axolotl type, read or written: the records
 # convert, the prompt they train with differs (a user-defined type with recipe's prompt does not).
 TYPE_NOTES = {
-    "alpaca": "alpaca prompts: Axolotl starts each with the line 'Below is an instruction that describes a "
-              "task...'; recipe's alpaca template has no preamble (the prompt is ### Instruction / ### Response)",
     "alpaca_chat": "alpaca_chat prompts: Axolotl writes 'USER: ... ASSISTANT:'; recipe's alpaca prompt is "
                    "### Instruction / ### Response",
 }

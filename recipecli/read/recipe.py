@@ -37,6 +37,11 @@ LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # means: the converter writes it into an Axolotl config, which must build the same prompt.
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+# Stanford Alpaca's preamble (data.datasets[].preamble), as its release and Axolotl's alpaca type write it.
+ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes " \
+                  "the request.\n\n"
+ALPACA_PREAMBLE_WITH_INPUT = "Below is an instruction that describes a task, paired with an input that provides " \
+                             "further context. Write a response that appropriately completes the request.\n\n"
 # Fields that are not written in a recipe file: the codec skips them both ways.
 NOT_IN_DOCUMENT = {"document": False}
 
@@ -136,6 +141,7 @@ class SpecialTokens:
 class Dataset:
     path: str  # a hub dataset id, or the absolute path of a local file
     format: Format
+    preamble: bool  # alpaca only (rules.py)
     split: str
     subset: Optional[str]
     data_files: Optional[tuple[str, ...]]  # hub datasets only (rules.py)

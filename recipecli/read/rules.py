@@ -120,6 +120,9 @@ def dataset_fields_match_the_format(doc: dict, ctx: Context):
                 yield ctx.problem((*where, "fields", name), f"format {fmt} has no field {name}",
                                   f"format {fmt} reads {', '.join(FIELDS_OF_FORMAT[fmt])}: remove {name}, or "
                                   "change the format", key=True)
+        if dataset.get("preamble") is True and fmt != "alpaca":
+            yield ctx.problem((*where, "preamble"), f"preamble with format {fmt}: it starts alpaca prompts only",
+                              "remove it, or use format alpaca", key=True)
         roles = dataset.get("roles", {})
         if roles and fmt not in CONVERSATIONAL:
             yield ctx.problem((*where, "roles"), f"roles with format {fmt}, which has no roles",

@@ -161,5 +161,6 @@ def _prompt_inputs(recipe: Recipe, tokenizer, prompt: str, input: str = ""):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True, return_tensors="pt")
     # A mix of alpaca and prompt_completion trains on both; the first dataset sets the convention.
-    text = data.alpaca_prompt(prompt, input) if recipe.data.datasets[0].format == "alpaca" else prompt
+    first = recipe.data.datasets[0]
+    text = data.alpaca_prompt(prompt, input, first.preamble) if first.format == "alpaca" else prompt
     return tokenizer(text=text, return_tensors="pt")

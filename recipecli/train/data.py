@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import DataError
-from ..read.recipe import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, Format, Recipe
+from ..read.recipe import (ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, Format,
+                           Recipe)
 from . import datafiles, templates
 from .datafiles import Place, kind
 
@@ -54,19 +55,21 @@ _LAYOUT: dict[str, str] = {
 }
 
 
-def alpaca_prompt(instruction: str, input: str = "") -> str:
+def alpaca_prompt(instruction: str, input: str = "", preamble: bool = False) -> str:
     """The fixed prompt an alpaca record is trained (and should be queried) with.
 
     Args:
         instruction: the task.
         input: optional context; empty leaves the Input section out.
+        preamble: start with Stanford Alpaca's one-line preamble (``data.datasets[].preamble``).
 
     Returns:
         The prompt, ending where the response starts.
     """
     if input:
-        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
-    return ALPACA_PROMPT.format(instruction=instruction)
+        return (ALPACA_PREAMBLE_WITH_INPUT if preamble else "") + ALPACA_PROMPT_WITH_INPUT.format(
+            instruction=instruction, input=input)
+    return (ALPACA_PREAMBLE if preamble else "") + ALPACA_PROMPT.format(instruction=instruction)
 
 
 def layout(recipe: Recipe) -> str:
@@ -454,6 +457,7 @@ class Reader:
     roles: dict  # role name in the data -> system, user or assistant
     knob: str  # data.datasets[i], for hints that name the recipe field to change
     renamed: frozenset = frozenset()  # fields whose name the recipe gives
+    preamble: bool = False  # alpaca: Stanford Alpaca's preamble starts each prompt
 
     def needs(self) -> str:
         """What the format reads, in the data's names, for the hint of an error about a record."""
@@ -482,7 +486,7 @@ def reader(spec, index: int = 0) -> Reader:
         for role, own in _OWN_ROLES[spec.format].items():
             mine = getattr(given, role) if given is not None else None
             roles.update({name: role for name in (own if mine is None else mine)})
-    return Reader(spec.format, names, roles, f"data.datasets[{index}]", frozenset(renamed))
+    return Reader(spec.format, names, roles, f"data.datasets[{index}]", frozenset(renamed), spec.preamble)
 
 
 def _convert(read: Reader, record: object, place: Place) -> dict:
@@ -495,7 +499,7 @@ def _convert(read: Reader, record: object, place: Place) -> dict:
         instruction = _text(record, n["instruction"], place, read)
         output = _text(record, n["output"], place, read)
         context = _text(record, n["input"], place, read, required=False)
-        return {"prompt": alpaca_prompt(instruction, context), "completion": output}
+        return {"prompt": alpaca_prompt(instruction, context, read.preamble), "completion": output}
     if fmt == "prompt_completion":
         return {"prompt": _text(record, n["prompt"], place, read),
                 "completion": _text(record, n["completion"], place, read)}

@@ -189,6 +189,15 @@ ENTRIES = {
                                                 "### Response:\n",
                                       "no_input_format": "### Instruction:\n{instruction}\n\n### Response:\n"}},
                             {"format": "alpaca", "fields": {"instruction": "question", "output": "answer"}}),
+    "alpaca": ({"type": "alpaca"}, {"format": "alpaca", "preamble": True}),  # Stanford Alpaca's prompt, as Axolotl's
+    "user-defined alpaca with the preamble": (
+        {"type": {"field_output": "answer",
+                  "format": "Below is an instruction that describes a task, paired with an input that provides further "
+                            "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                            "{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+                  "no_input_format": "Below is an instruction that describes a task. Write a response that appropriately "
+                                     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"}},
+        {"format": "alpaca", "preamble": True, "fields": {"output": "answer"}}),
 }
 
 DATASET_REFUSALS = {

@@ -244,6 +244,9 @@ DELTAS = {
                                              "subset": "en"}], "completion_only_loss": False, "packing": True}},
     "remote-code": {"model": {"trust_remote_code": True, "revision": "v2"}},
     "liger-some": {"training": {"liger_kernel": ["rms_norm", "glu"]}},
+    "alpaca-preamble": {"data": {"datasets": [{"path": "org/a", "format": "alpaca", "preamble": True},
+                                              {"path": "org/b", "format": "alpaca", "preamble": True,
+                                               "fields": {"output": "answer"}}]}},
     "tf32-jinja": {"training": {"tf32": True}, "data": {
         "chat_template": "jinja", "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}\n{% endfor %}",
         "special_tokens": {"pad_token": "<pad>", "eos_token": "</s>"},

@@ -30,7 +30,7 @@ datasets:
   - path: {RECIPES / "data" / "tiny-alpaca.jsonl"}
     type: alpaca
 val_set_size: 0.25
-sequence_len: 64
+sequence_len: 192  # the preamble of Axolotl's alpaca prompt is many tokens of the tiny tokenizer
 micro_batch_size: 4
 max_steps: 4
 learning_rate: 0.004
@@ -103,7 +103,7 @@ datasets:
   - path: {RECIPES / "data" / "tiny-alpaca.jsonl"}
     type: alpaca
 val_set_size: 0.05
-sequence_len: 64
+sequence_len: 192  # the preamble of Axolotl's alpaca prompt is many tokens of the tiny tokenizer
 micro_batch_size: 4
 max_steps: 8
 learning_rate: 0.01

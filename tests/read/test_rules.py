@@ -85,6 +85,13 @@ def test_a_jinja_text_needs_chat_template_jinja(make_recipe, data, path):
     assert [p.path for p in info.value.problems] == [path]
 
 
+def test_the_preamble_starts_alpaca_prompts_only(make_recipe):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "chat", "preamble": True}]}}))
+    assert [p.path for p in info.value.problems] == ["$.data.datasets[0].preamble"]
+    assert resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "alpaca", "preamble": True}]}}))
+
+
 def test_data_files_belong_to_hub_datasets(make_recipe, tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(InvalidRecipe) as info:

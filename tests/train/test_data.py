@@ -71,6 +71,20 @@ def test_alpaca_becomes_the_fixed_prompt_with_and_without_input(recipe):
     assert without["prompt"] == data.alpaca_prompt(without["prompt"].split("\n")[1])
 
 
+def test_the_preamble_starts_alpaca_prompts_as_stanford_alpaca_and_axolotl_write_them(make_recipe):
+    # Stanford Alpaca's released prompt (and Axolotl's alpaca type), written out here as the oracle.
+    with_input = ("Below is an instruction that describes a task, paired with an input that provides further "
+                  "context. Write a response that appropriately completes the request.\n\n### Instruction:\nAdd."
+                  "\n\n### Input:\n1 + 1\n\n### Response:\n")
+    without = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+               "request.\n\n### Instruction:\nAdd.\n\n### Response:\n")
+    assert data.alpaca_prompt("Add.", "1 + 1", preamble=True) == with_input
+    assert data.alpaca_prompt("Add.", preamble=True) == without
+    spec = {"path": str(DATA / "tiny-alpaca.jsonl"), "format": "alpaca", "preamble": True}
+    train, _ = data.load_examples(load_recipe(make_recipe({"data": {"datasets": [spec]}})))
+    assert all(p.startswith("Below is an instruction that describes a task") for p in train["prompt"])
+
+
 def test_sharegpt_speakers_become_chat_roles(recipe):
     chat = data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")))[0].to_list()
     sharegpt = data.load_examples(recipe((DATA / "tiny-sharegpt.jsonl", "sharegpt")))[0].to_list()
