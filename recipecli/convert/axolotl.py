@@ -1174,55 +1174,69 @@ DATASET_ROWS: tuple[Row, ...] = (
     Row("trust_remote_code", (), _only(False, why="recipe never runs a dataset's code"), lambda d: ABSENT),
 )
 
+# Reasons shared by several keys below.
+_MOE = ("mixture-of-experts models are not supported yet (fit-check does not model experts)", "")
+_MOE_KERNELS = ("mixture-of-experts kernels are not supported", "")
+_HUB = ("recipe does not push to the hub", "push the run folder's adapter/ yourself")
+_NEFTUNE = ("NEFTune noise is not supported", "")
+_OTHER_QUANTIZATION = ("quantized bases other than bitsandbytes 4/8-bit are not supported", "")
+_FLEX = ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2")
+
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
 UNSUPPORTED = {
-    "dataloader_drop_last": ("dropping the last short batch is not supported: recipe trains every example",
-                             "remove it"),
-    "tensor_parallel": ("tensor parallelism is not supported", ""),
-    "model_config": ("changing the model's config (a mixture-of-experts router's outputs...) is not supported", ""),
-    "use_sonicmoe": ("mixture-of-experts kernels are not supported", ""),
-    "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),
-    "resize_token_embeddings_to_32x": ("resizing the embeddings is not supported: recipe keeps the model's vocabulary",
-                                       "remove it"),
-    "max_packed_sequence_len": ("Axolotl's older packing length is not supported", "use sample_packing with sequence_len"),
-    "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
-    "flex_attn_compile_kwargs": ("flex attention is not supported", ""),
-    "model_quantization_config_kwargs": ("quantized bases other than bitsandbytes 4/8-bit are not supported", ""),
-    "device_map": ("placing the model's layers over several GPUs is not supported: recipe trains the whole model on "
-                   "each GPU (or shards it with distributed)", "remove it"),
-    "activation_offloading": ("offloading activations to the CPU is not supported yet",
-                              "remove it: fit-check then counts the activations on the GPU"),
-    "quantize_moe_experts": ("mixture-of-experts models are not supported yet (fit-check does not model experts)", ""),
-    "experts_implementation": ("mixture-of-experts models are not supported yet", ""),
-    "use_scattermoe": ("mixture-of-experts kernels are not supported", ""),
-    "moe_kernels": ("mixture-of-experts kernels are not supported", ""),
-    "llama4_linearized_experts": ("mixture-of-experts models are not supported yet", ""),
-    "lora_target_parameters": ("LoRA on parameters (experts) rather than modules is not supported", ""),
+    # what is trained
+    "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
+    "lora_model_dir": ("starting from an existing adapter is not supported", ""),
     "unfrozen_parameters": ("training some weights in full (unfrozen_parameters) is not supported",
                             "use lora.modules_to_save for whole modules"),
+    "peft": ("peft options beyond recipe's lora section (LoftQ...) are not supported", ""),
+    "relora_steps": ("ReLoRA is not supported", ""),
+    "lisa_n_layers": ("LISA is not supported", ""),
+    "neftune_noise_alpha": _NEFTUNE,
+    "noisy_embedding_alpha": _NEFTUNE,
     "qat": ("quantization-aware training is not supported", ""),
     "fp8": ("fp8 training is not supported", "use bf16"),
-    "model_quantization_config": ("quantized bases other than bitsandbytes 4/8-bit are not supported", ""),
+    # the model and its tokenizer
+    "model_config": ("changing the model's config (a mixture-of-experts router's outputs...) is not supported", ""),
+    "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
+    "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
+    "model_quantization_config": _OTHER_QUANTIZATION,
+    "model_quantization_config_kwargs": _OTHER_QUANTIZATION,
+    "resize_token_embeddings_to_32x": ("resizing the embeddings is not supported: recipe keeps the model's vocabulary",
+                                       "remove it"),
     "tokenizer_use_mistral_common": ("the mistral-common tokenizer is not supported; recipe loads the model's "
                                      "tokenizer with transformers", "remove it"),
     "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
-    "flex_attention": ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2"),
+    # mixture of experts
+    "quantize_moe_experts": _MOE,
+    "experts_implementation": _MOE,
+    "llama4_linearized_experts": _MOE,
+    "lora_target_parameters": ("LoRA on parameters (experts) rather than modules is not supported", ""),
+    "use_scattermoe": _MOE_KERNELS,
+    "use_sonicmoe": _MOE_KERNELS,
+    "moe_kernels": _MOE_KERNELS,
+    # memory and kernels
+    "activation_offloading": ("offloading activations to the CPU is not supported yet",
+                              "remove it: fit-check then counts the activations on the GPU"),
+    "flex_attention": _FLEX,
+    "flex_attn_compile_kwargs": _FLEX,
+    "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
+    "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),
+    "max_packed_sequence_len": ("Axolotl's older packing length is not supported", "use sample_packing with sequence_len"),
+    "device_map": ("placing the model's layers over several GPUs is not supported: recipe trains the whole model on "
+                   "each GPU (or shards it with distributed)", "remove it"),
+    "tensor_parallel": ("tensor parallelism is not supported", ""),
+    # data and schedule
+    "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
+    "dataloader_drop_last": ("dropping the last short batch is not supported: recipe trains every example",
+                             "remove it"),
     "lr_quadratic_warmup": ("a quadratic warm-up is not supported; recipe warms up linearly", "remove it"),
     "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
-    "noisy_embedding_alpha": ("NEFTune noise is not supported", ""),
-    "push_dataset_to_hub": ("recipe does not push to the hub", ""),
-    "hub_strategy": ("recipe does not push to the hub", ""),
-    "peft": ("peft options beyond recipe's lora section (LoftQ...) are not supported", ""),
-    "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
-    "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
-    "relora_steps": ("ReLoRA is not supported", ""),
-    "lisa_n_layers": ("LISA is not supported", ""),
-    "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
-    "lora_model_dir": ("starting from an existing adapter is not supported", ""),
+    # where it runs and what it leaves
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
-    "hub_model_id": ("recipe does not push to the hub", "push the run folder's adapter/ yourself"),
-    "neftune_noise_alpha": ("NEFTune noise is not supported", ""),
-    "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
+    "hub_model_id": _HUB,
+    "hub_strategy": _HUB,
+    "push_dataset_to_hub": _HUB,
 }
 
 
