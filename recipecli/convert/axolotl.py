@@ -491,8 +491,24 @@ def _gradient_checkpointing(v, cfg):
         return {}  # FSDP checkpoints the layers itself: fsdp_config says gradient_checkpointing true
     if isinstance(v, bool):
         return {"training.gradient_checkpointing": v}
-    raise NotConverted(f"gradient_checkpointing {_shown(v)}: recipe recomputes activations on the GPU only "
-                       "(no offload to CPU or disk)", "use true, or false")
+    if v == "offload":
+        # Axolotl's own offloaded checkpointing keeps each layer's input in host memory; TRL's
+        # activation offloading does that to what checkpointing saves (those inputs) as well.
+        return {"training.gradient_checkpointing": True, "training.activation_offloading": True,
+                NOTE: "gradient_checkpointing offload -> checkpointing with TRL's activation offloading (each "
+                      "layer's saved input in host memory, as Axolotl's)"}
+    raise NotConverted(f"gradient_checkpointing {_shown(v)}: recipe offloads to host memory, not to disk",
+                       "use true, false or offload")
+
+
+def _activation_offloading(v, cfg):
+    if isinstance(v, bool):
+        return {"training.activation_offloading": True} if v else {}
+    if v == "legacy":  # Axolotl's earlier implementation of the same offloading
+        return {"training.activation_offloading": True,
+                NOTE: "activation_offloading legacy -> TRL's activation offloading (the same activations in host "
+                      "memory)"}
+    raise NotConverted(f"activation_offloading {_shown(v)}: expected true, false or legacy")
 
 
 def _use_reentrant(v, cfg):
@@ -814,6 +830,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "adamw_torch_fused, adamw_hf -> adamw_torch (same update, same memory); adamw_bnb_8bit -> adamw_8bit"),
     Row("gradient_checkpointing", ("training.gradient_checkpointing",), _gradient_checkpointing,
         lambda doc: get(doc, "training.gradient_checkpointing"), "Axolotl's default is false: written explicitly"),
+    Row("activation_offloading", ("training.activation_offloading",), _activation_offloading,
+        lambda doc: get(doc, "training.activation_offloading") or ABSENT, "TRL's activation offloading"),
     Row("gradient_checkpointing_kwargs", (), _use_reentrant, lambda doc: ABSENT, "use_reentrant: false only"),
     Row("bf16", ("training.precision",), _precision, _write_bf16, "with fp16: auto/bf16/fp16/fp32"),
     Row("fp16", ("training.precision",), lambda v, cfg: _precision(v, cfg) if "bf16" not in cfg else {},
@@ -1216,8 +1234,6 @@ UNSUPPORTED = {
     "use_sonicmoe": _MOE_KERNELS,
     "moe_kernels": _MOE_KERNELS,
     # memory and kernels
-    "activation_offloading": ("offloading activations to the CPU is not supported yet",
-                              "remove it: fit-check then counts the activations on the GPU"),
     "flex_attention": _FLEX,
     "flex_attn_compile_kwargs": _FLEX,
     "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),

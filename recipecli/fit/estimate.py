@@ -254,6 +254,10 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         # SwiGLU keep less for backward than the modules they replace: counted as those, an upper bound.
         loss_how += " (Liger on: TRL keeps this head, Liger's fused cross-entropy is off)"
         act_how += "; Liger's kernels counted as the layers they replace (they keep less)"
+    if s.activation_offloading:
+        # TRL moves each saved activation to host memory in forward (keeping the last few on the GPU
+        # while they copy) and brings them back as backward reaches them: fewer on the GPU, never more.
+        act_how += "; counted on the GPU although activation_offloading moves most to host memory (an upper bound)"
     head_copy = in_full.get(shape.head, (0, 0, 0))
     if head_copy[0]:  # TRL's fused head accumulates a trained head's gradient in fp32, as for full
         loss += 4 * head_copy[1] * head_copy[2]

@@ -34,6 +34,7 @@ class Choices:
     autocast_dtype: Optional[DtypeName]  # the forward's torch.autocast dtype; None: no autocast
     grad_scaler: bool  # fp16's AMP GradScaler scales the loss and unscales fp32 gradients
     tf32: bool = False  # fp32 matmuls in TF32 (training.tf32 on a card that has it); changes no memory
+    activation_offloading: bool = False  # training.activation_offloading on a GPU (TRL's works on CUDA only)
 
     @property
     def matmul_dtype(self) -> DtypeName:
@@ -161,9 +162,14 @@ def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
         # Asked for speed, not for a result: a card without TF32 runs plain fp32 (Axolotl configs set it freely).
         notes.append(f"{label} has no TF32 (compute capability >= 8.0): tf32 changes nothing here")
 
+    offloading = training.activation_offloading and gpu is not None
+    if training.activation_offloading and not offloading:
+        notes.append("no GPU: activation_offloading changes nothing on the CPU (the activations are in host memory)")
+
     if problems:
         raise InvalidRecipe(problems)
     return Choices(precision, attention, compute_dtype, tuple(notes),
-                   **dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype), tf32=tf32)
+                   **dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype), tf32=tf32,
+                   activation_offloading=offloading)
 
 

@@ -58,6 +58,7 @@ class Setup:
     modules_to_save: tuple[str, ...] = ()
     use_dora: bool = False  # lora.use_dora: not modelled, the estimate refuses it (estimate.estimate)
     liger_kernel: bool = False  # training.liger_kernel: said in the estimate's explanations, same bytes
+    activation_offloading: bool = False  # likewise: counted on the GPU, an upper bound
 
 
 @dataclass(frozen=True)

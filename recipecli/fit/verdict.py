@@ -101,6 +101,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         modules_to_save=lora.modules_to_save if lora else (),
         use_dora=lora.use_dora if lora else False,
         liger_kernel=bool(recipe.training.liger_kernel),
+        activation_offloading=recipe.training.activation_offloading,
     )
     return setup, list(choices.notes)
 

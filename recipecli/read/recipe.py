@@ -189,6 +189,7 @@ class Training:
     adam_beta2: float
     adam_epsilon: float
     gradient_checkpointing: bool
+    activation_offloading: bool
     precision: Precision
     attention: Attention
     tf32: bool

@@ -459,6 +459,7 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         adam_beta2=t.adam_beta2,
         adam_epsilon=t.adam_epsilon,
         gradient_checkpointing=t.gradient_checkpointing,
+        activation_offloading=choices.activation_offloading,  # TRL's; it needs a CUDA device (precision.choose)
         bf16=choices.precision == "bf16",
         fp16=choices.precision == "fp16",
         tf32=True if choices.tf32 else None,  # None leaves torch's default (off); transformers refuses True without TF32

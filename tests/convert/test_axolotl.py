@@ -55,6 +55,7 @@ READS = {
     "max_grad_norm": (0.3, {}, {"training.max_grad_norm": 0.3}),
     "optimizer": ("adamw_bnb_8bit", {}, {"training.optimizer": "adamw_8bit"}),
     "gradient_checkpointing": (False, {}, {"training.gradient_checkpointing": False}),
+    "activation_offloading": (True, {}, {"training.activation_offloading": True}),
     "gradient_checkpointing_kwargs": ({"use_reentrant": False}, {}, {}),
     "bf16": (True, {}, {"training.precision": "bf16"}),
     "fp16": (True, {}, {"training.precision": "fp16"}),
@@ -113,7 +114,8 @@ REFUSALS = {
     "val_set_size": (200, {}, "a count of examples"),
     "optimizer": ("lion_8bit", {}, "not one recipe runs"),
     "lr_scheduler": ("one_cycle", {}, "not one recipe runs"),
-    "gradient_checkpointing": ("offload", {}, "no offload"),
+    "gradient_checkpointing": ("offload_disk", {}, "not to disk"),
+    "activation_offloading": ("disk", {}, "expected true, false or legacy"),
     "gradient_checkpointing_kwargs": ({"use_reentrant": True, "preserve_rng_state": False}, {}, "use_reentrant false"),
     "bf16": (True, {"fp16": True}, "no precision recipe knows"),
     "chat_template": ("jinja", {}, "jinja without chat_template_jinja"),
@@ -339,12 +341,20 @@ def test_the_fsdp_list_reads_in_any_order(value, fsdp_config):
     assert row_for("fsdp", TOP_ROWS).read(value, {"fsdp": value, "fsdp_config": fsdp_config}) == {}
 
 
+def test_offloaded_checkpointing_is_checkpointing_with_trl_s_activation_offloading():
+    read = row_for("gradient_checkpointing", TOP_ROWS).read("offload", {})
+    assert read.pop(NOTE).startswith("gradient_checkpointing offload -> checkpointing with TRL's activation offloading")
+    assert read == {"training.gradient_checkpointing": True, "training.activation_offloading": True}
+    legacy = row_for("activation_offloading", TOP_ROWS).read("legacy", {})
+    assert legacy.pop(NOTE) and legacy == {"training.activation_offloading": True}
+
+
 def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
     cfg = {"gradient_checkpointing": False, "fsdp_config": {"fsdp_activation_checkpointing": True}}
     assert row_for("gradient_checkpointing", TOP_ROWS).read(False, cfg) == {}
 
 
-@pytest.mark.parametrize("key, value", [("activation_offloading", False), ("flex_attention", False),
+@pytest.mark.parametrize("key, value", [("tokenizer_use_mistral_common", False), ("flex_attention", False),
                                         ("neftune_noise_alpha", 0), ("unfrozen_parameters", [])])
 def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
     assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]

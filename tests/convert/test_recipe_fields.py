@@ -336,6 +336,18 @@ def test_liger_changes_no_byte_of_the_estimate_and_says_why():
     assert "Liger's kernels counted as the layers they replace" in how["activations"]
 
 
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_activation_offloading_is_counted_on_the_gpu_an_upper_bound_and_said(checkpointing):
+    from recipecli.fit.architectures import Shape
+    from recipecli.fit.estimate import estimate
+
+    plain = estimate(Shape(**LLAMA3), _setup(gradient_checkpointing=checkpointing))
+    offloaded = estimate(Shape(**LLAMA3), _setup(gradient_checkpointing=checkpointing, activation_offloading=True))
+    assert [c.bytes for c in plain.components] == [c.bytes for c in offloaded.components]
+    how = {c.name: c.explanation for c in offloaded.components}
+    assert "activation_offloading moves most to host memory (an upper bound)" in how["activations"]
+
+
 def test_modules_to_save_are_checked_against_the_loaded_model():
     from transformers import AutoModelForCausalLM
 

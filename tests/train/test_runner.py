@@ -314,9 +314,24 @@ def test_tokens_the_tokenizer_lacks_are_refused_by_name_before_the_model(tiny, t
     assert not (tmp_path / "run").exists()
 
 
-def test_tf32_asked_on_the_cpu_trains_and_says_it_changes_nothing(tiny, capsys):
-    run(tiny({"training": {"tf32": True}}, **{"training.max_steps": 1}), gpus=())  # transformers raises on tf32=True
-    assert "no GPU has no TF32 (compute capability >= 8.0): tf32 changes nothing here" in capsys.readouterr().err
+def test_gpu_only_speed_knobs_asked_on_the_cpu_train_and_say_they_change_nothing(tiny, capsys):
+    # transformers raises on tf32=True without TF32; TRL's activation offloading needs an accelerator
+    run(tiny({"training": {"tf32": True, "activation_offloading": True}}, **{"training.max_steps": 1}), gpus=())
+    err = capsys.readouterr().err
+    assert "no GPU has no TF32 (compute capability >= 8.0): tf32 changes nothing here" in err
+    assert "no GPU: activation_offloading changes nothing on the CPU" in err
+
+
+def test_activation_offloading_reaches_trl_on_a_gpu(make_recipe):
+    from recipecli.fit.precision import choose
+
+    recipe = load_recipe(make_recipe({"training": {"activation_offloading": True, "precision": "fp32"}}))
+    choices = choose(recipe, card("rtx3090"))
+    assert choices.activation_offloading and not choose(recipe, None).activation_offloading
+    from recipecli.train import runner
+
+    args = runner._sft_config(recipe, choices, recipe.output_dir, has_eval=False, cuda=True, steps_per_epoch=1)
+    assert args.activation_offloading is True
 
 
 @pytest.mark.parametrize("name", ["pad_token", "eos_token", "bos_token", "unk_token"])
