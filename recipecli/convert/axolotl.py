@@ -285,6 +285,12 @@ def _optimizer(v, cfg):
                        "recipe runs " + ", ".join(sorted(set(OPTIMIZERS.values()))))
 
 
+def _neftune(v, cfg):
+    if v == 0:
+        return {}  # no noise, as absent
+    return {"training.neftune_noise_alpha": v}
+
+
 def _min_lr_ratio(v, cfg):
     if cfg.get("cosine_constant_lr_ratio") is not None:
         raise NotConverted("cosine_min_lr_ratio with cosine_constant_lr_ratio: Axolotl's hold-at-the-floor schedule "
@@ -939,6 +945,10 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("float16", (), _half_weights("fp16", "fp16"), lambda doc: ABSENT, "recipe's fp16 loads the weights in fp16"),
     Row("cosine_min_lr_ratio", ("training.min_lr_ratio",), _min_lr_ratio,
         lambda doc: get(doc, "training.min_lr_ratio") or ABSENT, "the cosine schedule's floor"),
+    Row("neftune_noise_alpha", ("training.neftune_noise_alpha",), _neftune,
+        lambda doc: get(doc, "training.neftune_noise_alpha", None) or ABSENT, "0 is no noise, as absent"),
+    Row("noisy_embedding_alpha", ("training.neftune_noise_alpha",), _neftune, lambda doc: ABSENT,
+        "older name of neftune_noise_alpha"),
     _row_unless_default("adam_beta1", "training.adam_beta1"),
     _row_unless_default("adam_beta2", "training.adam_beta2"),
     _row_unless_default("adam_epsilon", "training.adam_epsilon"),
@@ -1196,7 +1206,6 @@ DATASET_ROWS: tuple[Row, ...] = (
 _MOE = ("mixture-of-experts models are not supported yet (fit-check does not model experts)", "")
 _MOE_KERNELS = ("mixture-of-experts kernels are not supported", "")
 _HUB = ("recipe does not push to the hub", "push the run folder's adapter/ yourself")
-_NEFTUNE = ("NEFTune noise is not supported", "")
 _OTHER_QUANTIZATION = ("quantized bases other than bitsandbytes 4/8-bit are not supported", "")
 _FLEX = ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2")
 
@@ -1210,8 +1219,6 @@ UNSUPPORTED = {
     "peft": ("peft options beyond recipe's lora section (LoftQ...) are not supported", ""),
     "relora_steps": ("ReLoRA is not supported", ""),
     "lisa_n_layers": ("LISA is not supported", ""),
-    "neftune_noise_alpha": _NEFTUNE,
-    "noisy_embedding_alpha": _NEFTUNE,
     "qat": ("quantization-aware training is not supported", ""),
     "fp8": ("fp8 training is not supported", "use bf16"),
     # the model and its tokenizer
@@ -1258,7 +1265,7 @@ UNSUPPORTED = {
 
 # A value that switches an unsupported key off is what recipe does: it converts to nothing.
 OFF = (False, [], {})
-OFF_AT_ZERO = ("neftune_noise_alpha", "noisy_embedding_alpha", "expert_parallel_size")
+OFF_AT_ZERO = ("expert_parallel_size",)
 
 
 def unsupported(key: str, value: Any) -> Optional[tuple[str, str]]:

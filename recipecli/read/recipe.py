@@ -184,6 +184,7 @@ class Training:
     warmup_steps: Optional[int]
     weight_decay: float
     max_grad_norm: float
+    neftune_noise_alpha: Optional[float]  # absent: no noise
     optimizer: Optimizer
     adam_beta1: float
     adam_beta2: float

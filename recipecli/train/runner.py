@@ -454,6 +454,7 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        neftune_noise_alpha=t.neftune_noise_alpha,
         optim=t.optimizer,
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,

@@ -88,6 +88,8 @@ READS = {
     "attention": ("flash", {}, {"training.attention": "flash_attention_2"}),
     "adam_beta1": (0.95, {}, {"training.adam_beta1": 0.95}),
     "cosine_min_lr_ratio": (0.1, {}, {"training.min_lr_ratio": 0.1}),
+    "neftune_noise_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
+    "noisy_embedding_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
     "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     # issue 10: the recipe fields grown for Axolotl users
@@ -258,7 +260,7 @@ def test_each_row_writes_back_what_it_read(key):
     row = row_for(key, TOP_ROWS)
     written = row.write(doc)
     if key in ("model_revision", "liger_swiglu", "attn_implementation", "batch_size", "save_strategy",
-               "eval_strategy", "evaluation_strategy", "attention"):  # another key writes what it means
+               "noisy_embedding_alpha", "eval_strategy", "evaluation_strategy", "attention"):  # another key writes it
         assert written is ABSENT
         return
     again = row.read(written, {**rest, key: written})
@@ -355,7 +357,7 @@ def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
 
 
 @pytest.mark.parametrize("key, value", [("tokenizer_use_mistral_common", False), ("flex_attention", False),
-                                        ("neftune_noise_alpha", 0), ("unfrozen_parameters", [])])
+                                        ("unfrozen_parameters", [])])
 def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
     assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]
 

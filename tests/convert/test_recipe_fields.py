@@ -221,6 +221,18 @@ def test_liger_reaches_trl_as_its_layer_kernels_with_trl_s_own_head(make_recipe)
                               cuda=False, steps_per_epoch=1).use_liger_kernel is False
 
 
+def test_neftune_reaches_the_trainer(make_recipe):
+    from recipecli.fit.precision import choose
+
+    recipe = load_recipe(make_recipe({"training": {"neftune_noise_alpha": 5}}))
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False,
+                              steps_per_epoch=1)
+    assert args.neftune_noise_alpha == 5
+    plain = load_recipe(make_recipe())
+    assert runner._sft_config(plain, choose(plain, None), plain.output_dir, has_eval=False, cuda=False,
+                              steps_per_epoch=1).neftune_noise_alpha is None
+
+
 def test_adam_settings_reach_the_optimizer(make_recipe):
     from recipecli.fit.precision import choose
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -320,6 +321,11 @@ def test_gpu_only_speed_knobs_asked_on_the_cpu_train_and_say_they_change_nothing
     err = capsys.readouterr().err
     assert "no GPU has no TF32 (compute capability >= 8.0): tf32 changes nothing here" in err
     assert "no GPU: activation_offloading changes nothing on the CPU" in err
+
+
+def test_neftune_noise_trains_the_adapter_on_the_cpu(tiny):
+    result = run(tiny({"training": {"neftune_noise_alpha": 5}}, **{"training.max_steps": 2}), gpus=())
+    assert result.saved.is_dir() and math.isfinite(result.final_loss)
 
 
 def test_activation_offloading_reaches_trl_on_a_gpu(make_recipe):
