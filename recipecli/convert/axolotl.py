@@ -906,7 +906,7 @@ TOP_ROWS: tuple[Row, ...] = (
     _ignored("local_rank", "set by the launcher"),
     _no_effect_when(True, why="recipe loads the fast tokenizer")("tokenizer_use_fast"),
     _no_effect_when(True, why="recipe shuffles the mixed datasets with the seed")("shuffle_merged_datasets"),
-    _no_effect_when(False, why="recipe does not group batches by length")("group_by_length"),
+    _row_unless_default("group_by_length", "training.group_by_length"),
     _no_effect_when(False, "false", why="recipe does not send gradients or weights to W&B")("wandb_watch"),
     _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "

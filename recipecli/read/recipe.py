@@ -175,6 +175,7 @@ class Data:
 class Training:
     micro_batch_size: int
     gradient_accumulation_steps: int
+    group_by_length: bool
     epochs: Optional[float]  # absent when max_steps is set: it would be ignored
     max_steps: Optional[int]
     learning_rate: float

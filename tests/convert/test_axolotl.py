@@ -89,6 +89,7 @@ READS = {
     "adam_beta1": (0.95, {}, {"training.adam_beta1": 0.95}),
     "cosine_min_lr_ratio": (0.1, {}, {"training.min_lr_ratio": 0.1}),
     "neftune_noise_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
+    "group_by_length": (True, {}, {"training.group_by_length": True}),
     "noisy_embedding_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
     "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),

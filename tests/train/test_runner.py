@@ -323,8 +323,15 @@ def test_gpu_only_speed_knobs_asked_on_the_cpu_train_and_say_they_change_nothing
     assert "no GPU: activation_offloading changes nothing on the CPU" in err
 
 
-def test_neftune_noise_trains_the_adapter_on_the_cpu(tiny):
-    result = run(tiny({"training": {"neftune_noise_alpha": 5}}, **{"training.max_steps": 2}), gpus=())
+def test_neftune_noise_and_length_grouped_batches_train_on_the_cpu(tiny):
+    from recipecli.fit.precision import choose
+    from recipecli.train import runner
+
+    recipe = tiny({"training": {"neftune_noise_alpha": 5, "group_by_length": True}}, **{"training.max_steps": 2})
+    args = runner._sft_config(recipe, choose(recipe, None), recipe.output_dir, has_eval=False, cuda=False,
+                              steps_per_epoch=1)
+    assert (args.neftune_noise_alpha, args.train_sampling_strategy) == (5, "group_by_length")
+    result = run(recipe, gpus=())
     assert result.saved.is_dir() and math.isfinite(result.final_loss)
 
 
