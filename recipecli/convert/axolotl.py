@@ -673,7 +673,7 @@ def _deepspeed(v, cfg):
         return _deepspeed_file(v)
     zero = v.get("zero_optimization") if isinstance(v, dict) else None
     stage = zero.get("stage") if isinstance(zero, dict) else None
-    if stage not in (2, 3):
+    if stage not in (1, 2, 3) or isinstance(stage, bool):
         raise NotConverted(f"DeepSpeed ZeRO stage {_shown(stage)}: recipe runs stage 2 or 3",
                            "set zero_optimization.stage to 2 or 3")
     devices = {k: (zero.get(k) or {}).get("device", "none") if isinstance(zero.get(k) or {}, dict) else "?"
@@ -683,7 +683,17 @@ def _deepspeed(v, cfg):
     if offload is None:
         raise NotConverted(f"DeepSpeed offload {devices}: recipe offloads the optimizer, or it and the parameters, "
                            "to the CPU", "use device cpu, or none")
-    return {"distributed.strategy": f"deepspeed_zero{stage}", "distributed.zero_offload": offload}
+    return _zero(stage, offload)
+
+
+def _zero(stage: int, offload: str) -> dict:
+    """recipe's DeepSpeed strategy for a ZeRO stage; stage 1 runs as 2, said."""
+    out = {"distributed.strategy": f"deepspeed_zero{max(stage, 2)}", "distributed.zero_offload": offload}
+    if stage == 1:
+        # ZeRO-2 shards the gradients as well as ZeRO-1's optimizer state: the same training, less memory.
+        out[NOTE] = "ZeRO stage 1 -> deepspeed_zero2, recipe's first stage (it shards the gradients too: the same " \
+                    "training, less memory per GPU)"
+    return out
 
 
 def _deepspeed_file(name: str) -> dict:
@@ -702,12 +712,10 @@ def _deepspeed_file(name: str) -> dict:
             raise NotConverted(f"DeepSpeed config file {name!r} is not JSON: {e}") from e
     if path.parent.name == "deepspeed_configs" and path.name in AXOLOTL_DEEPSPEED:
         stage, offload = AXOLOTL_DEEPSPEED[path.name]
-        if stage not in (2, 3):
-            raise NotConverted(f"{name}: Axolotl's ZeRO stage {stage} config; recipe runs stage 2 or 3",
-                               "use deepspeed_configs/zero2.json or zero3.json")
-        return {"distributed.strategy": f"deepspeed_zero{stage}", "distributed.zero_offload": offload,
-                NOTE: f"{name} is not here: read as Axolotl's shipped deepspeed_configs/{path.name} (ZeRO-{stage}, "
-                      f"offload {offload})"}
+        out = _zero(stage, offload)
+        staged = f"; {out[NOTE]}" if NOTE in out else ""
+        return {**out, NOTE: f"{name} is not here: read as Axolotl's shipped deepspeed_configs/{path.name} "
+                             f"(ZeRO-{stage}, offload {offload}){staged}"}
     raise NotConverted(f"DeepSpeed config file {name!r} is not here, and is not one of Axolotl's shipped "
                        "deepspeed_configs/", "run recipe convert where the file is, or paste its zero_optimization "
                        "block under deepspeed: (Axolotl takes a mapping too)")

@@ -129,7 +129,7 @@ REFUSALS = {
     "attn_implementation": ("flex_attention", {}, "not one recipe runs"),
     "special_tokens": ({"sep_token": "</s>"}, {}, "sep_token: recipe sets the tokenizer's pad_token"),
     "tokens": ("<|im_start|>", {}, "expected a list of token texts"),
-    "deepspeed": ("deepspeed_configs/zero1.json", {}, "ZeRO stage 1 config; recipe runs stage 2 or 3"),
+    "deepspeed": ({"zero_optimization": {"stage": 0}}, {}, "recipe runs stage 2 or 3"),
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
     "fsdp_version": (3, {}, "recipe shards with FSDP2"),
     "batch_size": (9, {"micro_batch_size": 2}, "not a multiple of micro_batch_size"),
@@ -290,6 +290,13 @@ def test_fsdp1_becomes_fsdp2_with_a_note_and_its_checkpointing_the_trainer_s():
 @pytest.mark.parametrize("name", ["gemma3", "gemma3_text", "gemma3n"])
 def test_axolotl_s_gemma_3_templates_read_as_gemma(name):
     assert row_for("chat_template", TOP_ROWS).read(name, {}) == {"data.chat_template": "gemma"}
+
+
+def test_zero_stage_1_runs_as_stage_2_and_says_so():
+    for value in ({"zero_optimization": {"stage": 1}}, "deepspeed_configs/zero1.json"):
+        read = row_for("deepspeed", TOP_ROWS).read(value, {})
+        assert "ZeRO stage 1 -> deepspeed_zero2" in read.pop(NOTE)
+        assert read == {"distributed.strategy": "deepspeed_zero2", "distributed.zero_offload": "none"}
 
 
 def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tmp_path, monkeypatch):
