@@ -117,35 +117,27 @@ def _tokens(v, cfg):
     raise NotConverted(f"tokens {_shown(v)}: expected a list of token texts")
 
 
-def _save_only_model(v, cfg):
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    return {NOTE: "save_only_model: recipe's checkpoints keep the optimizer state too (more disk), so that --resume "
-                  "continues exactly"} if v else {}
+def _said_when_true(note: str) -> Read:
+    """A switch that changes nothing recipe trains: true converts with ``note``, false to nothing."""
+    def read(v, cfg):
+        if not isinstance(v, bool):
+            raise NotConverted(f"expected true or false, got {_shown(v)}")
+        return {NOTE: note} if v else {}
+    return read
 
 
-def _fan_in_fan_out(v, cfg):
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    # peft's LoRA layers set it from the layer they wrap (true for GPT-2's Conv1D, false for Linear),
-    # correcting a value that does not match with a warning: the key never changes what trains.
-    return {NOTE: "lora_fan_in_fan_out: peft sets it from each adapted layer's type (Conv1D or Linear)"} if v else {}
-
-
-def _auto_resume(v, cfg):
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    return {NOTE: "recipe resumes a run when asked: recipe run RUN_DIR/recipe.yaml --resume"} if v else {}
+def _max_packed(v, cfg):
+    length = cfg.get("sequence_len", DEFAULTS["data.max_seq_length"])
+    if v != length:
+        raise NotConverted(f"max_packed_sequence_len {_shown(v)} with sequence_len {length}: recipe packs to "
+                           "max_seq_length", "use sample_packing: true with sequence_len")
+    return {"data.packing": True, NOTE: "max_packed_sequence_len -> sample packing (TRL's, to the same length)"}
 
 
 def _said_when_on(key: str, note: str) -> Row:
     """A switch for speed alone (a fused kernel, compilation): true converts with the note that
     recipe runs without it (fit-check counts the unfused layers: never less memory than Axolotl)."""
-    def read(v, cfg):
-        if not isinstance(v, bool):
-            raise NotConverted(f"expected true or false, got {_shown(v)}")
-        return {NOTE: note} if v else {}
-    return Row(key, (), read, lambda doc: ABSENT, f"speed only; true is said: {note}")
+    return Row(key, (), _said_when_true(note), lambda doc: ABSENT, f"speed only; true is said: {note}")
 
 
 def _one(key: str, why: str) -> Row:
@@ -919,11 +911,15 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "
                                    "uncompiled step)"),
-    Row("lora_fan_in_fan_out", (), _fan_in_fan_out, lambda doc: ABSENT,
+    Row("lora_fan_in_fan_out", (), _said_when_true(
+        # peft's LoRA layers set it from the layer they wrap (true for GPT-2's Conv1D, false for Linear),
+        # correcting a value that does not match with a warning: the key never changes what trains.
+        "lora_fan_in_fan_out: peft sets it from each adapted layer's type (Conv1D or Linear)"), lambda doc: ABSENT,
         "peft decides it per layer type whatever the config says: nothing to convert"),
     _no_effect_when(False, why="recipe trains; merging is `recipe merge RUN_DIR`")("merge_lora"),
     _no_effect_when(False, why="adapters load on the GPU")("lora_on_cpu"),
-    Row("auto_resume_from_checkpoints", (), _auto_resume, lambda doc: ABSENT,
+    Row("auto_resume_from_checkpoints", (), _said_when_true(
+        "recipe resumes a run when asked: recipe run RUN_DIR/recipe.yaml --resume"), lambda doc: ABSENT,
         "how Axolotl's command starts, not what it trains: recipe resumes with --resume, said as a note"),
     # Axolotl's speed switches: a fused kernel or a compile; recipe runs the plain layers (said when on).
     *(_said_when_on(key, f"{key}: Axolotl's fused LoRA kernel; recipe runs peft's LoRA layers (the same result; "
@@ -971,9 +967,16 @@ TOP_ROWS: tuple[Row, ...] = (
     _ignored("remove_unused_columns", "which dataset columns the trainer keeps: recipe hands it tokens only"),
     _ignored("skip_prepare_dataset", "when Axolotl tokenizes (ahead or on the fly): recipe tokenizes before training"),
     _ignored("debug", "Axolotl's own debug output"),
+    Row("use_tensorboard", (), _said_when_true("use_tensorboard: recipe logs to the run folder (metrics.jsonl, "
+                                                "loss.png) and to W&B, not to TensorBoard"), lambda doc: ABSENT,
+        "logging only, said"),
+    Row("max_packed_sequence_len", ("data.packing",), _max_packed, lambda doc: ABSENT,
+        "Axolotl's older packing: sample packing where it packs to sequence_len"),
     _ignored("torch_compile_mode", "read with torch_compile (said when that is on)"),
     _ignored("tokenizer_legacy", "a loader hint of older Llama tokenizers; the tokenizer's own files say it"),
-    Row("save_only_model", (), _save_only_model, lambda doc: ABSENT, "what a checkpoint holds, not what trains: said"),
+    Row("save_only_model", (), _said_when_true(
+        "save_only_model: recipe's checkpoints keep the optimizer state too (more disk), so that --resume continues "
+        "exactly"), lambda doc: ABSENT, "what a checkpoint holds, not what trains: said"),
     Row("eval_batch_size", (), lambda v, cfg: {NOTE: f"eval_batch_size {v}: recipe evaluates in micro-batches of "
                                                      "micro_batch_size (no gradients: less memory than a step)"},
         lambda doc: ABSENT, "evaluation only, said"),
@@ -1132,6 +1135,13 @@ def _roles(v, entry):
     return {"roles": roles} if roles else {}
 
 
+def _drop_system(v, entry):
+    _conversational(entry)
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {"drop_system": True} if v else {}
+
+
 def _roles_to_train(v, entry):
     if v in (None, ["assistant"]):
         return {}
@@ -1200,6 +1210,7 @@ DATASET_ROWS: tuple[Row, ...] = (
         "system, user and assistant; Axolotl's default also reads human and gpt, recipe's chat format does not"),
     Row("conversation", ("data.chat_template",), _conversation, lambda d: ABSENT,
         "the legacy sharegpt type's template (FastChat's chatml) -> the top-level data.chat_template"),
+    Row("drop_system_message", ("drop_system",), _drop_system, lambda d: True if d.get("drop_system") else ABSENT),
     Row("roles_to_train", (), _roles_to_train, lambda d: ABSENT),
     Row("train_on_eos", (), _only("turn", why="recipe trains the end of each assistant turn"), lambda d: ABSENT),
     Row("chat_template", (), _dataset_chat_template, lambda d: ABSENT, "tokenizer_default only: the top-level key "
@@ -1253,7 +1264,6 @@ UNSUPPORTED = {
     "flex_attn_compile_kwargs": _FLEX,
     "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
     "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),
-    "max_packed_sequence_len": ("Axolotl's older packing length is not supported", "use sample_packing with sequence_len"),
     "device_map": ("placing the model's layers over several GPUs is not supported: recipe trains the whole model on "
                    "each GPU (or shards it with distributed)", "remove it"),
     "tensor_parallel": ("tensor parallelism is not supported", ""),

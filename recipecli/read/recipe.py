@@ -148,6 +148,7 @@ class Dataset:
     max_samples: Optional[int]
     fields: Optional[Fields]  # absent: the format's own field names
     roles: Optional[Roles]  # chat and sharegpt only (rules.py)
+    drop_system: bool  # chat and sharegpt only (rules.py)
 
     @property
     def local_path(self) -> Optional[Path]:

@@ -123,6 +123,9 @@ def dataset_fields_match_the_format(doc: dict, ctx: Context):
         if dataset.get("preamble") is True and fmt != "alpaca":
             yield ctx.problem((*where, "preamble"), f"preamble with format {fmt}: it starts alpaca prompts only",
                               "remove it, or use format alpaca", key=True)
+        if dataset.get("drop_system") is True and fmt not in CONVERSATIONAL:
+            yield ctx.problem((*where, "drop_system"), f"drop_system with format {fmt}, which has no turns",
+                              "remove it, or use format chat or sharegpt", key=True)
         roles = dataset.get("roles", {})
         if roles and fmt not in CONVERSATIONAL:
             yield ctx.problem((*where, "roles"), f"roles with format {fmt}, which has no roles",

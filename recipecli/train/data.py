@@ -458,6 +458,7 @@ class Reader:
     knob: str  # data.datasets[i], for hints that name the recipe field to change
     renamed: frozenset = frozenset()  # fields whose name the recipe gives
     preamble: bool = False  # alpaca: Stanford Alpaca's preamble starts each prompt
+    drop_system: bool = False  # conversations: system turns are left out
 
     def needs(self) -> str:
         """What the format reads, in the data's names, for the hint of an error about a record."""
@@ -486,7 +487,8 @@ def reader(spec, index: int = 0) -> Reader:
         for role, own in _OWN_ROLES[spec.format].items():
             mine = getattr(given, role) if given is not None else None
             roles.update({name: role for name in (own if mine is None else mine)})
-    return Reader(spec.format, names, roles, f"data.datasets[{index}]", frozenset(renamed), spec.preamble)
+    return Reader(spec.format, names, roles, f"data.datasets[{index}]", frozenset(renamed), spec.preamble,
+                  spec.drop_system)
 
 
 def _convert(read: Reader, record: object, place: Place) -> dict:
@@ -511,6 +513,8 @@ def _convert(read: Reader, record: object, place: Place) -> dict:
         raise place.error(f"must be a non-empty list of turns, got {kind(turns)} {shown(turns)}", read.needs(),
                           (field,))
     messages = [_turn(t, place, (field, i), read) for i, t in enumerate(turns)]
+    if read.drop_system:
+        messages = [m for m in messages if m["role"] != "system"]
     # Nothing to learn from a conversation without an answer, and TRL stops on it mid-epoch.
     if not any(m["role"] == "assistant" for m in messages):
         raise place.error("has no assistant turn", "drop the record: it has no answer to learn", (field,))

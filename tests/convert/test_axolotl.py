@@ -90,6 +90,8 @@ READS = {
     "cosine_min_lr_ratio": (0.1, {}, {"training.min_lr_ratio": 0.1}),
     "neftune_noise_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
     "group_by_length": (True, {}, {"training.group_by_length": True}),
+    "max_packed_sequence_len": (2048, {"sequence_len": 2048}, {"data.packing": True,
+                                "note": "max_packed_sequence_len -> sample packing (TRL's, to the same length)"}),
     "noisy_embedding_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
     "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
@@ -133,6 +135,8 @@ REFUSALS = {
     "fsdp_config": ({"fsdp_sharding_strategy": "SHARD_GRAD_OP"}, {}, "shards fully with FSDP2"),
     "fsdp_version": (3, {}, "recipe shards with FSDP2"),
     "batch_size": (9, {"micro_batch_size": 2}, "not a multiple of micro_batch_size"),
+    "max_packed_sequence_len": (4096, {"sequence_len": 2048}, "recipe packs to max_seq_length"),
+    "use_tensorboard": ("yes", {}, "expected true or false"),
     "cosine_min_lr_ratio": (1.0, {"cosine_constant_lr_ratio": 0}, "hold-at-the-floor schedule"),
     "save_strategy": ("best", {}, "not steps, epoch or no"),
     "eval_strategy": ("no", {"val_set_size": 0.1}, "recipe evaluates whenever it holds data out"),
@@ -154,6 +158,7 @@ REFUSALS = {
 
 CHAT = {"type": "chat_template"}
 DATASET_READS = {
+    "drop_system_message": (True, {"type": "chat_template"}, {"drop_system": True}),
     "conversation": ("chatml", {"type": "sharegpt"}, {"data.chat_template": "chatml"}),
     "path": ("org/data", {}, {"path": "org/data"}),
     "type": ("chat_template", {"field_messages": "conversations",
@@ -206,6 +211,7 @@ ENTRIES = {
 }
 
 DATASET_REFUSALS = {
+    "drop_system_message": (True, {"type": "alpaca"}, "only conversations have them"),
     "conversation": ("vicuna_v1.1", {"type": "sharegpt"}, "not a template recipe names"),
     "data_files": ({"train": "a.jsonl"}, {}, "expected a file name or a list of them"),
     "type": ({"field_instruction": "q", "format": "[INST] {instruction} [/INST]"}, {}, "custom prompt type"),
@@ -322,7 +328,7 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("lora_qkv_kernel", True, {}), ("torch_compile", True, {}), ("use_kernels", True, {}),
     ("loss_watchdog_threshold", 5.0, {}), ("eot_tokens", ["<|im_end|>"], {}), ("save_strategy", "no", {}),
     ("eval_batch_size", 4, {}), ("gradient_checkpointing_kwargs", {"use_reentrant": True}, {}),
-    ("save_only_model", True, {}), ("lora_fan_in_fan_out", True, {}),
+    ("save_only_model", True, {}), ("lora_fan_in_fan_out", True, {}), ("use_tensorboard", True, {}),
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
     ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
 ])

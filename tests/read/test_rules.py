@@ -85,6 +85,12 @@ def test_a_jinja_text_needs_chat_template_jinja(make_recipe, data, path):
     assert [p.path for p in info.value.problems] == [path]
 
 
+def test_drop_system_needs_conversations(make_recipe):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "alpaca", "drop_system": True}]}}))
+    assert [p.path for p in info.value.problems] == ["$.data.datasets[0].drop_system"]
+
+
 def test_the_preamble_starts_alpaca_prompts_only(make_recipe):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "chat", "preamble": True}]}}))

@@ -85,6 +85,16 @@ def test_the_preamble_starts_alpaca_prompts_as_stanford_alpaca_and_axolotl_write
     assert all(p.startswith("Below is an instruction that describes a task") for p in train["prompt"])
 
 
+def test_drop_system_leaves_system_turns_out(make_recipe, tmp_path):
+    chat = tmp_path / "c.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello"}]}) + "\n")
+    spec = {"path": str(chat), "format": "chat", "drop_system": True}
+    train, _ = data.load_examples(load_recipe(make_recipe({"data": {"datasets": [spec]}})))
+    assert [m["role"] for m in train[0]["messages"]] == ["user", "assistant"]
+
+
 def test_sharegpt_speakers_become_chat_roles(recipe):
     chat = data.load_examples(recipe((DATA / "tiny-chat.jsonl", "chat")))[0].to_list()
     sharegpt = data.load_examples(recipe((DATA / "tiny-sharegpt.jsonl", "sharegpt")))[0].to_list()
