@@ -479,6 +479,9 @@ FOUND = [
     # was an OverflowError in the finite-number check
     pytest.param(lambda w: ("show", w / "recipes" / "tiny-demo.yaml", "--set", "\n=1e-4"),
                  id="override-key-with-a-newline"),  # its place was printed over two lines
+    pytest.param(lambda w: ("validate", write(w / "recipes" / "tilde-user.yaml", dump(
+        {**MINIMAL, "data": {"datasets": [{"path": "~0", "format": "alpaca"}]}}))),
+        id="home-of-a-user-that-does-not-exist"),  # was a RuntimeError from Path.expanduser ("~0")
 ]
 
 

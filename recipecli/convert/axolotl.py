@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..read import paths
 from ..read.recipe import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 from ..read.schema import defaults_of
 
@@ -691,7 +691,7 @@ def _zero(stage: int, offload: str) -> dict:
 def _deepspeed_file(name: str) -> dict:
     """A DeepSpeed config named by its path, relative to where Axolotl (and recipe convert) runs: read
     when it is here; one of Axolotl's shipped configs by its name when it is not."""
-    path = Path(name).expanduser()
+    path = paths.expanded(name)
     try:
         found = path.is_file() and path.stat().st_size <= _DEEPSPEED_FILE_LIMIT  # not a FIFO, device or giant
         text = path.read_text(encoding="utf-8") if found else None

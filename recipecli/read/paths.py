@@ -37,12 +37,21 @@ def is_data_file(reference: str) -> bool:
     return looks_like_path(reference) or reference.endswith(LOCAL_DATA_SUFFIXES)
 
 
+def expanded(reference: str) -> Path:
+    """``reference`` with ``~`` and ``~user`` expanded; as written where that user, or the home
+    directory, does not exist (Path.expanduser raises): the file is then simply not found."""
+    try:
+        return Path(reference).expanduser()
+    except RuntimeError:
+        return Path(reference)
+
+
 def absolute(reference: str, directory: Path) -> Path:
     """``reference`` as an absolute path: ``~`` expanded, relative to ``directory``, normalized.
 
     Symbolic links are kept as written (a link loop is reported where the path is used, not here).
     """
-    path = Path(reference).expanduser()
+    path = expanded(reference)
     return Path(os.path.normpath(path if path.is_absolute() else Path(directory).absolute() / path))
 
 

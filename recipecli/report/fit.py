@@ -17,7 +17,7 @@ from ..fit.gpu_catalog import Gpu, card, gpu_from_vram
 from ..fit.hardware import probe
 from ..fit.suggest import Suggestion, suggest
 from ..fit.verdict import BAND, Verdict
-from ..read import codec, load
+from ..read import codec, load, paths
 from ..read.load import Resolved, deep_merge
 from ..read.recipe import Recipe
 from ..units import GIB, gib
@@ -321,10 +321,10 @@ def fitted_yaml(row: Row, dest: Path) -> str:
     recipe = row.recipe
     # What was written decides (the loaded recipe holds every local path absolute already):
     # a relative path is rewritten, an absolute or ~ path and a hub id are kept as they are.
-    if recipe.model.local_path is not None and not Path(doc["model"]["id"]).expanduser().is_absolute():
+    if recipe.model.local_path is not None and not paths.expanded(doc["model"]["id"]).is_absolute():
         doc["model"]["id"] = _relative(recipe.model.local_path, dest)
     for written, dataset in zip(doc["data"]["datasets"], recipe.data.datasets):
-        if dataset.is_local and not Path(written["path"]).expanduser().is_absolute():
+        if dataset.is_local and not paths.expanded(written["path"]).is_absolute():
             written["path"] = _relative(dataset.local_path, dest)
     header = (f"{recipe.source} fitted to {row.verdict.gpu.name} by recipe fit-check:\n"
               + "".join(f"  {c}\n" for c in row.suggestion.changes))
