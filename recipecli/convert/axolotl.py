@@ -363,7 +363,7 @@ def _attention(key: str) -> Row:
 
 def _attention_name(v, cfg):
     names = {"flash": "flash_attention_2", "sdpa": "sdpa", "sdp": "sdpa", "eager": "eager", "xformers": "xformers"}
-    if v not in names:
+    if not isinstance(v, str) or v not in names:
         raise NotConverted(f"attention {_shown(v)} is not one recipe runs", "use flash, sdpa, eager or xformers")
     return _attn_implementation(names[v], cfg)
 
@@ -1066,7 +1066,8 @@ def _mappings(entry) -> dict:
 
 
 def _conversational(entry) -> str:
-    if entry.get("type") not in TYPES or TYPES[entry["type"]] not in ("chat", "sharegpt"):
+    kind = entry.get("type")
+    if not isinstance(kind, str) or kind not in TYPES or TYPES[kind] not in ("chat", "sharegpt"):
         raise NotConverted(f"message fields with type {_shown(entry.get('type'))}: only conversations have them",
                            "use type: chat_template, or remove the key")
     return _format_of(entry)
@@ -1151,7 +1152,8 @@ def _roles_to_train(v, entry):
 
 def _ds_type(v, entry):
     path = str(entry.get("path", ""))
-    suffix = {"json": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",)}.get(v)
+    suffix = {"json": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",)}.get(v) if isinstance(v, str) \
+        else None
     if suffix and path.endswith(suffix):
         return {}
     raise NotConverted(f"ds_type {_shown(v)} for {path!r}: recipe reads the type from the file name",
@@ -1183,7 +1185,7 @@ def _conversation(v, entry):
     if entry.get("type") != "sharegpt":
         raise NotConverted(f"conversation with type {_shown(entry.get('type'))}: Axolotl reads it for the legacy "
                            "sharegpt type only", "remove it")
-    if v not in CONVERSATIONS:
+    if not isinstance(v, str) or v not in CONVERSATIONS:
         raise NotConverted(f"conversation {_shown(v)} is not a template recipe names", "use conversation: chatml, "
                            "or type chat_template with the top-level chat_template")
     return {"data.chat_template": CONVERSATIONS[v]}

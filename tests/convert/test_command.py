@@ -309,6 +309,10 @@ HOSTILE = {
     "dataset not a mapping": (b"base_model: o/m\ndatasets: [5]\n", "a dataset is a mapping"),
     "unhashable values": (b"base_model: o/m\nadapter: [lora]\noptimizer: {a: 1}\nlr_scheduler: [x]\n"
                           b"datasets: [{path: o/d, type: [alpaca]}]\n", "not converted"),
+    # found by mutating Axolotl's examples: a mapping or list where a reader looked it up in a table
+    "unhashable values in the newer keys": (
+        b"base_model: o/m\nattention: {a: 1}\ndatasets: [{path: o/d, type: {x: 1}, field_messages: m, "
+        b"conversation: [chatml], ds_type: [json]}]\n", "not converted"),
     "duplicate key": (b"base_model: a/b\nbase_model: c/d\n", "duplicate key"),
     "deep nesting": (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than"),
 }
