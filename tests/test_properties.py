@@ -445,6 +445,31 @@ def test_show_of_a_generated_valid_recipe_round_trips(workdir, doc):
 
 
 @settings(PROPERTY, max_examples=300)
+@given(doc=GENERATED)
+def test_a_generated_valid_recipe_goes_to_axolotl_and_back(workdir, doc):
+    """`recipe convert --to axolotl` then `--from axolotl` gives the same recipe (name and
+    description travel in the header comment), or `--to` names the fields Axolotl cannot hold.
+    An unseeded run found a description with a control character, which broke the header's YAML."""
+    recipe = write(workdir / "recipes" / "generated-valid.yaml", dump(doc))
+    if invoke("validate", recipe).exit_code != 0:
+        event("invalid: skipped")
+        return
+    axolotl, back = workdir / "elsewhere" / "axolotl.yml", workdir / "elsewhere" / "back.yaml"
+    for path in (axolotl, back):
+        path.unlink(missing_ok=True)
+    to = invoke("convert", recipe, "--to", "axolotl", "-o", axolotl)
+    if to.exit_code != 0:
+        assert "not converted" in to.output or "abstract base" in to.output, printable(to.output[-2000:])
+        event("refused: fields Axolotl cannot hold, or an abstract base")
+        return
+    event("round trip checked")
+    again = invoke("convert", axolotl, "--from", "axolotl", "-o", back)
+    assert again.exit_code == 0, printable(axolotl.read_text()[-2000:] + "\n---\n" + again.output[-2000:])
+    same = invoke("diff", recipe, back)
+    assert same.exit_code == 0 and same.stdout.strip() == "no differences", printable(same.output[-2000:])
+
+
+@settings(PROPERTY, max_examples=300)
 @given(text=mutated_shipped())
 def test_show_of_a_mutated_valid_recipe_round_trips(workdir, text):
     recipe = write(workdir / "recipes" / "mutated-valid.yaml", text)

@@ -638,9 +638,10 @@ def _chat_template_jinja(v, cfg):
                            "reads it with chat_template: jinja only", "remove it, or set chat_template: jinja")
     if not isinstance(v, str) or not v.strip():
         raise NotConverted(f"chat_template_jinja {_shown(v)}: not a template's text")
-    if "{" not in v:  # Axolotl also takes a file's path here
-        raise NotConverted(f"chat_template_jinja {_shown(v)}: a template file; recipe holds the template's text",
-                           "paste the file's text into chat_template_jinja (a YAML block: chat_template_jinja: |)")
+    # As Axolotl reads it: the text of the file it names when there is one, else the template itself.
+    text = _small_file(v, "chat template file") if "\n" not in v else None
+    if text is not None:
+        return {"data.chat_template_jinja": text, NOTE: f"chat_template_jinja: the text of {v}, written out"}
     return {"data.chat_template_jinja": v}
 
 
@@ -657,7 +658,7 @@ def _dataset_chat_template(v, entry):
 AXOLOTL_DEEPSPEED = {"zero1.json": (1, "none"), "zero2.json": (2, "optimizer"), "zero3.json": (3, "none"), "zero3_bf16.json": (3, "none"),
                      "zero3_cpuoffload.json": (3, "optimizer_and_parameters"),
                      "zero3_bf16_cpuoffload_all.json": (3, "optimizer_and_parameters")}
-_DEEPSPEED_FILE_LIMIT = 1 << 20  # a DeepSpeed config is a few hundred bytes
+_FILE_LIMIT = 1 << 20  # a DeepSpeed config or a chat template is a few KiB
 
 
 def _deepspeed(v, cfg):
@@ -688,15 +689,24 @@ def _zero(stage: int, offload: str) -> dict:
     return out
 
 
+def _small_file(name: str, what: str) -> Optional[str]:
+    """The text of a file a key names, relative to where Axolotl (and recipe convert) runs; None when
+    no regular file of at most _FILE_LIMIT bytes is there (a FIFO or a device is never opened)."""
+    path = paths.expanded(name)
+    try:
+        found = path.is_file() and path.stat().st_size <= _FILE_LIMIT
+        return path.read_text(encoding="utf-8") if found else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NotConverted(f"{what} {name!r} cannot be read: {e}") from e
+    except ValueError:  # a NUL in the name
+        return None
+
+
 def _deepspeed_file(name: str) -> dict:
     """A DeepSpeed config named by its path, relative to where Axolotl (and recipe convert) runs: read
     when it is here; one of Axolotl's shipped configs by its name when it is not."""
     path = paths.expanded(name)
-    try:
-        found = path.is_file() and path.stat().st_size <= _DEEPSPEED_FILE_LIMIT  # not a FIFO, device or giant
-        text = path.read_text(encoding="utf-8") if found else None
-    except (OSError, UnicodeDecodeError) as e:
-        raise NotConverted(f"DeepSpeed config file {name!r} cannot be read: {e}") from e
+    text = _small_file(name, "DeepSpeed config file")
     if text is not None:
         try:
             return _deepspeed(json.loads(text), {})

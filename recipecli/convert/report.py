@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from ..errors import InvalidRecipe, Problem, RecipeError, UsageError, format_error
-from ..read.codec import block_yaml
+from ..read.codec import block_yaml, comment
 from .translate import Unconverted
 
 
@@ -30,10 +30,10 @@ def shown_value(value, width: int = 120) -> str:
 def header(lines: Sequence[str], dropped: Sequence[Unconverted]) -> str:
     """The comment block at the top of a converted file: where it came from, and under --lossy,
     every key that was dropped with its value and line."""
-    out = [f"# {line}" for line in lines]
+    out = [comment(line) for line in lines]
     if dropped:
-        out.append("# NOT CONVERTED (--lossy): these keys of the source were dropped; the file does not do them.")
-        out += [f"#   line {d.location.line}: {d.key}: {shown_value(d.value)} -- {d.why}" for d in dropped]
+        out.append(comment("NOT CONVERTED (--lossy): these keys of the source were dropped; the file does not do them."))
+        out += [comment(f"  line {d.location.line}: {d.key}: {shown_value(d.value)} -- {d.why}") for d in dropped]
     return "\n".join(out) + "\n" if out else ""
 
 

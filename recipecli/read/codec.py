@@ -89,8 +89,20 @@ def to_document(recipe: Recipe) -> dict:
 
 def dump(doc: dict, header: str = "") -> str:
     """YAML text of a document, sections and fields in the schema's order, headed by comments."""
-    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    comments = "".join(comment(line) + "\n" for line in header.split("\n"))
     return comments + block_yaml(ordered(doc))
+
+
+def _printable(character: str) -> bool:
+    """YAML's printable characters (spec 5.1), less the line breaks PyYAML also breaks lines at."""
+    return character == "\t" or " " <= character <= "~" or "\xa0" <= character <= "\ud7ff" and \
+        character not in "\u2028\u2029" or "\ue000" <= character <= "\ufffd" or character >= "\U00010000"
+
+
+def comment(line: str) -> str:
+    """A YAML comment line holding ``line``: a character YAML would refuse in a file, or read as a
+    line break (a file name, a description), written as its \\uXXXX escape, as JSON writes it."""
+    return "# " + "".join(c if _printable(c) else f"\\u{ord(c):04x}" for c in line)
 
 
 class _BlockDumper(yaml.SafeDumper):

@@ -124,7 +124,7 @@ REFUSALS = {
     "gradient_checkpointing_kwargs": ({"use_reentrant": True, "preserve_rng_state": False}, {}, "use_reentrant false"),
     "bf16": (True, {"fp16": True}, "no precision recipe knows"),
     "chat_template": ("jinja", {}, "jinja without chat_template_jinja"),
-    "chat_template_jinja": ("templates/chat.jinja", {"chat_template": "jinja"}, "a template file"),
+    "chat_template_jinja": (5, {"chat_template": "jinja"}, "not a template's text"),
     "eval_steps": (0.25, {}, "a fraction of the run"),
     "wandb_mode": ("shared", {}, "not online, offline or disabled"),
     "xformers_attention": ("yes", {}, "expected true or false"),
@@ -296,6 +296,17 @@ def test_fsdp1_becomes_fsdp2_with_a_note_and_its_checkpointing_the_trainer_s():
 @pytest.mark.parametrize("name", ["gemma3", "gemma3_text", "gemma3n"])
 def test_axolotl_s_gemma_3_templates_read_as_gemma(name):
     assert row_for("chat_template", TOP_ROWS).read(name, {}) == {"data.chat_template": "gemma"}
+
+
+def test_a_jinja_template_file_is_read_as_axolotl_reads_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    read = row_for("chat_template_jinja", TOP_ROWS).read("chat.jinja", {"chat_template": "jinja"})
+    assert read.pop(NOTE) == "chat_template_jinja: the text of chat.jinja, written out"
+    assert read == {"data.chat_template_jinja": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+    # no such file: the text is the template, as Axolotl takes it
+    assert row_for("chat_template_jinja", TOP_ROWS).read("other.jinja", {"chat_template": "jinja"}) == {
+        "data.chat_template_jinja": "other.jinja"}
 
 
 def test_zero_stage_1_runs_as_stage_2_and_says_so():

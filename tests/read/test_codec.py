@@ -82,6 +82,13 @@ def test_identity_and_validity_on_generated_recipes(make_recipe, delta, tmp_path
     assert resolve(tmp_path / "again.yaml").raw == doc  # what is written is exactly the document
 
 
+def test_a_header_line_yaml_cannot_hold_as_written_is_escaped_and_the_file_still_loads():
+    odd = "made from x\x7fy.yaml\u2028then\x85and\rback \ufffe é 😀"
+    text = codec.dump({"name": "n"}, header=odd)
+    assert yaml.safe_load(text) == {"name": "n"} and text.count("\n") == 2
+    assert text.startswith("# made from x\\u007fy.yaml\\u2028then\\u0085and\\u000dback \\ufffe é 😀\n")
+
+
 def test_text_of_several_lines_is_written_as_a_block_where_yaml_can_hold_it():
     assert codec.block_yaml({"t": "a\nb\n"}) == "t: |\n  a\n  b\n"
     awkward = "a  \n\tb"  # trailing spaces and a tab: quoted instead, the same text read back
