@@ -369,14 +369,18 @@ def run(file: str, overrides: tuple[str, ...], force: bool, overwrite: bool, res
     if rank and (os.environ.get("RANK", "0") != "0" or launch.LAUNCHED in os.environ):
         # One of the processes: the `recipe run` that launched them reports (exit 0, so accelerate
         # does not take a rank that stopped cleanly for a failure and stop the others mid-save).
-        return
+        launch.leave(0)
     if result.interrupted:
         # The run folder's recipe.yaml holds the --set overrides too: resuming with it changes nothing.
         click.echo(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}. "
                    f"Continue with: recipe run {result.run_dir / RECIPE} --resume", err=True)
+        if rank:
+            launch.leave(ExitCode.INTERRUPTED)
         sys.exit(ExitCode.INTERRUPTED)
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     click.echo(f"done: {result.steps} steps{loss}; run folder {result.run_dir}")
+    if rank:  # rank 0 of a run accelerate launched by hand: the process group's teardown can hang
+        launch.leave(0)
 
 
 @main.command()

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, NoReturn, Optional, Sequence
 
 import yaml
 
@@ -442,9 +442,18 @@ def agreement(stop, decision):
 
 
 def end_of_rank() -> None:
-    """Wait for every rank, then leave the process group (torch warns when a process exits in it)."""
+    """Wait for every rank. The process group stays until the process leaves (``leave``): tearing
+    gloo's down from Python can deadlock, its worker thread waiting for the GIL that the thread
+    joining it holds (seen under load: one rank hung at exit, so did the launcher)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+
+
+def leave(code: int = 0) -> NoReturn:
+    """End a rank's process now, its output flushed: nothing is left to do after ``end_of_rank``,
+    and the interpreter's teardown of torch's process group is what can hang (see there)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
