@@ -31,6 +31,16 @@ LAYOUTS = {
                ("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
     "gpt_neox": (("attention.query_key_value", "qkv"), ("attention.dense", "o"),
                  ("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
+    # Mixtures of experts as transformers 5 builds them: each expert's MLP is a slice of two fused
+    # 3-D parameters (mlp.experts.gate_up_proj, mlp.experts.down_proj) and the router a bare
+    # parameter (mlp.gate.weight), none of them an nn.Linear; Qwen2-MoE adds a shared expert and its
+    # one-output gate, which are.
+    "moe": (("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v"),
+            ("self_attn.o_proj", "o")),
+    "qwen2_moe": (("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v"),
+                  ("self_attn.o_proj", "o"), ("mlp.shared_expert.gate_proj", "shared_gate"),
+                  ("mlp.shared_expert.up_proj", "shared_up"), ("mlp.shared_expert.down_proj", "shared_down"),
+                  ("mlp.shared_expert_gate", "shared_expert_gate")),
 }
 LAYOUTS["bloom"] = LAYOUTS["falcon"]
 # The output head's name, where a layout does not call it lm_head.
@@ -50,10 +60,14 @@ class Breakdown:
     block_other: int  # biases and norms of the decoder layers: never quantized
     final_norm: int
     lm_head: int  # 0 when tied to the embedding
+    # Routed experts' fused 3-D weights and the routers: parameters outside any nn.Linear, which
+    # bitsandbytes' quantization (it replaces nn.Linear layers) leaves in 16 bits.
+    experts: int = 0
 
     @property
     def total(self) -> int:
-        return self.embedding + self.block_linear + self.block_other + self.final_norm + self.lm_head
+        return (self.embedding + self.block_linear + self.block_other + self.final_norm + self.lm_head
+                + self.experts)
 
 
 @dataclass(frozen=True)
@@ -85,16 +99,26 @@ class Shape:
     # Attention only over the last this-many tokens (Mistral v0.1, Qwen2 with use_sliding_window):
     # transformers then hands sdpa a mask from that length on (activations.py); None: full causal.
     sliding_window: Optional[int] = None
+    # A mixture of experts (layouts "moe", "qwen2_moe"; every decoder layer routed): experts per
+    # layer (0: a dense model), how many each token goes through, one expert's MLP width, the
+    # shared expert's width (Qwen2-MoE), and the q/k norms' parameters per layer (Qwen3-MoE, OLMoE).
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    qk_norm: int = 0
 
     @property
     def gated_mlp(self) -> bool:
         return any(role in GATED_ROLES for _, role in LAYOUTS[self.layout])
 
     def _features(self, role: str) -> tuple[int, int]:
-        h, i = self.hidden_size, self.intermediate_size
+        h, i, si = self.hidden_size, self.intermediate_size, self.shared_expert_intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         return {"q": (h, q), "k": (h, kv), "v": (h, kv), "qkv": (h, q + 2 * kv), "o": (q, h),
-                "gate": (h, i), "up": (h, i), "gate_up": (h, 2 * i), "down": (i, h)}[role]
+                "gate": (h, i), "up": (h, i), "gate_up": (h, 2 * i), "down": (i, h),
+                "shared_gate": (h, si), "shared_up": (h, si), "shared_down": (si, h),
+                "shared_expert_gate": (h, 1)}[role]
 
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear layer of one decoder layer, by its path."""
@@ -163,12 +187,15 @@ class Shape:
                         "qkv": self.qkv_bias, "o": self.o_bias}.get(role, self.mlp_bias)
             bias += fan_out if has_bias else 0
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        # each expert: gate and up fused (2 x width x h) and down (h x width); the router: h per expert
+        experts = self.experts * (3 * self.expert_intermediate_size + 1) * h
         return Breakdown(
             embedding=self.vocab_size * h + (norm if self.embedding_norm else 0),
             block_linear=linear * self.num_hidden_layers,
-            block_other=(bias + norm * self.norms_per_layer) * self.num_hidden_layers,
+            block_other=(bias + norm * self.norms_per_layer + self.qk_norm) * self.num_hidden_layers,
             final_norm=norm,
-            lm_head=head + (self.vocab_size if self.lm_head_bias else 0))
+            lm_head=head + (self.vocab_size if self.lm_head_bias else 0),
+            experts=experts * self.num_hidden_layers)
 
     def param_count(self) -> int:
         """Exact number of parameters, as ``sum(p.numel() for p in model.parameters())``."""
@@ -311,10 +338,61 @@ def shape_from_config(config: dict) -> Shape:
         return Shape(**base, layout="bloom", **biased, embedding_norm=True)
     if model_type == "gpt_neox":
         return Shape(**base, layout="gpt_neox", **biased)
+    if _routed_experts(config) > 1:
+        return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
     return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias,
                  mlp_bias=config.get("mlp_bias", False),
                  norms_per_layer=4 if model_type == "gemma2" else 2)
+
+
+# config.json keys that count a mixture of experts' routed experts per layer, across families.
+_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+# Families read below: every layer's MLP is routed, its experts fused as transformers 5 stores them.
+# Others (DeepSeek's latent attention, GLM-4.5's dense first layers, gpt-oss, Llama 4, DBRX, Jamba...)
+# lay their experts out otherwise; counted as dense models they would be under-estimated.
+_MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+
+
+def _routed_experts(config: dict) -> int:
+    nested = config.get("ffn_config") if isinstance(config.get("ffn_config"), dict) else {}  # DBRX
+    counts = [c.get(k) for c in (config, nested) for k in _EXPERT_COUNTS]
+    return max((n for n in counts if _positive_int(n)), default=0)
+
+
+def _moe_shape(config: dict, base: dict) -> Shape:
+    """A mixture of experts of one of _MOE_FAMILIES.
+
+    Raises:
+        NotModeled: another family, some layers dense, or sizes that are not positive whole numbers.
+    """
+    model_type = base["model_type"]
+    if model_type not in _MOE_FAMILIES:
+        raise NotModeled(f"model_type {model_type!r} is a mixture of experts ({_routed_experts(config)} per layer) "
+                         "whose layout fit-check does not read; counted as a dense model it would be under-estimated",
+                         hint=f"fit-check reads the experts of {', '.join(_MOE_FAMILIES)}; recipe run trains "
+                              "this model without a fit check", path=MODEL_PATH)
+    step = config.get("decoder_sparse_step", 1)
+    if config.get("mlp_only_layers") or step != 1:
+        raise NotModeled(f"this {model_type} model has dense layers between its expert layers (mlp_only_layers "
+                         f"{config.get('mlp_only_layers')}, decoder_sparse_step {step}), which fit-check does not "
+                         "count", hint="recipe run trains it without a fit check", path=MODEL_PATH)
+    width = config.get("moe_intermediate_size", base["intermediate_size"])
+    shared = config.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
+    sizes = {"num_experts_per_tok": config.get("num_experts_per_tok"), "the experts' intermediate size": width}
+    if model_type == "qwen2_moe":
+        sizes["shared_expert_intermediate_size"] = shared
+    wrong = [f"{name} {value!r}" for name, value in sizes.items() if not _positive_int(value)]
+    if wrong:
+        raise UnknownModel(f"config.json of model_type {model_type!r} has {', '.join(wrong)}: not a positive "
+                           "whole number", hint=_FIXES, path=MODEL_PATH)
+    hq, hkv = base["num_attention_heads"] * base["head_dim"], base["num_key_value_heads"] * base["head_dim"]
+    qk_norm = {"qwen3_moe": 2 * base["head_dim"], "olmoe": hq + hkv}.get(model_type, 0)
+    bias = config.get("attention_bias", False) or model_type == "qwen2_moe"
+    return Shape(**base, layout="qwen2_moe" if shared else "moe", qkv_bias=bias,
+                 o_bias=config.get("attention_bias", False), experts=_routed_experts(config),
+                 experts_per_token=config["num_experts_per_tok"], expert_intermediate_size=width,
+                 shared_expert_intermediate_size=shared, qk_norm=qk_norm)
 
 
 CATALOG: dict[str, Shape] = {name: shape for names, shape in

@@ -94,6 +94,18 @@ CONFIGS = {
         vocab_size=65024, multi_query=True, parallel_attn=True, bias=False),
     "stabilityai/stablelm-base-alpha-3b|stabilityai/stablelm-tuned-alpha-3b":
         _plain("gpt_neox", 4096, 16384, 16, 32, 50688, False),
+    # Mixtures of experts (architectures._moe_shape): fit-check refuses them with their weights'
+    # size, so that one is never taken for a dense model of its attention's size.
+    "mistralai/Mixtral-8x7B-v0.1|mistralai/Mixtral-8x7B-Instruct-v0.1":
+        _llama(4096, 14336, 32, 32, 8, 32000, model_type="mixtral", num_local_experts=8, num_experts_per_tok=2),
+    "Qwen/Qwen3-30B-A3B|Qwen/Qwen3-30B-A3B-Base": _llama(
+        2048, 6144, 48, 32, 4, 151936, model_type="qwen3_moe", head_dim=128, num_experts=128,
+        num_experts_per_tok=8, moe_intermediate_size=768),
+    "Qwen/Qwen1.5-MoE-A2.7B|Qwen/Qwen1.5-MoE-A2.7B-Chat": _llama(
+        2048, 5632, 24, 16, 16, 151936, model_type="qwen2_moe", num_experts=60, num_experts_per_tok=4,
+        moe_intermediate_size=1408, shared_expert_intermediate_size=5632),
+    "allenai/OLMoE-1B-7B-0924|allenai/OLMoE-1B-7B-0924-Instruct": _llama(
+        2048, 1024, 16, 16, 16, 50304, model_type="olmoe", num_experts=64, num_experts_per_tok=8),
     "bigscience/bloomz-7b1|bigscience/bloom-7b1": dict(
         model_type="bloom", hidden_size=4096, n_layer=30, n_head=32, vocab_size=250880),
 }

@@ -43,6 +43,11 @@ def test_param_count_matches_published_total_and_breakdown(entry):
     ("microsoft/phi-1_5", 1_418_270_720),
     ("huggyllama/llama-30b", 32_528_943_616),
     ("huggyllama/llama-65b", 65_285_660_672),
+    # mixtures of experts: every expert counted, not only the ones a token goes through
+    ("mistralai/Mixtral-8x7B-v0.1", 46_702_792_704),
+    ("Qwen/Qwen3-30B-A3B", 30_532_122_624),
+    ("Qwen/Qwen1.5-MoE-A2.7B", 14_315_784_192),
+    ("allenai/OLMoE-1B-7B-0924", 6_919_161_856),
 ])
 def test_param_count_of_models_outside_the_calibration_file(model_id, total):
     assert CATALOG[model_id].param_count() == total
@@ -286,3 +291,62 @@ def test_a_malformed_local_config_is_an_unknown_model_not_a_crash(tmp_path, cont
     (tmp_path / "config.json").write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(UnknownModel, match=re.escape(words)):
         find_shape("./m", local_path=tmp_path)
+
+
+TINY_MOE = {  # one of each family fit-check reads, small enough to build for real
+    "mixtral": dict(intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                      num_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(intermediate_size=96, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                      head_dim=24),
+    "olmoe": dict(intermediate_size=32, num_experts=4, num_experts_per_tok=2),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_MOE))
+def test_a_mixture_of_experts_is_counted_as_transformers_builds_it(model_type):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=100, **TINY_MOE[model_type])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shape = shape_from_config(config.to_dict())
+    assert shape.param_count() == sum(p.numel() for p in model.parameters())
+    # bitsandbytes quantizes nn.Linear layers only: the fused experts and the routers are not ones
+    linear = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    assert shape.breakdown().block_linear == linear
+    assert {n.split("layers.0.")[1] for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "layers.0." in n} == set(shape.linear_modules())
+
+
+@pytest.mark.parametrize("config, said", [
+    ({"model_type": "deepseek_v3", "n_routed_experts": 64}, "'deepseek_v3' is a mixture of experts (64 per layer)"),
+    ({"model_type": "dbrx", "ffn_config": {"moe_num_experts": 16}}, "'dbrx' is a mixture of experts (16 per layer)"),
+    ({"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2, "mlp_only_layers": [0]},
+     "dense layers between its expert layers"),
+    ({"model_type": "qwen2_moe", "num_experts": 8, "num_experts_per_tok": 2, "decoder_sparse_step": 2},
+     "decoder_sparse_step 2"),
+])
+def test_a_mixture_of_experts_fit_check_cannot_read_is_never_counted_as_dense(config, said):
+    from recipecli.errors import NotModeled
+
+    sizes = dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)
+    with pytest.raises(NotModeled, match=re.escape(said)) as caught:
+        shape_from_config({**sizes, **config})
+    assert caught.value.path == "$.model.id"
+
+
+def test_a_mixture_of_experts_without_its_top_k_is_an_unknown_model():
+    config = dict(model_type="mixtral", hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, vocab_size=100, num_local_experts=4, num_experts_per_tok=0)
+    with pytest.raises(UnknownModel, match="num_experts_per_tok 0: not a positive whole number"):
+        shape_from_config(config)
+
+
+def test_one_expert_is_a_dense_model():
+    # num_experts: 1 (or 0) appears in dense configs of some families; it routes nothing
+    config = dict(CONFIGS["TinyLlama/TinyLlama-1.1B-Chat-v1.0"], num_experts=1)
+    assert shape_from_config(config) == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]

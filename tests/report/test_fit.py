@@ -355,3 +355,33 @@ def test_write_keeps_a_local_model_folder_working_from_another_folder(make_recip
     assert load.load_recipe(fitted).model.local_path == (tmp_path / "models" / "m7b").resolve()
     # The table shows the model as written, not the absolute path it was resolved to.
     assert " ./models/m7b " in invoke("fit-check", path, "--gpu", "rtx2080").output
+
+
+@pytest.mark.parametrize("where", ["catalog", "local folder"])
+def test_a_mixture_of_experts_is_refused_with_its_weights_never_judged_as_dense(make_recipe, offline, tmp_path, where):
+    # Read as a dense model, Mixtral 8x7B was 7.24B parameters and "fits" an 8 GB card under QLoRA
+    from recipecli.fit.model_catalog import CONFIGS
+
+    (config,) = [c for names, c in CONFIGS.items() if "mistralai/Mixtral-8x7B-v0.1" in names.split("|")]
+    model_id = "mistralai/Mixtral-8x7B-v0.1"
+    if where == "local folder":
+        folder = tmp_path / "mixtral"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        model_id = str(folder)
+    path = make_recipe({"model": {"id": model_id}})
+    result = CliRunner().invoke(main, ["fit-check", str(path), "--gpu", "rtx2080"])
+    assert result.exit_code == ExitCode.INVALID, result.output
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "mixtral" in text.lower())
+    assert f"{path}:{line}:" in result.output
+    assert "$.model.id: fit-check does not model a mixture of experts' training memory yet (8 experts per layer, " \
+           "2 per token): its weights alone take 169.61 GiB" in result.output
+    assert "45,098,205,184 of them in the experts and routers, which bitsandbytes leaves unquantized" in result.output
+    assert "fits" not in result.output and "Traceback" not in result.output
+
+
+def test_recipe_gpu_leaves_a_mixture_of_experts_out_of_the_largest_model_it_names():
+    from recipecli.report.gpu import largest_qlora_model
+
+    model, verdict = largest_qlora_model(card("h100"))
+    assert verdict.fits and "Mixtral" not in model and "MoE" not in model and "A3B" not in model
