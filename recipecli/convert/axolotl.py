@@ -227,6 +227,15 @@ def _target_modules(v, cfg):
                        "list the names, e.g. [q_proj, v_proj], or use lora_target_linear: true")
 
 
+def _target_parameters(v, cfg):
+    if cfg.get("adapter") not in ("lora", "qlora"):
+        return {}  # as every lora_* key: Axolotl ignores it without an adapter
+    if isinstance(v, list) and all(isinstance(m, str) and m.replace(".", "_").isidentifier() for m in v):
+        return {"lora.target_parameters": v} if v else {}
+    raise NotConverted(f"{_shown(v)} is not a list of parameter names",
+                       "e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj]")
+
+
 def _write_targets(doc):
     targets = get(doc, "lora.target_modules")
     if targets == "attention":
@@ -246,6 +255,32 @@ def _modules_to_save(v, cfg):
     if isinstance(v, list) and all(isinstance(m, str) for m in v):
         return {"lora.modules_to_save": v} if v else {}
     raise NotConverted(f"{_shown(v)} is not a list of module names", "e.g. [embed_tokens, lm_head]")
+
+
+# The model_config overrides recipe has fields for: a mixture of experts' load-balancing loss.
+_ROUTER = {"output_router_logits": "training.router_aux_loss", "router_aux_loss_coef": "training.router_aux_loss_coef"}
+
+
+def _model_config(v, cfg):
+    if not isinstance(v, dict):
+        raise NotConverted(f"expected a mapping of config values, got {_shown(v)}")
+    others = sorted(str(k) for k in v if k not in _ROUTER)
+    if others:
+        raise NotConverted(f"{', '.join(others)}: recipe changes no other value of the model's config",
+                           "recipe sets " + ", ".join(_ROUTER))
+    return {_ROUTER[k]: value for k, value in v.items()}
+
+
+def _write_model_config(doc):
+    out = {k: get(doc, path) for k, path in _ROUTER.items() if get(doc, path) not in (ABSENT, False)}
+    return out or ABSENT
+
+
+def _experts_implementation(v, cfg):
+    if v in ("eager", "grouped_mm", "batched_mm"):
+        return {"model.experts_implementation": v}
+    raise NotConverted(f"{_shown(v)}: recipe runs transformers' own experts kernels (eager, grouped_mm, batched_mm)",
+                       "use experts_implementation: grouped_mm")
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -796,6 +831,11 @@ TOP_ROWS: tuple[Row, ...] = (
         "older name of revision_of_model"),
     Row("trust_remote_code", ("model.trust_remote_code",), lambda v, cfg: {"model.trust_remote_code": v},
         lambda doc: True if get(doc, "model.trust_remote_code") else ABSENT),
+    Row("experts_implementation", ("model.experts_implementation",), _experts_implementation,
+        lambda doc: get(doc, "model.experts_implementation"), "transformers' experts kernels; Axolotl's scattermoe and "
+        "sonicmoe are not among them"),
+    Row("model_config", tuple(_ROUTER.values()), _model_config, _write_model_config,
+        "output_router_logits and router_aux_loss_coef only: a mixture of experts' load-balancing loss"),
     Row("adapter", ("method",), _adapter, _write_adapter, "lora + load_in_4bit/8bit and qlora become method qlora"),
     Row("load_in_4bit", ("quantization.bits",), _load_in(4),
         lambda doc: True if get(doc, "quantization.bits") == 4 else ABSENT),
@@ -803,6 +843,10 @@ TOP_ROWS: tuple[Row, ...] = (
         lambda doc: True if get(doc, "quantization.bits") == 8 else ABSENT),
     Row("bnb_config_kwargs", tuple(_BNB.values()), _bnb_kwargs, _write_bnb,
         "Axolotl's 4-bit defaults (nf4, double quant) are recipe's"),
+    Row("quantize_moe_experts", ("quantization.moe_experts",),
+        lambda v, cfg: {"quantization.moe_experts": True} if v is True else _only(False, why="expected true or false")(v, cfg),
+        lambda doc: True if get(doc, "quantization.moe_experts") is True else ABSENT,
+        "a mixture of experts' fused expert weights quantized after loading, in 4 bits"),
     Row("lora_r", ("lora.r",), _lora_only("lora.r"), lambda doc: get(doc, "lora.r")),
     Row("lora_alpha", ("lora.alpha",), _lora_only("lora.alpha"), lambda doc: get(doc, "lora.alpha")),
     Row("lora_dropout", ("lora.dropout",), _lora_only("lora.dropout"), lambda doc: get(doc, "lora.dropout"),
@@ -816,6 +860,9 @@ TOP_ROWS: tuple[Row, ...] = (
         lambda doc: True if get(doc, "lora.target_modules") == "all-linear" else ABSENT),
     Row("lora_target_modules", ("lora.target_modules",), _target_modules, _write_targets,
         "the 'attention' shorthand has no Axolotl spelling"),
+    Row("lora_target_parameters", ("lora.target_parameters",), _target_parameters,
+        lambda doc: get(doc, "lora.target_parameters", []) or ABSENT, "adapters on parameters: a mixture of experts' "
+        "fused experts; dropout must be 0"),
     # The entries are read and written with DATASET_ROWS; the list takes its place in the file here.
     Row("datasets", ("data.datasets",), lambda v, cfg: {}, lambda doc: [], "each entry: DATASET_ROWS"),
     _row("sequence_len", "data.max_seq_length", "Axolotl's default is 512, recipe's 2048: written explicitly"),
@@ -1234,7 +1281,6 @@ DATASET_ROWS: tuple[Row, ...] = (
 )
 
 # Reasons shared by several keys below.
-_MOE = ("mixture-of-experts models are not supported yet (fit-check does not model experts)", "")
 _MOE_KERNELS = ("mixture-of-experts kernels are not supported", "")
 _HUB = ("recipe does not push to the hub", "push the run folder's adapter/ yourself")
 _OTHER_QUANTIZATION = ("quantized bases other than bitsandbytes 4/8-bit are not supported", "")
@@ -1253,7 +1299,6 @@ UNSUPPORTED = {
     "qat": ("quantization-aware training is not supported", ""),
     "fp8": ("fp8 training is not supported", "use bf16"),
     # the model and its tokenizer
-    "model_config": ("changing the model's config (a mixture-of-experts router's outputs...) is not supported", ""),
     "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
     "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
     "model_quantization_config": _OTHER_QUANTIZATION,
@@ -1264,10 +1309,8 @@ UNSUPPORTED = {
                                      "tokenizer with transformers", "remove it"),
     "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
     # mixture of experts
-    "quantize_moe_experts": _MOE,
-    "experts_implementation": _MOE,
-    "llama4_linearized_experts": _MOE,
-    "lora_target_parameters": ("LoRA on parameters (experts) rather than modules is not supported", ""),
+    "llama4_linearized_experts": ("Llama 4's experts split into linear layers are not supported",
+                                  "recipe trains transformers' fused experts (lora.target_parameters)"),
     "use_scattermoe": _MOE_KERNELS,
     "use_sonicmoe": _MOE_KERNELS,
     "moe_kernels": _MOE_KERNELS,

@@ -57,11 +57,11 @@ class Breakdown:
 
     embedding: int  # token embedding (+ its LayerNorm for bloom)
     block_linear: int  # weight matrices of the decoder layers: what bitsandbytes quantizes
-    block_other: int  # biases and norms of the decoder layers: never quantized
+    block_other: int  # biases, norms and experts' routers of the decoder layers: never quantized
     final_norm: int
     lm_head: int  # 0 when tied to the embedding
-    # Routed experts' fused 3-D weights and the routers: parameters outside any nn.Linear, which
-    # bitsandbytes' quantization (it replaces nn.Linear layers) leaves in 16 bits.
+    # Routed experts' fused 3-D weights: parameters outside any nn.Linear, which bitsandbytes'
+    # quantization (it replaces nn.Linear layers) leaves in 16 bits unless quantization.moe_experts.
     experts: int = 0
 
     @property
@@ -188,11 +188,11 @@ class Shape:
             bias += fan_out if has_bias else 0
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         # each expert: gate and up fused (2 x width x h) and down (h x width); the router: h per expert
-        experts = self.experts * (3 * self.expert_intermediate_size + 1) * h
+        experts, routers = self.experts * 3 * self.expert_intermediate_size * h, self.experts * h
         return Breakdown(
             embedding=self.vocab_size * h + (norm if self.embedding_norm else 0),
             block_linear=linear * self.num_hidden_layers,
-            block_other=(bias + norm * self.norms_per_layer + self.qk_norm) * self.num_hidden_layers,
+            block_other=(bias + norm * self.norms_per_layer + self.qk_norm + routers) * self.num_hidden_layers,
             final_norm=norm,
             lm_head=head + (self.vocab_size if self.lm_head_bias else 0),
             experts=experts * self.num_hidden_layers)

@@ -181,10 +181,12 @@ def _weights(shape: Shape, s: Setup, dt: Dtypes) -> tuple[float, str]:
     br = shape.breakdown()
     if s.weight_bits >= 16:
         return br.total * dt.weight, f"{br.total:,} weights x {dt.weight:g} bytes"
-    other = br.total - br.block_linear
-    return (br.block_linear * dt.weight + other * dt.other,
-            f"{br.block_linear:,} block weights x {dt.weight:g} byte ({s.weight_bits}-bit) + "
-            f"{other:,} embedding/head/norm{'/expert' if br.experts else ''} weights x {dt.other} bytes"
+    quantized = br.block_linear + (br.experts if s.moe_experts else 0)
+    other = br.total - quantized
+    return (quantized * dt.weight + other * dt.other,
+            f"{quantized:,} block weights x {dt.weight:g} byte ({s.weight_bits}-bit) + "
+            f"{other:,} embedding/head/norm{'/expert' if br.experts and not s.moe_experts else ''} weights x "
+            f"{dt.other} bytes"
             + (" (fp32 after prepare_model_for_kbit_training)" if s.kbit_upcast else ""))
 
 
@@ -198,12 +200,13 @@ def _not_modeled_experts(shape: Shape, s: Setup, dt: Dtypes) -> None:
     """
     weights, how = _weights(shape, s, dt)
     experts = shape.breakdown().experts
+    where = "quantized too (quantization.moe_experts)" if s.moe_experts else \
+        "which bitsandbytes leaves unquantized unless quantization.moe_experts"
     raise NotModeled(f"fit-check does not model a mixture of experts' training memory yet ({shape.experts} experts "
                      f"per layer, {shape.experts_per_token} per token): its weights alone take {gib(weights)} "
-                     f"({how}; {experts:,} of them in the experts and routers, which bitsandbytes leaves "
-                     "unquantized), before adapters, optimizer state and activations",
-                     hint="`recipe probe` traces the real training step of this recipe at full size on the CPU; "
-                          "recipe run trains it without a fit check", path="$.model.id")
+                     f"({how}; {experts:,} of them in the fused experts, {where}), before adapters, optimizer state "
+                     "and activations", hint="a card smaller than that cannot train it; recipe run trains it "
+                     "without a fit check", path="$.model.id")
 
 
 def estimate(shape: Shape, setup: Setup) -> Estimate:

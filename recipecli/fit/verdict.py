@@ -102,6 +102,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         use_dora=lora.use_dora if lora else False,
         liger_kernel=bool(recipe.training.liger_kernel),
         activation_offloading=recipe.training.activation_offloading,
+        moe_experts=bool(quant is not None and quant.moe_experts),
     )
     return setup, list(choices.notes)
 

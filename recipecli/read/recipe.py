@@ -21,6 +21,7 @@ Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
+ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 Bits = Literal[4, 8]
 QuantType = Literal["nf4", "fp4"]
@@ -72,6 +73,7 @@ class Model:
     id: str  # a hub id (org/name), or the absolute path of a local model folder
     revision: str
     trust_remote_code: bool
+    experts_implementation: Optional[ExpertsImplementation]  # absent: transformers chooses
     architecture: Optional[Architecture]
 
     @property
@@ -86,6 +88,7 @@ class Quantization:
     type: Optional[QuantType]  # 4-bit only
     double_quant: Optional[bool]  # 4-bit only
     compute_dtype: ComputeDtype
+    moe_experts: Optional[bool]  # 4-bit only (rules.py)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Lora:
     use_rslora: bool
     use_dora: bool
     modules_to_save: tuple[str, ...]  # trained in full beside the adapters
+    target_parameters: tuple[str, ...]  # parameters adapted directly (fused experts); dropout 0 (rules.py)
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,8 @@ class Training:
     weight_decay: float
     max_grad_norm: float
     neftune_noise_alpha: Optional[float]  # absent: no noise
+    router_aux_loss: bool
+    router_aux_loss_coef: Optional[float]  # absent: the model config's; with router_aux_loss only (rules.py)
     optimizer: Optimizer
     adam_beta1: float
     adam_beta2: float

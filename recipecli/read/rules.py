@@ -42,7 +42,7 @@ def quantization_without_qlora(doc: dict, ctx: Context):
 def four_bit_options_with_8bit(doc: dict, ctx: Context):
     quant = doc.get("quantization", {})
     if quant.get("bits") == 8:
-        for field in ("type", "double_quant"):
+        for field in ("type", "double_quant", "moe_experts"):
             if field in quant:
                 yield ctx.problem(("quantization", field), f"quantization.{field} only applies to 4-bit",
                                   "remove it, or set bits: 4", key=True)
@@ -287,6 +287,32 @@ def saved_modules_are_not_adapted(doc: dict, ctx: Context):
                               "remove it from one list")
 
 
+def adapted_parameters_take_no_dropout(doc: dict, ctx: Context):
+    lora = doc.get("lora", {})
+    dropout = lora.get("dropout", schema.defaults_of("lora")["dropout"])
+    if lora.get("target_parameters") and dropout != 0:
+        # peft's ParamWrapper refuses it when the adapters are built, after the model has loaded
+        yield ctx.problem(("lora", "target_parameters"), f"adapters on parameters take no dropout (lora.dropout is "
+                          f"{dropout})", "set lora.dropout: 0", key=True)
+
+
+def adapted_parameters_are_not_quantized(doc: dict, ctx: Context):
+    if doc.get("lora", {}).get("target_parameters") and doc.get("quantization", {}).get("moe_experts"):
+        # peft (0.21) looks the names up among plain parameters; a parametrized (quantized) one is not
+        # found, and it goes on with a warning and no adapter there.
+        yield ctx.problem(("lora", "target_parameters"), "adapters on quantized experts (quantization.moe_experts): "
+                          "peft finds no parameter behind bitsandbytes' parametrization and would train none",
+                          "keep the experts in 16 bits (remove moe_experts) to adapt them, or remove target_parameters",
+                          key=True)
+
+
+def router_coefficient_needs_the_loss(doc: dict, ctx: Context):
+    training = doc.get("training", {})
+    if "router_aux_loss_coef" in training and not training.get("router_aux_loss"):
+        yield ctx.problem(("training", "router_aux_loss_coef"), "router_aux_loss_coef without router_aux_loss: the "
+                          "load-balancing loss is off", "add router_aux_loss: true, or remove the coefficient", key=True)
+
+
 def early_stopping_needs_evaluations(doc: dict, ctx: Context):
     training, data = doc.get("training", {}), doc.get("data", {})
     if "early_stopping_threshold" in training and "early_stopping_patience" not in training:
@@ -330,6 +356,9 @@ RULES: tuple[Rule, ...] = (
     adam_knobs_need_adam,
     evaluation_needs_held_out_data,
     saved_modules_are_not_adapted,
+    adapted_parameters_take_no_dropout,
+    adapted_parameters_are_not_quantized,
+    router_coefficient_needs_the_loss,
     early_stopping_needs_evaluations,
 )
 

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..errors import RecipeError, UnknownTargets, UsageError
+from ..errors import InvalidRecipe, Problem, RecipeError, UnknownTargets, UsageError
 from ..fit.architectures import match_modules, shape_from_config
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
@@ -158,9 +158,60 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     # trust_remote_code, an attention the model lacks; ImportError: flash-attn or bitsandbytes missing.
     except (OSError, ValueError, ImportError) as e:
         raise _load_failure(f"the model {recipe.model.id}", e) from e
+    check_experts(recipe, model)
+    if recipe.model.experts_implementation:  # set once loaded: a dense model is refused above, located
+        model.set_experts_implementation(recipe.model.experts_implementation)
+    if quant is not None and quant.moe_experts:
+        quantize_experts(model, quant.type, quant.double_quant)
     if config is not None and train:
         model = prepare_kbit(model, recipe.training.gradient_checkpointing)
     return model
+
+
+def fused_experts(model) -> list:
+    """(module, parameter name) of each mixture-of-experts weight stored fused, one 3-D parameter
+    for all the experts of a layer (transformers 5's layout): parameters outside any nn.Linear."""
+    return [(module, name) for module in model.modules()
+            for name, param in module.named_parameters(recurse=False) if param.dim() == 3]
+
+
+def check_experts(recipe: Recipe, model) -> None:
+    """Refuse the recipe's mixture-of-experts settings on a model they would change nothing in.
+
+    transformers takes an experts kernel and a router loss for any model and ignores them where
+    there are no experts, and TRL, with the model config's coefficient absent, leaves the loss off
+    without a word: the run would not be the one the recipe describes.
+
+    Raises:
+        InvalidRecipe: each setting the loaded model has no experts for, located at its field.
+    """
+    routed = hasattr(model.config.get_text_config(), "output_router_logits")
+    fused = bool(fused_experts(model))
+    quant = recipe.quantization
+    settings = {
+        ("model", "experts_implementation"): (recipe.model.experts_implementation is not None and not fused,
+                                              "no experts for an experts kernel to run"),
+        ("quantization", "moe_experts"): (bool(quant and quant.moe_experts) and not fused,
+                                          "no fused expert weights to quantize"),
+        ("training", "router_aux_loss"): (recipe.training.router_aux_loss and not routed,
+                                          "no routers, so no load-balancing loss"),
+    }
+    problems = [Problem(recipe.locate(path), "$." + ".".join(path),
+                        f"{recipe.model.id} ({model.config.model_type}) is not a mixture of experts: {why}",
+                        "remove it")
+                for path, (wrong, why) in settings.items() if wrong]
+    if problems:
+        raise InvalidRecipe(problems)
+
+
+def quantize_experts(model, quant_type: str, double_quant: bool) -> None:
+    """bitsandbytes' 4-bit parametrization on each fused expert weight (quantization.moe_experts):
+    stored packed with its constants, dequantized whole in the forward pass that reads it. Before
+    peft's k-bit preparation, which would otherwise upcast these 16-bit weights to fp32."""
+    from bitsandbytes.nn.parametrize import replace_parameter_4bit
+
+    for module, name in fused_experts(model):
+        replace_parameter_4bit(module, name, compress_statistics=bool(double_quant), quant_type=quant_type)
 
 
 def bnb_config(bits: int, quant_type: Optional[str], double_quant: Optional[bool], compute_dtype: str):

@@ -356,7 +356,7 @@ def _lora_config(recipe: Recipe, model):
         raise at_its_field(e, recipe) from None
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
                       use_rslora=lora.use_rslora, use_dora=lora.use_dora, target_modules=targets,
-                      modules_to_save=to_save)
+                      modules_to_save=to_save, target_parameters=list(lora.target_parameters) or None)
 
 
 LIGER_PATH = ("training", "liger_kernel")
@@ -456,6 +456,9 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         neftune_noise_alpha=t.neftune_noise_alpha,
+        # TRL turns a mixture of experts' load-balancing loss on by default (the config's coefficient);
+        # 0.0 turns it off, None takes the config's (model.check_experts refuses it on a dense model).
+        router_aux_loss_coef=t.router_aux_loss_coef if t.router_aux_loss else 0.0,
         optim=t.optimizer,
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,
@@ -494,9 +497,20 @@ def _peak_reserved_bytes() -> int:
 def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set, eval_set, callbacks: Sequence):
     """The run's SFTTrainer (trainer.py: atomic checkpoints, a stop on non-finite numbers), its
     trained parameters in the dtype precision.choose decided whatever TRL cast them to."""
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                              processing_class=tokenizer, peft_config=_lora_config(recipe, model),
-                              callbacks=list(callbacks) + _early_stopping(recipe))
+    try:
+        trainer = trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                  processing_class=tokenizer, peft_config=_lora_config(recipe, model),
+                                  callbacks=list(callbacks) + _early_stopping(recipe))
+    except ValueError as e:
+        # peft (0.21) adapts a mixture of experts' fused experts and routers as parameters when all-linear
+        # reaches them (Mixtral, Qwen3-MoE, OLMoE), and refuses dropout there while building the adapters.
+        if "ParamWrapper" not in str(e) or "lora_dropout" not in str(e):
+            raise
+        raise InvalidRecipe([Problem(recipe.locate(("lora", "dropout")), "$.lora.dropout",
+                                     f"peft adapts {recipe.model.id}'s fused experts and routers too (target_modules "
+                                     f"{recipe.lora.target_modules}), and takes no dropout on them",
+                                     "set lora.dropout: 0, or adapt the attention alone (target_modules: attention)")]) \
+            from None
     enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them
     return trainer
 

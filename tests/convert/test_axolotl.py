@@ -108,6 +108,13 @@ READS = {
     "liger_swiglu": (True, {**LIGER, "liger_glu_activation": None}, {"training.liger_kernel": True}),
     "liger_fused_linear_cross_entropy": (True, LIGER, {}),
     "liger_cross_entropy": (False, {}, {}),
+    # issue 10: mixtures of experts
+    "experts_implementation": ("grouped_mm", {}, {"model.experts_implementation": "grouped_mm"}),
+    "model_config": ({"output_router_logits": True, "router_aux_loss_coef": 0.02}, {},
+                     {"training.router_aux_loss": True, "training.router_aux_loss_coef": 0.02}),
+    "quantize_moe_experts": (True, QLORA, {"quantization.moe_experts": True}),
+    "lora_target_parameters": (["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], QLORA,
+                               {"lora.target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}),
 }
 
 # key: (value, the rest of the config, words of the reason)
@@ -154,6 +161,11 @@ REFUSALS = {
     "plugins": ([LIGER_PLUGIN, "axolotl.integrations.spectrum.SpectrumPlugin"], {}, "SpectrumPlugin' is not supported"),
     "liger_rms_norm": (1, {"plugins": [LIGER_PLUGIN]}, "expected true or false"),
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
+    "experts_implementation": ("scattermoe", {}, "transformers' own experts kernels"),
+    "model_config": ({"output_router_logits": True, "rope_scaling": {"type": "linear"}}, {},
+                     "rope_scaling: recipe changes no other value"),
+    "quantize_moe_experts": ("yes", QLORA, "expected true or false"),
+    "lora_target_parameters": ("mlp.experts.down_proj", QLORA, "not a list of parameter names"),
 }
 
 CHAT = {"type": "chat_template"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import importlib.util
 import sys
 from pathlib import Path
@@ -301,3 +302,17 @@ def test_lora_on_the_output_head_is_refused_as_trl_refuses_it():
     with pytest.raises(UnknownTargets, match="lm_head.*TRL") as exc:
         estimate(TOY, dataclasses.replace(QLORA, lora_targets=("q_proj", "lm_head")))
     assert "remove" in str(exc.value)
+
+
+MIXTRAL = CATALOG["mistralai/Mixtral-8x7B-v0.1"]
+
+
+@pytest.mark.parametrize("moe_experts, weights", [(False, "169.61 GiB"), (True, "22.61 GiB")])
+def test_a_mixture_of_experts_is_refused_with_its_weights_as_they_are_stored(moe_experts, weights):
+    from recipecli.errors import NotModeled
+
+    with pytest.raises(NotModeled, match=re.escape(f"its weights alone take {weights}")) as refused:
+        estimate(MIXTRAL, dataclasses.replace(GUIDE, moe_experts=moe_experts))
+    assert refused.value.path == "$.model.id"
+    # fused experts are never a Linear layer: unquantized, peft's k-bit preparation makes them fp32
+    assert ("quantized too" in refused.value.message) is moe_experts

@@ -100,7 +100,8 @@ def test_an_8bit_recipe_shows_as_a_valid_8bit_recipe(make_recipe):
     doc = codec.to_document(load_recipe(make_recipe({"quantization": {"bits": 8}})))
     assert doc["quantization"] == {"bits": 8, "compute_dtype": "auto"}
     four = codec.to_document(load_recipe(make_recipe()))
-    assert four["quantization"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+    assert four["quantization"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "auto",
+                                    "moe_experts": False}
 
 
 def test_epochs_is_filled_only_without_max_steps(make_recipe):

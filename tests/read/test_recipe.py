@@ -18,6 +18,7 @@ LITERALS = {
     ("training", "optimizer"): recipe.Optimizer,
     ("training", "precision"): recipe.Precision,
     ("training", "attention"): recipe.Attention,
+    ("model", "experts_implementation"): recipe.ExpertsImplementation,
     ("logging", "wandb", "mode"): recipe.WandbMode,
     ("distributed", "strategy"): recipe.Strategy,
     ("distributed", "zero_offload"): recipe.ZeroOffload,

@@ -37,6 +37,13 @@ BREAKING = {
                                       "$.lora.modules_to_save[1]"),
     "early_stopping_needs_evaluations": ({"training": {"early_stopping_patience": 3}},
                                          "$.training.early_stopping_patience"),
+    # issue 10: mixtures of experts
+    "adapted_parameters_take_no_dropout": ({"lora": {"target_parameters": ["mlp.experts.down_proj"]}},
+                                           "$.lora.target_parameters"),
+    "adapted_parameters_are_not_quantized": ({"lora": {"target_parameters": ["mlp.experts.down_proj"], "dropout": 0},
+                                              "quantization": {"moe_experts": True}}, "$.lora.target_parameters"),
+    "router_coefficient_needs_the_loss": ({"training": {"router_aux_loss_coef": 0.02}},
+                                          "$.training.router_aux_loss_coef"),
     # issue 10: dataset field and role names
     "dataset_fields_match_the_format": ({"data": {"datasets": [{"path": "org/d", "format": "alpaca",
                                                                 "fields": {"messages": "dialog"}}]}},
@@ -205,3 +212,19 @@ def test_dataset_names_that_fit_are_valid_and_a_pointless_template_is_a_warning(
     pointless = resolve(make_recipe({"data": {"chat_template": "llama3"}}))  # MINIMAL's data is alpaca
     (warning,) = pointless.warnings
     assert warning.path == "$.data.chat_template" and "changes nothing" in warning.message
+
+
+@pytest.mark.parametrize("delta", [
+    {"lora": {"target_parameters": ["mlp.experts.gate_up_proj"], "dropout": 0}},
+    {"training": {"router_aux_loss": True, "router_aux_loss_coef": 0.02}},
+    {"training": {"router_aux_loss": True}},
+    {"quantization": {"moe_experts": True}},
+])
+def test_mixture_of_experts_fields_that_agree_are_valid(make_recipe, delta):
+    resolve(make_recipe(delta))
+
+
+def test_quantized_experts_are_4_bit_only(make_recipe):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"quantization": {"bits": 8, "moe_experts": True}}))
+    assert [p.path for p in info.value.problems] == ["$.quantization.moe_experts"]

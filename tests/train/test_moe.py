@@ -1,0 +1,122 @@
+"""A mixture of experts end to end on the CPU: a tiny Mixtral built here (the tiny Llama's tokenizer,
+four experts, two per token) trained by the real stack, its experts quantized by bitsandbytes,
+adapted by peft, its router loss added by TRL. Nothing of the training stack is mocked."""
+from __future__ import annotations
+
+import pytest
+
+from recipecli.errors import InvalidRecipe
+from recipecli.fit.precision import choose
+from recipecli.read.load import load_recipe
+from recipecli.train.model import fused_experts, load_model
+from recipecli.train.runner import run
+
+from ..conftest import RECIPES
+
+TINY_MODEL = RECIPES / "models" / "tiny-llama"
+DATA = RECIPES / "data"
+
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty hub cache
+
+
+@pytest.fixture(scope="module")
+def tiny_mixtral(tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-mixtral")
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                           max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    MixtralForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def moe(make_recipe, tmp_path, tiny_mixtral):
+    """A qlora recipe on the tiny Mixtral plus a delta, training into tmp_path/run."""
+    def make(delta: dict | None = None):
+        base = {"recipe_version": 1, "name": "moe", "model": {"id": str(tiny_mixtral)}, "method": "qlora",
+                "lora": {"r": 4, "alpha": 8, "target_modules": "attention"},
+                "data": {"datasets": [{"path": str(DATA / "tiny-alpaca.jsonl"), "format": "alpaca",
+                                       "max_samples": 8}], "max_seq_length": 64},
+                "training": {"max_steps": 2, "micro_batch_size": 2, "logging_steps": 1, "save_steps": 100,
+                             "gradient_checkpointing": False},
+                "output": {"dir": str(tmp_path / "run")}}
+        return load_recipe(make_recipe(delta, base=base))
+    return make
+
+
+def _loaded(recipe):
+    return load_model(recipe, choose(recipe, None), cuda=False)
+
+
+def test_bitsandbytes_leaves_the_fused_experts_in_16_bits_and_peft_upcasts_them(moe):
+    # why quantization.moe_experts exists, and why fit-check counts a qlora MoE's experts unquantized
+    model = _loaded(moe())
+    experts = fused_experts(model)
+    assert [name for _, name in experts] == ["gate_up_proj", "down_proj"] * 2
+    assert {getattr(m, name).dtype for m, name in experts} == {__import__("torch").float32}
+
+
+def test_quantized_experts_are_stored_in_4_bits_and_train_beside_the_adapters(moe):
+    import torch
+
+    recipe = moe({"quantization": {"moe_experts": True}})
+    model = _loaded(recipe)
+    for module, name in fused_experts(model):
+        stored = module.parametrizations[name].original
+        assert stored.dtype == torch.uint8 and stored.numel() * 2 == getattr(module, name).numel()
+    done = run(recipe, gpus=())
+    assert done.steps == 2 and done.final_loss == done.final_loss  # finite, not NaN
+
+
+def test_adapters_on_the_fused_experts_train_and_are_saved(moe):
+    from safetensors.torch import load_file
+
+    done = run(moe({"lora": {"dropout": 0, "target_parameters": ["mlp.experts.gate_up_proj",
+                                                                  "mlp.experts.down_proj"]}}), gpus=())
+    saved = load_file(done.saved / "adapter_model.safetensors")
+    experts = sorted(key for key in saved if "experts" in key and "lora_A" in key)
+    assert len(experts) == 4, sorted(saved)  # two parameters in each of the two layers
+
+
+def test_the_router_loss_is_added_only_when_the_recipe_asks(moe, tmp_path):
+    plain = run(moe(), gpus=())
+    recipe = moe({"training": {"router_aux_loss": True, "router_aux_loss_coef": 10.0},
+                  "output": {"dir": str(tmp_path / "with-loss")}})
+    with_loss = run(recipe, gpus=())
+    # the same weights and batches: the difference is the weighted load-balancing loss (>= 1 for top-2 of 4)
+    assert with_loss.final_loss - plain.final_loss > 5
+
+
+def test_an_experts_kernel_reaches_the_model(moe):
+    model = _loaded(moe({"model": {"experts_implementation": "eager"}}))
+    assert model.config._experts_implementation == "eager"
+
+
+def test_all_linear_with_dropout_is_refused_at_the_dropout(moe):
+    # peft adapts Mixtral's experts and routers as parameters under all-linear, and refuses dropout there
+    recipe = moe({"lora": {"target_modules": "all-linear", "dropout": 0.05}})
+    with pytest.raises(InvalidRecipe) as refused:
+        run(recipe, gpus=())
+    (problem,) = refused.value.problems
+    assert problem.path == "$.lora.dropout" and "fused experts and routers" in problem.message
+    assert "lora.dropout: 0" in problem.hint
+
+
+@pytest.mark.parametrize("delta, path", [
+    ({"model": {"experts_implementation": "grouped_mm"}}, "$.model.experts_implementation"),
+    ({"quantization": {"moe_experts": True}}, "$.quantization.moe_experts"),
+    ({"training": {"router_aux_loss": True}}, "$.training.router_aux_loss"),
+])
+def test_expert_settings_on_a_dense_model_are_refused(moe, delta, path):
+    recipe = moe({**delta, "model": {"id": str(TINY_MODEL), **delta.get("model", {})}})
+    with pytest.raises(InvalidRecipe) as refused:
+        _loaded(recipe)
+    (problem,) = refused.value.problems
+    assert problem.path == path and "is not a mixture of experts" in problem.message
