@@ -152,6 +152,22 @@ def _ignored(key: str, notes: str) -> Row:
 
 # --- model and method --------------------------------------------------------------------------
 
+def _vocab_32x(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {"model.pad_vocab_to_multiple_of": 32} if v else {}
+
+
+def _write_vocab_32x(doc):
+    multiple = get(doc, "model.pad_vocab_to_multiple_of")
+    if multiple is ABSENT:
+        return ABSENT
+    if multiple != 32:
+        raise NotConverted(f"pad_vocab_to_multiple_of {multiple}: Axolotl pads the vocabulary to a multiple of 32 "
+                           "only (resize_token_embeddings_to_32x)", "use 32, or leave it out")
+    return True
+
+
 def _adapter(v, cfg):
     kbit = cfg.get("load_in_4bit") is True or cfg.get("load_in_8bit") is True
     if v == "qlora" or (v == "lora" and kbit):
@@ -469,6 +485,15 @@ def _wandb(field: str) -> Read:
     def read(v, cfg):
         return {} if cfg.get("wandb_mode") == "disabled" else {f"logging.wandb.{field}": v}
     return read
+
+
+def _wandb_log_model(v, cfg):
+    if v is False or v == "false":  # transformers' own value for nothing uploaded, as absent
+        return {}
+    if v in ("end", "checkpoint"):
+        return _wandb("log_model")(v, cfg)
+    raise NotConverted(f"wandb_log_model {_shown(v)} is not checkpoint, end or false",
+                       "end uploads the result, checkpoint every checkpoint as well; false uploads nothing")
 
 
 def _wandb_mode(v, cfg):
@@ -796,6 +821,9 @@ TOP_ROWS: tuple[Row, ...] = (
         "older name of revision_of_model"),
     Row("trust_remote_code", ("model.trust_remote_code",), lambda v, cfg: {"model.trust_remote_code": v},
         lambda doc: True if get(doc, "model.trust_remote_code") else ABSENT),
+    Row("resize_token_embeddings_to_32x", ("model.pad_vocab_to_multiple_of",), _vocab_32x, _write_vocab_32x,
+        "true -> model.pad_vocab_to_multiple_of 32: the embedding grows to the tokens rounded up to 32 rows where "
+        "it has fewer, as Axolotl resizes"),
     Row("adapter", ("method",), _adapter, _write_adapter, "lora + load_in_4bit/8bit and qlora become method qlora"),
     Row("load_in_4bit", ("quantization.bits",), _load_in(4),
         lambda doc: True if get(doc, "quantization.bits") == 4 else ABSENT),
@@ -884,6 +912,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("wandb_entity", ("logging.wandb.entity",), _wandb("entity"), lambda doc: get(doc, "logging.wandb.entity")),
     Row("wandb_name", ("logging.wandb.run_name",), _wandb("run_name"), lambda doc: get(doc, "logging.wandb.run_name")),
     Row("wandb_mode", ("logging.wandb.mode",), _wandb_mode, lambda doc: get(doc, "logging.wandb.mode")),
+    Row("wandb_log_model", ("logging.wandb.log_model",), _wandb_log_model,
+        lambda doc: get(doc, "logging.wandb.log_model"), "false is nothing uploaded, as absent"),
     _row("output_dir", "output.dir", "relative to where Axolotl runs, as recipe's output.dir"),
     Row("deepspeed", ("distributed.strategy", "distributed.zero_offload"), _deepspeed, _write_deepspeed,
         "an inline config with zero_optimization stage 2 or 3; the launch (processes, nodes) is not Axolotl's "
@@ -917,8 +947,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(True, why="recipe loads the fast tokenizer")("tokenizer_use_fast"),
     _no_effect_when(True, why="recipe shuffles the mixed datasets with the seed")("shuffle_merged_datasets"),
     _row_unless_default("group_by_length", "training.group_by_length"),
+    _row_unless_default("dataloader_drop_last", "training.dataloader_drop_last"),
     _no_effect_when(False, "false", why="recipe does not send gradients or weights to W&B")("wandb_watch"),
-    _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "
                                    "uncompiled step)"),
     Row("lora_fan_in_fan_out", (), _said_when_true(
@@ -1258,8 +1288,6 @@ UNSUPPORTED = {
     "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
     "model_quantization_config": _OTHER_QUANTIZATION,
     "model_quantization_config_kwargs": _OTHER_QUANTIZATION,
-    "resize_token_embeddings_to_32x": ("resizing the embeddings is not supported: recipe keeps the model's vocabulary",
-                                       "remove it"),
     "tokenizer_use_mistral_common": ("the mistral-common tokenizer is not supported; recipe loads the model's "
                                      "tokenizer with transformers", "remove it"),
     "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
@@ -1281,8 +1309,6 @@ UNSUPPORTED = {
     "tensor_parallel": ("tensor parallelism is not supported", ""),
     # data and schedule
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
-    "dataloader_drop_last": ("dropping the last short batch is not supported: recipe trains every example",
-                             "remove it"),
     "lr_quadratic_warmup": ("a quadratic warm-up is not supported; recipe warms up linearly", "remove it"),
     "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
     # where it runs and what it leaves

@@ -28,6 +28,7 @@ ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
 TargetShorthand = Literal["all-linear", "attention"]
 LigerKernel = Literal["rope", "rms_norm", "glu", "layer_norm"]
 WandbMode = Literal["online", "offline"]
+WandbLogModel = Literal["end", "checkpoint"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
 ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi", "jinja"]
@@ -72,6 +73,7 @@ class Model:
     id: str  # a hub id (org/name), or the absolute path of a local model folder
     revision: str
     trust_remote_code: bool
+    pad_vocab_to_multiple_of: Optional[int]  # absent: the model's own embedding rows
     architecture: Optional[Architecture]
 
     @property
@@ -177,6 +179,7 @@ class Training:
     micro_batch_size: int
     gradient_accumulation_steps: int
     group_by_length: bool
+    dataloader_drop_last: bool
     epochs: Optional[float]  # absent when max_steps is set: it would be ignored
     max_steps: Optional[int]
     learning_rate: float
@@ -235,6 +238,7 @@ class Wandb:
     run_name: Optional[str]
     tags: tuple[str, ...]
     mode: WandbMode
+    log_model: Optional[WandbLogModel]  # absent: nothing uploaded
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,10 @@ READS = {
     "liger_swiglu": (True, {**LIGER, "liger_glu_activation": None}, {"training.liger_kernel": True}),
     "liger_fused_linear_cross_entropy": (True, LIGER, {}),
     "liger_cross_entropy": (False, {}, {}),
+    # recipe fields grown for Axolotl's keys that were reported "not converted"
+    "resize_token_embeddings_to_32x": (True, {}, {"model.pad_vocab_to_multiple_of": 32}),
+    "dataloader_drop_last": (True, {}, {"training.dataloader_drop_last": True}),
+    "wandb_log_model": ("checkpoint", {"wandb_project": "p"}, {"logging.wandb.log_model": "checkpoint"}),
 }
 
 # key: (value, the rest of the config, words of the reason)
@@ -154,6 +158,8 @@ REFUSALS = {
     "plugins": ([LIGER_PLUGIN, "axolotl.integrations.spectrum.SpectrumPlugin"], {}, "SpectrumPlugin' is not supported"),
     "liger_rms_norm": (1, {"plugins": [LIGER_PLUGIN]}, "expected true or false"),
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
+    "resize_token_embeddings_to_32x": (64, {}, "expected true or false"),
+    "wandb_log_model": (True, {"wandb_project": "p"}, "is not checkpoint, end or false"),
 }
 
 CHAT = {"type": "chat_template"}
@@ -352,6 +358,8 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
     ("lora_qkv_kernel", False, {}), ("torch_compile", False, {}), ("bfloat16", True, {"bf16": True}),
     ("bfloat16", "auto", {}), ("float16", True, {"fp16": True}), ("gptq", False, {}), ("tensor_parallel_size", 1, {}),
     ("evals_per_epoch", 0, {}), ("eval_strategy", "no", {}), ("chunked_cross_entropy", True, {}),
+    ("wandb_log_model", "false", {"wandb_project": "p"}), ("wandb_log_model", "end", {"wandb_mode": "disabled"}),
+    ("resize_token_embeddings_to_32x", False, {}),
     ("batch_size", 8, {"micro_batch_size": 2, "gradient_accumulation_steps": 4}),
 ])
 def test_what_axolotl_and_recipe_do_alike_converts_to_nothing(key, value, rest):
@@ -498,3 +506,11 @@ _PROMPTS = {"format": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\
 def test_hostile_dataset_values_are_reported_not_crashed_on(key, value, rest):
     with pytest.raises(NotConverted):
         row_for(key, DATASET_ROWS).read(value, {key: value, **rest})
+
+
+def test_only_a_multiple_of_32_goes_back_to_axolotl():
+    row = row_for("resize_token_embeddings_to_32x", TOP_ROWS)
+    assert row.write({"model": {"id": "org/m"}}) is ABSENT
+    with pytest.raises(NotConverted, match="pad_vocab_to_multiple_of 64: Axolotl pads the vocabulary to a multiple "
+                                           "of 32 only"):
+        row.write({"model": {"id": "org/m", "pad_vocab_to_multiple_of": 64}})

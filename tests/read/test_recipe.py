@@ -19,6 +19,7 @@ LITERALS = {
     ("training", "precision"): recipe.Precision,
     ("training", "attention"): recipe.Attention,
     ("logging", "wandb", "mode"): recipe.WandbMode,
+    ("logging", "wandb", "log_model"): recipe.WandbLogModel,
     ("distributed", "strategy"): recipe.Strategy,
     ("distributed", "zero_offload"): recipe.ZeroOffload,
     ("data", "chat_template"): recipe.ChatTemplate,
