@@ -160,6 +160,9 @@ REFUSALS = {
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
     "resize_token_embeddings_to_32x": (64, {}, "expected true or false"),
     "wandb_log_model": (True, {"wandb_project": "p"}, "is not checkpoint, end or false"),
+    # Axolotl's fp16 weights without mixed precision: bf16 off (or auto on an old card) and fp16 not on
+    "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
+    "lr_quadratic_warmup": (True, {}, "quadratic warm-up is not supported"),
 }
 
 CHAT = {"type": "chat_template"}
@@ -193,6 +196,9 @@ ENTRIES = {
     "alpaca:chat": ({"type": "alpaca:chat"}, {"format": "alpaca"}),
     "completion": ({"type": "completion"}, {"format": "text"}),
     "legacy sharegpt": ({"type": "sharegpt"}, {"format": "sharegpt"}),
+    "legacy sharegpt:chat": ({"type": "sharegpt:chat"}, {"format": "sharegpt"}),  # the older spelling
+    "legacy sharegpt:chat, renamed": ({"type": "sharegpt:chat", "field_messages": "dialog"},
+                                      {"format": "sharegpt", "fields": {"messages": "dialog"}}),
     "legacy sharegpt, renamed": ({"type": "sharegpt", "field_messages": "dialog"},
                                  {"format": "sharegpt", "fields": {"messages": "dialog"}}),
     "from/value elsewhere": ({**CHAT, "field_messages": "turns", "message_property_mappings": {
@@ -358,7 +364,10 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
     ("lora_qkv_kernel", False, {}), ("torch_compile", False, {}), ("bfloat16", True, {"bf16": True}),
     ("bfloat16", "auto", {}), ("float16", True, {"fp16": True}), ("gptq", False, {}), ("tensor_parallel_size", 1, {}),
     ("evals_per_epoch", 0, {}), ("eval_strategy", "no", {}), ("chunked_cross_entropy", True, {}),
+    # float16 where bf16 decides first (true, or auto with fp16 unset: bf16 or fp16 mixed precision by card)
+    ("float16", True, {"bf16": True}), ("float16", True, {}), ("float16", True, {"bf16": "auto"}),
     ("wandb_log_model", "false", {"wandb_project": "p"}), ("wandb_log_model", "end", {"wandb_mode": "disabled"}),
+    ("lr_quadratic_warmup", True, {"lr_scheduler": "linear"}),  # Axolotl's cosine schedule alone reads it
     ("resize_token_embeddings_to_32x", False, {}),
     ("batch_size", 8, {"micro_batch_size": 2, "gradient_accumulation_steps": 4}),
 ])
@@ -514,3 +523,8 @@ def test_only_a_multiple_of_32_goes_back_to_axolotl():
     with pytest.raises(NotConverted, match="pad_vocab_to_multiple_of 64: Axolotl pads the vocabulary to a multiple "
                                            "of 32 only"):
         row.write({"model": {"id": "org/m", "pad_vocab_to_multiple_of": 64}})
+
+
+def test_adam_eps_is_reported_as_the_key_axolotl_never_read():
+    why, hint = unsupported("adam_eps", 1e-9)
+    assert why.startswith("Axolotl never reads adam_eps (its key is adam_epsilon)") and "adam_epsilon" in hint
