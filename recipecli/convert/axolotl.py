@@ -152,6 +152,22 @@ def _ignored(key: str, notes: str) -> Row:
 
 # --- model and method --------------------------------------------------------------------------
 
+def _vocab_32x(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {"model.pad_vocab_to_multiple_of": 32} if v else {}
+
+
+def _write_vocab_32x(doc):
+    multiple = get(doc, "model.pad_vocab_to_multiple_of")
+    if multiple is ABSENT:
+        return ABSENT
+    if multiple != 32:
+        raise NotConverted(f"pad_vocab_to_multiple_of {multiple}: Axolotl pads the vocabulary to a multiple of 32 "
+                           "only (resize_token_embeddings_to_32x)", "use 32, or leave it out")
+    return True
+
+
 def _adapter(v, cfg):
     kbit = cfg.get("load_in_4bit") is True or cfg.get("load_in_8bit") is True
     if v == "qlora" or (v == "lora" and kbit):
@@ -327,6 +343,15 @@ def _min_lr_ratio(v, cfg):
     return {"training.min_lr_ratio": v} if v else {}
 
 
+def _quadratic_warmup(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    if v and cfg.get("lr_scheduler", "cosine") == "cosine":
+        raise NotConverted("the cosine schedule's quadratic warm-up is not supported: recipe warms up linearly",
+                           "remove it (a linear warm-up over the same steps)")
+    return {}  # Axolotl warms up quadratically under its cosine schedule only
+
+
 def _scheduler(v, cfg):
     if v in SCHEDULERS:
         return {"training.lr_scheduler": v}
@@ -469,13 +494,28 @@ def _eot_tokens(v, cfg):
 
 
 def _half_weights(flag: str, precision: str) -> Read:
-    """bfloat16 / float16: load the weights in that dtype, which recipe does at that precision."""
+    """bfloat16: load the weights in that dtype, which recipe does at that precision."""
     def read(v, cfg):
         if v in (False, "auto") or v is True and cfg.get(flag) in (True, "auto"):
             return {}
         raise NotConverted(f"{_shown(v)} without {flag}: true: recipe loads the weights in {precision} at that "
                            "precision only", f"set {flag}: true, or remove it")
     return read
+
+
+def _float16(v, cfg):
+    """float16: Axolotl loads the weights in fp16 unless bf16 decides first (true, or auto on a
+    card with bf16); with fp16 it is fp16 mixed precision, and with bf16 auto and fp16 unset it
+    trains bf16 where the card has it and fp16 mixed precision elsewhere (its resolve_dtype):
+    recipe's fp16, bf16 and auto. Otherwise the weights train in fp16 without mixed precision."""
+    bf16, fp16 = cfg.get("bf16", "auto"), cfg.get("fp16")
+    if v in (False, None) or v is True and (fp16 is True or bf16 is True or bf16 == "auto" and fp16 is None):
+        return {}
+    elsewhere = " on a card without bf16" if bf16 == "auto" else ""
+    fp16_said = "no fp16" if fp16 is None else f"fp16 {_shown(fp16)}"
+    raise NotConverted(f"{_shown(v)} with bf16 {_shown(bf16)} and {fp16_said}: Axolotl then trains fp16 "
+                       f"weights without mixed precision{elsewhere} (no autocast, no loss scaling); recipe's fp16 is "
+                       "mixed precision with loss scaling", "set fp16: true (recipe's fp16), or remove float16 (fp32)")
 
 
 def _val_set_size(v, cfg):
@@ -504,6 +544,15 @@ def _wandb(field: str) -> Read:
     def read(v, cfg):
         return {} if cfg.get("wandb_mode") == "disabled" else {f"logging.wandb.{field}": v}
     return read
+
+
+def _wandb_log_model(v, cfg):
+    if v is False or v == "false":  # transformers' own value for nothing uploaded, as absent
+        return {}
+    if v in ("end", "checkpoint"):
+        return _wandb("log_model")(v, cfg)
+    raise NotConverted(f"wandb_log_model {_shown(v)} is not checkpoint, end or false",
+                       "end uploads the result, checkpoint every checkpoint as well; false uploads nothing")
 
 
 def _wandb_mode(v, cfg):
@@ -836,6 +885,9 @@ TOP_ROWS: tuple[Row, ...] = (
         "sonicmoe are not among them"),
     Row("model_config", tuple(_ROUTER.values()), _model_config, _write_model_config,
         "output_router_logits and router_aux_loss_coef only: a mixture of experts' load-balancing loss"),
+    Row("resize_token_embeddings_to_32x", ("model.pad_vocab_to_multiple_of",), _vocab_32x, _write_vocab_32x,
+        "true -> model.pad_vocab_to_multiple_of 32: the embedding grows to the tokens rounded up to 32 rows where "
+        "it has fewer, as Axolotl resizes"),
     Row("adapter", ("method",), _adapter, _write_adapter, "lora + load_in_4bit/8bit and qlora become method qlora"),
     Row("load_in_4bit", ("quantization.bits",), _load_in(4),
         lambda doc: True if get(doc, "quantization.bits") == 4 else ABSENT),
@@ -882,6 +934,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("max_steps", "training.max_steps"),
     Row("learning_rate", ("training.learning_rate",), _learning_rate, lambda doc: get(doc, "training.learning_rate")),
     Row("lr_scheduler", ("training.lr_scheduler",), _scheduler, lambda doc: get(doc, "training.lr_scheduler")),
+    Row("lr_quadratic_warmup", (), _quadratic_warmup, lambda doc: ABSENT,
+        "Axolotl reads it with lr_scheduler cosine (its default) only; there it is refused"),
     _row("warmup_ratio", "training.warmup_ratio", "Axolotl warms up for 0 steps by default: written explicitly"),
     _row("warmup_steps", "training.warmup_steps"),
     _row("saves_per_epoch", "training.saves_per_epoch"),
@@ -931,6 +985,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("wandb_entity", ("logging.wandb.entity",), _wandb("entity"), lambda doc: get(doc, "logging.wandb.entity")),
     Row("wandb_name", ("logging.wandb.run_name",), _wandb("run_name"), lambda doc: get(doc, "logging.wandb.run_name")),
     Row("wandb_mode", ("logging.wandb.mode",), _wandb_mode, lambda doc: get(doc, "logging.wandb.mode")),
+    Row("wandb_log_model", ("logging.wandb.log_model",), _wandb_log_model,
+        lambda doc: get(doc, "logging.wandb.log_model"), "false is nothing uploaded, as absent"),
     _row("output_dir", "output.dir", "relative to where Axolotl runs, as recipe's output.dir"),
     Row("deepspeed", ("distributed.strategy", "distributed.zero_offload"), _deepspeed, _write_deepspeed,
         "an inline config with zero_optimization stage 2 or 3; the launch (processes, nodes) is not Axolotl's "
@@ -964,8 +1020,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _no_effect_when(True, why="recipe loads the fast tokenizer")("tokenizer_use_fast"),
     _no_effect_when(True, why="recipe shuffles the mixed datasets with the seed")("shuffle_merged_datasets"),
     _row_unless_default("group_by_length", "training.group_by_length"),
+    _row_unless_default("dataloader_drop_last", "training.dataloader_drop_last"),
     _no_effect_when(False, "false", why="recipe does not send gradients or weights to W&B")("wandb_watch"),
-    _no_effect_when(False, "false", why="recipe does not upload checkpoints to W&B")("wandb_log_model"),
     _said_when_on("torch_compile", "recipe does not compile the model (torch.compile: speed; fit-check counts the "
                                    "uncompiled step)"),
     Row("lora_fan_in_fan_out", (), _said_when_true(
@@ -1003,7 +1059,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "older name of eval_strategy"),
     Row("eot_tokens", (), _eot_tokens, lambda doc: ABSENT, "the template's end-of-turn marker trains: said"),
     Row("bfloat16", (), _half_weights("bf16", "bf16"), lambda doc: ABSENT, "recipe's bf16 loads the weights in bf16"),
-    Row("float16", (), _half_weights("fp16", "fp16"), lambda doc: ABSENT, "recipe's fp16 loads the weights in fp16"),
+    Row("float16", (), _float16, lambda doc: ABSENT,
+        "Axolotl's fp16 weights: what recipe's fp16, bf16 or auto load where those decide the dtype"),
     Row("cosine_min_lr_ratio", ("training.min_lr_ratio",), _min_lr_ratio,
         lambda doc: get(doc, "training.min_lr_ratio") or ABSENT, "the cosine schedule's floor"),
     Row("neftune_noise_alpha", ("training.neftune_noise_alpha",), _neftune,
@@ -1059,7 +1116,10 @@ TOP_ROWS: tuple[Row, ...] = (
 # Axolotl `type` -> recipe format, for types whose prompt is the same on both sides (alpaca_chat and
 # alpaca:chat are alpaca records with another prompt: said in TYPE_NOTES).
 TYPES = {"alpaca": "alpaca", "alpaca_chat": "alpaca", "alpaca:chat": "alpaca", "completion": "text",
-         "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat"}
+         "sharegpt": "sharegpt", "sharegpt:chat": "sharegpt", "chat_template": "chat", "chat_template.default": "chat"}
+# Axolotl's legacy sharegpt types: conversations [{from, value}] with human and gpt turns; sharegpt:chat
+# was the older spelling, read by its ShareGPTPrompter without the dataset's conversation key.
+LEGACY_SHAREGPT = ("sharegpt", "sharegpt:chat")
 _SHAREGPT_FIELDS = {"role": "from", "content": "value"}
 # Each recipe format's own names (recipe's fields default to them; data.py reads them).
 _OWN_NAMES = {"chat": {"messages": "messages", "role": "role", "content": "content"},
@@ -1091,7 +1151,7 @@ def _type(v, entry):
 
 def _format_of(entry) -> str:
     fmt = TYPES[entry["type"]]
-    if entry["type"] == "sharegpt":
+    if entry["type"] in LEGACY_SHAREGPT:
         return fmt
     # chat_template turns {from, value} are recipe's sharegpt format (its roles include human and gpt).
     return "sharegpt" if fmt == "chat" and _mappings(entry) == _SHAREGPT_FIELDS else fmt
@@ -1157,7 +1217,7 @@ def _message_fields(v, entry):
         raise NotConverted(f"message property {other[0]!r}: recipe reads a turn's role and content only",
                            "remove it from message_property_mappings")
     # Axolotl's own names: its legacy sharegpt type reads conversations [{from, value}].
-    own = _OWN_NAMES["sharegpt" if entry.get("type") == "sharegpt" else "chat"]
+    own = _OWN_NAMES["sharegpt" if entry.get("type") in LEGACY_SHAREGPT else "chat"]
     names = {"messages": entry.get("field_messages", own["messages"]), "role": mappings.get("role", own["role"]),
              "content": mappings.get("content", own["content"])}
     if not all(isinstance(n, str) and n for n in names.values()):
@@ -1253,7 +1313,8 @@ DATASET_ROWS: tuple[Row, ...] = (
         "a local file is relative to where Axolotl runs; written relative to the recipe"),
     Row("type", ("format", "preamble"), _type, _write_type,
         "alpaca -> alpaca with Stanford Alpaca's preamble (Axolotl's prompt exactly), completion -> text, "
-        "chat_template -> chat, or sharegpt for conversations [{from, value}]"),
+        "chat_template -> chat, or sharegpt for conversations [{from, value}] (and the legacy sharegpt, "
+        "sharegpt:chat)"),
     Row("split", ("split",), lambda v, e: {"split": v}, lambda d: d["split"] if d.get("split") != "train" else ABSENT),
     Row("name", ("subset",), lambda v, e: {"subset": v}, lambda d: d.get("subset", ABSENT)),
     Row("data_files", ("data_files",), _data_files, lambda d: d.get("data_files", ABSENT),
@@ -1303,8 +1364,6 @@ UNSUPPORTED = {
     "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
     "model_quantization_config": _OTHER_QUANTIZATION,
     "model_quantization_config_kwargs": _OTHER_QUANTIZATION,
-    "resize_token_embeddings_to_32x": ("resizing the embeddings is not supported: recipe keeps the model's vocabulary",
-                                       "remove it"),
     "tokenizer_use_mistral_common": ("the mistral-common tokenizer is not supported; recipe loads the model's "
                                      "tokenizer with transformers", "remove it"),
     "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
@@ -1324,9 +1383,9 @@ UNSUPPORTED = {
     "tensor_parallel": ("tensor parallelism is not supported", ""),
     # data and schedule
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
-    "dataloader_drop_last": ("dropping the last short batch is not supported: recipe trains every example",
-                             "remove it"),
-    "lr_quadratic_warmup": ("a quadratic warm-up is not supported; recipe warms up linearly", "remove it"),
+    "adam_eps": ("Axolotl never reads adam_eps (its key is adam_epsilon): the run trained with the optimizer's "
+                 "default epsilon, transformers' 1e-8", "remove it to convert the run Axolotl made, or rename it "
+                 "adam_epsilon for this epsilon"),
     "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
     # where it runs and what it leaves
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
@@ -1372,6 +1431,8 @@ TYPE_NOTES = {
                    "### Instruction / ### Response",
 }
 TYPE_NOTES["alpaca:chat"] = TYPE_NOTES["alpaca_chat"]
+TYPE_NOTES["sharegpt:chat"] = ("sharegpt:chat prompts: Axolotl renders FastChat's vicuna_v1.1 template (a system line, "
+                               "then 'USER: ... ASSISTANT: ...'); recipe renders data.chat_template")
 
 
 def row_for(key: str, rows: tuple[Row, ...]) -> Row | None:

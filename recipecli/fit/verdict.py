@@ -6,6 +6,7 @@ Pure: the GPU arrives as data (``gpu_catalog.Gpu``), nothing here asks CUDA or i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -206,4 +207,10 @@ def recipe_shape(recipe: Recipe) -> Shape:
         UnknownModel: it cannot be found offline.
     """
     model = recipe.model
-    return find_shape(model.id, model.local_path, model.architecture, model.revision)
+    shape = find_shape(model.id, model.local_path, model.architecture, model.revision)
+    multiple = model.pad_vocab_to_multiple_of
+    if multiple is None:
+        return shape
+    # recipe run pads the embedding (and head) to the tokenizer's tokens rounded up (model.pad_vocab):
+    # the vocabulary rounded up is at least that, unless the tokenizer has more tokens than the model rows.
+    return dataclasses.replace(shape, vocab_size=-(-shape.vocab_size // multiple) * multiple)

@@ -29,6 +29,7 @@ ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
 TargetShorthand = Literal["all-linear", "attention"]
 LigerKernel = Literal["rope", "rms_norm", "glu", "layer_norm"]
 WandbMode = Literal["online", "offline"]
+WandbLogModel = Literal["end", "checkpoint"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
 ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi", "jinja"]
@@ -74,6 +75,7 @@ class Model:
     revision: str
     trust_remote_code: bool
     experts_implementation: Optional[ExpertsImplementation]  # absent: transformers chooses
+    pad_vocab_to_multiple_of: Optional[int]  # absent: the model's own embedding rows
     architecture: Optional[Architecture]
 
     @property
@@ -181,6 +183,7 @@ class Training:
     micro_batch_size: int
     gradient_accumulation_steps: int
     group_by_length: bool
+    dataloader_drop_last: bool
     epochs: Optional[float]  # absent when max_steps is set: it would be ignored
     max_steps: Optional[int]
     learning_rate: float
@@ -241,6 +244,7 @@ class Wandb:
     run_name: Optional[str]
     tags: tuple[str, ...]
     mode: WandbMode
+    log_model: Optional[WandbLogModel]  # absent: nothing uploaded
 
 
 @dataclass(frozen=True)

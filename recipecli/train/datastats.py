@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..errors import DataError
 from ..read.recipe import Recipe
 from . import atomic, data, datafiles, lossplot, templates
 from .data import IGNORED, Prepared
@@ -172,21 +173,49 @@ def summarize(recipe: Recipe, tokenizer, train: list[Prepared], evals: Optional[
     padding = _padding(lengths, t.micro_batch_size, t.seed)
     packing = recipe.data.packing
     sequences = _packed(kept, recipe.data.max_seq_length) if packing and kept else len(kept)
-    # each process of a distributed run takes its share of the sequences (a count left to the
-    # GPUs visible at launch is unknown here: one process is assumed)
-    per_process = math.ceil(sequences / (recipe.processes or 1))
-    steps = max(math.ceil(math.ceil(per_process / t.micro_batch_size) / t.gradient_accumulation_steps), 1)
+    held_out = [p.tokens for p in evals or [] if not p.dropped]
+    if t.dataloader_drop_last:
+        _refuse_no_full_micro_batch(recipe, sequences, "train")
+        if evals is not None:  # TRL packs the held-out examples as it packs the training ones
+            _refuse_no_full_micro_batch(recipe, _packed(held_out, recipe.data.max_seq_length) if packing and held_out
+                                        else len(held_out), "evaluate")
+    steps = max(math.ceil(_micro_batches(recipe, sequences) / t.gradient_accumulation_steps), 1)
     return DataStats(
         recipe=str(recipe.source), max_seq_length=recipe.data.max_seq_length, packing=packing,
         micro_batch_size=t.micro_batch_size, accumulation=t.gradient_accumulation_steps, max_steps=t.max_steps,
         epochs=t.epochs, datasets=parts, mix=mix, train_records=len(kept),
-        eval_records=sum(1 for p in evals or [] if not p.dropped), sequences=sequences, steps_per_epoch=steps,
+        eval_records=len(held_out), sequences=sequences, steps_per_epoch=steps,
         padding_share=None if packing else padding[0],
         fill_ratio=sum(lengths) / (sequences * recipe.data.max_seq_length) if packing and sequences else None,
         padding_avoided=padding[1] if packing else None,
         warnings=warnings(recipe, tokenizer, everything, mix),
         previews=[(_where(p), preview(tokenizer, p.tokens)) for p in [p for p in train if not p.dropped][:show]],
         histogram=[p.tokens.length for p in everything])
+
+
+def _micro_batches(recipe: Recipe, sequences: int) -> int:
+    """Micro-batches each process draws from ``sequences`` in an epoch. Each process of a
+    distributed run takes its share (a count left to the GPUs visible at launch is unknown here:
+    one process is assumed); with training.dataloader_drop_last the Trainer's sampler leaves out
+    the last micro-batch the sequences do not fill, over all processes."""
+    processes, size = recipe.processes or 1, recipe.training.micro_batch_size
+    if recipe.training.dataloader_drop_last:
+        return sequences // size // processes
+    return math.ceil(math.ceil(sequences / processes) / size)
+
+
+def _refuse_no_full_micro_batch(recipe: Recipe, sequences: int, what: str) -> None:
+    """With training.dataloader_drop_last, sequences that fill no micro-batch on every process
+    would leave the trainer nothing to train (or evaluate: no eval_loss at all)."""
+    if _micro_batches(recipe, sequences):
+        return
+    each = f" on each of {recipe.processes} processes" if (recipe.processes or 1) > 1 else ""
+    kind = "training" if what == "train" else "held-out"
+    raise DataError(f"the {sequences} {kind} sequences fill no micro-batch of {recipe.training.micro_batch_size}"
+                    f"{each}, and dataloader_drop_last leaves out the short one: nothing to {what}",
+                    "set training.dataloader_drop_last: false, or lower training.micro_batch_size" +
+                    (" or raise data.val_fraction" if what == "evaluate" else ""),
+                    where=recipe.locate(("training", "dataloader_drop_last")), path="$.training.dataloader_drop_last")
 
 
 def _part(prepared: list[Prepared], name: str, format: str, fingerprint: Optional[str], max_length: int) -> Part:

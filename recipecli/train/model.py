@@ -163,6 +163,10 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
         model.set_experts_implementation(recipe.model.experts_implementation)
     if quant is not None and quant.moe_experts:
         quantize_experts(model, quant.type, quant.double_quant)
+    if recipe.model.pad_vocab_to_multiple_of is not None:
+        # recipe adds no tokens, so the recipe's tokenizer has the length of every tokenizer a
+        # caller holds (the run's, the one saved beside the adapter): merge and generate pad alike.
+        pad_vocab(model, len(load_tokenizer(recipe)), recipe.model.pad_vocab_to_multiple_of)
     if config is not None and train:
         model = prepare_kbit(model, recipe.training.gradient_checkpointing)
     return model
@@ -212,6 +216,24 @@ def quantize_experts(model, quant_type: str, double_quant: bool) -> None:
 
     for module, name in fused_experts(model):
         replace_parameter_4bit(module, name, compress_statistics=bool(double_quant), quant_type=quant_type)
+
+
+def pad_vocab(model, tokens: int, multiple: int) -> None:
+    """model.pad_vocab_to_multiple_of, as Axolotl resizes for resize_token_embeddings_to_32x: the
+    embedding (and an untied output head) grow to ``tokens`` rounded up to ``multiple`` rows where
+    they hold fewer, and never shrink.
+
+    The added rows are drawn as the model initializes weights (transformers' mean_resizing off, as
+    Axolotl resizes). peft then saves the grown embedding and head with the adapter (its
+    save_embedding_layers "auto" sees the vocabulary differ from the base's), so merge and
+    generate, which pad the base the same way, load the trained rows over the drawn ones.
+    """
+    rows = model.get_input_embeddings().num_embeddings
+    wanted = -(-tokens // multiple) * multiple
+    if rows >= wanted:
+        return
+    model.resize_token_embeddings(tokens, pad_to_multiple_of=multiple, mean_resizing=False)
+    say(f"note: model.pad_vocab_to_multiple_of {multiple}: the embedding grows from {rows} to {wanted} rows")
 
 
 def bnb_config(bits: int, quant_type: Optional[str], double_quant: Optional[bool], compute_dtype: str):

@@ -445,6 +445,7 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         per_device_eval_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        dataloader_drop_last=t.dataloader_drop_last,
         num_train_epochs=t.epochs if t.epochs is not None else 1,  # max_steps decides then
         max_steps=t.max_steps if t.max_steps is not None else -1,
         learning_rate=t.learning_rate,

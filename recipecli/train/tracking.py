@@ -23,7 +23,9 @@ def environment(wandb: Optional[Wandb]) -> Iterator[None]:
         yield
         return
     values = {"WANDB_PROJECT": wandb.project, "WANDB_ENTITY": wandb.entity, "WANDB_MODE": wandb.mode,
-              "WANDB_TAGS": ",".join(wandb.tags) or None}
+              "WANDB_TAGS": ",".join(wandb.tags) or None,
+              # transformers' WandbCallback reads it when the trainer is built, inside this context.
+              "WANDB_LOG_MODEL": wandb.log_model}
     # Someone who switched W&B off or offline for this shell (CI, an air-gapped cluster, no consent
     # to upload) is not overruled by a shared recipe that says online: the environment wins there.
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):

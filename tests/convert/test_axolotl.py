@@ -115,6 +115,10 @@ READS = {
     "quantize_moe_experts": (True, QLORA, {"quantization.moe_experts": True}),
     "lora_target_parameters": (["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], QLORA,
                                {"lora.target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}),
+    # recipe fields grown for Axolotl's keys that were reported "not converted"
+    "resize_token_embeddings_to_32x": (True, {}, {"model.pad_vocab_to_multiple_of": 32}),
+    "dataloader_drop_last": (True, {}, {"training.dataloader_drop_last": True}),
+    "wandb_log_model": ("checkpoint", {"wandb_project": "p"}, {"logging.wandb.log_model": "checkpoint"}),
 }
 
 # key: (value, the rest of the config, words of the reason)
@@ -166,6 +170,11 @@ REFUSALS = {
                      "rope_scaling: recipe changes no other value"),
     "quantize_moe_experts": ("yes", QLORA, "expected true or false"),
     "lora_target_parameters": ("mlp.experts.down_proj", QLORA, "not a list of parameter names"),
+    "resize_token_embeddings_to_32x": (64, {}, "expected true or false"),
+    "wandb_log_model": (True, {"wandb_project": "p"}, "is not checkpoint, end or false"),
+    # Axolotl's fp16 weights without mixed precision: bf16 off (or auto on an old card) and fp16 not on
+    "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
+    "lr_quadratic_warmup": (True, {}, "quadratic warm-up is not supported"),
 }
 
 CHAT = {"type": "chat_template"}
@@ -199,6 +208,9 @@ ENTRIES = {
     "alpaca:chat": ({"type": "alpaca:chat"}, {"format": "alpaca"}),
     "completion": ({"type": "completion"}, {"format": "text"}),
     "legacy sharegpt": ({"type": "sharegpt"}, {"format": "sharegpt"}),
+    "legacy sharegpt:chat": ({"type": "sharegpt:chat"}, {"format": "sharegpt"}),  # the older spelling
+    "legacy sharegpt:chat, renamed": ({"type": "sharegpt:chat", "field_messages": "dialog"},
+                                      {"format": "sharegpt", "fields": {"messages": "dialog"}}),
     "legacy sharegpt, renamed": ({"type": "sharegpt", "field_messages": "dialog"},
                                  {"format": "sharegpt", "fields": {"messages": "dialog"}}),
     "from/value elsewhere": ({**CHAT, "field_messages": "turns", "message_property_mappings": {
@@ -364,6 +376,11 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
     ("lora_qkv_kernel", False, {}), ("torch_compile", False, {}), ("bfloat16", True, {"bf16": True}),
     ("bfloat16", "auto", {}), ("float16", True, {"fp16": True}), ("gptq", False, {}), ("tensor_parallel_size", 1, {}),
     ("evals_per_epoch", 0, {}), ("eval_strategy", "no", {}), ("chunked_cross_entropy", True, {}),
+    # float16 where bf16 decides first (true, or auto with fp16 unset: bf16 or fp16 mixed precision by card)
+    ("float16", True, {"bf16": True}), ("float16", True, {}), ("float16", True, {"bf16": "auto"}),
+    ("wandb_log_model", "false", {"wandb_project": "p"}), ("wandb_log_model", "end", {"wandb_mode": "disabled"}),
+    ("lr_quadratic_warmup", True, {"lr_scheduler": "linear"}),  # Axolotl's cosine schedule alone reads it
+    ("resize_token_embeddings_to_32x", False, {}),
     ("batch_size", 8, {"micro_batch_size": 2, "gradient_accumulation_steps": 4}),
 ])
 def test_what_axolotl_and_recipe_do_alike_converts_to_nothing(key, value, rest):
@@ -510,3 +527,16 @@ _PROMPTS = {"format": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\
 def test_hostile_dataset_values_are_reported_not_crashed_on(key, value, rest):
     with pytest.raises(NotConverted):
         row_for(key, DATASET_ROWS).read(value, {key: value, **rest})
+
+
+def test_only_a_multiple_of_32_goes_back_to_axolotl():
+    row = row_for("resize_token_embeddings_to_32x", TOP_ROWS)
+    assert row.write({"model": {"id": "org/m"}}) is ABSENT
+    with pytest.raises(NotConverted, match="pad_vocab_to_multiple_of 64: Axolotl pads the vocabulary to a multiple "
+                                           "of 32 only"):
+        row.write({"model": {"id": "org/m", "pad_vocab_to_multiple_of": 64}})
+
+
+def test_adam_eps_is_reported_as_the_key_axolotl_never_read():
+    why, hint = unsupported("adam_eps", 1e-9)
+    assert why.startswith("Axolotl never reads adam_eps (its key is adam_epsilon)") and "adam_epsilon" in hint

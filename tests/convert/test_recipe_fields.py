@@ -386,3 +386,65 @@ def test_a_quantized_layer_cannot_be_trained_in_full():
     with pytest.raises(UnknownTargets, match="down_proj is quantized"):
         saved_modules(("down_proj",), ["q_proj"], model)
     assert saved_modules(("lm_head",), ["q_proj"], model) == ["lm_head"]  # bitsandbytes leaves the head unquantized
+
+
+# The fields grown for Axolotl keys that were reported "not converted": resize_token_embeddings_to_32x
+# (model.pad_vocab_to_multiple_of) and dataloader_drop_last (training.dataloader_drop_last).
+def test_pad_vocab_grows_the_embedding_fit_check_counts_it_and_generate_loads_the_trained_rows(
+        tmp_path, monkeypatch, capfd):
+    from recipecli.fit.precision import choose
+    from recipecli.fit.verdict import recipe_shape
+    from recipecli.train import after
+    from recipecli.train.model import load_model
+
+    converted = _converted(AXOLOTL.replace("peft_use_rslora: true\n", "resize_token_embeddings_to_32x: true\n"),
+                           tmp_path, monkeypatch)
+    assert converted.model.pad_vocab_to_multiple_of == 32
+    # The tiny model's 512 rows hold its 512 tokens rounded up to 32 already: nothing grows, as in Axolotl.
+    model = load_model(converted, choose(converted, None), cuda=False)
+    assert model.get_input_embeddings().num_embeddings == 512 and recipe_shape(converted).vocab_size == 512
+
+    recipe = load_recipe(tmp_path / "r.yaml", ["model.pad_vocab_to_multiple_of=96", "training.max_steps=2"])
+    assert recipe_shape(recipe).vocab_size == 576  # fit-check counts the rows the run gives the model
+    seen = {}
+
+    class Spy:
+        def __getattr__(self, name):
+            return lambda *a, **kw: None
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            seen["rows"] = (model.get_input_embeddings().num_embeddings, model.get_output_embeddings().out_features)
+
+    done = runner.run(recipe, gpus=(), callbacks=[Spy()])
+    assert seen["rows"] == (576, 576)  # the embedding and the untied head, 512 tokens rounded up to 96
+    assert "note: model.pad_vocab_to_multiple_of 96: the embedding grows from 512 to 576 rows" in capfd.readouterr().err
+    # peft saves the grown embedding and head with the adapter; generate pads the base alike to load them.
+    assert any("embed_tokens" in k for k in _tensors(done.saved))
+    assert isinstance(after.generate(done.run_dir, "Name a colour.", max_new_tokens=3, gpus=()), str)
+
+
+def test_dataloader_drop_last_leaves_out_the_short_micro_batch_and_counts_the_steps_so(tmp_path, monkeypatch):
+    config = AXOLOTL.replace("max_steps: 4\n", "num_epochs: 1\ndataloader_drop_last: true\n").replace(
+        "micro_batch_size: 4", "micro_batch_size: 5")
+    recipe = _converted(config, tmp_path, monkeypatch)
+    assert recipe.training.dataloader_drop_last is True
+    done = runner.run(recipe, gpus=())
+    info = yaml.safe_load((done.run_dir / "run.yaml").read_text())
+    train = info["examples"]["train"]
+    assert train % 5 and done.steps == train // 5 == info["data"]["steps_per_epoch"]  # not the ceiling
+
+
+def test_dataloader_drop_last_refuses_data_that_fills_no_micro_batch_at_its_field(make_recipe):
+    from recipecli.errors import DataError
+
+    path = make_recipe({"model": {"id": str(RECIPES / "models" / "tiny-llama")},
+                        "data": {"datasets": [{"path": str(RECIPES / "data" / "tiny-alpaca.jsonl"), "format": "alpaca",
+                                               "max_samples": 12}], "val_fraction": 0.25},
+                        "training": {"dataloader_drop_last": True, "micro_batch_size": 4}})
+    with pytest.raises(DataError) as info:
+        runner.run(load_recipe(path), gpus=())
+    assert info.value.path == "$.training.dataloader_drop_last"
+    assert info.value.where.line == next(i for i, t in enumerate(path.read_text().splitlines(), 1)
+                                         if "dataloader_drop_last" in t)
+    assert "the 3 held-out sequences fill no micro-batch of 4" in info.value.message
+    assert "nothing to evaluate" in info.value.message and "data.val_fraction" in info.value.hint

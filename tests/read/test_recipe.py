@@ -20,6 +20,7 @@ LITERALS = {
     ("training", "attention"): recipe.Attention,
     ("model", "experts_implementation"): recipe.ExpertsImplementation,
     ("logging", "wandb", "mode"): recipe.WandbMode,
+    ("logging", "wandb", "log_model"): recipe.WandbLogModel,
     ("distributed", "strategy"): recipe.Strategy,
     ("distributed", "zero_offload"): recipe.ZeroOffload,
     ("data", "chat_template"): recipe.ChatTemplate,

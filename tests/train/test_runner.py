@@ -617,6 +617,31 @@ def test_wandb_offline_holds_the_loss_and_no_secret_reaches_the_run_folder(tiny,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("log_model, aliases", [
+    ("end", [b"final_model"]),
+    ("checkpoint", [b"checkpoint_global_step_2", b"checkpoint_global_step_3", b"final_model"])])
+def test_log_model_uploads_the_result_or_each_checkpoint_as_wandb_artifacts(tiny, wandb_dir, monkeypatch, log_model,
+                                                                           aliases):
+    """logging.wandb.log_model reaches transformers' WandbCallback as WANDB_LOG_MODEL: offline, the
+    artifacts are recorded in the local run (their files staged for `wandb sync`)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR"):  # the artifacts' staging and cache, not the user's
+        monkeypatch.setenv(name, str(wandb_dir / name.lower()))
+    monkeypatch.delenv("WANDB_LOG_MODEL", raising=False)
+    recipe = tiny({"logging": {"wandb": {"project": "recipecli-test", "run_name": "tiny-artifacts", "mode": "offline",
+                                         "log_model": log_model}}}, **{"training.save_steps": 2})
+    result = run(recipe, gpus=())
+    (offline,) = (wandb_dir / "wandb").glob("offline-run-*")
+    deadline = time.monotonic() + 60  # wandb-core writes the offline file in its own process
+    while not all(a in (log := next(offline.glob("run-*.wandb")).read_bytes()) for a in aliases) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(alias in log for alias in aliases) and b"model-tiny-artifacts" in log
+    assert log_model == "checkpoint" or b"checkpoint_global_step" not in log  # end: the result alone
+    assert result.saved.is_dir() and "WANDB_LOG_MODEL" not in os.environ  # the setting does not outlive the run
+
+
+@pytest.mark.slow
 def test_a_run_shorter_than_logging_steps_still_reports_a_loss(tiny):
     result = run(tiny(**{"training.max_steps": 2, "training.logging_steps": 5}), gpus=())
     assert not any("loss" in m for m in _metrics(result.run_dir))  # nothing logged at step 5
