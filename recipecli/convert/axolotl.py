@@ -292,9 +292,16 @@ def _write_model_config(doc):
     return out or ABSENT
 
 
+# Axolotl's fused mixture-of-experts kernels (speed): recipe runs transformers' experts kernel instead.
+_MOE_KERNEL_NOTE = ("a fused mixture-of-experts kernel; recipe runs transformers' experts kernel (grouped_mm where "
+                    "the device allows it): the same result")
+
+
 def _experts_implementation(v, cfg):
     if v in ("eager", "grouped_mm", "batched_mm"):
         return {"model.experts_implementation": v}
+    if v in ("scattermoe", "sonicmoe"):
+        return {NOTE: f"{v}: {_MOE_KERNEL_NOTE}"}
     raise NotConverted(f"{_shown(v)}: recipe runs transformers' own experts kernels (eager, grouped_mm, batched_mm)",
                        "use experts_implementation: grouped_mm")
 
@@ -1042,6 +1049,7 @@ TOP_ROWS: tuple[Row, ...] = (
       for key in ("flash_attn_cross_entropy", "flash_attn_rms_norm", "flash_attn_fuse_mlp", "flash_attn_fuse_qkv",
                   "fused_attn_kernel")),
     _said_when_on("use_kernels", "use_kernels: the hub's kernels for the model's layers; recipe runs its own layers"),
+    *(_said_when_on(key, f"{key}: {_MOE_KERNEL_NOTE}") for key in ("use_scattermoe", "use_sonicmoe", "moe_kernels")),
     _said_when_on("liger_rms_norm_gated", "liger_rms_norm_gated: Liger's gated RMSNorm; recipe runs the model's own"),
     Row("chunked_cross_entropy", (), _liger_loss, lambda doc: ABSENT,
         "recipe's loss is TRL's chunked head, which never materializes the logits either way"),
@@ -1342,7 +1350,6 @@ DATASET_ROWS: tuple[Row, ...] = (
 )
 
 # Reasons shared by several keys below.
-_MOE_KERNELS = ("mixture-of-experts kernels are not supported", "")
 _HUB = ("recipe does not push to the hub", "push the run folder's adapter/ yourself")
 _OTHER_QUANTIZATION = ("quantized bases other than bitsandbytes 4/8-bit are not supported", "")
 _FLEX = ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2")
@@ -1370,9 +1377,6 @@ UNSUPPORTED = {
     # mixture of experts
     "llama4_linearized_experts": ("Llama 4's experts split into linear layers are not supported",
                                   "recipe trains transformers' fused experts (lora.target_parameters)"),
-    "use_scattermoe": _MOE_KERNELS,
-    "use_sonicmoe": _MOE_KERNELS,
-    "moe_kernels": _MOE_KERNELS,
     # memory and kernels
     "flex_attention": _FLEX,
     "flex_attn_compile_kwargs": _FLEX,

@@ -165,7 +165,7 @@ REFUSALS = {
     "plugins": ([LIGER_PLUGIN, "axolotl.integrations.spectrum.SpectrumPlugin"], {}, "SpectrumPlugin' is not supported"),
     "liger_rms_norm": (1, {"plugins": [LIGER_PLUGIN]}, "expected true or false"),
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
-    "experts_implementation": ("scattermoe", {}, "transformers' own experts kernels"),
+    "experts_implementation": ("triton", {}, "transformers' own experts kernels"),
     "model_config": ({"output_router_logits": True, "rope_scaling": {"type": "linear"}}, {},
                      "rope_scaling: recipe changes no other value"),
     "quantize_moe_experts": ("yes", QLORA, "expected true or false"),
@@ -366,6 +366,8 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("save_only_model", True, {}), ("lora_fan_in_fan_out", True, {}), ("use_tensorboard", True, {}),
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
     ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
+    ("use_scattermoe", True, {}), ("use_sonicmoe", True, {}), ("moe_kernels", True, {}),
+    ("experts_implementation", "scattermoe", {}),
 ])
 def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value, rest):
     read = row_for(key, TOP_ROWS).read(value, {key: value, **rest})
