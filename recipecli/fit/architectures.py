@@ -43,8 +43,18 @@ LAYOUTS = {
                   ("mlp.shared_expert_gate", "shared_expert_gate")),
 }
 LAYOUTS["bloom"] = LAYOUTS["falcon"]
-# The output head's name, where a layout does not call it lm_head.
-HEADS = {"gpt_neox": "embed_out"}
+# Full parameter names (model.named_parameters()) by layout: the decoder layers' list, the token
+# embedding and the final norm; the head is lm_head in every layout (GPT-NeoX's embed_out became
+# lm_head in transformers 5). training.unfrozen_parameters is matched to them.
+_LLAMA_NAMES = ("model.layers", "model.embed_tokens", "model.norm")
+PARAMETER_NAMES = {
+    "llama": _LLAMA_NAMES, "phi3": _LLAMA_NAMES, "moe": _LLAMA_NAMES, "qwen2_moe": _LLAMA_NAMES,
+    "phi": ("model.layers", "model.embed_tokens", "model.final_layernorm"),
+    "qwen": ("transformer.h", "transformer.wte", "transformer.ln_f"),
+    "falcon": ("transformer.h", "transformer.word_embeddings", "transformer.ln_f"),
+    "bloom": ("transformer.h", "transformer.word_embeddings", "transformer.ln_f"),
+    "gpt_neox": ("gpt_neox.layers", "gpt_neox.embed_in", "gpt_neox.final_layer_norm"),
+}
 # The token embedding's name, where a layout does not call it embed_tokens (lora.modules_to_save).
 EMBEDDINGS = {"qwen": "wte", "falcon": "word_embeddings", "bloom": "word_embeddings", "gpt_neox": "embed_in"}
 ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
@@ -93,7 +103,7 @@ class Shape:
     o_bias: bool = False
     mlp_bias: bool = False
     norm: str = "rms"  # "rms" (weight only) or "layer" (weight and bias)
-    norms_per_layer: int = 2
+    layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")  # each layer's, by name
     embedding_norm: bool = False
     lm_head_bias: bool = False
     # Attention only over the last this-many tokens (Mistral v0.1, Qwen2 with use_sliding_window):
@@ -101,16 +111,25 @@ class Shape:
     sliding_window: Optional[int] = None
     # A mixture of experts (layouts "moe", "qwen2_moe"; every decoder layer routed): experts per
     # layer (0: a dense model), how many each token goes through, one expert's MLP width, the
-    # shared expert's width (Qwen2-MoE), and the q/k norms' parameters per layer (Qwen3-MoE, OLMoE).
+    # shared expert's width (Qwen2-MoE), and the q and k norms' widths (Qwen3-MoE, OLMoE).
     experts: int = 0
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0
-    qk_norm: int = 0
+    q_norm: int = 0
+    k_norm: int = 0
+
+    @property
+    def norms_per_layer(self) -> int:
+        return len(self.layer_norms)
 
     @property
     def gated_mlp(self) -> bool:
         return any(role in GATED_ROLES for _, role in LAYOUTS[self.layout])
+
+    def _biased(self, role: str) -> bool:
+        return {"q": self.qkv_bias, "k": self.qkv_bias, "v": self.qkv_bias, "qkv": self.qkv_bias,
+                "o": self.o_bias}.get(role, self.mlp_bias)
 
     def _features(self, role: str) -> tuple[int, int]:
         h, i, si = self.hidden_size, self.intermediate_size, self.shared_expert_intermediate_size
@@ -127,7 +146,7 @@ class Shape:
     @property
     def head(self) -> str:
         """Name of the output head in the model (beside the decoder layers)."""
-        return HEADS.get(self.layout, "lm_head")
+        return "lm_head"
 
     def match_targets(self, wanted: Iterable[str]) -> dict[str, tuple[int, int]]:
         """The linear layers of one decoder layer that LoRA adapts for target_modules names.
@@ -156,10 +175,9 @@ class Shape:
         h, v, layers = self.hidden_size, self.vocab_size, self.num_hidden_layers
         embedding = EMBEDDINGS.get(self.layout, "embed_tokens")
         sizes = {embedding: (1, v, h), self.head: (1, h + (1 if self.lm_head_bias else 0), v)}
-        biased = {"q": self.qkv_bias, "k": self.qkv_bias, "v": self.qkv_bias, "qkv": self.qkv_bias, "o": self.o_bias}
         for path, role in LAYOUTS[self.layout]:
             fan_in, fan_out = self._features(role)
-            sizes[path] = (layers, fan_in + (1 if biased.get(role, self.mlp_bias) else 0), fan_out)
+            sizes[path] = (layers, fan_in + (1 if self._biased(role) else 0), fan_out)
         hits = {name: [n for n in sizes if n == name or n.endswith("." + name)] for name in wanted}
         missing = [name for name, found in hits.items() if not found]
         frozen = [name for name, found in hits.items() if quantized and set(found) - {embedding, self.head}]
@@ -183,16 +201,15 @@ class Shape:
         for path, role in LAYOUTS[self.layout]:
             fan_in, fan_out = self._features(role)
             linear += fan_in * fan_out
-            has_bias = {"q": self.qkv_bias, "k": self.qkv_bias, "v": self.qkv_bias,
-                        "qkv": self.qkv_bias, "o": self.o_bias}.get(role, self.mlp_bias)
-            bias += fan_out if has_bias else 0
+            bias += fan_out if self._biased(role) else 0
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         # each expert: gate and up fused (2 x width x h) and down (h x width); the router: h per expert
         experts, routers = self.experts * 3 * self.expert_intermediate_size * h, self.experts * h
         return Breakdown(
             embedding=self.vocab_size * h + (norm if self.embedding_norm else 0),
             block_linear=linear * self.num_hidden_layers,
-            block_other=(bias + norm * self.norms_per_layer + self.qk_norm + routers) * self.num_hidden_layers,
+            block_other=(bias + norm * self.norms_per_layer + self.q_norm + self.k_norm + routers)
+            * self.num_hidden_layers,
             final_norm=norm,
             lm_head=head + (self.vocab_size if self.lm_head_bias else 0),
             experts=experts * self.num_hidden_layers)
@@ -200,6 +217,36 @@ class Shape:
     def param_count(self) -> int:
         """Exact number of parameters, as ``sum(p.numel() for p in model.parameters())``."""
         return self.breakdown().total
+
+    def parameters(self) -> dict[str, int]:
+        """Every parameter's size by its name in transformers' model (``model.named_parameters()``)."""
+        h, v = self.hidden_size, self.vocab_size
+        layers_at, embedding, final = PARAMETER_NAMES[self.layout]
+        kinds = ("weight", "bias") if self.norm == "layer" else ("weight",)
+        out = {f"{embedding}.weight": v * h}
+        if self.embedding_norm:  # bloom
+            out.update({f"{embedding}_layernorm.{kind}": h for kind in kinds})
+        for i in range(self.num_hidden_layers):
+            at = f"{layers_at}.{i}"
+            for path, role in LAYOUTS[self.layout]:
+                fan_in, fan_out = self._features(role)
+                out[f"{at}.{path}.weight"] = fan_in * fan_out
+                if self._biased(role):
+                    out[f"{at}.{path}.bias"] = fan_out
+            out.update({f"{at}.{name}.{kind}": h for name in self.layer_norms for kind in kinds})
+            if self.q_norm:
+                out.update({f"{at}.self_attn.q_norm.weight": self.q_norm, f"{at}.self_attn.k_norm.weight": self.k_norm})
+            if self.experts:
+                width = self.expert_intermediate_size
+                out.update({f"{at}.mlp.gate.weight": self.experts * h,
+                            f"{at}.mlp.experts.gate_up_proj": self.experts * 2 * width * h,
+                            f"{at}.mlp.experts.down_proj": self.experts * width * h})
+        out.update({f"{final}.{kind}": h for kind in kinds})
+        if not self.tie_word_embeddings:
+            out[f"{self.head}.weight"] = v * h
+        if self.lm_head_bias:
+            out[f"{self.head}.bias"] = v
+        return out
 
 
 def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[str],
@@ -321,19 +368,20 @@ def shape_from_config(config: dict) -> Shape:
                 sliding_window=_sliding_window(config, model_type))
     biased = dict(qkv_bias=True, o_bias=True, mlp_bias=True, norm="layer")
     if model_type == "phi":
-        return Shape(**base, layout="phi", **biased, norms_per_layer=1, lm_head_bias=True)
+        return Shape(**base, layout="phi", **biased, layer_norms=("input_layernorm",), lm_head_bias=True)
     if model_type == "phi3":
         return Shape(**base, layout="phi3")
     if model_type == "qwen":  # Qwen-1 remote code: w1 and w2 each carry half of intermediate_size
         return Shape(**{**base, "intermediate_size": inter // 2}, layout="qwen", qkv_bias=True,
-                     o_bias=not config.get("no_bias", True))
+                     o_bias=not config.get("no_bias", True), layer_norms=("ln_1", "ln_2"))
     if model_type == "falcon":
         new_arch = config.get("new_decoder_architecture", False)
         kv = kv if new_arch else (1 if config.get("multi_query", True) else heads)
-        norms = 2 if new_arch or not config.get("parallel_attn", True) else 1
+        norms = ("ln_attn", "ln_mlp") if new_arch else ("input_layernorm",) + \
+            (() if config.get("parallel_attn", True) else ("post_attention_layernorm",))
         bias = config.get("bias", False)
         return Shape(**{**base, "num_key_value_heads": kv}, layout="falcon", qkv_bias=bias,
-                     o_bias=bias, mlp_bias=bias, norm="layer", norms_per_layer=norms)
+                     o_bias=bias, mlp_bias=bias, norm="layer", layer_norms=norms)
     if model_type == "bloom":
         return Shape(**base, layout="bloom", **biased, embedding_norm=True)
     if model_type == "gpt_neox":
@@ -343,7 +391,8 @@ def shape_from_config(config: dict) -> Shape:
     bias = config.get("attention_bias", False)
     return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias,
                  mlp_bias=config.get("mlp_bias", False),
-                 norms_per_layer=4 if model_type == "gemma2" else 2)
+                 layer_norms=("input_layernorm", "post_attention_layernorm")
+                 + (("pre_feedforward_layernorm", "post_feedforward_layernorm") if model_type == "gemma2" else ()))
 
 
 # config.json keys that count a mixture of experts' routed experts per layer, across families.
@@ -387,12 +436,12 @@ def _moe_shape(config: dict, base: dict) -> Shape:
         raise UnknownModel(f"config.json of model_type {model_type!r} has {', '.join(wrong)}: not a positive "
                            "whole number", hint=_FIXES, path=MODEL_PATH)
     hq, hkv = base["num_attention_heads"] * base["head_dim"], base["num_key_value_heads"] * base["head_dim"]
-    qk_norm = {"qwen3_moe": 2 * base["head_dim"], "olmoe": hq + hkv}.get(model_type, 0)
+    q_norm, k_norm = {"qwen3_moe": (base["head_dim"],) * 2, "olmoe": (hq, hkv)}.get(model_type, (0, 0))
     bias = config.get("attention_bias", False) or model_type == "qwen2_moe"
     return Shape(**base, layout="qwen2_moe" if shared else "moe", qkv_bias=bias,
                  o_bias=config.get("attention_bias", False), experts=_routed_experts(config),
                  experts_per_token=config["num_experts_per_tok"], expert_intermediate_size=width,
-                 shared_expert_intermediate_size=shared, qk_norm=qk_norm)
+                 shared_expert_intermediate_size=shared, q_norm=q_norm, k_norm=k_norm)
 
 
 CATALOG: dict[str, Shape] = {name: shape for names, shape in

@@ -350,3 +350,30 @@ def test_one_expert_is_a_dense_model():
     # num_experts: 1 (or 0) appears in dense configs of some families; it routes nothing
     config = dict(CONFIGS["TinyLlama/TinyLlama-1.1B-Chat-v1.0"], num_experts=1)
     assert shape_from_config(config) == CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+
+
+GQA = dict(num_key_value_heads=2, intermediate_size=96)
+TINY_DENSE = {  # every native layout, small enough to build on the meta device (with only the sizes it reads)
+    "llama": GQA, "mistral": GQA, "qwen2": GQA, "gemma": dict(GQA, head_dim=16), "gemma2": dict(GQA, head_dim=16),
+    "phi": dict(intermediate_size=96), "phi3": GQA, "gpt_neox": dict(intermediate_size=96),
+    "bloom": dict(n_embed=64, n_layer=2, n_head=4), "falcon": dict(multi_query=True, parallel_attn=True),
+    "falcon-new-architecture": dict(new_decoder_architecture=True, num_kv_heads=2),
+    "falcon-sequential": dict(multi_query=False, parallel_attn=False, bias=True),
+}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_DENSE) + sorted(TINY_MOE))
+def test_parameter_names_and_sizes_are_transformers_own(family):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+
+    model_type = family.split("-")[0]
+    extra = TINY_MOE.get(family, TINY_DENSE.get(family))
+    moe = dict(num_key_value_heads=2) if family in TINY_MOE else {}
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  vocab_size=100, pad_token_id=0, **moe, **extra)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shape = shape_from_config(config.to_dict())
+    assert shape.parameters() == {name: p.numel() for name, p in model.named_parameters()}
+    assert sum(shape.parameters().values()) == shape.param_count()
