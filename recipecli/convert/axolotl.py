@@ -13,6 +13,7 @@ writes Axolotl's explicitly, so an absent key means the same on both sides.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -304,6 +305,42 @@ def _experts_implementation(v, cfg):
         return {NOTE: f"{v}: {_MOE_KERNEL_NOTE}"}
     raise NotConverted(f"{_shown(v)}: recipe runs transformers' own experts kernels (eager, grouped_mm, batched_mm)",
                        "use experts_implementation: grouped_mm")
+
+
+# Axolotl's unfrozen_parameters (utils/freeze.py): a regular expression matched from the name's start
+# in which every dot is a literal dot except before '+', optionally ending in a row range.
+_ROWS = re.compile(r"^.+\[[0-9]*(:[0-9]*)?\]$")
+_WILDCARD_DOT = re.compile(r"(?<!\\)\.(?!\+)")
+
+
+def _unfrozen(v, cfg):
+    if v == []:
+        return {}  # nothing frozen: what recipe does
+    if cfg.get("adapter") in ("lora", "qlora"):
+        raise NotConverted("with an adapter: recipe's training.unfrozen_parameters choose what full fine-tuning "
+                           "trains", "use lora_modules_to_save for whole modules trained beside the adapters")
+    if not (isinstance(v, list) and v and all(isinstance(p, str) and p for p in v)):
+        raise NotConverted(f"{_shown(v)} is not a list of parameter name patterns", "e.g. [lm_head.weight]")
+    ranged = [p for p in v if _ROWS.match(p)]
+    if ranged:
+        raise NotConverted(f"{', '.join(ranged)}: training some rows of a weight is not supported",
+                           "train the whole weight (drop the [start:end] range)")
+    out = {"training.unfrozen_parameters": [_WILDCARD_DOT.sub(r"\\.", p) for p in v]}
+    if any("\\." in p for p in v):
+        out[NOTE] = ("a dot written \\. is read as the literal dot it says (Axolotl's parser escapes every dot "
+                     "again, so that pattern matched nothing there)")
+    return out
+
+
+def _write_unfrozen(doc):
+    patterns = get(doc, "training.unfrozen_parameters")
+    if patterns is ABSENT or patterns is None:
+        return ABSENT
+    wild = [p for p in patterns if _WILDCARD_DOT.search(p)]
+    if wild:
+        raise NotConverted(f"{', '.join(wild)}: Axolotl reads every dot as a literal dot (but in '.+')",
+                           "write \\. for a dot and [^.]* or .+ where any characters go")
+    return [p.replace("\\.", ".") for p in patterns]
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -952,6 +989,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("max_grad_norm", "training.max_grad_norm"),
     Row("optimizer", ("training.optimizer",), _optimizer, lambda doc: get(doc, "training.optimizer"),
         "adamw_torch_fused, adamw_hf -> adamw_torch (same update, same memory); adamw_bnb_8bit -> adamw_8bit"),
+    Row("unfrozen_parameters", ("training.unfrozen_parameters",), _unfrozen, _write_unfrozen,
+        "full fine-tuning of the parameters they name; Axolotl's dots are literal (but in '.+'), written \\. here"),
     Row("gradient_checkpointing", ("training.gradient_checkpointing",), _gradient_checkpointing,
         lambda doc: get(doc, "training.gradient_checkpointing"), "Axolotl's default is false: written explicitly"),
     Row("activation_offloading", ("training.activation_offloading",), _activation_offloading,
@@ -1359,8 +1398,6 @@ UNSUPPORTED = {
     # what is trained
     "rl": ("preference training (dpo, orpo, kto, grpo...) is not supported yet", "recipe trains supervised (SFT)"),
     "lora_model_dir": ("starting from an existing adapter is not supported", ""),
-    "unfrozen_parameters": ("training some weights in full (unfrozen_parameters) is not supported",
-                            "use lora.modules_to_save for whole modules"),
     "peft": ("peft options beyond recipe's lora section (LoftQ...) are not supported", ""),
     "relora_steps": ("ReLoRA is not supported", ""),
     "lisa_n_layers": ("LISA is not supported", ""),

@@ -8,6 +8,7 @@ here imports torch or transformers.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -247,6 +248,24 @@ class Shape:
         if self.lm_head_bias:
             out[f"{self.head}.bias"] = v
         return out
+
+
+def match_parameters(patterns: Iterable[str], names: Iterable[str], model_type: str) -> list[str]:
+    """The parameters training.unfrozen_parameters trains: those whose name one of the patterns
+    matches from its start (``re.match``), every pattern checked. The estimate (Shape.parameters)
+    and the run (the loaded model's named_parameters) both ask this.
+
+    Raises:
+        UnknownTargets: patterns that match no parameter; the message shows how the model names them.
+    """
+    names, patterns = list(names), [re.compile(p) for p in patterns]
+    missing = [p.pattern for p in patterns if not any(p.match(n) for n in names)]
+    if missing:
+        layer = [n for n in names if re.search(r"\.(\d+)\.", n) is None or ".0." in n]  # the first layer's
+        raise UnknownTargets(f"{', '.join(missing)} match no parameter of this {model_type} model, whose parameters "
+                             f"are named {', '.join(layer)} (and likewise for each layer)",
+                             path="$.training.unfrozen_parameters")
+    return [n for n in names if any(p.match(n) for p in patterns)]
 
 
 def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[str],

@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import UnknownModel, UnknownTargets
 from ..read.recipe import Recipe
 from ..units import GIB
 from .estimate import estimate
-from .verdict import recipe_shape, setup_for
+from .verdict import at_its_field, recipe_shape, setup_for
 
 # Training costs about 6 FLOPs per parameter per token (forward and backward). A CPU sustains
 # some 10^11 FLOP/s in fp32 (far less through bitsandbytes' 4-bit CPU kernels), so a model of
@@ -54,8 +55,10 @@ def check_cpu(recipe: Recipe, ram_bytes: Optional[int]) -> CpuVerdict:
     """
     shape = recipe_shape(recipe)
     setup, _ = setup_for(recipe, None)  # no GPU: fp16/bf16 run as fp32, as the runner loads them
-    # No CUDA context and no caching allocator on the CPU: the live tensors are the need.
-    need = estimate(shape, setup).allocated_bytes
+    try:  # No CUDA context and no caching allocator on the CPU: the live tensors are the need.
+        need = estimate(shape, setup).allocated_bytes
+    except (UnknownModel, UnknownTargets) as exc:
+        raise at_its_field(exc, recipe) from None
     params = shape.param_count()
     reasons = []
     if params > CPU_MAX_PARAMS:

@@ -21,7 +21,7 @@ from . import activations
 from ..errors import NotModeled, UnknownTargets
 from ..read.recipe import Bits, Method, Optimizer
 from ..units import gib
-from .architectures import Shape
+from .architectures import PARAMETER_NAMES, Shape, match_parameters
 from .gpu_catalog import context_bytes, workspace_bytes
 from .reserve import StepSizes, reserved_beyond_live
 from .setup import ATTENTION_KERNELS, Dtypes, Loss, Parallelism, Setup, dtypes_of
@@ -251,7 +251,17 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         raise UnknownTargets(f"{', '.join(adapted_too)} would get an adapter (target_modules) and be trained in full "
                              "(modules_to_save); peft trains it in full only", path="$.lora.modules_to_save")
     copies = sum(count * rows * cols for count, rows, cols in in_full.values())
-    trainable = lora_params + copies if adapters else br.total
+    # training.unfrozen_parameters: full fine-tuning of the parameters they name; the rest frozen.
+    sizes = shape.parameters() if s.unfrozen and not adapters else {}
+    unfrozen = {n: sizes[n] for n in match_parameters(s.unfrozen, sizes, shape.model_type)} if sizes else {}
+    trainable = lora_params + copies if adapters else sum(unfrozen.values()) if unfrozen else br.total
+    # what the head's gradient (backward's first) and a tied embedding's are, when they train
+    head_size = br.lm_head or br.embedding
+    embedding_size = br.embedding
+    if unfrozen:
+        embedding_name = PARAMETER_NAMES[shape.layout][1] + ".weight"
+        head_size = unfrozen.get(embedding_name if shape.tie_word_embeddings else shape.head + ".weight", 0)
+        embedding_size = unfrozen.get(embedding_name, 0)
     # fsdp/zero3 shard everything; zero2 gradients and optimizer states; ddp copies gradients.
     shard_w = s.num_gpus if s.parallelism in ("fsdp", "zero3") else 1
     shard_g = s.num_gpus if s.parallelism in ("fsdp", "zero2", "zero3") else 1
@@ -277,6 +287,9 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         # SwiGLU keep less for backward than the modules they replace: counted as those, an upper bound.
         loss_how += " (Liger on: TRL keeps this head, Liger's fused cross-entropy is off)"
         act_how += "; Liger's kernels counted as the layers they replace (they keep less)"
+    if unfrozen:
+        act_how += f"; counted as if every weight trained (an upper bound: {len(unfrozen):,} of " \
+                   f"{len(sizes):,} parameters train, and frozen layers keep less)"
     if s.activation_offloading:
         # TRL moves each saved activation to host memory in forward (keeping the last few on the GPU
         # while they copy) and brings them back as backward reaches them: fewer on the GPU, never more.
@@ -293,7 +306,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     elif adapters:
         early, grad_how = 0, "none yet: they appear during backward"
     else:  # the head's gradient comes first in backward (for tied heads, the embedding's)
-        early = (br.lm_head or br.embedding) * dt.train / shard_g
+        early = head_size * dt.train / shard_g
         grad_how = "only the head's so far"
     # The step's tensors before the peak moment below keeps some of them: reserve.py replays them all.
     step = StepSizes(layers, round(weights + (quant + (lora_params + copies) * dt.train) / shard_w), round(grads),
@@ -302,7 +315,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     forward_peak = saved + max(loss, in_backward) + dequant + early
     # A tied embedding's gradient comes last in backward, beside the head's already in .grad:
     # autograd adds the two out of place, so two more embedding-sized tensors live for a moment.
-    tied_sum = 2 * br.embedding * dt.train / shard_g if not adapters and shape.tie_word_embeddings else 0
+    tied_sum = 2 * embedding_size * dt.train / shard_g if not adapters and shape.tie_word_embeddings else 0
     step_peak = grads + max(step_temp, in_backward + dequant, tied_sum)
     if forward_peak >= step_peak:
         act, grad_now = saved + (in_backward if in_backward > loss else 0), early

@@ -60,6 +60,7 @@ class Setup:
     liger_kernel: bool = False  # training.liger_kernel: said in the estimate's explanations, same bytes
     activation_offloading: bool = False  # likewise: counted on the GPU, an upper bound
     moe_experts: bool = False  # quantization.moe_experts: a mixture of experts' fused experts in 4 bits too
+    unfrozen: tuple[str, ...] = ()  # training.unfrozen_parameters: the weights full fine-tuning trains; () all
 
 
 @dataclass(frozen=True)

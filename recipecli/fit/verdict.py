@@ -104,6 +104,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         liger_kernel=bool(recipe.training.liger_kernel),
         activation_offloading=recipe.training.activation_offloading,
         moe_experts=bool(quant is not None and quant.moe_experts),
+        unfrozen=recipe.training.unfrozen_parameters or (),
     )
     return setup, list(choices.notes)
 

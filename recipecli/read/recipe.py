@@ -200,6 +200,7 @@ class Training:
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float
+    unfrozen_parameters: Optional[tuple[str, ...]]  # absent: every weight; method full only (rules.py)
     gradient_checkpointing: bool
     activation_offloading: bool
     precision: Precision

@@ -6,6 +6,7 @@ still be absent in an abstract base.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,6 +32,22 @@ def lora_with_full(doc: dict, ctx: Context):
     if doc.get("method") == "full" and "lora" in doc:
         yield ctx.problem(("lora",), "a lora section with method full",
                           "full fine-tuning trains every weight: remove lora, or use method qlora or lora", key=True)
+
+
+def unfrozen_parameters_are_full_fine_tuning(doc: dict, ctx: Context):
+    patterns = doc.get("training", {}).get("unfrozen_parameters")
+    if patterns is None:
+        return
+    if doc.get("method") != "full":
+        yield ctx.problem(("training", "unfrozen_parameters"), f"unfrozen_parameters with method {doc.get('method')}: "
+                          "they choose the weights full fine-tuning trains", "use method full, or, with adapters, "
+                          "lora.modules_to_save for modules trained in full", key=True)
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            yield ctx.problem(("training", "unfrozen_parameters", i), f"not a regular expression: {e}",
+                              "escape [ ] ( ) with a backslash where they are meant literally")
 
 
 def quantization_without_qlora(doc: dict, ctx: Context):
@@ -338,6 +355,7 @@ def early_stopping_needs_evaluations(doc: dict, ctx: Context):
 
 RULES: tuple[Rule, ...] = (
     lora_with_full,
+    unfrozen_parameters_are_full_fine_tuning,
     per_epoch_or_steps,
     quantization_without_qlora,
     four_bit_options_with_8bit,

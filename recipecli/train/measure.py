@@ -183,4 +183,5 @@ def _trace(recipe: Recipe, config: dict, steps: int, choices: Choices, run=None)
         optimizer=training.optimizer, bits=quant.bits if quant else 4,
         quant_type=quant.type if four_bit else "nf4", double_quant=bool(four_bit and quant.double_quant),
         gradient_accumulation_steps=training.gradient_accumulation_steps, packing=recipe.data.packing,
-        max_grad_norm=training.max_grad_norm, weight_decay=training.weight_decay)
+        max_grad_norm=training.max_grad_norm, weight_decay=training.weight_decay,
+        unfrozen=training.unfrozen_parameters or ())

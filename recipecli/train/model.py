@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import InvalidRecipe, Problem, RecipeError, UnknownTargets, UsageError
-from ..fit.architectures import match_modules, shape_from_config
+from ..fit.architectures import match_modules, match_parameters, shape_from_config
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
 from ..read.recipe import Recipe
@@ -169,7 +169,33 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
         pad_vocab(model, len(load_tokenizer(recipe)), recipe.model.pad_vocab_to_multiple_of)
     if config is not None and train:
         model = prepare_kbit(model, recipe.training.gradient_checkpointing)
+    if train and recipe.training.unfrozen_parameters:
+        from ..fit.verdict import at_its_field
+
+        try:
+            trained, total = freeze_all_but(model, recipe.training.unfrozen_parameters)
+        except RecipeError as e:
+            raise at_its_field(e, recipe) from None
+        say(f"note: training.unfrozen_parameters: {trained:,} of {total:,} weights train, the rest are frozen")
     return model
+
+
+def freeze_all_but(model, patterns: Sequence[str]) -> tuple[int, int]:
+    """Full fine-tuning of the parameters training.unfrozen_parameters names (matched as fit-check
+    matches them, architectures.match_parameters): every other parameter frozen. `recipe run` and
+    the probe both apply it.
+
+    Returns:
+        (weights that train, all weights).
+
+    Raises:
+        UnknownTargets: a pattern that matches no parameter of the model.
+    """
+    keep = set(match_parameters(patterns, [n for n, _ in model.named_parameters()], model.config.model_type))
+    for name, param in model.named_parameters():
+        param.requires_grad = name in keep
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
 
 
 def fused_experts(model) -> list:

@@ -45,7 +45,7 @@ import torch
 from ..fit.precision import Choices, dtypes
 from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
 from .kernels import gpu_kernels
-from .model import bnb_config, enforce_dtypes, lora_config, prepare_kbit
+from .model import bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit
 
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of its fused LM head
@@ -132,7 +132,7 @@ def _quant_state(layers: Sequence) -> list[torch.Tensor]:
 
 def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lora_dropout: float,
            targets, gradient_checkpointing: bool, attention: str, loss: str, choices: Choices,
-           bnb, fake: bool):
+           bnb, fake: bool, unfrozen: Sequence[str] = ()):
     """The model as a run trains it (runner.run: model.load_model, SFTTrainer, enforce_dtypes),
     built from its config: base weights in the run's dtype (bitsandbytes layers for qlora, then
     peft's k-bit preparation), TRL's fused LM head, LoRA adapters or every weight trainable, the
@@ -158,6 +158,8 @@ def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lo
         model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, targets, model))
     elif method != "full":
         raise ValueError(f"method {method!r}: qlora, lora or full")
+    elif unfrozen:
+        freeze_all_but(model, unfrozen)
     enforce_dtypes(model, choices)  # what the runner does after SFTTrainer's own casts
     if gradient_checkpointing:
         # what the Trainer does (transformers' default kwargs: non-reentrant), and SFTTrainer's input
@@ -310,7 +312,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
                precision: str = "fp32", choices: Optional[Choices] = None, bits: int = 4,
                quant_type: str = "nf4", double_quant: bool = False, gradient_accumulation_steps: int = 1,
                packing: bool = False, max_grad_norm: float = 0.0, weight_decay: float = 0.0,
-               recorder: Optional[MemTrace] = None) -> Trace:
+               unfrozen: Sequence[str] = (), recorder: Optional[MemTrace] = None) -> Trace:
     """Trace training steps on a worst-case batch (every sequence ``seq_len`` tokens).
 
     Args:
@@ -341,6 +343,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         packing: the batch as TRL packs it (see :func:`_batch`).
         max_grad_norm: clip gradients to this norm before the step, as the Trainer does; 0: no clipping.
         weight_decay: the optimizer's weight decay (in-place, no memory of its own).
+        unfrozen: with method full, the parameters that train (training.unfrozen_parameters); () all.
         recorder: the MemTrace to record into (a subclass that also reads a device's counters,
             gpuprobe.py); None: a plain MemTrace.
 
@@ -363,7 +366,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     bnb = bnb_config(bits, quant_type, double_quant, choices.weight_dtype) if quantized else None
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
                  targets=targets, gradient_checkpointing=gradient_checkpointing, loss=loss, choices=choices, bnb=bnb,
-                 attention="sdpa" if attention == "flash_attention_2" else attention)
+                 attention="sdpa" if attention == "flash_attention_2" else attention, unfrozen=unfrozen)
     mode = contextlib.nullcontext()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode

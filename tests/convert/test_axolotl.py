@@ -108,6 +108,9 @@ READS = {
     "liger_swiglu": (True, {**LIGER, "liger_glu_activation": None}, {"training.liger_kernel": True}),
     "liger_fused_linear_cross_entropy": (True, LIGER, {}),
     "liger_cross_entropy": (False, {}, {}),
+    # Axolotl's dots are literal dots, but before '+'
+    "unfrozen_parameters": (["^lm_head.weight$", "model.layers.4[4-9]+.mlp"], {},
+                            {"training.unfrozen_parameters": [r"^lm_head\.weight$", r"model\.layers\.4[4-9]+\.mlp"]}),
     # issue 10: mixtures of experts
     "experts_implementation": ("grouped_mm", {}, {"model.experts_implementation": "grouped_mm"}),
     "model_config": ({"output_router_logits": True, "router_aux_loss_coef": 0.02}, {},
@@ -166,6 +169,7 @@ REFUSALS = {
     "liger_rms_norm": (1, {"plugins": [LIGER_PLUGIN]}, "expected true or false"),
     "liger_fused_linear_cross_entropy": ("yes", LIGER, "expected true or false"),
     "experts_implementation": ("triton", {}, "transformers' own experts kernels"),
+    "unfrozen_parameters": (["^model.embed_tokens.weight$[:32000]"], {}, "some rows of a weight"),
     "model_config": ({"output_router_logits": True, "rope_scaling": {"type": "linear"}}, {},
                      "rope_scaling: recipe changes no other value"),
     "quantize_moe_experts": ("yes", QLORA, "expected true or false"),
@@ -413,7 +417,7 @@ def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
 
 
 @pytest.mark.parametrize("key, value", [("tokenizer_use_mistral_common", False), ("flex_attention", False),
-                                        ("unfrozen_parameters", [])])
+                                        ("peft", {})])
 def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
     assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]
 
@@ -542,3 +546,14 @@ def test_only_a_multiple_of_32_goes_back_to_axolotl():
 def test_adam_eps_is_reported_as_the_key_axolotl_never_read():
     why, hint = unsupported("adam_eps", 1e-9)
     assert why.startswith("Axolotl never reads adam_eps (its key is adam_epsilon)") and "adam_epsilon" in hint
+
+
+def test_unfrozen_parameters_keep_axolotl_meaning_both_ways():
+    row = row_for("unfrozen_parameters", TOP_ROWS)
+    assert row.read([], {}) == {}
+    with pytest.raises(NotConverted, match="with an adapter"):
+        row.read(["lm_head.weight"], {"adapter": "lora"})
+    escaped = row.read([r"model\.language_model\..*"], {})  # Axolotl escaped this again: it matched nothing
+    assert escaped["training.unfrozen_parameters"] == [r"model\.language_model\.\.*"] and NOTE in escaped
+    with pytest.raises(NotConverted, match="every dot as a literal dot"):
+        row.write({"training": {"unfrozen_parameters": [r"model\.layers\..*\.mlp"]}})

@@ -260,6 +260,7 @@ DELTAS = {
                           "training": {"router_aux_loss": True, "router_aux_loss_coef": 0.01}},
     "expert-adapters": {"lora": {"dropout": 0, "target_parameters": ["mlp.experts.gate_up_proj"]}},
     "router-loss-model-coefficient": {"training": {"router_aux_loss": True}},
+    "unfrozen": {"method": "full", "training": {"unfrozen_parameters": [r"model\.layers\.2[0-9]+\.", r"^lm_head\.weight$"]}},
     "fsdp": {"method": "lora", "distributed": {"strategy": "fsdp", "processes_per_node": 2, "fsdp_offload": True}},
     "zero3-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
                                                         "zero_offload": "optimizer_and_parameters"},

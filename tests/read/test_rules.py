@@ -11,6 +11,8 @@ from recipecli.read.load import resolve
 
 BREAKING = {
     "lora_with_full": ({"method": "full", "lora": {"r": 8}}, "$.lora"),
+    "unfrozen_parameters_are_full_fine_tuning": ({"training": {"unfrozen_parameters": ["lm_head"]}},
+                                                 "$.training.unfrozen_parameters"),
     "quantization_without_qlora": ({"method": "lora", "quantization": {"bits": 4}}, "$.quantization"),
     "four_bit_options_with_8bit": ({"quantization": {"bits": 8, "double_quant": True}},
                                    "$.quantization.double_quant"),
@@ -228,3 +230,11 @@ def test_quantized_experts_are_4_bit_only(make_recipe):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"quantization": {"bits": 8, "moe_experts": True}}))
     assert [p.path for p in info.value.problems] == ["$.quantization.moe_experts"]
+
+
+def test_unfrozen_parameters_are_regular_expressions(make_recipe):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"method": "full", "training": {"unfrozen_parameters": [r"lm_head\.weight", "layers.[1"]}}))
+    (problem,) = info.value.problems
+    assert problem.path == "$.training.unfrozen_parameters[1]" and "not a regular expression" in problem.message
+    resolve(make_recipe({"method": "full", "training": {"unfrozen_parameters": [r"model\.layers\.2[0-9]\."]}}))

@@ -242,3 +242,32 @@ def test_a_4bit_linear_layer_traces_the_same_real_and_fake(fake):
     # absmax: one uint8 per block of 64 (512), the nested absmax (8) and both code tables (64 + 1024)
     assert result.phase_peaks["load"] == 16384 + 512 + 8 + 64 + 1024 + 2 * 64 * 128 * 4
     assert result.peak_bytes == 280144  # the real CPU trace: dequantized weight twice, x, grads
+
+
+UNFROZEN = (r"model\.layers\.1\.mlp\.", r"lm_head\.weight")
+
+
+def test_unfrozen_parameters_leave_adamw_state_for_those_alone_and_the_estimate_counts_them():
+    from recipecli.fit.estimate import estimate
+    from recipecli.fit.setup import Setup
+
+    config = ARCHITECTURES["llama"]
+    shape = shape_from_config(config)
+    trace = trace_step(config, method="full", unfrozen=UNFROZEN, **BATCH)
+    trained = 3 * 128 * 256 + 1000 * 128  # layer 1's gate, up and down; the head
+    tensors = 4  # one fp32 step counter per trained tensor
+    buffers = 2 * 16 * 4
+    assert trace.end_bytes == 4 * shape.param_count() + 2 * 4 * trained + 4 * tensors + buffers + INPUT_BYTES
+    setup = Setup(method="full", weight_bits=32, quant_type=None, double_quant=False, compute_bytes=4, lora_r=None,
+                  lora_targets=(), micro_batch_size=2, seq_len=64, gradient_checkpointing=False,
+                  optimizer="adamw_torch", attention="sdpa", gradient_accumulation_steps=1, lora_dropout=0.0,
+                  unfrozen=UNFROZEN)
+    counted = estimate(shape, setup)
+    assert counted.trainable_params == trained
+    # activations are counted as if every weight trained: never below the traced peak
+    assert counted.allocated_bytes >= trace.peak_bytes
+
+
+def test_an_unfrozen_pattern_that_matches_nothing_is_refused_by_name():
+    with pytest.raises(UnknownTargets, match=r"model\\\.layer\\\.1 match no parameter of this llama model"):
+        trace_step(ARCHITECTURES["llama"], method="full", unfrozen=(r"model\.layer\.1",), **BATCH)

@@ -897,3 +897,25 @@ def test_run_yaml_records_the_allocator_setting_and_the_environment_is_left_as_i
         "variable": None, "value": None, "source": "none: no CUDA, no caching allocator",
         "expandable_segments": False}
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_unfrozen_parameters_train_those_weights_alone(tiny):
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = tiny({"method": "full", "lora": None,
+                   "training": {"unfrozen_parameters": [r"model\.layers\.1\.mlp\.", r"lm_head\.weight"]}},
+                  **{"training.max_steps": 2})
+    done = run(recipe, gpus=())
+    before, after = load_file(TINY_MODEL / "model.safetensors"), load_file(done.saved / "model.safetensors")
+    changed = sorted(name for name in before if not torch.equal(before[name], after[name].to(before[name].dtype)))
+    assert changed == ["lm_head.weight", "model.layers.1.mlp.down_proj.weight", "model.layers.1.mlp.gate_proj.weight",
+                       "model.layers.1.mlp.up_proj.weight"]
+
+
+def test_an_unfrozen_pattern_matching_no_parameter_is_located(tiny):
+    recipe = tiny({"method": "full", "lora": None, "training": {"unfrozen_parameters": ["transformer\\.h\\."]}})
+    with pytest.raises(UnknownTargets) as refused:
+        run(recipe, gpus=())
+    assert refused.value.path == "$.training.unfrozen_parameters" and refused.value.where is not None
+    assert "match no parameter of this llama model" in refused.value.message
