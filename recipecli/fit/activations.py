@@ -36,10 +36,12 @@ def saved_bytes(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, tokens: int)
     # Autocast keeps fp16 copies of fp32 weights for the backward of the layers that used them.
     amp_casts = s.weight_bits == 32 and s.autocast and dt.compute == 2
     one_layer = per_token * tokens + (shape.breakdown().block_linear / layers * dt.compute
-                                      if amp_casts else 0)
+                                      if amp_casts else 0) + expert_stacks_bytes(shape, s, dt)
     # Backward through a layer's MLP holds one MLP-wide gradient at a time beside the gradients
     # of the hidden states flowing down (into the residual, the norm and the layer's output).
-    gradients = (shape.intermediate_size * dt.matmul_out + 3 * h * 4) * tokens
+    mlp_gradient = experts_backward_bytes(shape, s, dt, tokens) if shape.experts else \
+        shape.intermediate_size * dt.matmul_out * tokens
+    gradients = mlp_gradient + 3 * h * 4 * tokens
     # An adapter wider than its input (fp32 LoRA on a 16-bit base) casts the MLP-wide input of
     # down_proj up (peft's _cast_input_dtype): in backward the gradients of the dropped copy and of
     # the cast come in the adapter's dtype beside the base path's one.
@@ -71,8 +73,9 @@ def int8_inputs_per_token(shape: Shape, dt: Dtypes) -> int:
     save_for_backward: each norm's output (one tensor for the linears reading it), the attention
     output and the MLP product. Checkpointing only drops what passes through save_for_backward, so
     these stay with it too (seen in the traces)."""
+    mlp = 0 if shape.experts else shape.intermediate_size * dt.matmul_out  # experts are no LLM.int8 layers
     return (shape.norms_per_layer * shape.hidden_size * dt.residual
-            + shape.num_attention_heads * shape.head_dim * dt.attention + shape.intermediate_size * dt.matmul_out)
+            + shape.num_attention_heads * shape.head_dim * dt.attention + mlp)
 
 
 def _norm_bytes(shape: Shape, s: Setup, dt: Dtypes) -> int:
@@ -137,7 +140,7 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     # Gated: gate output (act input), activation and up output (product inputs); plain: fc1 out.
     # Phi's gelu_new is tanh-GELU in Python ops: input, x / 2, tanh and 1 + tanh are kept.
     act = 3 if shape.gated_mlp else (4 if shape.model_type == "phi" else 1)
-    mlp = act * i * dt.matmul_out
+    mlp = experts_bytes_per_token(shape, s, dt) if shape.experts else act * i * dt.matmul_out
     inputs = 0
     if full:
         # Trainable linears keep their inputs: each norm's output (one tensor for the linears that
@@ -153,6 +156,69 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     adapter = sum(fin * (dt.adapter_in + dt.dropout_mask) + s.lora_r * dt.adapter_in
                   for fin, _ in adapters.values())
     return norms + attention + mlp + inputs + adapter
+
+
+def expert_bytes(s: Setup, dt: Dtypes) -> int:
+    """Bytes per element of the experts' weights as their grouped matmul reads them, which sets its
+    inputs' and outputs' dtype too (the grouped matmul is not autocast: transformers casts the
+    tokens to the weights' dtype). 16-bit with the model, fp32 after peft's k-bit preparation
+    upcast them, or the load dtype bitsandbytes dequantizes quantized experts to."""
+    if s.weight_bits >= 16:
+        return int(dt.weight)
+    return dt.compute if s.moe_experts else dt.other
+
+
+def experts_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes) -> float:
+    """What a mixture-of-experts layer keeps per token in place of the MLP, its experts frozen
+    (transformers' grouped_mm path: each token's k experts as rows of one grouped matmul).
+
+    The router keeps its fp32 softmax and the top-k indices. Each of the token's k rows keeps the
+    token gathered (the up projection's input, cast to the experts' dtype), the up projection's
+    gate and up halves (the activation's input), the activation, their product (the down
+    projection's input) and the down projection's output (the routing weight's product), plus the
+    routing weight (fp32) and three int64 index rows (the sort's permutation, the gather's and the
+    scatter back's).
+    """
+    h, i, k, e = shape.hidden_size, shape.expert_intermediate_size, shape.experts_per_token, shape.experts
+    de = expert_bytes(s, dt)
+    router = 4 * e + 8 * k
+    return router + k * (de * (2 * h + 4 * i) + 4 + 3 * 8) + _qk_norms_bytes(shape)
+
+
+def _qk_norms_bytes(shape: Shape) -> int:
+    """Per token: the q and k RMSNorms (Qwen3-MoE: per head; OLMoE: over the whole projection) keep
+    their fp32 input and a reciprocal root per normalized row."""
+    if not shape.q_norm:
+        return 0
+    per_head = shape.q_norm == shape.head_dim
+    rows = shape.num_attention_heads + shape.num_key_value_heads if per_head else 2
+    q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
+    return 4 * (q + kv) + 4 * rows
+
+
+def experts_backward_bytes(shape: Shape, s: Setup, dt: Dtypes, tokens: int) -> float:
+    """What backward through a mixture-of-experts layer holds beyond the layer's saved tensors, at
+    the larger of its two grouped matmuls. Each makes the gradient of its input and of the whole
+    expert stack, which transformers' fallback op makes even for frozen experts (the trace takes
+    that op; CUDA's native kernel, compute capability 8.0 and later, makes none). At the down
+    projection every saved tensor of the layer is still alive; by the up projection the down
+    output, the product, the activation and the gate/up halves are freed, and the halves'
+    gradient is the up projection's incoming one (and a dequantized down stack, kept for the down
+    projection's backward, is freed too)."""
+    h, i, k, e = shape.hidden_size, shape.expert_intermediate_size, shape.experts_per_token, shape.experts
+    rows = k * tokens
+    down = rows * (h + i) + e * h * i  # its incoming gradient, the input's and the stack's
+    up = e * 2 * i * h - 2 * i * rows - (e * h * i if s.moe_experts else 0)
+    return max(down, up) * expert_bytes(s, dt)
+
+
+def expert_stacks_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
+    """Bytes one layer keeps of its expert weights beyond the parameters: quantized experts are
+    dequantized whole by bitsandbytes' parametrization and the grouped matmuls keep that copy
+    for backward."""
+    if not s.moe_experts:
+        return 0
+    return 3 * shape.experts * shape.expert_intermediate_size * shape.hidden_size * dt.compute
 
 
 def loss_bytes(shape: Shape, s: Setup, dt: Dtypes, tokens: int) -> tuple[float, str]:

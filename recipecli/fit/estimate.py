@@ -126,7 +126,10 @@ def _check(s: Setup) -> None:
 
 
 def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
-    layers, mods = shape.num_hidden_layers, shape.linear_modules().values()
+    layers, mods = shape.num_hidden_layers, list(shape.linear_modules().values())
+    if s.moe_experts:  # each fused expert stack quantized whole, in the same blocks
+        e, i, h = shape.experts, shape.expert_intermediate_size, shape.hidden_size
+        mods += [(h, 2 * i * e), (i, h * e)]
     if s.weight_bits == 8:
         rows = layers * sum(fout for _, fout in mods)
         return rows * 4, f"LLM.int8 scales: {rows:,} output rows x 4 bytes (fp32)"
@@ -190,23 +193,40 @@ def _weights(shape: Shape, s: Setup, dt: Dtypes) -> tuple[float, str]:
             + (" (fp32 after prepare_model_for_kbit_training)" if s.kbit_upcast else ""))
 
 
-def _not_modeled_experts(shape: Shape, s: Setup, dt: Dtypes) -> None:
-    """Refuse a mixture of experts, saying what its weights alone take: a lower bound of the peak.
+# Mixtures of experts whose experts peft adapts under all-linear (its conversion of transformers 4's
+# expert names to target_parameters): Mixtral, Qwen3-MoE, OLMoE; Qwen2-MoE's shared expert alone.
+ALL_LINEAR_ADAPTS_EXPERTS = ("mixtral", "qwen3_moe", "olmoe")
 
-    What the experts' layers keep for backward depends on transformers' experts kernel (a grouped
-    matmul over every token's chosen experts, in their order) and, with LoRA, on peft adapting the
-    fused expert weights themselves (target_parameters, folded into a full copy of each layer's
-    experts in every forward pass): not modelled yet, and guessing would under-estimate.
+
+def _experts_modelled(shape: Shape, s: Setup, dt: Dtypes) -> None:
+    """Refuse a mixture of experts where the estimate does not model its training step, saying
+    what its weights alone take: a lower bound of the peak.
+
+    Modelled: LoRA and QLoRA with the experts frozen, quantized or not, through transformers'
+    grouped_mm experts (activations.experts_bytes_per_token). Not yet: adapters on the experts
+    (all-linear on the families in ALL_LINEAR_ADAPTS_EXPERTS, or lora.target_parameters: peft folds
+    them into a full copy of each layer's experts in every forward pass), training the experts in
+    full, and Qwen2-MoE's shared expert.
     """
+    why = None
+    if s.method == "full":
+        why = "full fine-tuning of its experts"
+    elif s.target_parameters or (s.lora_targets == "all-linear" and shape.model_type in ALL_LINEAR_ADAPTS_EXPERTS):
+        why = "adapters on its experts (target_modules all-linear reaches them in this family, as target_parameters do)"
+    elif shape.shared_expert_intermediate_size:
+        why = "its shared expert"
+    if why is None:
+        return
     weights, how = _weights(shape, s, dt)
     experts = shape.breakdown().experts
     where = "quantized too (quantization.moe_experts)" if s.moe_experts else \
         "which bitsandbytes leaves unquantized unless quantization.moe_experts"
-    raise NotModeled(f"fit-check does not model a mixture of experts' training memory yet ({shape.experts} experts "
+    raise NotModeled(f"fit-check does not model {why} yet ({shape.experts} experts "
                      f"per layer, {shape.experts_per_token} per token): its weights alone take {gib(weights)} "
                      f"({how}; {experts:,} of them in the fused experts, {where}), before adapters, optimizer state "
-                     "and activations", hint="a card smaller than that cannot train it; recipe run trains it "
-                     "without a fit check", path="$.model.id")
+                     "and activations", hint="a card smaller than that cannot train it; with LoRA on the attention "
+                     "(target_modules: attention) fit-check estimates it; recipe run trains it without a fit check",
+                     path="$.model.id")
 
 
 def estimate(shape: Shape, setup: Setup) -> Estimate:
@@ -238,7 +258,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
                               "with DoRA without a fit check", path="$.lora.use_dora")
     dt = dtypes_of(s)
     if shape.experts:
-        _not_modeled_experts(shape, s, dt)
+        _experts_modelled(shape, s, dt)
     br, layers = shape.breakdown(), shape.num_hidden_layers
     tokens = s.micro_batch_size * s.seq_len
     adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
@@ -287,6 +307,9 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         # SwiGLU keep less for backward than the modules they replace: counted as those, an upper bound.
         loss_how += " (Liger on: TRL keeps this head, Liger's fused cross-entropy is off)"
         act_how += "; Liger's kernels counted as the layers they replace (they keep less)"
+    if shape.experts:
+        act_how += ("; experts through transformers' grouped matmul as its fallback op runs it (cards before compute "
+                    "capability 8.0): later cards' native kernel holds one expert stack's gradient less")
     if unfrozen:
         act_how += f"; counted as if every weight trained (an upper bound: {len(unfrozen):,} of " \
                    f"{len(sizes):,} parameters train, and frozen layers keep less)"

@@ -61,6 +61,7 @@ class Setup:
     activation_offloading: bool = False  # likewise: counted on the GPU, an upper bound
     moe_experts: bool = False  # quantization.moe_experts: a mixture of experts' fused experts in 4 bits too
     unfrozen: tuple[str, ...] = ()  # training.unfrozen_parameters: the weights full fine-tuning trains; () all
+    target_parameters: tuple[str, ...] = ()  # lora.target_parameters: adapters on parameters (experts)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         activation_offloading=recipe.training.activation_offloading,
         moe_experts=bool(quant is not None and quant.moe_experts),
         unfrozen=recipe.training.unfrozen_parameters or (),
+        target_parameters=lora.target_parameters if lora else (),
     )
     return setup, list(choices.notes)
 

@@ -56,6 +56,14 @@ ones the GPU run uses:
   data-dependent shape fake tensors cannot have); here it reshapes all of them, which copies the
   same bytes for a worst-case batch of more than one row and is a view for a single row (one
   hidden-state copy, tokens x hidden x 2 bytes, less than the GPU holds).
+- mixture-of-experts layers: transformers' grouped_mm path multiplies every token's experts with
+  one grouped matmul, torch's native kernel on CUDA cards of compute capability 8.0 and later and its
+  own fallback op elsewhere (a loop over the experts). Both keep the gathered inputs and the expert
+  weights for backward; the fallback's backward also makes a zero gradient for the (frozen) expert
+  stack, where the native kernel makes none. The native kernel has no fake implementation for
+  other dtypes than bf16, so ``grouped_experts_fallback`` makes the trace take the fallback op:
+  exact for cards before compute capability 8.0, one expert stack's transient gradient above
+  what later cards hold.
 - never seen by any CPU trace: buffers allocated and freed inside one kernel (cuBLAS workspaces,
   flash attention's scratch), LLM.int8's outlier columns (data-dependent; traced as none) and the
   caching allocator's rounding, which belongs to the allocator model (fit.allocator).
@@ -73,14 +81,28 @@ import torch
 @contextlib.contextmanager
 def gpu_kernels(*, int8: bool, fused_lm_head: bool):
     """Every stand-in a trace needs: LLM.int8's matmul for 8-bit bases, the Triton folds for TRL's
-    fused LM head, and fused dropout always."""
+    fused LM head, and fused dropout and the experts' fallback grouped matmul always."""
     with contextlib.ExitStack() as stack:
         if int8:
             stack.enter_context(gpu_int8_matmul())
         if fused_lm_head:
             stack.enter_context(triton_lm_head())
         stack.enter_context(fused_dropout())
+        stack.enter_context(grouped_experts_fallback())
         yield
+
+
+@contextlib.contextmanager
+def grouped_experts_fallback():
+    """Make transformers' grouped_mm experts take its fallback op (see the module doc)."""
+    from transformers.integrations import moe
+
+    chosen = moe._can_use_grouped_mm
+    moe._can_use_grouped_mm = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        moe._can_use_grouped_mm = chosen
 
 
 @contextlib.contextmanager

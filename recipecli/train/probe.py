@@ -45,7 +45,7 @@ import torch
 from ..fit.precision import Choices, dtypes
 from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
 from .kernels import gpu_kernels
-from .model import bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit
+from .model import bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit, quantize_experts
 
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of its fused LM head
@@ -132,7 +132,7 @@ def _quant_state(layers: Sequence) -> list[torch.Tensor]:
 
 def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lora_dropout: float,
            targets, gradient_checkpointing: bool, attention: str, loss: str, choices: Choices,
-           bnb, fake: bool, unfrozen: Sequence[str] = ()):
+           bnb, fake: bool, unfrozen: Sequence[str] = (), moe_experts: bool = False):
     """The model as a run trains it (runner.run: model.load_model, SFTTrainer, enforce_dtypes),
     built from its config: base weights in the run's dtype (bitsandbytes layers for qlora, then
     peft's k-bit preparation), TRL's fused LM head, LoRA adapters or every weight trainable, the
@@ -145,6 +145,8 @@ def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lo
     layers = []
     if method == "qlora":
         layers = _quantize(model, bnb, fake)
+        if moe_experts:
+            quantize_experts(model, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant)
         model = prepare_kbit(model, gradient_checkpointing)
     if loss == "trl":
         from trl.trainer.utils import add_fused_lm_head
@@ -312,7 +314,8 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
                precision: str = "fp32", choices: Optional[Choices] = None, bits: int = 4,
                quant_type: str = "nf4", double_quant: bool = False, gradient_accumulation_steps: int = 1,
                packing: bool = False, max_grad_norm: float = 0.0, weight_decay: float = 0.0,
-               unfrozen: Sequence[str] = (), recorder: Optional[MemTrace] = None) -> Trace:
+               unfrozen: Sequence[str] = (), moe_experts: bool = False,
+               recorder: Optional[MemTrace] = None) -> Trace:
     """Trace training steps on a worst-case batch (every sequence ``seq_len`` tokens).
 
     Args:
@@ -344,6 +347,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         max_grad_norm: clip gradients to this norm before the step, as the Trainer does; 0: no clipping.
         weight_decay: the optimizer's weight decay (in-place, no memory of its own).
         unfrozen: with method full, the parameters that train (training.unfrozen_parameters); () all.
+        moe_experts: with method qlora, a mixture of experts' fused experts quantized too (4 bits).
         recorder: the MemTrace to record into (a subclass that also reads a device's counters,
             gpuprobe.py); None: a plain MemTrace.
 
@@ -366,7 +370,8 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     bnb = bnb_config(bits, quant_type, double_quant, choices.weight_dtype) if quantized else None
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
                  targets=targets, gradient_checkpointing=gradient_checkpointing, loss=loss, choices=choices, bnb=bnb,
-                 attention="sdpa" if attention == "flash_attention_2" else attention, unfrozen=unfrozen)
+                 attention="sdpa" if attention == "flash_attention_2" else attention, unfrozen=unfrozen,
+                 moe_experts=moe_experts)
     mode = contextlib.nullcontext()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode

@@ -271,3 +271,43 @@ def test_unfrozen_parameters_leave_adamw_state_for_those_alone_and_the_estimate_
 def test_an_unfrozen_pattern_that_matches_nothing_is_refused_by_name():
     with pytest.raises(UnknownTargets, match=r"model\\\.layer\\\.1 match no parameter of this llama model"):
         trace_step(ARCHITECTURES["llama"], method="full", unfrozen=(r"model\.layer\.1",), **BATCH)
+
+
+MOE = {
+    "mixtral": dict(model_type="mixtral", hidden_size=256, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, num_local_experts=4,
+                    num_experts_per_tok=2, max_position_embeddings=4096),
+    "qwen3_moe": dict(model_type="qwen3_moe", hidden_size=1024, intermediate_size=2048, moe_intermediate_size=384,
+                      num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+                      vocab_size=32000, num_experts=32, num_experts_per_tok=4, max_position_embeddings=4096),
+    "olmoe": dict(model_type="olmoe", hidden_size=1024, intermediate_size=512, num_hidden_layers=4,
+                  num_attention_heads=16, num_key_value_heads=16, vocab_size=32000, num_experts=16,
+                  num_experts_per_tok=4, max_position_embeddings=4096),
+}
+
+
+@pytest.mark.parametrize("method, precision, checkpointing, tokens, moe_experts", [
+    ("lora", "bf16", False, (2048, 2), False), ("qlora", "bf16", True, (2048, 2), True),
+    ("qlora", "bf16", True, (512, 1), False), ("qlora", "fp32", False, (512, 1), True),
+])
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_the_estimate_of_a_mixture_of_experts_holds_to_its_traced_step(family, method, precision, checkpointing,
+                                                                       tokens, moe_experts):
+    from recipecli.fit.estimate import estimate
+    from recipecli.fit.precision import DTYPE_BYTES, DTYPE_OF, dtypes
+    from recipecli.fit.setup import Setup
+
+    seq_len, micro_batch = tokens
+    kbit = method == "qlora"
+    chosen = dtypes(method, kbit, precision, DTYPE_OF[precision] if kbit else None)
+    setup = Setup(method=method, weight_bits=4 if kbit else 8 * DTYPE_BYTES[chosen["weight_dtype"]],
+                  quant_type="nf4" if kbit else None, double_quant=kbit, compute_bytes=DTYPE_BYTES[DTYPE_OF[precision]],
+                  lora_r=16, lora_targets="attention", micro_batch_size=micro_batch, seq_len=seq_len,
+                  gradient_checkpointing=checkpointing, optimizer="adamw_torch", attention="sdpa",
+                  gradient_accumulation_steps=1, lora_dropout=0.05, autocast=precision != "fp32",
+                  adapter_bytes=DTYPE_BYTES[chosen["trainable_dtype"]], padded=False, moe_experts=moe_experts)
+    traced = trace_step(MOE[family], method=method, targets="attention", precision=precision, steps=2,
+                        gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
+                        double_quant=True, moe_experts=moe_experts).peak_bytes
+    counted = estimate(shape_from_config(MOE[family]), setup).allocated_bytes
+    assert abs(counted - traced) <= 0.05 * traced, (counted, traced)
