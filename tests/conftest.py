@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,17 @@ def offline(monkeypatch, tmp_path) -> Path:
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def tokenizer_elsewhere(tmp_path) -> tuple[Path, Path]:
+    """The tiny model split in two folders: (its weights and config alone, its tokenizer alone)."""
+    weights, tokenizer = tmp_path / "weights", tmp_path / "tokenizer"
+    for folder in (weights, tokenizer):
+        folder.mkdir()
+    for file in (RECIPES / "models" / "tiny-llama").iterdir():
+        shutil.copy(file, (tokenizer if file.name.startswith(("tokenizer", "chat_template")) else weights) / file.name)
+    return weights, tokenizer
 
 
 @pytest.fixture

@@ -82,17 +82,19 @@ def flash_attention_needs_half(doc: dict, ctx: Context):
 
 
 def model_is_a_folder_or_a_hub_id(doc: dict, ctx: Context):
-    model_id = doc.get("model", {}).get("id")
-    if model_id is None:
-        return
-    folder = paths.model_folder(model_id, ctx.directory_of(("model", "id")))
-    if folder is not None and not folder.is_dir():
-        yield ctx.problem(("model", "id"), f"local model folder not found: {folder}",
-                          "paths are relative to the recipe file; a hub id looks like org/name")
-    elif folder is None and not paths.is_hub_id(model_id):
-        yield ctx.problem(("model", "id"), f"{model_id!r} is neither a hub id nor an existing folder",
-                          "a hub id is org/name (letters, digits, - _ .); a local folder is a path such as "
-                          "./models/my-model, relative to the recipe file")
+    """model.id, and model.tokenizer where it is set, each a hub id or an existing folder."""
+    for field, what in (("id", "model"), ("tokenizer", "tokenizer")):
+        reference = doc.get("model", {}).get(field)
+        if reference is None:
+            continue
+        folder = paths.model_folder(reference, ctx.directory_of(("model", field)))
+        if folder is not None and not folder.is_dir():
+            yield ctx.problem(("model", field), f"local {what} folder not found: {folder}",
+                              "paths are relative to the recipe file; a hub id looks like org/name")
+        elif folder is None and not paths.is_hub_id(reference):
+            yield ctx.problem(("model", field), f"{reference!r} is neither a hub id nor an existing folder",
+                              "a hub id is org/name (letters, digits, - _ .); a local folder is a path such as "
+                              f"./models/my-{what}, relative to the recipe file")
 
 
 def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):

@@ -101,14 +101,15 @@ def load_tokenizer(recipe: Recipe):
     ``AutoTokenizer`` imports torch (through transformers' model configurations: 1.5-2 s), which
     `recipe data` does not need. A local model folder whose tokenizer_config.json names the generic
     ``TokenizersBackend`` class, without code of its own, is what AutoTokenizer loads too: that class
-    is loaded directly. Anything else goes through model.load_tokenizer, as `recipe run` does.
+    is loaded directly (the folder of model.tokenizer where it names one). Anything else goes through
+    model.load_tokenizer, as `recipe run` does.
 
     Raises:
         RecipeError: as model.load_tokenizer.
     """
     from .model import load_tokenizer as auto_tokenizer
 
-    folder = recipe.model.local_path
+    folder = recipe.model.tokenizer_path
     if folder is None:  # a hub id
         return auto_tokenizer(recipe)
     try:

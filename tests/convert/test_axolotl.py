@@ -19,6 +19,7 @@ READS = {
     "base_model": ("org/m", {}, {"model.id": "org/m"}),
     "revision_of_model": ("abc123", {}, {"model.revision": "abc123"}),
     "model_revision": ("abc123", {}, {"model.revision": "abc123"}),
+    "tokenizer_config": ("EleutherAI/gpt-neox-20b", {}, {"model.tokenizer": "EleutherAI/gpt-neox-20b"}),
     "trust_remote_code": (True, {}, {"model.trust_remote_code": True}),
     "adapter": ("lora", {"load_in_8bit": True}, {"method": "qlora"}),
     "load_in_4bit": (True, {"adapter": "qlora"}, {"quantization.bits": 4}),

@@ -94,6 +94,13 @@ def test_a_jinja_text_needs_chat_template_jinja(make_recipe, data, path):
     assert [p.path for p in info.value.problems] == [path]
 
 
+@pytest.mark.parametrize("tokenizer", ["./nowhere/tokenizer", "a/b/c", "https://example.com/t"])
+def test_a_tokenizer_is_a_folder_or_a_hub_id_as_the_model_is(make_recipe, tokenizer):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"model": {"tokenizer": tokenizer}}))
+    assert [p.path for p in info.value.problems] == ["$.model.tokenizer"]
+
+
 def test_drop_system_needs_conversations(make_recipe):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "alpaca", "drop_system": True}]}}))
