@@ -14,7 +14,7 @@ from recipecli.read.load import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "wandb")
+HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "wandb", "mistral_common")
 
 
 def heavy_imports(*commands: list[str], exit_codes=(0,), cwd=ROOT, env=None) -> list[str]:

@@ -32,6 +32,7 @@ WandbMode = Literal["online", "offline"]
 WandbLogModel = Literal["end", "checkpoint"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
+TokenizerBackend = Literal["mistral_common"]
 ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi", "jinja"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -75,6 +76,7 @@ class Model:
     revision: str
     trust_remote_code: bool
     tokenizer: Optional[str]  # a hub id or the absolute path of a local folder; absent: the model's own
+    tokenizer_backend: Optional[TokenizerBackend]  # absent: transformers' own tokenizer classes
     experts_implementation: Optional[ExpertsImplementation]  # absent: transformers chooses
     pad_vocab_to_multiple_of: Optional[int]  # absent: the model's own embedding rows
     architecture: Optional[Architecture]

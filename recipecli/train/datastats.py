@@ -110,7 +110,7 @@ def load_tokenizer(recipe: Recipe):
     from .model import load_tokenizer as auto_tokenizer
 
     folder = recipe.model.tokenizer_path
-    if folder is None:  # a hub id
+    if folder is None or data.mistral_common(recipe):  # a hub id, or a tekken.json beside any tokenizer.json
         return auto_tokenizer(recipe)
     try:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -319,7 +319,7 @@ def warnings(recipe: Recipe, tokenizer, prepared: list[Prepared], mix: Part) -> 
                                     "completion's first (this is the first): training cuts the prompt there, "
                                     "unlike the prompt the model gets when asked",
                          "end prompts on a token boundary, e.g. with a newline or a space"))
-    if data.layout(recipe) == "messages":
+    if data.layout(recipe) == "messages" and not data.mistral_common(recipe):  # no template: mistral.py checks
         found += _template_warnings(recipe, tokenizer, prepared)
     return found
 
