@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from recipecli.read.load import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "wandb")
+HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "wandb", "mistral_common")
 
 
 def heavy_imports(*commands: list[str], exit_codes=(0,), cwd=ROOT, env=None) -> list[str]:
@@ -56,6 +57,17 @@ def offline(monkeypatch, tmp_path) -> Path:
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def tokenizer_elsewhere(tmp_path) -> tuple[Path, Path]:
+    """The tiny model split in two folders: (its weights and config alone, its tokenizer alone)."""
+    weights, tokenizer = tmp_path / "weights", tmp_path / "tokenizer"
+    for folder in (weights, tokenizer):
+        folder.mkdir()
+    for file in (RECIPES / "models" / "tiny-llama").iterdir():
+        shutil.copy(file, (tokenizer if file.name.startswith(("tokenizer", "chat_template")) else weights) / file.name)
+    return weights, tokenizer
 
 
 @pytest.fixture

@@ -127,6 +127,12 @@ def _said_when_true(note: str) -> Read:
     return read
 
 
+def _mistral_common(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {"model.tokenizer_backend": "mistral_common"} if v else {}
+
+
 def _max_packed(v, cfg):
     length = cfg.get("sequence_len", DEFAULTS["data.max_seq_length"])
     if v != length:
@@ -922,6 +928,12 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("revision_of_model", "model.revision"),
     Row("model_revision", ("model.revision",), lambda v, cfg: {"model.revision": v}, lambda doc: ABSENT,
         "older name of revision_of_model"),
+    _row("tokenizer_config", "model.tokenizer", "a tokenizer from another repository (hub id or local folder, "
+         "relative to where Axolotl runs; written relative to the recipe); Axolotl's default, base_model, is "
+         "recipe's absent"),
+    Row("tokenizer_use_mistral_common", ("model.tokenizer_backend",), _mistral_common,
+        lambda doc: True if get(doc, "model.tokenizer_backend") == "mistral_common" else ABSENT,
+        "true -> model.tokenizer_backend mistral_common: Mistral's own tokenizer (tekken.json, mistral-common)"),
     Row("trust_remote_code", ("model.trust_remote_code",), lambda v, cfg: {"model.trust_remote_code": v},
         lambda doc: True if get(doc, "model.trust_remote_code") else ABSENT),
     Row("experts_implementation", ("model.experts_implementation",), _experts_implementation,
@@ -1408,9 +1420,6 @@ UNSUPPORTED = {
     "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
     "model_quantization_config": _OTHER_QUANTIZATION,
     "model_quantization_config_kwargs": _OTHER_QUANTIZATION,
-    "tokenizer_use_mistral_common": ("the mistral-common tokenizer is not supported; recipe loads the model's "
-                                     "tokenizer with transformers", "remove it"),
-    "tokenizer_config": ("a tokenizer from another repository is not supported; recipe loads the model's own", ""),
     # mixture of experts
     "llama4_linearized_experts": ("Llama 4's experts split into linear layers are not supported",
                                   "recipe trains transformers' fused experts (lora.target_parameters)"),

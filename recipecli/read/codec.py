@@ -44,10 +44,11 @@ def normalize(raw: dict, directory_of: DirectoryOf, *, abstract: bool = False) -
     """
     doc = fill_defaults(raw)
     model = doc.get("model", {})
-    if isinstance(model.get("id"), str):
-        folder = paths.model_folder(model["id"], directory_of(("model", "id")))
-        if folder is not None:
-            model["id"] = str(folder)
+    for field in ("id", "tokenizer"):  # both a hub id or a local folder, by one rule
+        if isinstance(model.get(field), str):
+            folder = paths.model_folder(model[field], directory_of(("model", field)))
+            if folder is not None:
+                model[field] = str(folder)
     for i, dataset in enumerate(doc.get("data", {}).get("datasets", [])):
         if paths.is_data_file(dataset.get("path", "")):
             dataset["path"] = str(paths.absolute(dataset["path"], directory_of(("data", "datasets", i, "path"))))

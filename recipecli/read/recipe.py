@@ -32,6 +32,7 @@ WandbMode = Literal["online", "offline"]
 WandbLogModel = Literal["end", "checkpoint"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
+TokenizerBackend = Literal["mistral_common"]
 ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi", "jinja"]
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -74,6 +75,8 @@ class Model:
     id: str  # a hub id (org/name), or the absolute path of a local model folder
     revision: str
     trust_remote_code: bool
+    tokenizer: Optional[str]  # a hub id or the absolute path of a local folder; absent: the model's own
+    tokenizer_backend: Optional[TokenizerBackend]  # absent: transformers' own tokenizer classes
     experts_implementation: Optional[ExpertsImplementation]  # absent: transformers chooses
     pad_vocab_to_multiple_of: Optional[int]  # absent: the model's own embedding rows
     architecture: Optional[Architecture]
@@ -82,6 +85,16 @@ class Model:
     def local_path(self) -> Optional[Path]:
         """The local model folder, when id names one."""
         return _local(self.id)
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Where the tokenizer is loaded from: model.tokenizer, else the model itself."""
+        return self.tokenizer or self.id
+
+    @property
+    def tokenizer_path(self) -> Optional[Path]:
+        """The local tokenizer folder, when the tokenizer is loaded from one."""
+        return _local(self.tokenizer_source)
 
 
 @dataclass(frozen=True)

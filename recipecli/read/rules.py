@@ -82,17 +82,19 @@ def flash_attention_needs_half(doc: dict, ctx: Context):
 
 
 def model_is_a_folder_or_a_hub_id(doc: dict, ctx: Context):
-    model_id = doc.get("model", {}).get("id")
-    if model_id is None:
-        return
-    folder = paths.model_folder(model_id, ctx.directory_of(("model", "id")))
-    if folder is not None and not folder.is_dir():
-        yield ctx.problem(("model", "id"), f"local model folder not found: {folder}",
-                          "paths are relative to the recipe file; a hub id looks like org/name")
-    elif folder is None and not paths.is_hub_id(model_id):
-        yield ctx.problem(("model", "id"), f"{model_id!r} is neither a hub id nor an existing folder",
-                          "a hub id is org/name (letters, digits, - _ .); a local folder is a path such as "
-                          "./models/my-model, relative to the recipe file")
+    """model.id, and model.tokenizer where it is set, each a hub id or an existing folder."""
+    for field, what in (("id", "model"), ("tokenizer", "tokenizer")):
+        reference = doc.get("model", {}).get(field)
+        if reference is None:
+            continue
+        folder = paths.model_folder(reference, ctx.directory_of(("model", field)))
+        if folder is not None and not folder.is_dir():
+            yield ctx.problem(("model", field), f"local {what} folder not found: {folder}",
+                              "paths are relative to the recipe file; a hub id looks like org/name")
+        elif folder is None and not paths.is_hub_id(reference):
+            yield ctx.problem(("model", field), f"{reference!r} is neither a hub id nor an existing folder",
+                              "a hub id is org/name (letters, digits, - _ .); a local folder is a path such as "
+                              f"./models/my-{what}, relative to the recipe file")
 
 
 def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):
@@ -167,6 +169,31 @@ def jinja_template_and_its_text(doc: dict, ctx: Context):
     if "chat_template_jinja" in data and not jinja:
         yield ctx.problem(("data", "chat_template_jinja"), "chat_template_jinja without chat_template: jinja",
                           "set data.chat_template: jinja to train with it, or remove it", key=True)
+
+
+def mistral_common_encodes_conversations_itself(doc: dict, ctx: Context):
+    """What model.tokenizer_backend mistral_common cannot do. transformers' MistralCommonBackend
+    (5.x) encodes conversations in Mistral's instruct format in code: it ignores a chat template
+    without a word, cannot set special tokens (NotImplementedError), and ends plain text with </s>."""
+    if doc.get("model", {}).get("tokenizer_backend") != "mistral_common":
+        return
+    data = doc.get("data", {})
+    own = schema.defaults_of("data")["chat_template"]  # a written-out recipe holds it: not a choice
+    if data.get("chat_template", own) != own:
+        yield ctx.problem(("data", "chat_template"), f"chat_template {data['chat_template']} with "
+                          "model.tokenizer_backend mistral_common, which encodes conversations in Mistral's "
+                          "instruct format itself and ignores any template",
+                          "remove data.chat_template: mistral-common's format is the model's own", key=True)
+    if "special_tokens" in data:
+        yield ctx.problem(("data", "special_tokens"), "special_tokens with model.tokenizer_backend mistral_common: "
+                          "its tokens are tekken.json's, and transformers cannot set them on it",
+                          "remove data.special_tokens", key=True)
+    for i, dataset in enumerate(data.get("datasets", [])):
+        if dataset.get("format") == "text":
+            yield ctx.problem(("data", "datasets", i, "format"), "format text with model.tokenizer_backend "
+                              "mistral_common, which encodes conversations only",
+                              "use format chat, or alpaca or prompt_completion (each record a user turn and its "
+                              "answer)")
 
 
 def one_process_without_a_strategy(doc: dict, ctx: Context):
@@ -365,6 +392,7 @@ RULES: tuple[Rule, ...] = (
     datasets_are_files_or_hub_ids,
     dataset_fields_match_the_format,
     jinja_template_and_its_text,
+    mistral_common_encodes_conversations_itself,
     one_process_without_a_strategy,
     several_nodes_need_their_main,
     offload_knobs_match_the_strategy,

@@ -52,8 +52,10 @@ def _choices_here(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
 
 
 def _saved_tokenizer(recipe: Recipe, folder: Path):
-    """The tokenizer saved beside the trained weights, loaded as the recipe loads the base one."""
-    return load_tokenizer(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, id=str(folder))))
+    """The tokenizer saved beside the trained weights (the one the run trained with, model.tokenizer's
+    too), loaded as the recipe loads the base one."""
+    saved = dataclasses.replace(recipe.model, id=str(folder), tokenizer=None)
+    return load_tokenizer(dataclasses.replace(recipe, model=saved))
 
 
 def merge(run_dir: Path, *, gpus: Optional[Sequence[Gpu]] = None, trust_remote_code: bool = False) -> Path:

@@ -21,7 +21,8 @@ the user turn, the completion the assistant turn); plain text mixes with neither
 Each dataset is read through its ``Reader``: the format's field names, or the data's own where
 ``fields`` renames them, and for conversations the role each name of the data means (``roles``).
 Conversations are rendered with ``data.chat_template``: the tokenizer's own, or a named one of
-templates.py, already marked for answer-only loss.
+templates.py, already marked for answer-only loss; mistral-common's tokenizer
+(``model.tokenizer_backend``) encodes them itself, and mistral.py masks the answers.
 
 ``recipe run`` and ``recipe data`` share one pipeline, ``prepare``: read -> mix and split ->
 ``tokenize`` -> ``truncate`` -> drop what has no trained token left. The trainer gets its result
@@ -73,7 +74,8 @@ def alpaca_prompt(instruction: str, input: str = "", preamble: bool = False) -> 
 
 
 def layout(recipe: Recipe) -> str:
-    """Columns the recipe's mix becomes: ``prompt_completion``, ``messages`` or ``text``.
+    """Columns the recipe's mix becomes: ``prompt_completion``, ``messages`` or ``text``; always
+    ``messages`` with mistral-common's tokenizer (model.tokenizer_backend).
 
     Raises:
         DataError: plain text mixed with datasets that have prompts or roles.
@@ -88,7 +90,16 @@ def layout(recipe: Recipe) -> str:
                         f"{other.format}): plain text has no prompt or roles to line up with",
                         "train them in separate recipes, or convert the text data to prompt_completion",
                         where=recipe.locate(("data", "datasets", i, "format")), path=f"$.data.datasets[{i}].format")
-    return "messages" if "messages" in layouts else layouts.pop()
+    # mistral-common encodes conversations only: a prompt is a user turn, its completion the answer.
+    if "messages" in layouts or mistral_common(recipe):
+        return "messages"
+    return layouts.pop()
+
+
+def mistral_common(recipe: Recipe) -> bool:
+    """Whether the tokenizer is mistral-common's (model.tokenizer_backend), which encodes
+    conversations itself, with no chat template (mistral.py)."""
+    return recipe.model.tokenizer_backend == "mistral_common"
 
 
 def sft_flags(recipe: Recipe) -> dict:
@@ -148,7 +159,7 @@ def read_examples(recipe: Recipe, tokenizer=None) -> list[Example]:
         DataError: as ``load_examples``.
     """
     columns = layout(recipe)
-    if columns == "messages" and tokenizer is not None:
+    if columns == "messages" and tokenizer is not None and not mistral_common(recipe):
         _check_chat_template(recipe, tokenizer)
     examples = []
     for index, spec in enumerate(recipe.data.datasets):
@@ -235,7 +246,8 @@ def training_template(recipe: Recipe, tokenizer) -> Optional[str]:
     _check_chat_template saw it marked for answer-only loss); else None for the tokenizer's own, or
     TRL's training version of it when answer-only loss needs ``{% generation %}`` marks it lacks."""
     own = recipe_template(recipe)
-    if own is not None or layout(recipe) != "messages" or not sft_flags(recipe)["assistant_only_loss"]:
+    if own is not None or layout(recipe) != "messages" or not sft_flags(recipe)["assistant_only_loss"] \
+            or mistral_common(recipe):  # no template: mistral.py masks the answers
         return own
     if templates.marks_answers(tokenizer.chat_template):
         return None
@@ -318,21 +330,34 @@ def tokenize_many(batch: list[dict], tokenizer, *, answer_only: bool, chat_templ
     return tokens
 
 
-def _tokenized(chunk: list[Example], tokenizer, **how) -> list[Tokens]:
-    """``tokenize_many`` of the chunk; a record the chat template refuses (its ``raise_exception``:
-    roles that do not alternate, a system turn it has no place for) is a DataError at that record."""
-    from jinja2 import TemplateError
+def _template_refusal(error: Exception) -> tuple[str, str]:
+    return (f"the chat template refuses this conversation: {error}",
+            "drop or mend the record, or use a template that accepts it (data.chat_template)")
 
+
+def _encoder(recipe: Recipe):
+    """(tokenize_many, the errors by which it refuses one record, what to say of one) for the
+    recipe's tokenizer: transformers' with its chat template, or mistral-common's (mistral.py)."""
+    if mistral_common(recipe):
+        from . import mistral
+
+        return mistral.tokenize_many, mistral.refusals(), mistral.refusal
+    from jinja2 import TemplateError  # a template's raise_exception: roles that do not alternate...
+
+    return tokenize_many, (TemplateError,), _template_refusal
+
+
+def _tokenized(chunk: list[Example], tokenizer, encoder, **how) -> list[Tokens]:
+    """The chunk encoded by ``encoder`` (``_encoder``); a record it refuses is a DataError there."""
+    encode, refused, refusal = encoder
     try:
-        return tokenize_many([e.columns for e in chunk], tokenizer, **how)
-    except TemplateError:
-        for example in chunk:  # which one: the template said why, not where
+        return encode([e.columns for e in chunk], tokenizer, **how)
+    except refused:
+        for example in chunk:  # which one: the error said why, not where
             try:
-                tokenize_many([example.columns], tokenizer, **how)
-            except TemplateError as e:
-                raise example.place.error(f"the chat template refuses this conversation: {e}",
-                                          "drop or mend the record, or use a template that accepts it "
-                                          "(data.chat_template)") from e
+                encode([example.columns], tokenizer, **how)
+            except refused as e:
+                raise example.place.error(*refusal(e)) from e
         raise
 
 
@@ -359,6 +384,7 @@ def prepare(recipe: Recipe, tokenizer) -> tuple[list[Prepared], Optional[list[Pr
     template = training_template(recipe, tokenizer)
     answer_only = recipe.data.completion_only_loss and layout(recipe) != "text"
     max_length = recipe.data.max_seq_length
+    encoder = _encoder(recipe)
 
     def one(example: Example, full: Tokens) -> Prepared:
         kept = truncate(full, max_length)
@@ -372,7 +398,7 @@ def prepare(recipe: Recipe, tokenizer) -> tuple[list[Prepared], Optional[list[Pr
         prepared = []
         for i in range(0, len(examples), _BATCH):
             chunk = examples[i:i + _BATCH]
-            tokens = _tokenized(chunk, tokenizer, answer_only=answer_only, chat_template=template)
+            tokens = _tokenized(chunk, tokenizer, encoder, answer_only=answer_only, chat_template=template)
             prepared += [one(e, t) for e, t in zip(chunk, tokens)]
         return prepared
 

@@ -101,15 +101,16 @@ def load_tokenizer(recipe: Recipe):
     ``AutoTokenizer`` imports torch (through transformers' model configurations: 1.5-2 s), which
     `recipe data` does not need. A local model folder whose tokenizer_config.json names the generic
     ``TokenizersBackend`` class, without code of its own, is what AutoTokenizer loads too: that class
-    is loaded directly. Anything else goes through model.load_tokenizer, as `recipe run` does.
+    is loaded directly (the folder of model.tokenizer where it names one). Anything else goes through
+    model.load_tokenizer, as `recipe run` does.
 
     Raises:
         RecipeError: as model.load_tokenizer.
     """
     from .model import load_tokenizer as auto_tokenizer
 
-    folder = recipe.model.local_path
-    if folder is None:  # a hub id
+    folder = recipe.model.tokenizer_path
+    if folder is None or data.mistral_common(recipe):  # a hub id, or a tekken.json beside any tokenizer.json
         return auto_tokenizer(recipe)
     try:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -318,7 +319,7 @@ def warnings(recipe: Recipe, tokenizer, prepared: list[Prepared], mix: Part) -> 
                                     "completion's first (this is the first): training cuts the prompt there, "
                                     "unlike the prompt the model gets when asked",
                          "end prompts on a token boundary, e.g. with a newline or a space"))
-    if data.layout(recipe) == "messages":
+    if data.layout(recipe) == "messages" and not data.mistral_common(recipe):  # no template: mistral.py checks
         found += _template_warnings(recipe, tokenizer, prepared)
     return found
 

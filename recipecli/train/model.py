@@ -107,7 +107,7 @@ def enforce_dtypes(model, choices: Choices) -> int:
 
 
 def load_tokenizer(recipe: Recipe):
-    """The model's tokenizer, as the recipe names it.
+    """The recipe's tokenizer: model.tokenizer where it names one, else the model's own.
 
     Raises:
         RecipeError: it cannot be found (offline, missing folder, wrong id or revision) or needs
@@ -115,13 +115,27 @@ def load_tokenizer(recipe: Recipe):
     """
     from transformers import AutoTokenizer
 
+    from .mistral import MODE
+
+    model = recipe.model
+    # model.revision is a ref of the model's repository; a tokenizer from another one is at its default branch.
+    revision = model.revision if model.tokenizer is None else None
+    # mistral_format False unless the recipe asks: with mistral-common installed, transformers would
+    # otherwise switch a model that ships a tekken.json to it without a word.
+    backend = {"mistral_format": True, "mode": MODE} if model.tokenizer_backend == "mistral_common" else {
+        "mistral_format": False}
     try:
-        return AutoTokenizer.from_pretrained(_source(recipe), revision=recipe.model.revision,
-                                             trust_remote_code=recipe.model.trust_remote_code)
+        return AutoTokenizer.from_pretrained(model.tokenizer_source, revision=revision,
+                                             trust_remote_code=model.trust_remote_code, **backend)
     # OSError: a missing repo, file or connection; ValueError: code the model ships without
     # trust_remote_code, or a tokenizer class this transformers lacks; ImportError: a missing package.
     except (OSError, ValueError, ImportError) as e:
-        raise _load_failure(f"the tokenizer of {recipe.model.id}", e) from e
+        if isinstance(e, ImportError) and model.tokenizer_backend is not None:  # mistral-common is an extra
+            raise RecipeError(f"model.tokenizer_backend {model.tokenizer_backend} needs mistral-common: {e}",
+                              "pip install 'recipecli[mistral]'", where=recipe.locate(("model", "tokenizer_backend")),
+                              path="$.model.tokenizer_backend") from e
+        raise _load_failure(f"the tokenizer {model.tokenizer}" if model.tokenizer else
+                            f"the tokenizer of {model.id}", e) from e
 
 
 def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool = True, train: bool = True):

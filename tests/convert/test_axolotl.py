@@ -19,6 +19,8 @@ READS = {
     "base_model": ("org/m", {}, {"model.id": "org/m"}),
     "revision_of_model": ("abc123", {}, {"model.revision": "abc123"}),
     "model_revision": ("abc123", {}, {"model.revision": "abc123"}),
+    "tokenizer_config": ("EleutherAI/gpt-neox-20b", {}, {"model.tokenizer": "EleutherAI/gpt-neox-20b"}),
+    "tokenizer_use_mistral_common": (True, {}, {"model.tokenizer_backend": "mistral_common"}),
     "trust_remote_code": (True, {}, {"model.trust_remote_code": True}),
     "adapter": ("lora", {"load_in_8bit": True}, {"method": "qlora"}),
     "load_in_4bit": (True, {"adapter": "qlora"}, {"quantization.bits": 4}),
@@ -179,6 +181,7 @@ REFUSALS = {
     # Axolotl's fp16 weights without mixed precision: bf16 off (or auto on an old card) and fp16 not on
     "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
     "lr_quadratic_warmup": (True, {}, "quadratic warm-up is not supported"),
+    "tokenizer_use_mistral_common": ("yes", {}, "expected true or false"),
 }
 
 CHAT = {"type": "chat_template"}
@@ -416,8 +419,7 @@ def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
     assert row_for("gradient_checkpointing", TOP_ROWS).read(False, cfg) == {}
 
 
-@pytest.mark.parametrize("key, value", [("tokenizer_use_mistral_common", False), ("flex_attention", False),
-                                        ("peft", {})])
+@pytest.mark.parametrize("key, value", [("flex_attention", False), ("peft", {})])
 def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
     assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]
 
@@ -557,3 +559,8 @@ def test_unfrozen_parameters_keep_axolotl_meaning_both_ways():
     assert escaped["training.unfrozen_parameters"] == [r"model\.language_model\.\.*"] and NOTE in escaped
     with pytest.raises(NotConverted, match="every dot as a literal dot"):
         row.write({"training": {"unfrozen_parameters": [r"model\.layers\..*\.mlp"]}})
+
+
+def test_mistral_common_off_is_transformers_tokenizer_both_ways():
+    row = row_for("tokenizer_use_mistral_common", TOP_ROWS)
+    assert row.read(False, {}) == {} and row.write({"model": {"id": "org/m"}}) is ABSENT

@@ -244,6 +244,10 @@ DELTAS = {
                                             {"path": "org/sg", "format": "sharegpt", "split": "test",
                                              "subset": "en"}], "completion_only_loss": False, "packing": True}},
     "remote-code": {"model": {"trust_remote_code": True, "revision": "v2"}},
+    "hub-tokenizer": {"model": {"tokenizer": "EleutherAI/gpt-neox-20b", "revision": "v2"}},
+    "local-tokenizer": {"model": {"tokenizer": str(ROOT / "recipes" / "models" / "tiny-llama")}},
+    "mistral-common": {"model": {"tokenizer_backend": "mistral_common"},
+                       "data": {"datasets": [{"path": "org/chat", "format": "chat"}]}},
     "liger-some": {"training": {"liger_kernel": ["rms_norm", "glu"]}},
     # found by the round-trip property: a description YAML may not hold in a comment as written
     "odd-description": {"description": "a\x7fb\u2028c\x85d é \\u0041 😀"},

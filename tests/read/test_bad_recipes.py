@@ -69,6 +69,7 @@ CASES = {
     "flash_fp32.yaml": (11, "$.training.attention", "flash_attention_2 with precision fp32"),
     "missing_dataset_file.yaml": (8, "$.data.datasets[0].path", "dataset file not found"),
     "missing_model_folder.yaml": (4, "$.model.id", "local model folder not found"),
+    "missing_tokenizer_folder.yaml": (5, "$.model.tokenizer", "local tokenizer folder not found"),
     "missing_base.yaml": (3, "$.extends", "base recipe not found"),
     "cycle_a.yaml": (None, "$.extends", "extends cycle"),
     "cycle_b.yaml": (None, "$.extends", "extends cycle"),

@@ -163,6 +163,19 @@ def test_a_bare_existing_model_folder_is_local(make_recipe, tmp_path):
     assert load_recipe(make_recipe({"model": {"id": "models/m"}})).model.local_path == tmp_path / "models" / "m"
 
 
+def test_a_tokenizer_folder_is_made_absolute_like_the_model_s_and_a_hub_tokenizer_kept(make_recipe, tmp_path,
+                                                                                       monkeypatch):
+    (tmp_path / "tokenizers" / "t").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "tokenizers")  # relative to the recipe, not to where one stands
+    recipe = load_recipe(make_recipe({"model": {"tokenizer": "tokenizers/t"}}))
+    assert (recipe.model.tokenizer, recipe.model.tokenizer_path) == (str(tmp_path / "tokenizers" / "t"),
+                                                                     tmp_path / "tokenizers" / "t")
+    hub = load_recipe(make_recipe({"model": {"tokenizer": "EleutherAI/gpt-neox-20b"}}))
+    assert (hub.model.tokenizer_source, hub.model.tokenizer_path) == ("EleutherAI/gpt-neox-20b", None)
+    own = load_recipe(make_recipe())
+    assert (own.model.tokenizer, own.model.tokenizer_source) == (None, own.model.id)
+
+
 def test_an_override_value_is_one_line(make_recipe):
     """Defect 22: --set 'name=x<newline>w: 1' silently dropped the second line."""
     problem = _problem(make_recipe(), ["name=x\nw: 1"])

@@ -19,6 +19,7 @@ LITERALS = {
     ("training", "precision"): recipe.Precision,
     ("training", "attention"): recipe.Attention,
     ("model", "experts_implementation"): recipe.ExpertsImplementation,
+    ("model", "tokenizer_backend"): recipe.TokenizerBackend,
     ("logging", "wandb", "mode"): recipe.WandbMode,
     ("logging", "wandb", "log_model"): recipe.WandbLogModel,
     ("distributed", "strategy"): recipe.Strategy,

@@ -51,6 +51,8 @@ BREAKING = {
                                                                 "fields": {"messages": "dialog"}}]}},
                                         "$.data.datasets[0].fields.messages"),
     "jinja_template_and_its_text": ({"data": {"chat_template": "jinja"}}, "$.data.chat_template"),
+    "mistral_common_encodes_conversations_itself": ({"model": {"tokenizer_backend": "mistral_common"},
+                                                     "data": {"chat_template": "chatml"}}, "$.data.chat_template"),
     "min_lr_needs_cosine": ({"training": {"lr_scheduler": "linear", "min_lr_ratio": 0.1}}, "$.training.min_lr_ratio"),
     "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
 }
@@ -92,6 +94,32 @@ def test_a_jinja_text_needs_chat_template_jinja(make_recipe, data, path):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"data": data}))
     assert [p.path for p in info.value.problems] == [path]
+
+
+@pytest.mark.parametrize("tokenizer", ["./nowhere/tokenizer", "a/b/c", "https://example.com/t"])
+def test_a_tokenizer_is_a_folder_or_a_hub_id_as_the_model_is(make_recipe, tokenizer):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"model": {"tokenizer": tokenizer}}))
+    assert [p.path for p in info.value.problems] == ["$.model.tokenizer"]
+
+
+@pytest.mark.parametrize("data, path", [
+    ({"chat_template": "jinja", "chat_template_jinja": "{{ messages }}"}, "$.data.chat_template"),
+    ({"special_tokens": {"pad_token": "<pad>"}}, "$.data.special_tokens"),
+    ({"datasets": [{"path": "org/chat", "format": "chat"}, {"path": "org/notes", "format": "text"}]},
+     "$.data.datasets[1].format"),
+])
+def test_what_mistral_common_cannot_do_is_refused_at_its_field(make_recipe, data, path):
+    mistral = {"model": {"tokenizer_backend": "mistral_common"}}
+    assert resolve(make_recipe({"data": data}, name="transformers.yaml"))  # valid with transformers' tokenizer
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({**mistral, "data": data}))
+    assert path in [p.path for p in info.value.problems]
+
+
+def test_mistral_common_with_its_defaults_written_out_is_valid(make_recipe):
+    assert resolve(make_recipe({"model": {"tokenizer_backend": "mistral_common"},
+                                "data": {"chat_template": "tokenizer", "completion_only_loss": True}}))
 
 
 def test_drop_system_needs_conversations(make_recipe):

@@ -281,6 +281,12 @@ def test_recipe_data_imports_no_torch(delta):
                                                                          *delta]))
 
 
+def test_recipe_data_loads_model_tokenizer_s_folder_without_torch(tokenizer_elsewhere):
+    weights, tokenizer = tokenizer_elsewhere  # the weights' folder has no tokenizer: exit 0 means it read the other
+    assert not {"torch", "trl", "datasets", "peft"} & set(heavy_imports(
+        ["data", "recipes/tiny-demo.yaml", "--set", f"model.id={weights}", "--set", f"model.tokenizer={tokenizer}"]))
+
+
 def test_marked_templates_are_found_as_trl_finds_them():
     from trl.chat_template_utils import has_generation_markers
 

@@ -20,7 +20,7 @@ from recipecli.train import after, runfolder
 from recipecli.errors import DataError, DoesNotFit, ExitCode, RecipeError, UnknownTargets, UsageError
 from recipecli.fit.gpu_catalog import card, gpu_from_vram
 from recipecli.read.load import load_recipe
-from recipecli.train.model import load_model, lora_targets
+from recipecli.train.model import load_model, load_tokenizer, lora_targets
 from recipecli.fit.precision import choose
 from recipecli.train.runner import run
 
@@ -757,6 +757,20 @@ def test_merge_and_generate_trust_remote_code_of_the_saved_tokenizer(trained, ti
     assert isinstance(after.generate(run_dir, "Reverse the words.", 4, input="a b", gpus=(),
                                      trust_remote_code=True), str)
     assert (after.merge(run_dir, gpus=(), trust_remote_code=True) / "my_tokenizer.py").is_file()
+
+
+def test_a_tokenizer_from_another_folder_trains_and_is_saved_for_generate_and_merge(tiny, tokenizer_elsewhere):
+    """model.tokenizer (Axolotl's tokenizer_config): the model's folder holds no tokenizer."""
+    weights, tokenizer = tokenizer_elsewhere
+    recipe = tiny({"model": {"id": str(weights), "tokenizer": str(tokenizer)}})
+    with pytest.raises(RecipeError, match=f"cannot load the tokenizer of {weights}"):  # the model's own: none
+        load_tokenizer(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, tokenizer=None)))
+    result = run(recipe, gpus=())
+    assert result.steps == 3 and (result.saved / "tokenizer.json").is_file()
+    for file in tokenizer.iterdir():  # the folder stays (recipe.yaml still validates), its files go:
+        file.unlink()  # merge and generate must read the tokenizer saved beside the adapter
+    assert isinstance(after.generate(result.run_dir, "Reverse the words.", 4, input="a b", gpus=()), str)
+    assert (after.merge(result.run_dir, gpus=()) / "tokenizer.json").is_file()
 
 
 def test_generate_pads_with_the_pad_token_even_when_its_id_is_0():
