@@ -578,6 +578,8 @@ def _val_set_size(v, cfg):
 
 
 def _eval_steps(v, cfg):
+    if not cfg.get("val_set_size") and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return {}  # no held-out data (test_datasets is reported on its own): Axolotl evaluates nothing
     if isinstance(v, float) and v < 1:
         raise NotConverted(f"eval_steps {v} is a fraction of the run; recipe counts optimizer steps",
                            "write the number of steps")

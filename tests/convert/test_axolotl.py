@@ -72,7 +72,7 @@ READS = {
     "logging_steps": (5, {}, {"training.logging_steps": 5}),
     "save_steps": (50, {}, {"training.save_steps": 50}),
     "save_total_limit": (3, {}, {"training.save_total_limit": 3}),
-    "eval_steps": (25, {}, {"training.eval_steps": 25}),
+    "eval_steps": (25, {"val_set_size": 0.1}, {"training.eval_steps": 25}),
     "wandb_project": ("p", {}, {"logging.wandb.project": "p"}),
     "wandb_entity": ("team", {}, {"logging.wandb.entity": "team"}),
     "wandb_name": ("run", {}, {"logging.wandb.run_name": "run"}),
@@ -141,7 +141,7 @@ REFUSALS = {
     "bf16": (True, {"fp16": True}, "no precision recipe knows"),
     "chat_template": ("jinja", {}, "jinja without chat_template_jinja"),
     "chat_template_jinja": (5, {"chat_template": "jinja"}, "not a template's text"),
-    "eval_steps": (0.25, {}, "a fraction of the run"),
+    "eval_steps": (0.25, {"val_set_size": 0.1}, "a fraction of the run"),
     "wandb_mode": ("shared", {}, "not online, offline or disabled"),
     "xformers_attention": ("yes", {}, "expected true or false"),
     "attn_implementation": ("flex_attention", {}, "not one recipe runs"),
@@ -384,7 +384,7 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
 @pytest.mark.parametrize("key, value, rest", [
     ("lora_qkv_kernel", False, {}), ("torch_compile", False, {}), ("bfloat16", True, {"bf16": True}),
     ("bfloat16", "auto", {}), ("float16", True, {"fp16": True}), ("gptq", False, {}), ("tensor_parallel_size", 1, {}),
-    ("evals_per_epoch", 0, {}), ("eval_strategy", "no", {}), ("chunked_cross_entropy", True, {}),
+    ("evals_per_epoch", 0, {}), ("eval_steps", 100, {}), ("eval_strategy", "no", {}), ("chunked_cross_entropy", True, {}),
     # float16 where bf16 decides first (true, or auto with fp16 unset: bf16 or fp16 mixed precision by card)
     ("float16", True, {"bf16": True}), ("float16", True, {}), ("float16", True, {"bf16": "auto"}),
     ("wandb_log_model", "false", {"wandb_project": "p"}), ("wandb_log_model", "end", {"wandb_mode": "disabled"}),
