@@ -2,12 +2,14 @@
 
     nice -n 10 .venv/bin/python benchmarks/moe_trace.py [--full]
 
-Each row traces two steps of LoRA or QLoRA on the attention (the experts frozen, 16-bit or
-quantized by quantization.moe_experts) with ``recipecli.train.probe.trace_step`` under
+Each row traces two steps of LoRA or QLoRA with ``recipecli.train.probe.trace_step`` under
 FakeTensorMode and prints the traced allocated peak beside ``estimate().allocated_bytes``. The
 grid: three families built small (Mixtral, Qwen3-MoE, OLMoE) x lora/qlora x bf16/fp32 x
-checkpointing x two batch shapes x moe_experts (72 rows, about a second each). ``--full`` adds five
-rows at full size from the catalog (a minute or two each on 2 cores). Results: BENCHMARKS.md.
+checkpointing x two batch shapes x moe_experts, with adapters on the attention (the experts
+frozen, 16-bit or quantized by quantization.moe_experts: 72 rows), then on every layer peft's
+all-linear reaches (the router and the fused experts too, dropout 0) and on one fused stack named
+in lora.target_parameters (48 more); about a second a row. ``--full`` adds rows at full size from
+the catalog (seconds to a minute each on 2 cores). Results: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -36,37 +38,51 @@ SMALL = {
                   num_attention_heads=16, num_key_value_heads=16, vocab_size=32000, num_experts=16,
                   num_experts_per_tok=4, max_position_embeddings=4096),
 }
-# (hub id, method, precision, checkpointing, seq_len, micro_batch, moe_experts)
-FULL = [("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, True),
-        ("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, False),
-        ("allenai/OLMoE-1B-7B-0924", "qlora", "bf16", True, 4096, 1, True),
-        ("allenai/OLMoE-1B-7B-0924", "lora", "bf16", False, 1024, 1, False),
-        ("mistralai/Mixtral-8x7B-v0.1", "qlora", "fp16", True, 1024, 1, True)]
+ATTENTION, ALL_LINEAR, ONE_STACK = ("attention", ()), ("all-linear", ()), ("attention", ("mlp.experts.down_proj",))
+# (hub id, method, precision, checkpointing, seq_len, micro_batch, moe_experts, adapters)
+FULL = [("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, True, ATTENTION),
+        ("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, False, ATTENTION),
+        ("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, False, ALL_LINEAR),
+        ("allenai/OLMoE-1B-7B-0924", "qlora", "bf16", True, 4096, 1, True, ATTENTION),
+        ("allenai/OLMoE-1B-7B-0924", "lora", "bf16", False, 1024, 1, False, ATTENTION),
+        ("allenai/OLMoE-1B-7B-0924", "lora", "bf16", True, 2048, 1, False, ALL_LINEAR),
+        ("mistralai/Mixtral-8x7B-v0.1", "qlora", "fp16", True, 1024, 1, True, ATTENTION)]
 
 
-def setup(method: str, precision: str, checkpointing: bool, seq_len: int, micro_batch: int, moe_experts: bool) -> Setup:
+def setup(method: str, precision: str, checkpointing: bool, seq_len: int, micro_batch: int, moe_experts: bool,
+          adapters: tuple) -> Setup:
     """The estimator's view of what trace_step runs: the dtypes recipe run would choose."""
     kbit = method == "qlora"
+    targets, parameters = adapters
     chosen = dtypes(method, kbit, precision, DTYPE_OF[precision] if kbit else None)
     return Setup(method=method, weight_bits=4 if kbit else 8 * DTYPE_BYTES[chosen["weight_dtype"]],
                  quant_type="nf4" if kbit else None, double_quant=kbit, compute_bytes=DTYPE_BYTES[DTYPE_OF[precision]],
-                 lora_r=16, lora_targets="attention", micro_batch_size=micro_batch, seq_len=seq_len,
+                 lora_r=16, lora_targets=targets, micro_batch_size=micro_batch, seq_len=seq_len,
                  gradient_checkpointing=checkpointing, optimizer="adamw_torch", attention="sdpa",
-                 gradient_accumulation_steps=1, lora_dropout=0.05, autocast=precision != "fp32",
-                 adapter_bytes=DTYPE_BYTES[chosen["trainable_dtype"]], padded=False, moe_experts=moe_experts)
+                 gradient_accumulation_steps=1, lora_dropout=_dropout(adapters), autocast=precision != "fp32",
+                 adapter_bytes=DTYPE_BYTES[chosen["trainable_dtype"]], padded=False, moe_experts=moe_experts,
+                 target_parameters=parameters)
 
 
-def compare(name: str, config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts) -> float:
+def _dropout(adapters: tuple) -> float:
+    return 0.05 if adapters == ATTENTION else 0.0  # peft takes no dropout on parameters
+
+
+def compare(name: str, config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
+            adapters) -> float:
     from recipecli.train.probe import trace_step
 
     start = time.perf_counter()
-    traced = trace_step(config, method=method, targets="attention", precision=precision, steps=2,
-                        gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
-                        double_quant=True, moe_experts=moe_experts).peak_bytes
+    targets, parameters = adapters
+    traced = trace_step(config, method=method, targets=targets, target_parameters=parameters, precision=precision,
+                        steps=2, gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
+                        double_quant=True, moe_experts=moe_experts, lora_dropout=_dropout(adapters)).peak_bytes
     counted = estimate(shape_from_config(config), setup(method, precision, checkpointing, seq_len, micro_batch,
-                                                        moe_experts)).allocated_bytes
+                                                        moe_experts, adapters)).allocated_bytes
     error = (counted - traced) / traced
-    print(f"| {name} | {method} {precision}{' ckpt' if checkpointing else ''}{' moe_experts' if moe_experts else ''} "
+    on = "+".join(parameters) if parameters else targets
+    flags = (" ckpt" if checkpointing else "") + (" moe_experts" if moe_experts else "")
+    print(f"| {name} | {method} {precision} {on}{flags} "
           f"| {seq_len} x {micro_batch} | {traced / 2**20:,.1f} | {counted / 2**20:,.1f} | {100 * error:+.1f} % "
           f"| {time.perf_counter() - start:.0f} s |", flush=True)
     return error
@@ -78,11 +94,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print("| model | set-up | tokens | traced MiB | estimate MiB | error | time |\n|---|---|---|---|---|---|---|")
     errors = []
-    for (name, config), method, precision, checkpointing, (seq_len, batch), moe in product(
-            SMALL.items(), ("lora", "qlora"), ("bf16", "fp32"), (False, True), ((512, 1), (2048, 2)), (False, True)):
-        if moe and method != "qlora":
-            continue  # moe_experts quantizes: qlora only
-        errors.append(compare(name, config, method, precision, checkpointing, seq_len, batch, moe))
+    for adapters, (name, config), method, precision, checkpointing, (seq_len, batch), moe in product(
+            (ATTENTION, ALL_LINEAR, ONE_STACK), SMALL.items(), ("lora", "qlora"), ("bf16", "fp32"), (False, True),
+            ((512, 1), (2048, 2)), (False, True)):
+        if moe and (method != "qlora" or adapters == ONE_STACK):
+            continue  # moe_experts quantizes: qlora only; peft finds no quantized stack to adapt
+        if adapters != ATTENTION and precision == "fp32" and (seq_len, batch) == (512, 1):
+            continue  # the adapter rows: half the grid
+        errors.append(compare(name, config, method, precision, checkpointing, seq_len, batch, moe, adapters))
     for model_id, *row in FULL if args.full else ():
         errors.append(compare(model_id, find_config(model_id), *row))
     print(f"\n{len(errors)} rows: median error {100 * statistics.median(errors):+.1f} %, "

@@ -205,9 +205,9 @@ def _defaults(conv: Conversion, doc: Document) -> None:
 def _local_paths(recipe: dict, out_dir: Optional[Path]) -> None:
     """Axolotl reads local paths relative to where it runs; a recipe, relative to itself."""
     model = recipe.get("model", {})
-    for field in ("id", "tokenizer"):
-        if isinstance(model.get(field), str) and paths.model_folder(model[field], Path.cwd()) is not None:
-            model[field] = _relative(paths.model_folder(model[field], Path.cwd()), out_dir, "./")
+    for name in ("id", "tokenizer"):
+        if isinstance(model.get(name), str) and paths.model_folder(model[name], Path.cwd()) is not None:
+            model[name] = _relative(paths.model_folder(model[name], Path.cwd()), out_dir, "./")
     for dataset in recipe.get("data", {}).get("datasets", []):
         if isinstance(dataset.get("path"), str) and paths.is_data_file(dataset["path"]):
             dataset["path"] = _relative(paths.absolute(dataset["path"], Path.cwd()), out_dir, "")

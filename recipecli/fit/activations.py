@@ -168,20 +168,27 @@ def expert_bytes(s: Setup, dt: Dtypes) -> int:
     return dt.compute if s.moe_experts else dt.other
 
 
+def adapted_experts(shape: Shape, s: Setup) -> tuple[str, ...]:
+    """The router and expert stacks of a layer that get adapters (Shape.adapted_experts)."""
+    if s.method == "full":
+        return ()
+    return shape.adapted_experts(s.lora_targets, s.target_parameters, s.moe_experts)
+
+
 def experts_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes) -> float:
-    """What a mixture-of-experts layer keeps per token in place of the MLP, its experts frozen
-    (transformers' grouped_mm path: each token's k experts as rows of one grouped matmul).
+    """What a mixture-of-experts layer keeps per token in place of the MLP, its experts frozen or
+    adapted (transformers' grouped_mm path: each token's k experts as rows of one grouped matmul).
 
     The router keeps its fp32 softmax and the top-k indices. Each of the token's k rows keeps the
     token gathered (the up projection's input, cast to the experts' dtype), the up projection's
     gate and up halves (the activation's input), the activation, their product (the down
     projection's input) and the down projection's output (the routing weight's product), plus the
     routing weight (fp32) and three int64 index rows (the sort's permutation, the gather's and the
-    scatter back's).
+    scatter back's). An adapted router keeps its input too (the linear's weight now needs a gradient).
     """
     h, i, k, e = shape.hidden_size, shape.expert_intermediate_size, shape.experts_per_token, shape.experts
     de = expert_bytes(s, dt)
-    router = 4 * e + 8 * k
+    router = 4 * e + 8 * k + (h * dt.compute if "mlp.gate.weight" in adapted_experts(shape, s) else 0)
     return router + k * (de * (2 * h + 4 * i) + 4 + 3 * 8) + _qk_norms_bytes(shape)
 
 
@@ -208,17 +215,23 @@ def experts_backward_bytes(shape: Shape, s: Setup, dt: Dtypes, tokens: int) -> f
     h, i, k, e = shape.hidden_size, shape.expert_intermediate_size, shape.experts_per_token, shape.experts
     rows = k * tokens
     down = rows * (h + i) + e * h * i  # its incoming gradient, the input's and the stack's
-    up = e * 2 * i * h - 2 * i * rows - (e * h * i if s.moe_experts else 0)
+    kept_down = s.moe_experts or "mlp.experts.down_proj" in adapted_experts(shape, s)
+    up = e * 2 * i * h - 2 * i * rows - (e * h * i if kept_down else 0)
     return max(down, up) * expert_bytes(s, dt)
 
 
 def expert_stacks_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
-    """Bytes one layer keeps of its expert weights beyond the parameters: quantized experts are
-    dequantized whole by bitsandbytes' parametrization and the grouped matmuls keep that copy
-    for backward."""
-    if not s.moe_experts:
-        return 0
-    return 3 * shape.experts * shape.expert_intermediate_size * shape.hidden_size * dt.compute
+    """Bytes one layer keeps of its expert weights beyond the parameters, for backward: the whole
+    stacks bitsandbytes' parametrization dequantizes quantized experts to, or that peft folds an
+    adapted stack's adapters into (the weight plus the scaled product of its factors, one
+    baddbmm), which the grouped matmuls keep, with the factors the fold keeps."""
+    e, i, h = shape.experts, shape.expert_intermediate_size, shape.hidden_size
+    adapted = adapted_experts(shape, s)
+    stacks = {"mlp.experts.gate_up_proj": 2 * e * i * h, "mlp.experts.down_proj": e * i * h}
+    kept = sum(size for path, size in stacks.items() if s.moe_experts or path in adapted)
+    factors = sum(count * s.lora_r * (fin + fout) for path, (count, fin, fout)
+                  in shape.expert_adapter_sizes(adapted).items() if path in stacks)
+    return (kept + factors) * expert_bytes(s, dt)
 
 
 def loss_bytes(shape: Shape, s: Setup, dt: Dtypes, tokens: int) -> tuple[float, str]:

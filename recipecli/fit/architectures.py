@@ -59,6 +59,11 @@ PARAMETER_NAMES = {
 # The token embedding's name, where a layout does not call it embed_tokens (lora.modules_to_save).
 EMBEDDINGS = {"qwen": "wte", "falcon": "word_embeddings", "bloom": "word_embeddings", "gpt_neox": "embed_in"}
 ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
+# A mixture of experts' parameters that are no linear layer, by their path in a decoder layer: the
+# router and the fused experts. peft (0.21) adapts them as parameters (target_parameters), and its
+# all-linear reaches all three in these families (its conversion of transformers 4's expert names).
+EXPERT_PARAMETERS = ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+ALL_LINEAR_ADAPTS_EXPERTS = ("mixtral", "qwen3_moe", "olmoe")
 GATED_ROLES = frozenset({"gate", "gate_up"})
 
 
@@ -190,6 +195,38 @@ class Shape:
                              f"and the decoder layers' linear layers ({', '.join(self.linear_modules())}) of this "
                              f"{self.model_type} model", path="$.lora.modules_to_save")
         return {n: size for n, size in sizes.items() if any(n in found for found in hits.values())}
+
+    def adapted_experts(self, targets, target_parameters: Iterable[str], quantized_experts: bool) -> tuple[str, ...]:
+        """The paths (EXPERT_PARAMETERS) of one layer's router and fused experts that get adapters:
+        all three under all-linear in ALL_LINEAR_ADAPTS_EXPERTS, else those lora.target_parameters
+        names (the path, or a path ending in "." + it, as peft matches them). Quantized experts
+        (quantization.moe_experts) are parametrized, and peft finds none of them.
+
+        Raises:
+            NotModeled: a target_parameters name that is none of these (fit-check counts no other
+                parameter adapter).
+        """
+        wanted = list(target_parameters)
+        if self.experts and targets == "all-linear" and self.model_type in ALL_LINEAR_ADAPTS_EXPERTS:
+            wanted = list(EXPERT_PARAMETERS)
+        hits = {name: [p for p in EXPERT_PARAMETERS if p == name or p.endswith("." + name)] for name in wanted}
+        missing = [name for name, found in hits.items() if not found or not self.experts]
+        if missing:
+            raise NotModeled(f"{', '.join(missing)}: fit-check counts adapters on parameters of a mixture of experts' "
+                             f"routers and fused experts ({', '.join(EXPERT_PARAMETERS)}) only",
+                             hint="recipe run checks the names against the loaded model",
+                             path="$.lora.target_parameters")
+        chosen = {p for found in hits.values() for p in found}
+        return tuple(p for p in EXPERT_PARAMETERS if p in chosen and not (quantized_experts and ".experts." in p))
+
+    def expert_adapter_sizes(self, paths: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+        """(experts, in_features, out_features) of each adapted expert parameter: peft gives a fused
+        stack one rank-r adapter per expert (lora_A to r x experts rows, lora_B from them), the
+        router one adapter of its whole weight."""
+        h, i, e = self.hidden_size, self.expert_intermediate_size, self.experts
+        sizes = {"mlp.gate.weight": (1, h, e), "mlp.experts.gate_up_proj": (e, h, 2 * i),
+                 "mlp.experts.down_proj": (e, i, h)}
+        return {p: sizes[p] for p in paths}
 
     def attention_modules(self) -> tuple[str, ...]:
         """Paths of the query/key/value/output projections (LoRA's ``attention`` target)."""
@@ -405,7 +442,7 @@ def shape_from_config(config: dict) -> Shape:
         return Shape(**base, layout="bloom", **biased, embedding_norm=True)
     if model_type == "gpt_neox":
         return Shape(**base, layout="gpt_neox", **biased)
-    if _routed_experts(config) > 1:
+    if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES:
         return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
     return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias,
@@ -440,6 +477,9 @@ def _moe_shape(config: dict, base: dict) -> Shape:
                          "whose layout fit-check does not read; counted as a dense model it would be under-estimated",
                          hint=f"fit-check reads the experts of {', '.join(_MOE_FAMILIES)}; recipe run trains "
                               "this model without a fit check", path=MODEL_PATH)
+    if _routed_experts(config) <= 1:  # transformers would take its config class's default count
+        raise UnknownModel(f"config.json of the mixture of experts {model_type!r} states no expert count "
+                           f"({', '.join(_EXPERT_COUNTS[:2])})", hint=_FIXES, path=MODEL_PATH)
     step = config.get("decoder_sparse_step", 1)
     if config.get("mlp_only_layers") or step != 1:
         raise NotModeled(f"this {model_type} model has dense layers between its expert layers (mlp_only_layers "

@@ -193,26 +193,18 @@ def _weights(shape: Shape, s: Setup, dt: Dtypes) -> tuple[float, str]:
             + (" (fp32 after prepare_model_for_kbit_training)" if s.kbit_upcast else ""))
 
 
-# Mixtures of experts whose experts peft adapts under all-linear (its conversion of transformers 4's
-# expert names to target_parameters): Mixtral, Qwen3-MoE, OLMoE; Qwen2-MoE's shared expert alone.
-ALL_LINEAR_ADAPTS_EXPERTS = ("mixtral", "qwen3_moe", "olmoe")
-
-
 def _experts_modelled(shape: Shape, s: Setup, dt: Dtypes) -> None:
     """Refuse a mixture of experts where the estimate does not model its training step, saying
     what its weights alone take: a lower bound of the peak.
 
-    Modelled: LoRA and QLoRA with the experts frozen, quantized or not, through transformers'
-    grouped_mm experts (activations.experts_bytes_per_token). Not yet: adapters on the experts
-    (all-linear on the families in ALL_LINEAR_ADAPTS_EXPERTS, or lora.target_parameters: peft folds
-    them into a full copy of each layer's experts in every forward pass), training the experts in
-    full, and Qwen2-MoE's shared expert.
+    Modelled: LoRA and QLoRA, the experts frozen (quantized or not) or adapted (peft folds the
+    adapters into a full copy of each adapted stack in every forward pass), through transformers'
+    grouped_mm experts (activations.py). Not yet: training the experts in full, and Qwen2-MoE's
+    shared expert.
     """
     why = None
     if s.method == "full":
         why = "full fine-tuning of its experts"
-    elif s.target_parameters or (s.lora_targets == "all-linear" and shape.model_type in ALL_LINEAR_ADAPTS_EXPERTS):
-        why = "adapters on its experts (target_modules all-linear reaches them in this family, as target_parameters do)"
     elif shape.shared_expert_intermediate_size:
         why = "its shared expert"
     if why is None:
@@ -224,9 +216,8 @@ def _experts_modelled(shape: Shape, s: Setup, dt: Dtypes) -> None:
     raise NotModeled(f"fit-check does not model {why} yet ({shape.experts} experts "
                      f"per layer, {shape.experts_per_token} per token): its weights alone take {gib(weights)} "
                      f"({how}; {experts:,} of them in the fused experts, {where}), before adapters, optimizer state "
-                     "and activations", hint="a card smaller than that cannot train it; with LoRA on the attention "
-                     "(target_modules: attention) fit-check estimates it; recipe run trains it without a fit check",
-                     path="$.model.id")
+                     "and activations", hint="a card smaller than that cannot train it; recipe run trains it without "
+                     "a fit check", path="$.model.id")
 
 
 def estimate(shape: Shape, setup: Setup) -> Estimate:
@@ -263,6 +254,14 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     tokens = s.micro_batch_size * s.seq_len
     adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
     lora_params = layers * sum(s.lora_r * (fin + fout) for fin, fout in adapters.values())
+    experts = activations.adapted_experts(shape, s)
+    if experts and s.lora_dropout:  # peft's ParamWrapper refuses it when the adapters are built
+        raise UnknownTargets(f"peft adapts this {shape.model_type} model's router and fused experts too "
+                             f"({', '.join(experts)}), and takes no dropout on them",
+                             hint="set lora.dropout: 0, or adapt the attention alone (target_modules: attention)",
+                             path="$.lora.dropout")
+    lora_params += layers * sum(count * s.lora_r * (fin + fout)
+                                for count, fin, fout in shape.expert_adapter_sizes(experts).values())
     # lora.modules_to_save: peft trains a copy of each beside the frozen original; the copies are
     # trainable weights like the adapters (gradients, optimizer state, the runner's trainable dtype).
     in_full = shape.match_saved(s.modules_to_save, s.weight_bits < 16) if adapters and s.modules_to_save else {}

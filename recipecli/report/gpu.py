@@ -38,7 +38,7 @@ def largest_qlora_model(gpu: Gpu) -> Optional[tuple[str, Verdict]]:
     setup, notes = setup_for(standard_qlora(), gpu)
     families: dict[Shape, str] = {}
     for model_id, shape in CATALOG.items():
-        if not shape.experts:  # fit-check refuses to estimate a mixture of experts (estimate.py)
+        if not shape.experts:  # the standard base's all-linear adapters with dropout: peft refuses them on experts
             families.setdefault(shape, model_id)  # one hub id per shape: the first one listed
     for shape, model_id in sorted(families.items(), key=lambda item: -item[0].param_count()):
         verdict = judge(shape, setup, gpu, tuple(notes))

@@ -184,4 +184,5 @@ def _trace(recipe: Recipe, config: dict, steps: int, choices: Choices, run=None)
         quant_type=quant.type if four_bit else "nf4", double_quant=bool(four_bit and quant.double_quant),
         gradient_accumulation_steps=training.gradient_accumulation_steps, packing=recipe.data.packing,
         max_grad_norm=training.max_grad_norm, weight_decay=training.weight_decay,
-        unfrozen=training.unfrozen_parameters or (), moe_experts=bool(quant and quant.moe_experts))
+        unfrozen=training.unfrozen_parameters or (), moe_experts=bool(quant and quant.moe_experts),
+        target_parameters=lora.target_parameters if lora else ())

@@ -304,17 +304,39 @@ def prepare_kbit(model, gradient_checkpointing: bool):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
-def lora_config(r: int, alpha: float, dropout: float, targets, model):
-    """peft's LoraConfig for adapters of rank ``r`` on ``targets`` (as a recipe writes them) in
-    ``model``; the probe builds its adapters with it, as runner._lora_config does for a run.
+def lora_config(r: int, alpha: float, dropout: float, targets, model, target_parameters: Sequence[str] = ()):
+    """peft's LoraConfig for adapters of rank ``r`` on ``targets`` (as a recipe writes them) and
+    on ``target_parameters`` in ``model``; the probe builds its adapters with it, as
+    runner._lora_config does for a run.
 
     Raises:
-        UnknownTargets: see :func:`lora_targets`.
+        UnknownTargets: see :func:`lora_targets` and :func:`parameter_targets`.
     """
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
-                      target_modules=lora_targets(targets, model))
+                      target_modules=lora_targets(targets, model),
+                      target_parameters=parameter_targets(target_parameters, model))
+
+
+def parameter_targets(wanted: Sequence[str], model) -> Optional[list[str]]:
+    """lora.target_parameters checked against the model's parameters as peft matches them (the
+    name, or a name ending in "." + it): peft adapts none for a name that matches nothing, with a
+    warning only. None when there are none.
+
+    Raises:
+        UnknownTargets: names that match no parameter, at $.lora.target_parameters.
+    """
+    if not wanted:
+        return None
+    names = [name for name, _ in model.named_parameters()]
+    missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
+    if missing:
+        fused = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})
+        raise UnknownTargets(f"{', '.join(missing)} match no parameter of this {model.config.model_type} model"
+                             + (f"; its fused expert parameters are {', '.join(fused)}" if fused else
+                                ": it has no fused experts"), path="$.lora.target_parameters")
+    return list(wanted)
 
 
 def lora_targets(wanted, model):

@@ -132,7 +132,8 @@ def _quant_state(layers: Sequence) -> list[torch.Tensor]:
 
 def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lora_dropout: float,
            targets, gradient_checkpointing: bool, attention: str, loss: str, choices: Choices,
-           bnb, fake: bool, unfrozen: Sequence[str] = (), moe_experts: bool = False):
+           bnb, fake: bool, unfrozen: Sequence[str] = (), moe_experts: bool = False,
+           target_parameters: Sequence[str] = ()):
     """The model as a run trains it (runner.run: model.load_model, SFTTrainer, enforce_dtypes),
     built from its config: base weights in the run's dtype (bitsandbytes layers for qlora, then
     peft's k-bit preparation), TRL's fused LM head, LoRA adapters or every weight trainable, the
@@ -157,7 +158,7 @@ def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lo
     if method in ("lora", "qlora"):
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, targets, model))
+        model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, targets, model, target_parameters))
     elif method != "full":
         raise ValueError(f"method {method!r}: qlora, lora or full")
     elif unfrozen:
@@ -314,7 +315,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
                precision: str = "fp32", choices: Optional[Choices] = None, bits: int = 4,
                quant_type: str = "nf4", double_quant: bool = False, gradient_accumulation_steps: int = 1,
                packing: bool = False, max_grad_norm: float = 0.0, weight_decay: float = 0.0,
-               unfrozen: Sequence[str] = (), moe_experts: bool = False,
+               unfrozen: Sequence[str] = (), moe_experts: bool = False, target_parameters: Sequence[str] = (),
                recorder: Optional[MemTrace] = None) -> Trace:
     """Trace training steps on a worst-case batch (every sequence ``seq_len`` tokens).
 
@@ -348,6 +349,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         weight_decay: the optimizer's weight decay (in-place, no memory of its own).
         unfrozen: with method full, the parameters that train (training.unfrozen_parameters); () all.
         moe_experts: with method qlora, a mixture of experts' fused experts quantized too (4 bits).
+        target_parameters: parameters adapted directly (lora.target_parameters: fused experts).
         recorder: the MemTrace to record into (a subclass that also reads a device's counters,
             gpuprobe.py); None: a plain MemTrace.
 
@@ -371,7 +373,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
                  targets=targets, gradient_checkpointing=gradient_checkpointing, loss=loss, choices=choices, bnb=bnb,
                  attention="sdpa" if attention == "flash_attention_2" else attention, unfrozen=unfrozen,
-                 moe_experts=moe_experts)
+                 moe_experts=moe_experts, target_parameters=target_parameters)
     mode = contextlib.nullcontext()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode

@@ -32,8 +32,8 @@ from ..read.recipe import Recipe
 from ..units import GIB
 from . import checkpoints, claim, data, datafiles, datastats, failures, launch, runfolder, tracking
 from .callbacks import StopRequest, recorder
-from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, saved_modules, say,
-                    training_gpu)
+from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, parameter_targets,
+                    saved_modules, say, training_gpu)
 from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
 from .trainer import trainer_class
 
@@ -352,11 +352,12 @@ def _lora_config(recipe: Recipe, model):
     try:
         targets = lora_targets(lora.target_modules, model)
         to_save = saved_modules(lora.modules_to_save, targets, model)
+        parameters = parameter_targets(lora.target_parameters, model)
     except RecipeError as e:
         raise at_its_field(e, recipe) from None
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
                       use_rslora=lora.use_rslora, use_dora=lora.use_dora, target_modules=targets,
-                      modules_to_save=to_save, target_parameters=list(lora.target_parameters) or None)
+                      modules_to_save=to_save, target_parameters=parameters)
 
 
 LIGER_PATH = ("training", "liger_kernel")

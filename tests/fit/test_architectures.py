@@ -377,3 +377,10 @@ def test_parameter_names_and_sizes_are_transformers_own(family):
     shape = shape_from_config(config.to_dict())
     assert shape.parameters() == {name: p.numel() for name, p in model.named_parameters()}
     assert sum(shape.parameters().values()) == shape.param_count()
+
+
+def test_a_mixture_of_experts_config_without_its_expert_count_is_not_guessed():
+    config = dict(model_type="mixtral", hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, vocab_size=100, num_experts_per_tok=2)
+    with pytest.raises(UnknownModel, match="states no expert count"):
+        shape_from_config(config)

@@ -307,12 +307,35 @@ def test_lora_on_the_output_head_is_refused_as_trl_refuses_it():
 MIXTRAL = CATALOG["mistralai/Mixtral-8x7B-v0.1"]
 
 
-@pytest.mark.parametrize("moe_experts, weights", [(False, "169.61 GiB"), (True, "22.61 GiB")])
-def test_a_mixture_of_experts_is_refused_with_its_weights_as_they_are_stored(moe_experts, weights):
+def test_a_mixture_of_experts_trained_in_full_is_refused_with_its_weights():
     from recipecli.errors import NotModeled
 
-    with pytest.raises(NotModeled, match=re.escape(f"its weights alone take {weights}")) as refused:
-        estimate(MIXTRAL, dataclasses.replace(GUIDE, moe_experts=moe_experts))
+    with pytest.raises(NotModeled, match=re.escape("full fine-tuning of its experts yet (8 experts per layer, 2 per "
+                                                   "token): its weights alone take 173.98 GiB")) as refused:
+        estimate(MIXTRAL, FULL)
+    assert refused.value.path == "$.model.id"
+
+
+def test_all_linear_adapts_a_mixtures_experts_and_router_and_takes_no_dropout():
+    with pytest.raises(UnknownTargets, match="router and fused experts too") as refused:
+        estimate(MIXTRAL, GUIDE)  # all-linear, dropout 0.05
+    assert refused.value.path == "$.lora.dropout"
+    counted = estimate(MIXTRAL, dataclasses.replace(GUIDE, lora_dropout=0.0))
+    r, h, i, e, kv = 16, 4096, 14336, 8, 1024
+    attention = r * (h + h) + 2 * r * (h + kv) + r * (h + h)
+    experts = r * e * (h + 2 * i) + r * e * (i + h) + r * (h + e)  # one adapter per expert, the router's
+    assert counted.trainable_params == 32 * (attention + experts)
+    on_attention = estimate(MIXTRAL, dataclasses.replace(GUIDE, lora_targets="attention"))
+    assert on_attention.trainable_params == 32 * attention
+
+
+@pytest.mark.parametrize("moe_experts, weights", [(False, "49.31 GiB"), (True, "8.71 GiB")])
+def test_qwen2_moe_s_shared_expert_is_refused_with_its_weights_as_they_are_stored(moe_experts, weights):
+    from recipecli.errors import NotModeled
+
+    with pytest.raises(NotModeled, match=f"its shared expert yet .*its weights alone take {weights}") as refused:
+        estimate(CATALOG["Qwen/Qwen1.5-MoE-A2.7B"],
+                 dataclasses.replace(GUIDE, lora_targets="attention", moe_experts=moe_experts))
     assert refused.value.path == "$.model.id"
     # fused experts are never a Linear layer: unquantized, peft's k-bit preparation makes them fp32
     assert ("quantized too" in refused.value.message) is moe_experts

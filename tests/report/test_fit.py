@@ -358,7 +358,7 @@ def test_write_keeps_a_local_model_folder_working_from_another_folder(make_recip
 
 
 @pytest.mark.parametrize("where", ["catalog", "local folder"])
-def test_a_mixture_of_experts_is_refused_with_its_weights_never_judged_as_dense(make_recipe, offline, tmp_path, where):
+def test_a_mixture_of_experts_is_counted_whole_never_judged_as_dense(make_recipe, offline, tmp_path, where):
     # Read as a dense model, Mixtral 8x7B was 7.24B parameters and "fits" an 8 GB card under QLoRA
     from recipecli.fit.model_catalog import CONFIGS
 
@@ -369,17 +369,21 @@ def test_a_mixture_of_experts_is_refused_with_its_weights_never_judged_as_dense(
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(config))
         model_id = str(folder)
-    path = make_recipe({"model": {"id": model_id}})
+    path = make_recipe({"model": {"id": model_id}, "lora": {"dropout": 0}})
     result = CliRunner().invoke(main, ["fit-check", str(path), "--gpu", "rtx2080"])
+    assert result.exit_code == ExitCode.DOES_NOT_FIT, result.output
+    assert "46.7B" in result.output and "DOES NOT FIT" in result.output and "Traceback" not in result.output
+
+
+def test_all_linear_with_dropout_on_a_mixture_of_experts_is_located_at_the_dropout(make_recipe, offline):
+    path = make_recipe({"model": {"id": "Qwen/Qwen3-30B-A3B"},
+                        "lora": {"dropout": 0.1, "target_modules": "all-linear"}})
+    result = CliRunner().invoke(main, ["fit-check", str(path), "--gpu", "rtx4090"])
     assert result.exit_code == ExitCode.INVALID, result.output
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "mixtral" in text.lower())
-    assert f"{path}:{line}:" in result.output
-    assert "$.model.id: fit-check does not model adapters on its experts (target_modules all-linear reaches them " \
-           "in this family, as target_parameters do) yet (8 experts per layer, 2 per token): its weights alone take " \
-           "169.61 GiB" in result.output
-    assert "45,097,156,608 of them in the fused experts, which bitsandbytes leaves unquantized unless " \
-           "quantization.moe_experts" in result.output
-    assert "fits" not in result.output and "Traceback" not in result.output
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "dropout" in text)
+    assert f"{path}:{line}:" in result.output and "$.lora.dropout: peft adapts this qwen3_moe model's router" in \
+        result.output
+    assert "hint: set lora.dropout: 0" in result.output
 
 
 def test_recipe_gpu_leaves_a_mixture_of_experts_out_of_the_largest_model_it_names():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from recipecli.errors import InvalidRecipe
+from recipecli.errors import InvalidRecipe, UnknownTargets
 from recipecli.fit.precision import choose
 from recipecli.read.load import load_recipe
 from recipecli.train.model import fused_experts, load_model
@@ -19,21 +19,25 @@ DATA = RECIPES / "data"
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty hub cache
 
 
-@pytest.fixture(scope="module")
-def tiny_mixtral(tmp_path_factory):
+def _mixtral(folder, experts: int):
+    """A tiny Mixtral with the tiny Llama's tokenizer, saved into ``folder``."""
     import torch
     from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-mixtral")
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     torch.manual_seed(0)
     config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=experts,
+                           num_experts_per_tok=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     MixtralForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_mixtral(tmp_path_factory):
+    return _mixtral(tmp_path_factory.mktemp("tiny-mixtral"), experts=4)
 
 
 @pytest.fixture
@@ -99,9 +103,24 @@ def test_an_experts_kernel_reaches_the_model(moe):
     assert model.config._experts_implementation == "eager"
 
 
-def test_all_linear_with_dropout_is_refused_at_the_dropout(moe):
+def test_all_linear_with_dropout_is_refused_at_the_dropout_before_anything_loads(moe):
     # peft adapts Mixtral's experts and routers as parameters under all-linear, and refuses dropout there
     recipe = moe({"lora": {"target_modules": "all-linear", "dropout": 0.05}})
+    with pytest.raises(UnknownTargets) as refused:
+        run(recipe, gpus=())
+    assert refused.value.path == "$.lora.dropout" and refused.value.where is not None
+    assert "router and fused experts too" in refused.value.message and "lora.dropout: 0" in refused.value.hint
+
+
+def test_without_a_fit_check_peft_s_refusal_of_dropout_is_located_too(moe, tmp_path):
+    # a config.json that leaves the expert count to transformers' default (8): fit-check cannot read it
+    import json
+
+    folder = _mixtral(tmp_path / "mixtral-default-experts", experts=8)
+    config = json.loads((folder / "config.json").read_text())
+    del config["num_local_experts"]
+    (folder / "config.json").write_text(json.dumps(config))
+    recipe = moe({"model": {"id": str(folder)}, "lora": {"target_modules": "all-linear", "dropout": 0.05}})
     with pytest.raises(InvalidRecipe) as refused:
         run(recipe, gpus=())
     (problem,) = refused.value.problems
