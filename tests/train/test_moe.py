@@ -139,3 +139,17 @@ def test_expert_settings_on_a_dense_model_are_refused(moe, delta, path):
         _loaded(recipe)
     (problem,) = refused.value.problems
     assert problem.path == path and "is not a mixture of experts" in problem.message
+
+
+@pytest.mark.parametrize("model, name, said", [
+    ("mixtral", "mlp.experts.up_proj", "its fused expert parameters are"),
+    ("dense", "mlp.experts.down_proj", "it has no fused experts"),
+])
+def test_target_parameters_that_name_nothing_are_located(moe, tiny_mixtral, model, name, said):
+    # peft would adapt nothing there, with a warning only
+    recipe = moe({"model": {"id": str(tiny_mixtral if model == "mixtral" else TINY_MODEL)},
+                  "lora": {"dropout": 0, "target_parameters": [name]}})
+    with pytest.raises(UnknownTargets) as refused:
+        run(recipe, gpus=())
+    assert refused.value.path == "$.lora.target_parameters" and refused.value.where is not None
+    assert f"{name} match no parameter" in refused.value.message and said in refused.value.message
