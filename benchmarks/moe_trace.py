@@ -68,18 +68,27 @@ def _dropout(adapters: tuple) -> float:
     return 0.05 if adapters == ATTENTION else 0.0  # peft takes no dropout on parameters
 
 
-def compare(name: str, config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
-            adapters) -> float:
+def traced_and_counted(config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
+                       adapters) -> tuple[int, int]:
+    """(the traced allocated peak, fit-check's allocated figure) of one set-up; imports torch."""
     from recipecli.train.probe import trace_step
 
-    start = time.perf_counter()
     targets, parameters = adapters
     traced = trace_step(config, method=method, targets=targets, target_parameters=parameters, precision=precision,
                         steps=2, gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
                         double_quant=True, moe_experts=moe_experts, lora_dropout=_dropout(adapters)).peak_bytes
     counted = estimate(shape_from_config(config), setup(method, precision, checkpointing, seq_len, micro_batch,
                                                         moe_experts, adapters)).allocated_bytes
+    return traced, counted
+
+
+def compare(name: str, config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
+            adapters) -> float:
+    start = time.perf_counter()
+    traced, counted = traced_and_counted(config, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
+                                         adapters)
     error = (counted - traced) / traced
+    targets, parameters = adapters
     on = "+".join(parameters) if parameters else targets
     flags = (" ckpt" if checkpointing else "") + (" moe_experts" if moe_experts else "")
     print(f"| {name} | {method} {precision} {on}{flags} "

@@ -2,6 +2,9 @@
 leaves behind is what the shapes say, to the byte."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("torch")
@@ -273,50 +276,29 @@ def test_an_unfrozen_pattern_that_matches_nothing_is_refused_by_name():
         trace_step(ARCHITECTURES["llama"], method="full", unfrozen=(r"model\.layer\.1",), **BATCH)
 
 
-MOE = {
-    "mixtral": dict(model_type="mixtral", hidden_size=256, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, num_local_experts=4,
-                    num_experts_per_tok=2, max_position_embeddings=4096),
-    "qwen3_moe": dict(model_type="qwen3_moe", hidden_size=1024, intermediate_size=2048, moe_intermediate_size=384,
-                      num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
-                      vocab_size=32000, num_experts=32, num_experts_per_tok=4, max_position_embeddings=4096),
-    "olmoe": dict(model_type="olmoe", hidden_size=1024, intermediate_size=512, num_hidden_layers=4,
-                  num_attention_heads=16, num_key_value_heads=16, vocab_size=32000, num_experts=16,
-                  num_experts_per_tok=4, max_position_embeddings=4096),
-}
+MOE_TRACE = Path(__file__).parents[2] / "benchmarks" / "moe_trace.py"
 
 
-ON_ATTENTION, ALL_LINEAR, DOWN_STACK = ("attention", ()), ("all-linear", ()), ("attention", ("mlp.experts.down_proj",))
+@pytest.fixture(scope="module")
+def moe_trace():
+    """benchmarks/moe_trace.py: its small mixtures of experts and the estimator's view of a set-up."""
+    spec = importlib.util.spec_from_file_location("moe_trace", MOE_TRACE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("method, precision, checkpointing, tokens, moe_experts, adapters", [
-    ("lora", "bf16", False, (2048, 2), False, ON_ATTENTION), ("qlora", "bf16", True, (2048, 2), True, ON_ATTENTION),
-    ("qlora", "bf16", True, (512, 1), False, ON_ATTENTION), ("qlora", "fp32", False, (512, 1), True, ON_ATTENTION),
+    ("lora", "bf16", False, (2048, 2), False, "attention"), ("qlora", "bf16", True, (2048, 2), True, "attention"),
+    ("qlora", "bf16", True, (512, 1), False, "attention"), ("qlora", "fp32", False, (512, 1), True, "attention"),
     # adapters on the router and the experts (peft folds them into a copy of each stack), dropout 0
-    ("lora", "bf16", False, (2048, 2), False, ALL_LINEAR), ("qlora", "bf16", True, (2048, 2), True, ALL_LINEAR),
-    ("lora", "bf16", True, (512, 1), False, DOWN_STACK),
+    ("lora", "bf16", False, (2048, 2), False, "all-linear"), ("qlora", "bf16", True, (2048, 2), True, "all-linear"),
+    ("lora", "bf16", True, (512, 1), False, "one stack"),
 ])
-@pytest.mark.parametrize("family", sorted(MOE))
-def test_the_estimate_of_a_mixture_of_experts_holds_to_its_traced_step(family, method, precision, checkpointing,
-                                                                       tokens, moe_experts, adapters):
-    from recipecli.fit.estimate import estimate
-    from recipecli.fit.precision import DTYPE_BYTES, DTYPE_OF, dtypes
-    from recipecli.fit.setup import Setup
-
-    seq_len, micro_batch = tokens
-    targets, parameters = adapters
-    dropout = 0.05 if adapters == ON_ATTENTION else 0.0  # peft takes no dropout on parameters
-    kbit = method == "qlora"
-    chosen = dtypes(method, kbit, precision, DTYPE_OF[precision] if kbit else None)
-    setup = Setup(method=method, weight_bits=4 if kbit else 8 * DTYPE_BYTES[chosen["weight_dtype"]],
-                  quant_type="nf4" if kbit else None, double_quant=kbit, compute_bytes=DTYPE_BYTES[DTYPE_OF[precision]],
-                  lora_r=16, lora_targets=targets, micro_batch_size=micro_batch, seq_len=seq_len,
-                  gradient_checkpointing=checkpointing, optimizer="adamw_torch", attention="sdpa",
-                  gradient_accumulation_steps=1, lora_dropout=dropout, autocast=precision != "fp32",
-                  adapter_bytes=DTYPE_BYTES[chosen["trainable_dtype"]], padded=False, moe_experts=moe_experts,
-                  target_parameters=parameters)
-    traced = trace_step(MOE[family], method=method, targets=targets, target_parameters=parameters, precision=precision,
-                        steps=2, gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
-                        double_quant=True, moe_experts=moe_experts, lora_dropout=dropout).peak_bytes
-    counted = estimate(shape_from_config(MOE[family]), setup).allocated_bytes
+@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen3_moe"])
+def test_the_estimate_of_a_mixture_of_experts_holds_to_its_traced_step(moe_trace, family, method, precision,
+                                                                       checkpointing, tokens, moe_experts, adapters):
+    on = {"attention": moe_trace.ATTENTION, "all-linear": moe_trace.ALL_LINEAR, "one stack": moe_trace.ONE_STACK}
+    traced, counted = moe_trace.traced_and_counted(moe_trace.SMALL[family], method, precision, checkpointing, *tokens,
+                                                   moe_experts, on[adapters])
     assert abs(counted - traced) <= 0.06 * traced, (counted, traced)
