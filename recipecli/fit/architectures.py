@@ -571,3 +571,53 @@ def find_config(model_id: str, local_path: Optional[Path] = None, architecture=N
                            f"recipe's catalog nor in the Hugging Face cache at {hub_cache()}",
                            hint=_FIXES, path=MODEL_PATH)
     return _read_config(config)
+
+
+_HEADER_LIMIT = 100 * 2**20  # safetensors caps its JSON header at 100 MB
+
+
+def _safetensors_sizes(path: Path) -> dict[str, int]:
+    """Each tensor's element count from a .safetensors file's header (its first 8 bytes give the
+    JSON header's length); the weights themselves are never read."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 0 < length <= _HEADER_LIMIT:
+            raise ValueError("not a safetensors header")
+        header = json.loads(f.read(length))
+    sizes = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            count = 1
+            for dim in info["shape"]:
+                count *= dim
+            sizes[name] = count
+    return sizes
+
+
+def check_weights(shape: Shape, folder: Path) -> None:
+    """Compare a local model folder's safetensors weights with the sizes its config.json gives.
+
+    transformers refuses weights of other shapes when it loads them in 16 or 32 bits, but
+    bitsandbytes quantizes them as they come: a hand-edited config.json, or another model's weights,
+    then fail in the first training step. Tensors whose names the shape does not know are left to
+    the loader (checkpoints of other naming conventions).
+
+    Raises:
+        UnknownModel: a weight whose size is not the one config.json gives, at $.model.id.
+    """
+    index = folder / "model.safetensors.index.json"
+    try:
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) \
+            if index.is_file() else (["model.safetensors"] if (folder / "model.safetensors").is_file() else [])
+        stored = {name: n for file in files for name, n in _safetensors_sizes(folder / file).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # unreadable or another layout: the loader says what is wrong
+    expected = shape.parameters()
+    wrong = [name for name, n in stored.items() if name in expected and expected[name] != n]
+    if wrong:
+        name = wrong[0]
+        raise UnknownModel(f"{folder}: the weights do not fit config.json: {name} holds {stored[name]:,} values, "
+                           f"config.json's {shape.model_type} shape gives it {expected[name]:,}"
+                           + (f" ({len(wrong) - 1} more like it)" if len(wrong) > 1 else ""),
+                           hint="put back the config.json the weights were saved with, or the weights that belong "
+                                "to this one", path=MODEL_PATH)

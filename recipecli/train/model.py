@@ -10,8 +10,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..errors import InvalidRecipe, Problem, RecipeError, UnknownTargets, UsageError
-from ..fit.architectures import match_modules, match_parameters, shape_from_config
+from ..errors import InvalidRecipe, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
+from ..fit.architectures import check_weights, match_modules, match_parameters, shape_from_config
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
 from ..read.recipe import Recipe
@@ -38,12 +38,43 @@ def _source(recipe: Recipe) -> str:
     return str(recipe.model.local_path) if recipe.model.local_path else recipe.model.id
 
 
+def _check_local_weights(recipe: Recipe) -> None:
+    """A local model folder's weights against its config.json, before anything loads (architectures.
+    check_weights); a shape fit-check cannot read is left to the loader.
+
+    Raises:
+        UnknownModel: a weight of another size than config.json gives, located at model.id.
+    """
+    from ..fit.architectures import find_shape
+    from ..fit.verdict import at_its_field
+
+    model, folder = recipe.model, recipe.model.local_path
+    if folder is None:
+        return
+    try:  # the checkpoint as saved: before model.pad_vocab_to_multiple_of grows it
+        shape = find_shape(model.id, folder, model.architecture, model.revision)
+    except UnknownModel:
+        return
+    try:
+        check_weights(shape, folder)
+    except UnknownModel as e:
+        raise at_its_field(e, recipe) from None
+
+
+class MismatchedWeights(RuntimeError):
+    """Weights from_pretrained could not put into the model config.json describes (a RuntimeError
+    there: transformers' report of mismatched shapes, or bitsandbytes' while quantizing them)."""
+
+
 def _load_failure(what: str, error: Exception) -> RecipeError:
     """The error from_pretrained raised, with the fix that usually applies to its kind."""
     hints = {
         ValueError: "an unknown model type needs a newer transformers; a model that ships its own code needs "
                     "model.trust_remote_code: true (only for code you trust)",
         ImportError: "install the package the message names; instead of flash_attn, training.attention auto uses sdpa",
+        MismatchedWeights: "the weights do not fit the model config.json describes (saved for another config.json, "
+                           "or another model's?): put back the config.json they were saved with, or the weights that "
+                           "belong to this one",
     }
     hint = next((h for kind, h in hints.items() if isinstance(error, kind)), "")
     return RecipeError(f"cannot load {what}: {error}", hint=hint)
@@ -155,6 +186,7 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     import torch
     from transformers import AutoModelForCausalLM
 
+    _check_local_weights(recipe)
     dtype = getattr(torch, choices.weight_dtype)  # precision.choose decides it, as the estimate counts it
     quant = recipe.quantization if quantize else None
     config = None if quant is None else bnb_config(quant.bits, quant.type, quant.double_quant, choices.weight_dtype)
@@ -172,6 +204,10 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     # trust_remote_code, an attention the model lacks; ImportError: flash-attn or bitsandbytes missing.
     except (OSError, ValueError, ImportError) as e:
         raise _load_failure(f"the model {recipe.model.id}", e) from e
+    except torch.OutOfMemoryError:
+        raise  # the run explains running out of memory (failures.py)
+    except RuntimeError as e:  # weights of other shapes than config.json's: transformers' or bitsandbytes' refusal
+        raise _load_failure(f"the model {recipe.model.id}", MismatchedWeights(str(e))) from e
     check_experts(recipe, model)
     if recipe.model.experts_implementation:  # set once loaded: a dense model is refused above, located
         model.set_experts_implementation(recipe.model.experts_implementation)

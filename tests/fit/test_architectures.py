@@ -384,3 +384,27 @@ def test_a_mixture_of_experts_config_without_its_expert_count_is_not_guessed():
                   num_attention_heads=4, vocab_size=100, num_experts_per_tok=2)
     with pytest.raises(UnknownModel, match="states no expert count"):
         shape_from_config(config)
+
+
+def _header_only(path: Path, shapes: dict) -> None:
+    """A .safetensors file with its header alone: check_weights reads nothing more."""
+    header = json.dumps({name: {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}
+                         for name, shape in shapes.items()}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_sharded_weights_are_checked_against_config_json_by_their_headers(tmp_path):
+    from recipecli.fit.architectures import check_weights
+
+    shape = CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+    _header_only(tmp_path / "a.safetensors", {"model.embed_tokens.weight": [32000, 2048], "rotary.inv_freq": [32]})
+    _header_only(tmp_path / "b.safetensors", {"model.layers.3.mlp.up_proj.weight": [5632, 2048]})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "model.embed_tokens.weight": "a.safetensors", "model.layers.3.mlp.up_proj.weight": "b.safetensors"}}))
+    check_weights(shape, tmp_path)  # sizes as config.json says; a name it does not know is the loader's
+    _header_only(tmp_path / "b.safetensors", {"model.layers.3.mlp.up_proj.weight": [11264, 2048]})
+    with pytest.raises(UnknownModel, match="model.layers.3.mlp.up_proj.weight holds 23,068,672 values, config.json's "
+                                           "llama shape gives it 11,534,336"):
+        check_weights(shape, tmp_path)
+    (tmp_path / "b.safetensors").write_bytes(b"\xff" * 8)  # not a header: left to the loader
+    check_weights(shape, tmp_path)

@@ -376,7 +376,10 @@ def test_of_several_runs_starting_at_once_exactly_one_gets_the_folder(make_recip
         p.join(60)
     outcomes = sorted(results.get(timeout=5) for _ in racers)
     assert outcomes.count("claimed") == 1, outcomes
-    assert all("another `recipe run`" in o or "already holds" in o for o in outcomes if o != "claimed"), outcomes
+    # a racer the loaded machine started after the winner had left (2 s) finds its folder, which holds the
+    # winner's run.yaml alone: not a run folder it may take either
+    assert all(("another `recipe run`" in o or "already holds" in o or "already exists and is not a run folder" in o)
+               for o in outcomes if o != "claimed"), outcomes
 
 
 def test_leftovers_are_only_what_a_run_writes_before_its_first_checkpoint():

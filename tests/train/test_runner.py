@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from recipecli.train import after, runfolder
-from recipecli.errors import DataError, DoesNotFit, ExitCode, RecipeError, UnknownTargets, UsageError
+from recipecli.errors import DataError, DoesNotFit, ExitCode, RecipeError, UnknownModel, UnknownTargets, UsageError
 from recipecli.fit.gpu_catalog import card, gpu_from_vram
 from recipecli.read.load import load_recipe
 from recipecli.train.model import load_model, load_tokenizer, lora_targets
@@ -933,3 +934,35 @@ def test_an_unfrozen_pattern_matching_no_parameter_is_located(tiny):
         run(recipe, gpus=())
     assert refused.value.path == "$.training.unfrozen_parameters" and refused.value.where is not None
     assert "match no parameter of this llama model" in refused.value.message
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])  # bitsandbytes quantized them as they came; transformers refused
+def test_weights_saved_for_another_config_are_located_before_anything_loads(tiny, tmp_path, method):
+    folder = tmp_path / "edited"
+    shutil.copytree(TINY_MODEL, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] *= 2  # a hand-edited config.json beside the original weights
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnknownModel) as refused:
+        run(tiny({"model": {"id": str(folder)}, "method": method}), gpus=())
+    assert refused.value.path == "$.model.id" and refused.value.where is not None
+    assert re.search(r"the weights do not fit config.json: model\.layers\.0\.mlp\.\w+_proj\.weight holds 8,192 "
+                     r"values, config.json's llama shape gives it 16,384 \(5 more like it\)", refused.value.message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_transformers_cannot_load_are_a_message_not_a_traceback(tiny, tmp_path):
+    # weights in PyTorch's format, whose header fit-check does not read, are left to transformers, which refuses
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(TINY_MODEL, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RecipeError, match="cannot load the model") as refused:
+        run(tiny({"model": {"id": str(folder)}, "method": "lora"}), gpus=())
+    assert "saved for another config.json" in refused.value.hint
