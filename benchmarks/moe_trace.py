@@ -4,11 +4,11 @@
 
 Each row traces two steps of LoRA or QLoRA with ``recipecli.train.probe.trace_step`` under
 FakeTensorMode and prints the traced allocated peak beside ``estimate().allocated_bytes``. The
-grid: three families built small (Mixtral, Qwen3-MoE, OLMoE) x lora/qlora x bf16/fp32 x
+grid: four families built small (Mixtral, Qwen3-MoE, OLMoE, Qwen2-MoE with its shared expert) x lora/qlora x bf16/fp32 x
 checkpointing x two batch shapes x moe_experts, with adapters on the attention (the experts
-frozen, 16-bit or quantized by quantization.moe_experts: 72 rows), then on every layer peft's
-all-linear reaches (the router and the fused experts too, dropout 0) and on one fused stack named
-in lora.target_parameters (48 more); about a second a row. ``--full`` adds rows at full size from
+frozen, 16-bit or quantized by quantization.moe_experts: 96 rows), then on every layer peft's
+all-linear reaches (the router and the fused experts too, dropout 0; Qwen2-MoE's shared expert
+alone) and on one fused stack named in lora.target_parameters (120 more); about a second a row. ``--full`` adds rows at full size from
 the catalog (seconds to a minute each on 2 cores). Results: BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -37,6 +37,10 @@ SMALL = {
     "olmoe": dict(model_type="olmoe", hidden_size=1024, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=16, num_key_value_heads=16, vocab_size=32000, num_experts=16,
                   num_experts_per_tok=4, max_position_embeddings=4096),
+    "qwen2_moe": dict(model_type="qwen2_moe", hidden_size=1024, intermediate_size=2048, moe_intermediate_size=384,
+                      shared_expert_intermediate_size=1536, num_hidden_layers=4, num_attention_heads=16,
+                      num_key_value_heads=16, vocab_size=32000, num_experts=16, num_experts_per_tok=4,
+                      max_position_embeddings=4096),
 }
 ATTENTION, ALL_LINEAR, ONE_STACK = ("attention", ()), ("all-linear", ()), ("attention", ("mlp.experts.down_proj",))
 # (hub id, method, precision, checkpointing, seq_len, micro_batch, moe_experts, adapters)
@@ -46,6 +50,7 @@ FULL = [("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, True, ATTENTION),
         ("allenai/OLMoE-1B-7B-0924", "qlora", "bf16", True, 4096, 1, True, ATTENTION),
         ("allenai/OLMoE-1B-7B-0924", "lora", "bf16", False, 1024, 1, False, ATTENTION),
         ("allenai/OLMoE-1B-7B-0924", "lora", "bf16", True, 2048, 1, False, ALL_LINEAR),
+        ("Qwen/Qwen1.5-MoE-A2.7B", "qlora", "bf16", True, 2048, 1, True, ALL_LINEAR),
         ("mistralai/Mixtral-8x7B-v0.1", "qlora", "fp16", True, 1024, 1, True, ATTENTION)]
 
 

@@ -73,7 +73,8 @@ def int8_inputs_per_token(shape: Shape, dt: Dtypes) -> int:
     save_for_backward: each norm's output (one tensor for the linears reading it), the attention
     output and the MLP product. Checkpointing only drops what passes through save_for_backward, so
     these stay with it too (seen in the traces)."""
-    mlp = 0 if shape.experts else shape.intermediate_size * dt.matmul_out  # experts are no LLM.int8 layers
+    # experts are no LLM.int8 layers; a shared expert's down projection is one
+    mlp = (shape.shared_expert_intermediate_size if shape.experts else shape.intermediate_size) * dt.matmul_out
     return (shape.norms_per_layer * shape.hidden_size * dt.residual
             + shape.num_attention_heads * shape.head_dim * dt.attention + mlp)
 
@@ -189,7 +190,15 @@ def experts_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes) -> float:
     h, i, k, e = shape.hidden_size, shape.expert_intermediate_size, shape.experts_per_token, shape.experts
     de = expert_bytes(s, dt)
     router = 4 * e + 8 * k + (h * dt.compute if "mlp.gate.weight" in adapted_experts(shape, s) else 0)
-    return router + k * (de * (2 * h + 4 * i) + 4 + 3 * 8) + _qk_norms_bytes(shape)
+    return router + k * (de * (2 * h + 4 * i) + 4 + 3 * 8) + _qk_norms_bytes(shape) + _shared_expert_bytes(shape, dt)
+
+
+def _shared_expert_bytes(shape: Shape, dt: Dtypes) -> float:
+    """Per token: Qwen2-MoE's shared expert, a gated MLP every token goes through (its gate output,
+    activation and up output, as a dense layer's), and its sigmoid gate, whose product keeps the
+    shared expert's output and the gate's value."""
+    si = shape.shared_expert_intermediate_size
+    return (3 * si + shape.hidden_size + 1) * dt.matmul_out if si else 0
 
 
 def _qk_norms_bytes(shape: Shape) -> int:

@@ -194,30 +194,23 @@ def _weights(shape: Shape, s: Setup, dt: Dtypes) -> tuple[float, str]:
 
 
 def _experts_modelled(shape: Shape, s: Setup, dt: Dtypes) -> None:
-    """Refuse a mixture of experts where the estimate does not model its training step, saying
-    what its weights alone take: a lower bound of the peak.
+    """Refuse a mixture of experts trained in full, saying what its weights alone take: a lower
+    bound of the peak.
 
     Modelled: LoRA and QLoRA, the experts frozen (quantized or not) or adapted (peft folds the
     adapters into a full copy of each adapted stack in every forward pass), through transformers'
-    grouped_mm experts (activations.py). Not yet: training the experts in full, and Qwen2-MoE's
-    shared expert.
+    grouped_mm experts, and a shared expert (activations.py). Not yet: the experts' own gradients
+    and optimizer state when they train in full.
     """
-    why = None
-    if s.method == "full":
-        why = "full fine-tuning of its experts"
-    elif shape.shared_expert_intermediate_size:
-        why = "its shared expert"
-    if why is None:
+    if s.method != "full":
         return
     weights, how = _weights(shape, s, dt)
     experts = shape.breakdown().experts
-    where = "quantized too (quantization.moe_experts)" if s.moe_experts else \
-        "which bitsandbytes leaves unquantized unless quantization.moe_experts"
-    raise NotModeled(f"fit-check does not model {why} yet ({shape.experts} experts "
+    raise NotModeled(f"fit-check does not model full fine-tuning of a mixture of experts yet ({shape.experts} experts "
                      f"per layer, {shape.experts_per_token} per token): its weights alone take {gib(weights)} "
-                     f"({how}; {experts:,} of them in the fused experts, {where}), before adapters, optimizer state "
-                     "and activations", hint="a card smaller than that cannot train it; recipe run trains it without "
-                     "a fit check", path="$.model.id")
+                     f"({how}; {experts:,} of them in the fused experts), before gradients, optimizer state and "
+                     "activations", hint="a card smaller than that cannot train it; with LoRA or QLoRA fit-check "
+                     "estimates it; recipe run trains it without a fit check", path="$.model.id")
 
 
 def estimate(shape: Shape, setup: Setup) -> Estimate:

@@ -94,8 +94,8 @@ CONFIGS = {
         vocab_size=65024, multi_query=True, parallel_attn=True, bias=False),
     "stabilityai/stablelm-base-alpha-3b|stabilityai/stablelm-tuned-alpha-3b":
         _plain("gpt_neox", 4096, 16384, 16, 32, 50688, False),
-    # Mixtures of experts (architectures._moe_shape): fit-check refuses them with their weights'
-    # size, so that one is never taken for a dense model of its attention's size.
+    # Mixtures of experts (architectures._moe_shape): every expert counted, never a dense model of
+    # its attention's size.
     "mistralai/Mixtral-8x7B-v0.1|mistralai/Mixtral-8x7B-Instruct-v0.1":
         _llama(4096, 14336, 32, 32, 8, 32000, model_type="mixtral", num_local_experts=8, num_experts_per_tok=2),
     "Qwen/Qwen3-30B-A3B|Qwen/Qwen3-30B-A3B-Base": _llama(

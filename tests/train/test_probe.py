@@ -295,7 +295,7 @@ def moe_trace():
     ("lora", "bf16", False, (2048, 2), False, "all-linear"), ("qlora", "bf16", True, (2048, 2), True, "all-linear"),
     ("lora", "bf16", True, (512, 1), False, "one stack"),
 ])
-@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen2_moe", "qwen3_moe"])
 def test_the_estimate_of_a_mixture_of_experts_holds_to_its_traced_step(moe_trace, family, method, precision,
                                                                        checkpointing, tokens, moe_experts, adapters):
     on = {"attention": moe_trace.ATTENTION, "all-linear": moe_trace.ALL_LINEAR, "one stack": moe_trace.ONE_STACK}
