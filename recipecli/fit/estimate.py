@@ -193,7 +193,7 @@ def _weights(shape: Shape, s: Setup, dt: Dtypes) -> tuple[float, str]:
             + (" (fp32 after prepare_model_for_kbit_training)" if s.kbit_upcast else ""))
 
 
-def _experts_modelled(shape: Shape, s: Setup, dt: Dtypes) -> None:
+def _refuse_experts_in_full(shape: Shape, s: Setup, dt: Dtypes) -> None:
     """Refuse a mixture of experts trained in full, saying what its weights alone take: a lower
     bound of the peak.
 
@@ -242,7 +242,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
                               "with DoRA without a fit check", path="$.lora.use_dora")
     dt = dtypes_of(s)
     if shape.experts:
-        _experts_modelled(shape, s, dt)
+        _refuse_experts_in_full(shape, s, dt)
     br, layers = shape.breakdown(), shape.num_hidden_layers
     tokens = s.micro_batch_size * s.seq_len
     adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
