@@ -11,7 +11,7 @@ benchmarks/trace_grid.py, where tests/fit/test_trace_grid.py holds the estimate 
 from __future__ import annotations
 
 from ..units import gib
-from .architectures import LAYOUTS, Shape
+from .architectures import EXPERT_STACKS, LAYOUTS, Shape
 from .setup import Dtypes, Setup
 
 # TRL's fused LM head: tokens x vocabulary tile of logits computed at once (trl.kernels).
@@ -234,12 +234,10 @@ def expert_stacks_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
     stacks bitsandbytes' parametrization dequantizes quantized experts to, or that peft folds an
     adapted stack's adapters into (the weight plus the scaled product of its factors, one
     baddbmm), which the grouped matmuls keep, with the factors the fold keeps."""
-    e, i, h = shape.experts, shape.expert_intermediate_size, shape.hidden_size
     adapted = adapted_experts(shape, s)
-    stacks = {"mlp.experts.gate_up_proj": 2 * e * i * h, "mlp.experts.down_proj": e * i * h}
-    kept = sum(size for path, size in stacks.items() if s.moe_experts or path in adapted)
-    factors = sum(count * s.lora_r * (fin + fout) for path, (count, fin, fout)
-                  in shape.expert_adapter_sizes(adapted).items() if path in stacks)
+    stacks = shape.expert_parameters(EXPERT_STACKS)
+    kept = sum(count * fin * fout for path, (count, fin, fout) in stacks.items() if s.moe_experts or path in adapted)
+    factors = sum(count * s.lora_r * (fin + fout) for path, (count, fin, fout) in stacks.items() if path in adapted)
     return (kept + factors) * expert_bytes(s, dt)
 
 

@@ -63,8 +63,15 @@ ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
 # router and the fused experts. peft (0.21) adapts them as parameters (target_parameters), and its
 # all-linear reaches all three in these families (its conversion of transformers 4's expert names).
 EXPERT_PARAMETERS = ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+EXPERT_STACKS = EXPERT_PARAMETERS[1:]  # the fused experts: what quantization.moe_experts quantizes
 ALL_LINEAR_ADAPTS_EXPERTS = ("mixtral", "qwen3_moe", "olmoe")
 GATED_ROLES = frozenset({"gate", "gate_up"})
+
+
+def peft_matches(name: str, wanted: str) -> bool:
+    """How peft matches a module or parameter name against a name a config lists (target_modules,
+    modules_to_save, target_parameters): the name itself, or a path ending in "." + it."""
+    return name == wanted or name.endswith("." + wanted)
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ class Shape:
         for path, role in LAYOUTS[self.layout]:
             fan_in, fan_out = self._features(role)
             sizes[path] = (layers, fan_in + (1 if self._biased(role) else 0), fan_out)
-        hits = {name: [n for n in sizes if n == name or n.endswith("." + name)] for name in wanted}
+        hits = {name: [n for n in sizes if peft_matches(n, name)] for name in wanted}
         missing = [name for name, found in hits.items() if not found]
         frozen = [name for name, found in hits.items() if quantized and set(found) - {embedding, self.head}]
         if frozen:
@@ -209,7 +216,7 @@ class Shape:
         wanted = list(target_parameters)
         if self.experts and targets == "all-linear" and self.model_type in ALL_LINEAR_ADAPTS_EXPERTS:
             wanted = list(EXPERT_PARAMETERS)
-        hits = {name: [p for p in EXPERT_PARAMETERS if p == name or p.endswith("." + name)] for name in wanted}
+        hits = {name: [p for p in EXPERT_PARAMETERS if peft_matches(p, name)] for name in wanted}
         missing = [name for name, found in hits.items() if not found or not self.experts]
         if missing:
             raise NotModeled(f"{', '.join(missing)}: fit-check counts adapters on parameters of a mixture of experts' "
@@ -219,10 +226,10 @@ class Shape:
         chosen = {p for found in hits.values() for p in found}
         return tuple(p for p in EXPERT_PARAMETERS if p in chosen and not (quantized_experts and ".experts." in p))
 
-    def expert_adapter_sizes(self, paths: Iterable[str]) -> dict[str, tuple[int, int, int]]:
-        """(experts, in_features, out_features) of each adapted expert parameter: peft gives a fused
-        stack one rank-r adapter per expert (lora_A to r x experts rows, lora_B from them), the
-        router one adapter of its whole weight."""
+    def expert_parameters(self, paths: Iterable[str] = EXPERT_PARAMETERS) -> dict[str, tuple[int, int, int]]:
+        """(experts, in_features, out_features) of a layer's router and fused expert stacks, by path
+        (EXPERT_PARAMETERS): a stack holds one matrix per expert, the router one of its own. peft
+        adapts each so, one rank-r adapter per matrix (lora_A to r x experts rows, lora_B from them)."""
         h, i, e = self.hidden_size, self.expert_intermediate_size, self.experts
         sizes = {"mlp.gate.weight": (1, h, e), "mlp.experts.gate_up_proj": (e, h, 2 * i),
                  "mlp.experts.down_proj": (e, i, h)}
@@ -241,8 +248,8 @@ class Shape:
             linear += fan_in * fan_out
             bias += fan_out if self._biased(role) else 0
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
-        # each expert: gate and up fused (2 x width x h) and down (h x width); the router: h per expert
-        experts, routers = self.experts * 3 * self.expert_intermediate_size * h, self.experts * h
+        sizes = {path: count * fin * fout for path, (count, fin, fout) in self.expert_parameters().items()}
+        experts, routers = sum(sizes[p] for p in EXPERT_STACKS), sizes["mlp.gate.weight"]  # 0 for a dense model
         return Breakdown(
             embedding=self.vocab_size * h + (norm if self.embedding_norm else 0),
             block_linear=linear * self.num_hidden_layers,
@@ -275,10 +282,8 @@ class Shape:
             if self.q_norm:
                 out.update({f"{at}.self_attn.q_norm.weight": self.q_norm, f"{at}.self_attn.k_norm.weight": self.k_norm})
             if self.experts:
-                width = self.expert_intermediate_size
-                out.update({f"{at}.mlp.gate.weight": self.experts * h,
-                            f"{at}.mlp.experts.gate_up_proj": self.experts * 2 * width * h,
-                            f"{at}.mlp.experts.down_proj": self.experts * width * h})
+                out.update({f"{at}.{path}": count * fin * fout
+                            for path, (count, fin, fout) in self.expert_parameters().items()})
         out.update({f"{final}.{kind}": h for kind in kinds})
         if not self.tie_word_embeddings:
             out[f"{self.head}.weight"] = v * h
@@ -329,7 +334,7 @@ def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[s
             one of them and the layers there are.
     """
     linear = list(linear)
-    hits = {name: [n for n in linear if n == name or n.endswith("." + name)] for name in wanted}
+    hits = {name: [n for n in linear if peft_matches(n, name)] for name in wanted}
     missing = [name for name, found in hits.items() if not found]
     on_head = [name for name, found in hits.items() if head in found]
     problems = []

@@ -21,7 +21,7 @@ from . import activations
 from ..errors import NotModeled, UnknownTargets
 from ..read.recipe import Bits, Method, Optimizer
 from ..units import gib
-from .architectures import PARAMETER_NAMES, Shape, match_parameters
+from .architectures import EXPERT_STACKS, PARAMETER_NAMES, Shape, match_parameters
 from .gpu_catalog import context_bytes, workspace_bytes
 from .reserve import StepSizes, reserved_beyond_live
 from .setup import ATTENTION_KERNELS, Dtypes, Loss, Parallelism, Setup, dtypes_of
@@ -128,8 +128,7 @@ def _check(s: Setup) -> None:
 def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
     layers, mods = shape.num_hidden_layers, list(shape.linear_modules().values())
     if s.moe_experts:  # each fused expert stack quantized whole, in the same blocks
-        e, i, h = shape.experts, shape.expert_intermediate_size, shape.hidden_size
-        mods += [(h, 2 * i * e), (i, h * e)]
+        mods += [(fin, count * fout) for count, fin, fout in shape.expert_parameters(EXPERT_STACKS).values()]
     if s.weight_bits == 8:
         rows = layers * sum(fout for _, fout in mods)
         return rows * 4, f"LLM.int8 scales: {rows:,} output rows x 4 bytes (fp32)"
@@ -254,7 +253,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
                              hint="set lora.dropout: 0, or adapt the attention alone (target_modules: attention)",
                              path="$.lora.dropout")
     lora_params += layers * sum(count * s.lora_r * (fin + fout)
-                                for count, fin, fout in shape.expert_adapter_sizes(experts).values())
+                                for count, fin, fout in shape.expert_parameters(experts).values())
     # lora.modules_to_save: peft trains a copy of each beside the frozen original; the copies are
     # trainable weights like the adapters (gradients, optimizer state, the runner's trainable dtype).
     in_full = shape.match_saved(s.modules_to_save, s.weight_bits < 16) if adapters and s.modules_to_save else {}

@@ -11,9 +11,11 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import InvalidRecipe, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
-from ..fit.architectures import check_weights, match_modules, match_parameters, shape_from_config
+from ..fit.architectures import (check_weights, find_shape, match_modules, match_parameters, peft_matches,
+                                  shape_from_config)
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
+from ..fit.verdict import at_its_field
 from ..read.recipe import Recipe
 
 
@@ -45,9 +47,6 @@ def _check_local_weights(recipe: Recipe) -> None:
     Raises:
         UnknownModel: a weight of another size than config.json gives, located at model.id.
     """
-    from ..fit.architectures import find_shape
-    from ..fit.verdict import at_its_field
-
     model, folder = recipe.model, recipe.model.local_path
     if folder is None:
         return
@@ -220,8 +219,6 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     if config is not None and train:
         model = prepare_kbit(model, recipe.training.gradient_checkpointing)
     if train and recipe.training.unfrozen_parameters:
-        from ..fit.verdict import at_its_field
-
         try:
             trained, total = freeze_all_but(model, recipe.training.unfrozen_parameters)
         except RecipeError as e:
@@ -366,7 +363,7 @@ def parameter_targets(wanted: Sequence[str], model) -> Optional[list[str]]:
     if not wanted:
         return None
     names = [name for name, _ in model.named_parameters()]
-    missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
+    missing = [w for w in wanted if not any(peft_matches(n, w) for n in names)]
     if missing:
         fused = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})
         raise UnknownTargets(f"{', '.join(missing)} match no parameter of this {model.config.model_type} model"
@@ -428,8 +425,8 @@ def saved_modules(wanted: Sequence[str], targets, model) -> Optional[list[str]]:
     head = next((name for name, module in modules.items() if module is output), None)
     linear = [name for name, module in modules.items() if isinstance(module, torch.nn.Linear) and name != head]
     adapted = set(linear) if targets == "all-linear" else {
-        n for n in linear if any(n == t or n.endswith("." + t) for t in targets)}
-    hits = {name: [n for n in modules if n and (n == name or n.endswith("." + name))] for name in wanted}
+        n for n in linear if any(peft_matches(n, t) for t in targets)}
+    hits = {name: [n for n in modules if n and peft_matches(n, name)] for name in wanted}
     problems = []
     missing = [name for name, found in hits.items() if not found]
     if missing:
