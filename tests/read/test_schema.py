@@ -68,6 +68,7 @@ def _problems(make_recipe, delta):
 @pytest.mark.parametrize("delta, path", [
     ({"lora": {"r": 8.0}}, "$.lora.r"), ({"training": {"micro_batch_size": 2.0}}, "$.training.micro_batch_size"),
     ({"training": {"max_steps": 1e12}}, "$.training.max_steps"), ({"training": {"seed": 1.0}}, "$.training.seed"),
+    ({"model": {"pad_vocab_to_multiple_of": 32.0}}, "$.model.pad_vocab_to_multiple_of"),
 ])
 def test_floats_are_not_whole_numbers(make_recipe, delta, path):
     """Defect 7: r: 8.0 and max_steps: 1e12 validated, then crashed deep in torch/TRL."""
@@ -76,7 +77,8 @@ def test_floats_are_not_whole_numbers(make_recipe, delta, path):
 
 
 @pytest.mark.parametrize("field", [("data", "val_fraction"), ("training", "learning_rate"), ("lora", "dropout"),
-                                   ("lora", "alpha"), ("training", "epochs"), ("training", "max_grad_norm")])
+                                   ("lora", "alpha"), ("training", "epochs"), ("training", "max_grad_norm"),
+                                   ("training", "router_aux_loss_coef")])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_numbers_are_refused(make_recipe, field, value):
     """Defect 8: val_fraction: .nan crashed in data.py; lora.dropout: .nan trained as 0."""
