@@ -175,7 +175,8 @@ def test_a_tokenizer_folder_is_made_absolute_like_the_model_s_and_a_hub_tokenize
     own = load_recipe(make_recipe())
     assert (own.model.tokenizer, own.model.tokenizer_source) == (None, own.model.id)
     monkeypatch.setenv("HOME", str(tmp_path / "tokenizers"))  # ~ expanded once, as for model.id
-    assert load_recipe(make_recipe({"model": {"tokenizer": "~/t"}})).model.tokenizer_path == tmp_path / "tokenizers" / "t"
+    home = load_recipe(make_recipe({"model": {"tokenizer": "~/t"}}))
+    assert home.model.tokenizer_path == tmp_path / "tokenizers" / "t"
 
 
 def test_an_override_value_is_one_line(make_recipe):
