@@ -21,7 +21,8 @@ bitsandbytes' CUDA build, `benchmarks/gpu_probe.sh fetch bitsandbytes==VERSION`)
 The results go to OUT/benchmarks/gpu_probe.json (OUT: $OUT, else runs/gpu_probe), rewritten after
 every case, so a run cut short keeps what it measured. A time budget (--budget-s) skips cases
 rather than running past the lease; cases go setting by setting, so every model gets its first
-setting before any gets its second. The recipes' own cards and settings are not touched: each
+setting before any gets its second, and the recipes measured as written (--shipped, --as-is) come
+right after the first setting. The recipes' own cards and settings are not touched: each
 variant is written to a folder of its own.
 
     benchmarks/gpu_probe.sh fetch             # where PyPI is reachable: wheels the GPU machine lacks
@@ -85,8 +86,13 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def plan_case(name: str, recipe_file: str, setting: str) -> dict:
-    """A case's recipe and fit-check's estimate, torch-free (what --dry-run records)."""
+def plan_case(name: str, recipe_file: str, setting: str, gpu=None, grouped_attention=None) -> dict:
+    """A case's recipe and fit-check's estimate, torch-free (what --dry-run records): for ``gpu``
+    (None: no card), grouped-query attention as the run takes it there; or, for a measured run
+    (--report), on the probe's batch (full rows, no mask) and, where the card has no fused kernel
+    for grouped heads, run as ``grouped_attention`` says the measured run ran them."""
+    import dataclasses
+
     from recipecli.fit.architectures import find_config, shape_from_config
     from recipecli.fit.estimate import estimate
     from recipecli.fit.verdict import setup_for
@@ -95,10 +101,52 @@ def plan_case(name: str, recipe_file: str, setting: str) -> dict:
     recipe = load_recipe(recipe_file, overrides(setting))
     model = recipe.model
     shape = shape_from_config(find_config(model.id, model.local_path, model.architecture, model.revision))
-    setup, _ = setup_for(recipe, None)
+    setup, _ = setup_for(recipe, gpu)
+    if grouped_attention is not None:  # a measured run: the probe's batch of full rows has no mask
+        unfused = grouped_attention if setup.grouped_attention == "repeat" else setup.grouped_attention
+        setup = dataclasses.replace(setup, grouped_attention=unfused, padded=False)
     return {"model": model.id, "seq_len": recipe.data.max_seq_length, "micro_batch": recipe.training.micro_batch_size,
             "gradient_checkpointing": recipe.training.gradient_checkpointing, "base_params": shape.param_count(),
             "fit_check": _figures(estimate(shape, setup))}
+
+
+def steps_peaks(measured: dict) -> tuple[int, int]:
+    """The highest allocated and reserved over the training phases, the load left out: the probe
+    builds the model from its config on the card (random weights, a quantized base first in 16
+    bits), which a run loading its weights never holds, so only the steps compare with fit-check."""
+    phases = [p for name, p in measured["phases"].items() if name != "load"]
+    return max(p["allocated_bytes"] for p in phases), max(p["reserved_bytes"] or 0 for p in phases)
+
+
+def report(files: list[Path], grouped_attention: str) -> list[dict]:
+    """Measured cases of earlier runs (their gpu_probe.json) against fit-check as it estimates now,
+    for the card measured on, the steps' peaks only: one row per measured case."""
+    from recipecli.fit.gpu_catalog import Gpu
+
+    rows = []
+    for path in files:
+        result = json.loads(path.read_text())
+        card = result["gpu"]
+        gpu = Gpu(card["name"], card["total_bytes"], None, tuple(card["compute_capability"]), card["driver"])
+        for case in result["cases"]:
+            measured = (case.get("device") or {}).get("measured")
+            if not measured:
+                continue
+            recipe = case["recipe"] if case["setting"] == "" else str(lora_variant(ROOT / case["recipe"], _variants()))
+            fit = plan_case(case["case"], recipe, case["setting"], gpu, grouped_attention)["fit_check"]
+            allocated, reserved = steps_peaks(measured)
+            rows.append({"file": path.name, "case": case["case"], "measured_allocated": allocated,
+                         "measured_reserved": reserved, "fit_allocated": fit["allocated_bytes"],
+                         "fit_reserved": fit["reserved_bytes"],
+                         "error_allocated": round((fit["allocated_bytes"] - allocated) / allocated, 4),
+                         "error_reserved": round((fit["reserved_bytes"] - reserved) / reserved, 4)})
+    return rows
+
+
+def _variants() -> Path:
+    folder = ROOT / "runs" / "gpu_probe" / "recipes"  # not under $OUT: only 8 files come back from there
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def cpu_arm(recipe_file: str, setting: str, steps: int, gpu=None) -> dict:
@@ -148,7 +196,8 @@ def device_arm(recipe_file: str, setting: str, steps: int, timed_steps: int, met
             "tokens_per_second": m.tokens_per_second, "seconds_per_step": m.seconds_per_step,
             "traced_allocated_bytes": result.allocated_bytes, "replayed_reserved_bytes": result.reserved_bytes,
             "replayed_reserved_expandable_bytes": result.allocator.expandable.reserved_bytes,
-            "fit_check": _figures(result.estimate), "memory_stats": m.memory_stats,
+            "fit_check": _figures(result.estimate), "gqa_repeat": result.choices.gqa_repeat,
+            "memory_stats": m.memory_stats,
             "reserved_before_bytes": before, "versions": result.versions,
             "seconds": round(time.perf_counter() - start, 2)}
 
@@ -158,6 +207,9 @@ def errors_against_measured(case: dict) -> dict:
     gpu, cpu = case.get("device") or {}, case.get("cpu") or {}
     measured = gpu.get("measured") or {}
     fit = gpu.get("fit_check") or cpu.get("fit_check") or case.get("fit_check") or {}
+    if measured.get("phases"):
+        measured = dict(measured)
+        measured["allocated_bytes"], measured["reserved_bytes"] = steps_peaks(measured)
     pairs = {
         "fit_check_allocated": (fit.get("allocated_bytes"), measured.get("allocated_bytes")),
         "fit_check_reserved": (fit.get("reserved_bytes"), measured.get("reserved_bytes")),
@@ -212,29 +264,45 @@ def _arguments(argv=None):
                              "by the longest case so far), and wait no longer for the CPU traces")
     parser.add_argument("--out", type=Path, default=None, help="folder of gpu_probe.json (default: $OUT/benchmarks)")
     parser.add_argument("--shipped", action="store_true",
-                        help="also each recipe as shipped (qlora: needs bitsandbytes), after the other cases")
+                        help="also each recipe as shipped (qlora: needs bitsandbytes), after the first setting")
+    parser.add_argument("--as-is", action="append", type=Path, metavar="RECIPE",
+                        help="also this recipe as written, not as a LoRA fp32 variant (repeatable), after the "
+                             "first setting: e.g. benchmarks/recipes/olmoe-lora-bf16.yaml")
     parser.add_argument("--dry-run", action="store_true", help="only the cases and fit-check's estimates; no torch")
+    parser.add_argument("--report", nargs="+", type=Path, metavar="GPU_PROBE_JSON",
+                        help="no run: the measured cases of these files against fit-check as it estimates now")
+    parser.add_argument("--grouped-attention", choices=("native", "repeat", "math"), default=None,
+                        help="with --report: how the measured run ran grouped-query attention where the card "
+                             "has no fused kernel for it (math: stock transformers, before the run repeated the "
+                             "heads itself); default: as the run does now")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = _arguments(argv)
+    if args.report:
+        for row in report(args.report, args.grouped_attention):
+            print(f"{row['file']:<28} {row['case']:<28} measured {row['measured_allocated'] / 2**30:6.2f} GiB, "
+                  f"fit-check {row['fit_allocated'] / 2**30:6.2f} GiB: {row['error_allocated']:+.1%} allocated, "
+                  f"{row['error_reserved']:+.1%} reserved")
+        return 0
     started = time.monotonic()
     deadline = started + args.budget_s
     out = args.out
     if out is None:  # $OUT is what comes back from a lent machine
         out = Path(os.environ["OUT"]) / "benchmarks" if os.environ.get("OUT") else ROOT / "runs" / "gpu_probe"
     out.mkdir(parents=True, exist_ok=True)
-    variants = ROOT / "runs" / "gpu_probe" / "recipes"  # not under $OUT: only 8 files come back from there
-    variants.mkdir(parents=True, exist_ok=True)
+    variants = _variants()
     recipes = args.recipe or [ROOT / "recipes" / f"{seed}.yaml" for seed in SEEDS]
     settings = dict(s.split(":", 1) for s in args.setting) if args.setting else SETTINGS
     files = {path.stem: str(lora_variant(path, variants)) for path in recipes}
     cases = [{"case": f"{stem}/{name}", "recipe": str(recipes[i]), "variant": files[stem], "setting": setting}
              for name, setting in settings.items() for i, stem in enumerate(files)]
-    if args.shipped:
-        cases += [{"case": f"{path.stem}/shipped", "recipe": str(path), "variant": str(path), "setting": ""}
-                  for path in recipes]
+    as_written = (recipes if args.shipped else []) + (args.as_is or [])
+    # right after every model's first setting: a short lease still measures each recipe as written
+    cases[len(files):len(files)] = [{"case": f"{path.stem}/{'shipped' if path in recipes else 'as-is'}",
+                                     "recipe": str(path), "variant": str(path), "setting": ""}
+                                    for path in as_written]
     result = {"device": args.device, "steps": args.steps, "timed_steps": args.timed_steps,
               "budget_s": args.budget_s, "dry_run": args.dry_run, "cases": cases}
     path = out / "gpu_probe.json"

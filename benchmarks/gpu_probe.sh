@@ -4,7 +4,7 @@
 #   benchmarks/gpu_probe.sh fetch [NAME==VERSION...]
 #       Where PyPI is reachable (a developer's machine): download the wheels a lent GPU machine
 #       lacks into .whl/ (ignored by git through .git/info/exclude), for its Python 3.12 on x86-64,
-#       at the versions this checkout's .venv runs, plus any named. About 16 MB.
+#       at the versions this checkout's .venv runs, plus any named. About 17 MB; bitsandbytes (for --shipped) adds 43 MB.
 #   benchmarks/gpu_probe.sh [gpu_probe.py options]
 #       On the GPU machine. Results: $OUT/benchmarks/gpu_probe.json and gpu_probe.log beside it.
 #
@@ -30,14 +30,15 @@ if [ "${1:-}" = fetch ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     pins=$(.venv/bin/python - <<'EOF'
 from importlib.metadata import version
+# regex and fsspec: transformers and datasets bound their versions, the image's may be outside
 names = ("transformers", "trl", "peft", "datasets", "dill", "multiprocess", "jsonschema",
-         "jsonschema-specifications", "referencing", "rpds-py")
+         "jsonschema-specifications", "referencing", "rpds-py", "regex", "fsspec")
 print(" ".join(f"{n}=={version(n)}" for n in names))
 EOF
 )
     # shellcheck disable=SC2086  # one word per pin
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl $pins "$@"
     du -sh .whl
     exit 0

@@ -41,7 +41,9 @@ def saved_bytes(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, tokens: int)
     # of the hidden states flowing down (into the residual, the norm and the layer's output).
     mlp_gradient = experts_backward_bytes(shape, s, dt, tokens) if shape.experts else \
         shape.intermediate_size * dt.matmul_out * tokens
-    gradients = mlp_gradient + 3 * h * 4 * tokens
+    # The math kernel's backward holds three more fp32 attention matrices (measured on an H200).
+    attention_gradient = 3 * 4 * shape.num_attention_heads * s.seq_len * tokens if _math_attention(shape, s) else 0
+    gradients = max(mlp_gradient, attention_gradient) + 3 * h * 4 * tokens
     # An adapter wider than its input (fp32 LoRA on a 16-bit base) casts the MLP-wide input of
     # down_proj up (peft's _cast_input_dtype): in backward the gradients of the dropped copy and of
     # the cast come in the adapter's dtype beside the base path's one.
@@ -130,12 +132,18 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
         kv = 2 * hq if repeated else hkv + (v_kept if folded else hkv)
         cast = dt.attention if dt.attention != 4 else 0
         attention = (hq + kv) * dt.attention + (4 + cast) * heads * seq
-    elif s.attention == "sdpa" and (s.packing or (s.micro_batch_size > 1 and s.padded) or
-                                    (shape.sliding_window is not None and seq >= shape.sliding_window)):
-        # A mask (padding, or a sliding window the sequence reaches: transformers' sdpa_mask skips
-        # it only below the window) rules out sdpa's native GQA (k/v repeated to all heads) and is
-        # turned into a float bias per layer. flash_attention_2 takes both natively.
+    elif s.attention == "sdpa" and _sdpa_masked(shape, s):
+        # A mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned into a
+        # float bias per layer. flash_attention_2 takes both natively.
         attention = 4 * hq * dt.attention + seq * dt.attention
+    elif _math_attention(shape, s):
+        # torch's math kernel: q scaled and k and v repeated to every head (in fp32: half inputs
+        # are upcast), each head's row of the fp32 attention matrix, and the output
+        attention = 4 * heads * seq + hq * (12 + dt.attention)
+    elif hkv < hq and (s.grouped_attention == "repeat" or shape.head_dim > 256):
+        # k and v repeated to every head (above 256 transformers repeats them itself): q, both
+        # copies, the output and the logsumexp (memory-efficient kernel)
+        attention = 4 * hq * dt.attention + 4 * heads
     else:  # q, k, v, the output and an fp32 logsumexp per head (flash and memory-efficient kernels)
         attention = (2 * hq + hkv + v_kept) * dt.attention + 4 * heads
     # Gated: gate output (act input), activation and up output (product inputs); plain: fc1 out.
@@ -157,6 +165,22 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     adapter = sum(fin * (dt.adapter_in + dt.dropout_mask) + s.lora_r * dt.adapter_in
                   for fin, _ in adapters.values())
     return norms + attention + mlp + inputs + adapter
+
+
+def _sdpa_masked(shape: Shape, s: Setup) -> bool:
+    """sdpa gets a mask: padding, packing's block diagonal, or a sliding window the sequence
+    reaches (transformers' sdpa_mask skips it only below the window)."""
+    seq = s.seq_len * s.micro_batch_size if s.packing else s.seq_len
+    return s.packing or (s.micro_batch_size > 1 and s.padded) or (
+        shape.sliding_window is not None and seq >= shape.sliding_window)
+
+
+def _math_attention(shape: Shape, s: Setup) -> bool:
+    """sdpa runs grouped heads in torch's math kernel: no fused kernel for them (Setup.grouped_attention),
+    no mask (which makes transformers repeat the heads itself), head size within what it passes
+    grouped (256)."""
+    return (s.attention == "sdpa" and s.grouped_attention == "math" and not _sdpa_masked(shape, s)
+            and shape.num_key_value_heads < shape.num_attention_heads and shape.head_dim <= 256)
 
 
 def expert_bytes(s: Setup, dt: Dtypes) -> int:

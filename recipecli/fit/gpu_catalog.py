@@ -28,10 +28,16 @@ TF32_MIN_CAPABILITY = (8, 0)  # Ampere: the tensor cores that compute TF32
 # (pytorch/pytorch#109888) for CUDA >= 11.7. The per-SM part grows with the SM count and the
 # resident threads per SM of the architecture, so newer, larger chips sit at the upper end; the
 # kernels a training step adds (bitsandbytes, attention) are tens of MiB on top. By major compute
-# capability, the upper end of those reports for the largest chip of each generation; a card of
-# unknown capability (--vram) gets the largest, so an unknown card is never judged too kindly.
-CUDA_CONTEXT_MIB = {7: 300, 8: 400, 9: 500}
-UNKNOWN_CONTEXT_MIB = max(CUDA_CONTEXT_MIB.values())
+# capability, the upper end of those reports for the largest chip of each generation.
+# Hopper's is measured: on an H200 (torch 2.11, CUDA 13.0, driver 580) nvidia-smi showed the
+# training process 744 to 768 MiB above PyTorch's reserved memory in each of 21 measured steps
+# (benchmarks/measured/h200-2026-11-30-*, BENCHMARKS.md), the reports' 500 MiB being too kind.
+CUDA_CONTEXT_MIB = {7: 300, 8: 400, 9: 768}
+# A card known by its memory alone (--vram): the reports' upper end, 500 MiB, above every card before
+# Hopper. Taking the H200's measured figure would judge the cards --vram is for (consumer ones
+# pynvml cannot see) by the largest chip there is, and published runs that fit 24 GB at their
+# longest context (benchmarks/calibration.py's boundary rows) would be called out of memory.
+UNKNOWN_CONTEXT_MIB = 500
 # cuBLAS's workspace, which PyTorch takes from its caching allocator (so it is counted in
 # reserved, not in the context): the default CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" is
 # 8,519,680 bytes, and from Hopper (9.0) on PyTorch's default is 32 MiB

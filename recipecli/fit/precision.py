@@ -35,6 +35,9 @@ class Choices:
     grad_scaler: bool  # fp16's AMP GradScaler scales the loss and unscales fp32 gradients
     tf32: bool = False  # fp32 matmuls in TF32 (training.tf32 on a card that has it); changes no memory
     activation_offloading: bool = False  # training.activation_offloading on a GPU (TRL's works on CUDA only)
+    # sdpa's grouped-query attention run with the key/value heads repeated (model.repeated_kv_heads):
+    # the card has no fused kernel for grouped heads in this dtype (see choose)
+    gqa_repeat: bool = False
 
     @property
     def matmul_dtype(self) -> DtypeName:
@@ -168,8 +171,17 @@ def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
 
     if problems:
         raise InvalidRecipe(problems)
-    return Choices(precision, attention, compute_dtype, tuple(notes),
-                   **dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype), tf32=tf32,
-                   activation_offloading=offloading)
+    resolved = dtypes(recipe.method, recipe.quantization is not None, precision, compute_dtype)
+    # On CUDA only FlashAttention and cuDNN run sdpa's grouped-query attention (enable_gqa, which
+    # transformers passes when the batch has no mask), both for 16-bit inputs on compute capability
+    # 8.0 and later; torch's memory-efficient kernel takes no grouped heads. Anywhere else torch
+    # falls back to its math kernel, which keeps each layer's seq x seq attention matrix in fp32
+    # (measured on an H200 in fp32: benchmarks/sdpa_backends.py, BENCHMARKS.md). The run repeats
+    # the key/value heads instead, which the memory-efficient kernel takes at any length.
+    attention_dtype = resolved["autocast_dtype"] or compute_dtype or resolved["weight_dtype"]
+    gqa_repeat = attention == "sdpa" and gpu is not None and (
+        attention_dtype == "float32" or not cc_known or not gpu.supports_flash_attention_2)
+    return Choices(precision, attention, compute_dtype, tuple(notes), **resolved, tf32=tf32,
+                   activation_offloading=offloading, gqa_repeat=gqa_repeat)
 
 

@@ -15,6 +15,11 @@ ATTENTION_KERNELS = tuple(a for a in get_args(Attention) if a != "auto")
 # (benchmarks/calibration.py describes stacks other than `recipe run`'s).
 Parallelism = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
 Loss = Literal["chunked", "fp32_logits"]
+# How sdpa runs grouped-query attention on a batch without a mask: torch's fused kernel for grouped
+# heads (flash or cuDNN on CUDA, or the CPU's), the key/value heads repeated first (`recipe run` on a
+# card without such a kernel for its dtype: precision.choose), or torch's math kernel (what stock
+# transformers gets on such a card; for published stacks in benchmarks/calibration.py).
+GroupedAttention = Literal["native", "repeat", "math"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Setup:
     moe_experts: bool = False  # quantization.moe_experts: a mixture of experts' fused experts in 4 bits too
     unfrozen: tuple[str, ...] = ()  # training.unfrozen_parameters: the weights full fine-tuning trains; () all
     target_parameters: tuple[str, ...] = ()  # lora.target_parameters: adapters on parameters (experts)
+    grouped_attention: GroupedAttention = "native"
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         moe_experts=bool(quant is not None and quant.moe_experts),
         unfrozen=recipe.training.unfrozen_parameters or (),
         target_parameters=lora.target_parameters if lora else (),
+        grouped_attention="repeat" if choices.gqa_repeat else "native",
     )
     return setup, list(choices.notes)
 

@@ -7,8 +7,11 @@ the steps are probe.trace_step's with real tensors (``fake=False``). This module
 where they run and what is read around each phase:
 
 - device: trace_step runs under ``torch.device(meter.device)``, so ``from_config`` allocates and
-  randomly initializes every weight on the card (no download, no host copy), peft puts the
-  adapters beside them, and the batch and every temporary are made there.
+  randomly initializes every weight on the card (no download, no host copy; a quantized base is
+  built on the CPU and quantized onto the card layer by layer, as from_pretrained loads it), peft
+  puts the adapters beside them, and the batch and every temporary are made there. Building is no
+  training memory: the "load" phase is measured, but the steps' phases are what fit-check
+  estimates (benchmarks/gpu_probe.py compares those).
 - phases: trace_step records into a ``_MeteredTrace`` (its ``recorder``), a MemTrace that closes
   the meter's running phase whenever the step announces a new one, reading its peaks since the
   last reset (``max_memory_allocated``/``max_memory_reserved`` after a synchronize) and

@@ -63,7 +63,7 @@ ones the GPU run uses:
   stack, where the native kernel makes none. The native kernel has no fake implementation for
   other dtypes than bf16, so ``grouped_experts_fallback`` makes the trace take the fallback op:
   exact for cards before compute capability 8.0, one expert stack's transient gradient above
-  what later cards hold.
+  what later cards hold. Real tensors on CUDA (``recipe probe --device cuda``) run the card's own.
 - never seen by any CPU trace: buffers allocated and freed inside one kernel (cuBLAS workspaces,
   flash attention's scratch), LLM.int8's outlier columns (data-dependent; traced as none) and the
   caching allocator's rounding, which belongs to the allocator model (fit.allocator).
@@ -77,18 +77,22 @@ import logging
 
 import torch
 
+from .model import switched_off
+
 
 @contextlib.contextmanager
-def gpu_kernels(*, int8: bool, fused_lm_head: bool):
+def gpu_kernels(*, int8: bool, fused_lm_head: bool, on_cuda: bool):
     """Every stand-in a trace needs: LLM.int8's matmul for 8-bit bases, the Triton folds for TRL's
-    fused LM head, and fused dropout and the experts' fallback grouped matmul always."""
+    fused LM head, fused dropout always, and the experts' fallback grouped matmul off CUDA (real
+    tensors on a GPU run the kernel the card has: that is what a measurement is for)."""
     with contextlib.ExitStack() as stack:
         if int8:
             stack.enter_context(gpu_int8_matmul())
         if fused_lm_head:
             stack.enter_context(triton_lm_head())
         stack.enter_context(fused_dropout())
-        stack.enter_context(grouped_experts_fallback())
+        if not on_cuda:
+            stack.enter_context(grouped_experts_fallback())
         yield
 
 
@@ -97,12 +101,8 @@ def grouped_experts_fallback():
     """Make transformers' grouped_mm experts take its fallback op (see the module doc)."""
     from transformers.integrations import moe
 
-    chosen = moe._can_use_grouped_mm
-    moe._can_use_grouped_mm = lambda *args, **kwargs: False
-    try:
+    with switched_off(moe, "_can_use_grouped_mm"):
         yield
-    finally:
-        moe._can_use_grouped_mm = chosen
 
 
 @contextlib.contextmanager

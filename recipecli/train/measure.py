@@ -185,4 +185,4 @@ def _trace(recipe: Recipe, config: dict, steps: int, choices: Choices, run=None)
         gradient_accumulation_steps=training.gradient_accumulation_steps, packing=recipe.data.packing,
         max_grad_norm=training.max_grad_norm, weight_decay=training.weight_decay,
         unfrozen=training.unfrozen_parameters or (), moe_experts=bool(quant and quant.moe_experts),
-        target_parameters=lora.target_parameters if lora else ())
+        target_parameters=lora.target_parameters if lora else (), gqa_repeat=choices.gqa_repeat)

@@ -133,9 +133,15 @@ class MemTrace(TorchDispatchMode):
                 return serial
             # resized in place (out= ops, resize_): the old block goes, a new one comes
             self.events.append(Event(serial, -old, self._phase))
+            if nbytes == 0:  # emptied in place (FSDP frees its shards so): no block until it grows
+                del self._live[key]
+                return None
             self.events.append(Event(serial, nbytes, self._phase))
             self._live[key] = (serial, nbytes)
             return serial
+        if nbytes == 0:
+            # no block for an empty storage (CUDA's checkpointing makes them); seen again once grown
+            return None
         serial = self._serial
         self._serial += 1
         self._live[key] = (serial, nbytes)

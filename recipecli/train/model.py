@@ -6,6 +6,7 @@ recipecli (``recipe validate``, ``recipe --help``) never pays for them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -108,6 +109,34 @@ def check_remote_code(recipe: Recipe, allowed: bool, command: str) -> None:
                      "without --trust-remote-code on the command line",
                      hint=f"read the model's code first, then: {command} --trust-remote-code",
                      where=recipe.locate(("model", "trust_remote_code")), path=REMOTE_CODE_PATH)
+
+
+@contextlib.contextmanager
+def repeated_kv_heads(on: bool):
+    """With ``on`` (Choices.gqa_repeat), transformers' sdpa attention repeats the key/value heads of
+    grouped-query attention itself rather than passing them grouped (``enable_gqa``), which on a card
+    without a fused kernel for grouped heads sends torch to its math kernel and the seq x seq
+    attention matrix into memory. transformers has no setting for it: its one switch
+    (``use_gqa_in_sdpa``, looked up at each call) is set for the block. The run and the probe's
+    trace both take it, so the estimate counts one way of running."""
+    if not on:
+        yield
+        return
+    from transformers.integrations import sdpa_attention
+
+    with switched_off(sdpa_attention, "use_gqa_in_sdpa"):
+        yield
+
+
+@contextlib.contextmanager
+def switched_off(module, name: str):
+    """``module.name``, a predicate transformers looks up at each call, answers False in the block."""
+    chosen = getattr(module, name)
+    setattr(module, name, lambda *args, **kwargs: False)
+    try:
+        yield
+    finally:
+        setattr(module, name, chosen)
 
 
 def enforce_dtypes(model, choices: Choices) -> int:

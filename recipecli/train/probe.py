@@ -45,7 +45,8 @@ import torch
 from ..fit.precision import Choices, dtypes
 from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
 from .kernels import gpu_kernels
-from .model import bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit, quantize_experts
+from .model import (bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit, quantize_experts,
+                    repeated_kv_heads)
 
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of its fused LM head
@@ -61,10 +62,11 @@ def _config(config_dict: dict):
     return AutoConfig.for_model(config_dict.get("model_type", "llama"), **values)
 
 
-def _quantize(model, bnb, fake: bool) -> list:
+def _quantize(model, bnb, fake: bool, device) -> list:
     """Swap the linear layers for bitsandbytes ones as from_pretrained does (transformers' own
     quantizer picks the layers, the output head stays 16-bit); real: quantize each layer's weights
-    as transformers' Bnb4bitQuantize / Bnb8bitQuantize do. Returns the bitsandbytes layers."""
+    onto ``device`` as transformers' Bnb4bitQuantize / Bnb8bitQuantize do. Returns the bitsandbytes
+    layers."""
     import bitsandbytes as bnb_lib
     from transformers.quantizers.auto import AutoHfQuantizer
 
@@ -81,8 +83,8 @@ def _quantize(model, bnb, fake: bool) -> list:
         if not fake:
             kwargs = {k: v for k, v in module.weight.__dict__.items() if k != "SCB"}
             kind = bnb_lib.nn.Params4bit if isinstance(module, bnb_lib.nn.Linear4bit) else bnb_lib.nn.Int8Params
-            # quantized where the model was built: the CPU, or the GPU gpuprobe builds it on
-            module.weight = kind(old.weight.data, requires_grad=False, **kwargs).to(old.weight.device)
+            # bitsandbytes quantizes a weight as it moves it to the device, one layer at a time
+            module.weight = kind(old.weight.data, requires_grad=False, **kwargs).to(device)
         layers.append(module)
     quantizer.postprocess_model(model)
     return layers
@@ -141,11 +143,19 @@ def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lo
     it. Returns the model and its bitsandbytes layers."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(_config(config_dict), dtype=getattr(torch, choices.weight_dtype),
-                                             attn_implementation=attention)
+    device = torch.get_default_device()  # gpuprobe builds on the card it measures
+    # A quantized base is built in 16 bits on the CPU and quantized onto the card layer by layer, as
+    # from_pretrained loads it: built on the card whole, a 7B model's 16-bit weights would have to
+    # fit an 8 GB card before its 4-bit ones could be measured.
+    staged = method == "qlora" and not fake and device.type != "cpu"
+    with torch.device("cpu") if staged else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_config(_config(config_dict), dtype=getattr(torch, choices.weight_dtype),
+                                                 attn_implementation=attention)
     layers = []
     if method == "qlora":
-        layers = _quantize(model, bnb, fake)
+        layers = _quantize(model, bnb, fake, device)
+        if staged:
+            model.to(device)  # what stayed 16-bit: embeddings, norms, the head, rotary buffers
         if moe_experts:
             quantize_experts(model, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant)
         model = prepare_kbit(model, gradient_checkpointing)
@@ -316,7 +326,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
                quant_type: str = "nf4", double_quant: bool = False, gradient_accumulation_steps: int = 1,
                packing: bool = False, max_grad_norm: float = 0.0, weight_decay: float = 0.0,
                unfrozen: Sequence[str] = (), moe_experts: bool = False, target_parameters: Sequence[str] = (),
-               recorder: Optional[MemTrace] = None) -> Trace:
+               gqa_repeat: bool = False, recorder: Optional[MemTrace] = None) -> Trace:
     """Trace training steps on a worst-case batch (every sequence ``seq_len`` tokens).
 
     Args:
@@ -350,6 +360,8 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         unfrozen: with method full, the parameters that train (training.unfrozen_parameters); () all.
         moe_experts: with method qlora, a mixture of experts' fused experts quantized too (4 bits).
         target_parameters: parameters adapted directly (lora.target_parameters: fused experts).
+        gqa_repeat: grouped-query attention with the key/value heads repeated, as the run does on a
+            card without a fused kernel for grouped heads (Choices.gqa_repeat, model.repeated_kv_heads).
         recorder: the MemTrace to record into (a subclass that also reads a device's counters,
             gpuprobe.py); None: a plain MemTrace.
 
@@ -407,7 +419,9 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
             stack.enter_context(_refcount_only())
             if fake:
                 stack.enter_context(_packing_known(packing))
-            stack.enter_context(gpu_kernels(int8=quantized and bits == 8, fused_lm_head=loss == "trl"))
+            stack.enter_context(gpu_kernels(int8=quantized and bits == 8, fused_lm_head=loss == "trl",
+                                            on_cuda=batch["input_ids"].device.type == "cuda"))
+            stack.enter_context(repeated_kv_heads(gqa_repeat))
             start = time.perf_counter()
             with tracer:
                 for _ in range(steps):

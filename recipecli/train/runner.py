@@ -33,7 +33,7 @@ from ..units import GIB
 from . import checkpoints, claim, data, datafiles, datastats, failures, launch, runfolder, tracking
 from .callbacks import StopRequest, recorder
 from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, parameter_targets,
-                    saved_modules, say, training_gpu)
+                    repeated_kv_heads, saved_modules, say, training_gpu)
 from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
 from .trainer import trainer_class
 
@@ -117,6 +117,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             choices = choose(recipe, gpu)
             for note in choices.notes:
                 say(f"note: {note}")
+            whole_run.enter_context(repeated_kv_heads(choices.gqa_repeat))  # as the estimate counts it
 
             tokenizer = load_tokenizer(recipe)
             template = data.recipe_template(recipe)

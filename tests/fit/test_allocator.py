@@ -245,7 +245,7 @@ def test_the_reserve_is_the_least_the_step_runs_in():
 
 
 @pytest.mark.parametrize("capability, mib", [((7, 5), 300), ((7, 0), 300), ((6, 1), 300), ((8, 6), 400),
-                                             ((8, 9), 400), ((9, 0), 500), ((12, 0), 500), (None, 500)])
+                                             ((8, 9), 400), ((9, 0), 768), ((12, 0), 768), (None, 500)])
 def test_the_cuda_context_follows_the_compute_capability(capability, mib):
     from recipecli.fit.gpu_catalog import context_bytes, workspace_bytes
 

@@ -124,3 +124,31 @@ def test_tf32_is_on_only_where_the_card_has_it_and_said_elsewhere(make_recipe, w
     assert choices.tf32 is on
     assert any("tf32 changes nothing here" in note for note in choices.notes) is not on
     assert choose(load_recipe(make_recipe({"training": {"precision": "fp32"}})), CARDS[where]).tf32 is False
+
+
+# (card, precision) -> whether the run repeats grouped key/value heads: no fused kernel for grouped
+# heads there (flash/cuDNN: compute capability 8.0 and 16-bit; the memory-efficient kernel takes none).
+GQA_REPEAT = {
+    ("cpu", "auto"): False,  # the CPU's sdpa takes grouped heads
+    ("rtx2080", "auto"): True, ("t4", "fp16"): True, ("rtx2080", "fp32"): True,
+    ("rtx3090", "auto"): False, ("rtx3090", "fp16"): False, ("rtx3090", "fp32"): True,
+    ("a100", "bf16"): False, ("a100", "fp32"): True,
+    ("vram8", "auto"): True,  # an unknown generation is taken as pre-Ampere, as for precision
+}
+
+
+@pytest.mark.parametrize("where, precision", sorted(GQA_REPEAT))
+@pytest.mark.parametrize("method", ["qlora4", "lora", "full"])
+def test_grouped_heads_are_repeated_where_no_fused_kernel_takes_them(recipe_for, where, precision, method):
+    recipe = recipe_for(method, precision)
+    choices = choose(recipe, CARDS[where])
+    assert choices.gqa_repeat is GQA_REPEAT[where, precision]
+    setup, _ = setup_for(recipe, CARDS[where])
+    assert setup.grouped_attention == ("repeat" if choices.gqa_repeat else "native")
+
+
+def test_grouped_heads_are_left_to_other_attention_kernels(make_recipe):
+    for attention in ("eager", "flash_attention_2"):
+        recipe = load_recipe(make_recipe({"training": {"attention": attention}}))
+        assert choose(recipe, card("a100 80gb")).gqa_repeat is False
+    assert choose(load_recipe(make_recipe({"training": {"attention": "eager"}})), card("rtx2080")).gqa_repeat is False

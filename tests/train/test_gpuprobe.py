@@ -175,6 +175,9 @@ def test_on_a_gpu_the_counters_agree_with_the_trace_of_the_same_steps():
     for p in measured.phases:
         assert p.allocated_bytes <= p.reserved_bytes
     assert measured.allocated_bytes >= trace.peak_bytes - MIN_BLOCK * storages
-    assert measured.memory_stats["allocated_bytes.all.peak"] >= measured.untraced_allocated_bytes > 0
+    # tracing holds nothing: the untraced steps peak where the traced ones did (equal on an H200,
+    # 2026-11-30); memory_stats' peaks are the last phase's (each phase resets them), so not those
+    assert abs(measured.untraced_allocated_bytes - measured.allocated_bytes) <= 0.01 * measured.allocated_bytes
+    assert measured.memory_stats["num_alloc_retries"] >= 0
     assert measured.tokens_per_second > 0
     assert measured.process_bytes is None or measured.process_bytes > measured.reserved_bytes

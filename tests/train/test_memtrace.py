@@ -105,6 +105,33 @@ def test_views_count_once_and_frees_are_recorded(fake):
     assert [e.nbytes for e in result.events] == [1024, -1024]
 
 
+@MODES
+def test_empty_storages_are_no_allocations_and_replay(fake):
+    """CUDA's gradient checkpointing makes empty tensors: the caching allocator gives them no block.
+    An empty storage recorded as an allocation of 0 bytes read as a free, and its finalizer's free
+    as a second one: the allocator replay refused the whole trace ("free of N, which is not
+    allocated"), which is how every checkpointed case of the first GPU measurement failed."""
+    from recipecli.fit.allocator import replay
+    from recipecli.train.measure import _events
+
+    with _mode(fake):
+        trace = MemTrace()
+        with trace:
+            empty = torch.empty(0)
+            grown = torch.empty(0)
+            torch.add(torch.ones(4), 1, out=grown)  # resized in place from nothing: 16 bytes
+            shrunk = torch.ones(8)
+            shrunk.resize_(0)  # its storage keeps its bytes: resize_ never shrinks one
+            emptied = torch.ones(8)
+            emptied.untyped_storage().resize_(0)  # as FSDP frees a shard: the block goes
+            torch.ops.aten.alias(emptied)
+            del empty, grown, shrunk, emptied
+        result = trace.result()
+    assert all(e.nbytes != 0 for e in result.events)
+    assert result.end_bytes == 0 and result.peak_bytes == 16 + 32 + 32  # grown, shrunk, emptied
+    assert replay(_events(result)).fixed.allocated_bytes > 0
+
+
 def test_untagged_storages_are_activations_when_alive_at_backward():
     events = [Event(0, 100, "forward"), Event(1, 10, "forward"), Event(1, -10, "forward"),
               Event(2, 50, "backward"), Event(0, -100, "backward")]

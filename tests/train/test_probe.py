@@ -88,6 +88,28 @@ def test_sdpa_keeps_no_seq_by_seq_matrix_and_eager_does():
     assert matrix in sizes["eager"]
 
 
+def test_repeated_grouped_heads_keep_the_copies_the_estimate_counts():
+    """model.repeated_kv_heads (the run's, on a card without a fused kernel for grouped heads) makes
+    transformers repeat the key/value heads before sdpa: each layer keeps both copies, every head
+    wide, in place of the grouped k and v. The trace grows by what the estimate adds for it."""
+    import dataclasses
+
+    from recipecli.fit.estimate import estimate
+    from recipecli.fit.setup import Setup
+
+    config = ARCHITECTURES["llama"]  # 4 heads, 2 key/value heads of 32
+    one_row = dict(seq_len=64, micro_batch=1, lora_dropout=0.0)  # one row: no mask, so sdpa gets them grouped
+    grouped, repeated = (trace_step(config, gqa_repeat=on, **one_row).peak_bytes for on in (False, True))
+    layers, tokens, fp32 = 2, 64, 4
+    assert repeated - grouped == layers * tokens * 2 * (128 - 64) * fp32  # k and v: 4 heads instead of 2
+    setup = Setup(method="lora", weight_bits=32, quant_type=None, double_quant=False, compute_bytes=4, lora_r=16,
+                  lora_targets="all-linear", micro_batch_size=1, seq_len=64, gradient_checkpointing=False,
+                  optimizer="adamw_torch", attention="sdpa", gradient_accumulation_steps=1, lora_dropout=0.0)
+    counted = {mode: estimate(shape_from_config(config), dataclasses.replace(setup, grouped_attention=mode))
+               for mode in ("native", "repeat")}
+    assert counted["repeat"].allocated_bytes - counted["native"].allocated_bytes == repeated - grouped
+
+
 def test_targets_go_through_the_projects_lora_targets():
     trace = trace_step(ARCHITECTURES["llama"], method="lora", targets="attention", lora_r=8, **BATCH)
     h, kv = 128, 64
