@@ -7,6 +7,8 @@
 #       at the versions this checkout's .venv runs, plus any named. About 17 MB; bitsandbytes (for --shipped) adds 43 MB.
 #   benchmarks/gpu_probe.sh [gpu_probe.py options]
 #       On the GPU machine. Results: $OUT/benchmarks/gpu_probe.json and gpu_probe.log beside it.
+#   benchmarks/gpu_probe.sh run [gpu_run.py options]
+#       The same set-up, then benchmarks/gpu_run.py (`recipe run` end to end): gpu_run.json, gpu_run.log.
 #
 # Why not `make install`: the Makefile pins torch==2.13.0, which on PyPI for Linux x86-64 is the
 # CUDA build (several GB with its nvidia-* wheels). A lent GPU machine reaches no registry, and
@@ -44,10 +46,16 @@ EOF
     exit 0
 fi
 
+script=gpu_probe
+if [ "${1:-}" = run ]; then
+    shift
+    script=gpu_run
+fi
+
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
-export OUT="${OUT:-$PWD/runs/gpu_probe}"
+export OUT="${OUT:-$PWD/runs/$script}"
 mkdir -p "$OUT/benchmarks"
-log="$OUT/benchmarks/gpu_probe.log"
+log="$OUT/benchmarks/$script.log"
 
 has_cuda() { "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
 
@@ -96,7 +104,7 @@ EOF
 } 2>&1 | tee "$log"
 
 # every import the run needs, before any GPU time is spent on it
-if ! "$py" -c 'import recipecli.train.gpuprobe, recipecli.train.measure, trl.trainer.utils, peft, jsonschema' \
+if ! "$py" -c 'import recipecli.train.gpuprobe, recipecli.train.measure, recipecli.train.runner, trl.trainer.utils, peft, jsonschema' \
         >>"$log" 2>&1; then
     tail -5 "$log" >&2
     echo "gpu_probe.sh: a package is missing for $py; with PyPI: benchmarks/gpu_probe.sh fetch NAME==VERSION," \
@@ -105,6 +113,6 @@ if ! "$py" -c 'import recipecli.train.gpuprobe, recipecli.train.measure, trl.tra
 fi
 
 set +e
-"$py" benchmarks/gpu_probe.py "$@" 2>&1 | tee -a "$log"
+"$py" "benchmarks/$script.py" "$@" 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
 exit "$status"
