@@ -146,15 +146,15 @@ def test_the_steps_peaks_leave_the_load_out(gpu_probe):
 def test_fit_check_holds_to_the_steps_measured_on_an_h200(gpu_probe, offline):
     """The H200 measurements of 2026-11-30 (benchmarks/measured, BENCHMARKS.md) against fit-check as
     it estimates now. They ran stock transformers' grouped-query attention, which in fp32 is torch's
-    math kernel (seq x seq matrices): counted as such, every dense case is within 5 % of its steps'
+    math kernel (seq x seq matrices): counted as such, every case is within 5 % of its steps'
     allocated peak; counted as a fused kernel, the fp32 TinyLlama and Mistral cases were 15-25 % low.
-    The mixture of experts (OLMoE, bf16 adapters on the experts) is the estimate's known -5.6 %."""
+    The mixture of experts (OLMoE, adapters on its experts) was 5.5 % low while fit-check counted
+    the gate_up stack's adapters at rank r, where peft makes 2 r."""
     assert len(MEASURED) == 2
     rows = {(r["file"], r["case"]): r for r in gpu_probe.report(MEASURED, "math")}
     assert len(rows) == 21
     for (file, case), row in rows.items():
-        low = -0.06 if case.startswith("olmoe") else -0.05
-        assert low <= row["error_allocated"] <= 0.05, (file, case, row["error_allocated"])
+        assert -0.05 <= row["error_allocated"] <= 0.05, (file, case, row["error_allocated"])
     fused = {(r["file"], r["case"]): r for r in gpu_probe.report(MEASURED, "native")}
     assert fused[MEASURED[0].name, "tinyllama-1.1b/s512-b4"]["error_allocated"] < -0.14
     assert fused[MEASURED[1].name, "tinyllama-1.1b/s2048-b1-gc"]["error_allocated"] < -0.2

@@ -200,6 +200,17 @@ def adapted_experts(shape: Shape, s: Setup) -> tuple[str, ...]:
     return shape.adapted_experts(s.lora_targets, s.target_parameters, s.moe_experts)
 
 
+def expert_ranks(shape: Shape, s: Setup) -> dict[str, int]:
+    """The LoRA rank of each adapted router and expert stack of a layer. Under all-linear peft reaches
+    the experts through its transformers-v5 conversion, which maps the v4 layout's separate gate
+    and up projections onto the fused gate_up stack and gives it rank 2 r (and alpha 2 alpha: the
+    same scaling, an adapter per projection as v4 had); named in lora.target_parameters a stack
+    gets rank r (the traces' parameter shapes)."""
+    fused = s.lora_targets == "all-linear"
+    return {path: 2 * s.lora_r if fused and path == "mlp.experts.gate_up_proj" else s.lora_r
+            for path in adapted_experts(shape, s)}
+
+
 def experts_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes) -> float:
     """What a mixture-of-experts layer keeps per token in place of the MLP, its experts frozen or
     adapted (transformers' grouped_mm path: each token's k experts as rows of one grouped matmul).
@@ -258,10 +269,10 @@ def expert_stacks_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
     stacks bitsandbytes' parametrization dequantizes quantized experts to, or that peft folds an
     adapted stack's adapters into (the weight plus the scaled product of its factors, one
     baddbmm), which the grouped matmuls keep, with the factors the fold keeps."""
-    adapted = adapted_experts(shape, s)
+    ranks = expert_ranks(shape, s)
     stacks = shape.expert_parameters(EXPERT_STACKS)
-    kept = sum(count * fin * fout for path, (count, fin, fout) in stacks.items() if s.moe_experts or path in adapted)
-    factors = sum(count * s.lora_r * (fin + fout) for path, (count, fin, fout) in stacks.items() if path in adapted)
+    kept = sum(count * fin * fout for path, (count, fin, fout) in stacks.items() if s.moe_experts or path in ranks)
+    factors = sum(count * ranks[path] * (fin + fout) for path, (count, fin, fout) in stacks.items() if path in ranks)
     return (kept + factors) * expert_bytes(s, dt)
 
 

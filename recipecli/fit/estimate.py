@@ -252,8 +252,9 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
                              f"({', '.join(experts)}), and takes no dropout on them",
                              hint="set lora.dropout: 0, or adapt the attention alone (target_modules: attention)",
                              path="$.lora.dropout")
-    lora_params += layers * sum(count * s.lora_r * (fin + fout)
-                                for count, fin, fout in shape.expert_parameters(experts).values())
+    ranks = activations.expert_ranks(shape, s)
+    lora_params += layers * sum(count * ranks[path] * (fin + fout)
+                                for path, (count, fin, fout) in shape.expert_parameters(experts).items())
     # lora.modules_to_save: peft trains a copy of each beside the frozen original; the copies are
     # trainable weights like the adapters (gradients, optimizer state, the runner's trainable dtype).
     in_full = shape.match_saved(s.modules_to_save, s.weight_bits < 16) if adapters and s.modules_to_save else {}

@@ -323,8 +323,13 @@ def test_all_linear_adapts_a_mixtures_experts_and_router_and_takes_no_dropout():
     counted = estimate(MIXTRAL, dataclasses.replace(GUIDE, lora_dropout=0.0))
     r, h, i, e, kv = 16, 4096, 14336, 8, 1024
     attention = r * (h + h) + 2 * r * (h + kv) + r * (h + h)
-    experts = r * e * (h + 2 * i) + r * e * (i + h) + r * (h + e)  # one adapter per expert, the router's
+    # one adapter per expert (rank 2 r on gate_up: peft's v5 conversion fuses v4's gate and up
+    # adapters into it, as the traces' parameter shapes show), and the router's
+    experts = 2 * r * e * (h + 2 * i) + r * e * (i + h) + r * (h + e)
     assert counted.trainable_params == 32 * (attention + experts)
+    named = estimate(MIXTRAL, dataclasses.replace(GUIDE, lora_targets="attention", lora_dropout=0.0,
+                                                  target_parameters=("mlp.experts.gate_up_proj",)))
+    assert named.trainable_params == 32 * (attention + r * e * (h + 2 * i))  # named: rank r
     on_attention = estimate(MIXTRAL, dataclasses.replace(GUIDE, lora_targets="attention"))
     assert on_attention.trainable_params == 32 * attention
 
