@@ -126,7 +126,10 @@ def report(files: list[Path], grouped_attention: str) -> list[dict]:
     rows = []
     for path in files:
         result = json.loads(path.read_text())
-        card = result["gpu"]
+        card = result.get("gpu")
+        if card is None:  # a dry run, or a run that measured nothing
+            print(f"{path}: no card measured on, nothing to report", file=sys.stderr)
+            continue
         gpu = Gpu(card["name"], card["total_bytes"], None, tuple(card["compute_capability"]), card["driver"])
         for case in result["cases"]:
             measured = (case.get("device") or {}).get("measured")

@@ -24,7 +24,7 @@ from ..units import gib
 from .architectures import EXPERT_STACKS, PARAMETER_NAMES, Shape, match_parameters
 from .gpu_catalog import context_bytes, workspace_bytes
 from .reserve import StepSizes, reserved_beyond_live
-from .setup import ATTENTION_KERNELS, Dtypes, Loss, Parallelism, Setup, dtypes_of
+from .setup import ATTENTION_KERNELS, Dtypes, GroupedAttention, Loss, Parallelism, Setup, dtypes_of
 
 # The CUDA context and cuBLAS workspace of a card whose compute capability is unknown: the
 # estimate before it meets a card (gpu_catalog says why these figures; Estimate.on_card sets
@@ -116,7 +116,8 @@ def _check(s: Setup) -> None:
     # The recipe was validated already; a bad Setup is a bug in the caller, so it crashes.
     allowed = {"method": get_args(Method), "optimizer": get_args(Optimizer),
                "attention": ATTENTION_KERNELS, "parallelism": get_args(Parallelism),
-               "loss": get_args(Loss), "compute_bytes": (2, 4), "adapter_bytes": (None, 2, 4),
+               "loss": get_args(Loss), "grouped_attention": get_args(GroupedAttention),
+               "compute_bytes": (2, 4), "adapter_bytes": (None, 2, 4),
                "weight_bits": get_args(Bits) if s.method == "qlora" else (16, 32)}
     for field, values in allowed.items():
         if getattr(s, field) not in values:

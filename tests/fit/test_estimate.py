@@ -185,6 +185,8 @@ def test_lora_targets_match_like_peft():
 def test_bad_setup_is_a_caller_bug():
     with pytest.raises(ValueError, match="weight_bits"):
         estimate(TOY, dataclasses.replace(QLORA, method="full", lora_r=None))
+    with pytest.raises(ValueError, match="grouped_attention"):  # never read as native
+        estimate(TOY, dataclasses.replace(QLORA, grouped_attention="mat"))
 
 
 # Real models: orderings every estimate must respect.
