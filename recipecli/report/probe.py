@@ -118,7 +118,7 @@ def measured_provenance(measured: DeviceProbe) -> str:
     v, m, c = measured.probe.versions, measured.measured, measured.probe.choices
     how = ("allocated peaks per phase of real CPU tensors (no caching allocator: reserved not measured)"
            if m.kind == "cpu" else f"allocated and reserved peaks per phase from torch.{m.kind}, the process's "
-           "memory from NVML")
+           "memory from NVML; the measured peaks are the training steps' (building the model is the load row)")
     mixed = f"{c.precision} autocast" if c.autocast_dtype else "no autocast"
     return (f"measured on {m.device}: {how}, for transformers {v['transformers']} / peft {v['peft']} / "
             f"trl {v['trl']} / bitsandbytes {v.get('bitsandbytes', '?')} (torch {v['torch']}; {mixed}); traced: "

@@ -181,3 +181,17 @@ def test_on_a_gpu_the_counters_agree_with_the_trace_of_the_same_steps():
     assert measured.memory_stats["num_alloc_retries"] >= 0
     assert measured.tokens_per_second > 0
     assert measured.process_bytes is None or measured.process_bytes > measured.reserved_bytes
+
+
+def test_the_measured_peaks_are_the_training_steps_not_the_models_building():
+    """On an H200 building Gemma's random 256k-word embedding, or a QLoRA base in 16 bits, was the
+    highest phase of some cases: no memory a run that loads its weights holds."""
+    from recipecli.train.gpuprobe import MeasuredPhase, Measurement
+
+    phases = (MeasuredPhase("load", 900, 1000), MeasuredPhase("forward", 300, 400),
+              MeasuredPhase("backward", 350, 400), MeasuredPhase("optimizer", 200, 400))
+    m = Measurement(device="gpu", kind="cuda", phases=phases, process_bytes=None, card_used_bytes=None,
+                    memory_stats={}, steps=1, timed_steps=0, timed_tokens=0, timed_seconds=0.0,
+                    untraced_allocated_bytes=None, untraced_reserved_bytes=None)
+    assert (m.allocated_bytes, m.reserved_bytes) == (350, 400)
+    assert [p.name for p in m.phases] == PHASES  # the load is still shown, as its own row
