@@ -145,6 +145,7 @@ _SPECS = (
     ("A100 40GB", 40, 40960, (8, 0)),
     ("A100 80GB", 80, 81920, (8, 0)),
     ("H100 80GB", 80, 81559, (9, 0)),
+    ("H200", 141, 143771, (9, 0)),  # as nvidia-smi showed it on a lent one (benchmarks/measured/)
 )
 
 # Words nvidia-smi puts around the model ("NVIDIA GeForce RTX 4060 Ti", "NVIDIA A100-SXM4-80GB",

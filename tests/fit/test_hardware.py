@@ -69,7 +69,7 @@ def test_catalog_memory_and_capability(name, gib, capability):
 
 def test_cards_reported_slightly_below_their_marketed_size():
     # What the driver reports is what a run can use: ECC and firmware take a little.
-    for name, marketed in (("rtx4090", 24), ("l4", 24), ("a10g", 24), ("h100", 80)):
+    for name, marketed in (("rtx4090", 24), ("l4", 24), ("a10g", 24), ("h100", 80), ("h200", 141)):
         gpu = card(name)
         assert marketed * GIB - 2 * GIB < gpu.total_bytes < marketed * GIB
     assert card("4090").compute_capability == (8, 9) and card("h100").compute_capability == (9, 0)
