@@ -9,7 +9,8 @@ compute capability 8.0 such as the reference RTX 2080) the math kernel runs, whi
 seq x seq attention matrix (in fp32 for half inputs). This records, per head layout (TinyLlama
 32/4 heads of 64, Mistral 32/8 of 128, Gemma 2B 8/1 of 256, Llama-2 32/32 of 128), dtype and
 sequence length, for the call as transformers makes it (``gqa``: enable_gqa, causal; ``repeat``:
-heads repeated first), and for the math kernel forced (what a card before 8.0 runs):
+heads repeated first), for the math kernel forced (what a card before 8.0 runs) and for the
+memory-efficient kernel forced on grouped heads (``efficient``: an error where it takes none):
 
 - the backend ``torch._fused_sdp_choice`` names for the call;
 - ``kept``: bytes allocated after the forward (output and what autograd saved) beyond the inputs;
@@ -41,7 +42,9 @@ LAYOUTS = {  # name -> (query heads, key/value heads, head dim), from the models
     "llama2-32/32-d128": (32, 32, 128),
 }
 DTYPES = ("float32", "float16", "bfloat16")
-PATHS = ("gqa", "repeat", "math")
+# efficient: torch's memory-efficient kernel forced on grouped heads, the kernel a card before 8.0
+# would want for fp16: an error ("No available kernel") where it takes no grouped heads
+PATHS = ("gqa", "repeat", "math", "efficient")
 
 
 def _call(torch, path: str, q, k, v):
@@ -52,7 +55,8 @@ def _call(torch, path: str, q, k, v):
     if path == "repeat":
         k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
         return sdpa(q, k, v, is_causal=True)
-    forced = sdpa_kernel([SDPBackend.MATH]) if path == "math" else contextlib.nullcontext()
+    forced = {"math": sdpa_kernel([SDPBackend.MATH]), "efficient": sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])}.get(
+        path, contextlib.nullcontext())
     with forced:
         return sdpa(q, k, v, is_causal=True, enable_gqa=groups > 1)
 
@@ -60,8 +64,8 @@ def _call(torch, path: str, q, k, v):
 def _backend(torch, path: str, q, k, v) -> str:
     from torch.nn.attention import SDPBackend
 
-    if path == "math":
-        return "MATH"
+    if path in ("math", "efficient"):
+        return {"math": "MATH", "efficient": "EFFICIENT_ATTENTION"}[path]
     groups = q.shape[1] // k.shape[1]
     if path == "repeat":
         k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))

@@ -20,7 +20,8 @@ def test_the_cpu_trace_covers_every_case_and_sees_the_math_kernels_matrix(tmp_pa
     assert module.main(["--device", "cpu", "--seq", str(seq), "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "sdpa_backends.json").read_text())["rows"]
     assert len(rows) == len(module.LAYOUTS) * len(module.DTYPES) * len(module.PATHS)
-    assert not [row for row in rows if "error" in row]
+    # the CPU has no memory-efficient kernel: only that forced path may fail, and it fails cleanly
+    assert {row["path"] for row in rows if "error" in row} <= {"efficient"}
     by = {(r["layout"], r["dtype"], r["path"]): r for r in rows}
     for layout, (heads, kv_heads, dim) in module.LAYOUTS.items():
         for dtype in module.DTYPES:
