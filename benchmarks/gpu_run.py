@@ -15,7 +15,8 @@ downloaded:
 - the run: `recipe run` (runner.run, in this process) for --steps optimizer steps, saving at the
   last, with a callback that resets torch.cuda's peak counters when training begins and reads
   them when it ends: the training's allocated and reserved peaks, the load left out. The
-  runner's own figure (run.yaml: measured_reserved_gib, the whole run) is recorded beside them.
+  runner's own figures (run.yaml's result: the training's and the load's peak reserved) are
+  recorded beside them.
 
 Results: OUT/benchmarks/gpu_run.json ($OUT, else runs/gpu_run), rewritten after every recipe.
 
@@ -115,6 +116,8 @@ def training_peaks():
 
 
 def run_case(recipe_file: Path, work: Path, steps: int, device: str) -> dict:
+    import yaml
+
     from recipecli.fit.architectures import find_config
     from recipecli.fit.verdict import check
     from recipecli.read.load import load_recipe
@@ -139,7 +142,8 @@ def run_case(recipe_file: Path, work: Path, steps: int, device: str) -> dict:
            "seconds": {"build": round(built - started, 1), "run": round(time.perf_counter() - built, 1)},
            "measured": {"train_allocated_bytes": peaks.allocated, "train_reserved_bytes": peaks.reserved,
                         "run_reserved_bytes": result.peak_bytes},
-           "runner_estimate_reserved_bytes": result.estimate_bytes}
+           "runner_estimate_reserved_bytes": result.estimate_bytes,
+           "run_yaml_result": yaml.safe_load((result.run_dir / "run.yaml").read_text())["result"]}
     if device == "cuda":
         from recipecli.fit import hardware
 

@@ -43,11 +43,21 @@ class StopRequest:
 
 
 def recorder(run_dir: Path, stop: StopRequest, *, cuda: bool):
-    """The trainer callback of a run: GPU memory beside the loss, metrics.jsonl, stop on a signal."""
+    """The trainer callback of a run: GPU memory beside the loss, metrics.jsonl, stop on a signal,
+    and the peak reserved while loading, kept apart from training's (``load_reserved_bytes``)."""
     import torch
     from transformers import TrainerCallback
 
     class RunCallback(TrainerCallback):
+        load_reserved_bytes = None  # torch's peak reserved before training began: loading the model
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # What fit-check estimates is the training; loading (a quantized base from_pretrained
+            # quantizes as it loads) peaks apart, so the run reports the two apart.
+            if cuda:
+                self.load_reserved_bytes = torch.cuda.max_memory_reserved()
+                torch.cuda.reset_peak_memory_stats()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # every rank logs; rank 0 alone writes the run folder
                 return

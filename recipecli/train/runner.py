@@ -50,7 +50,7 @@ class RunResult:
     eval_loss: Optional[float]
     interrupted: bool  # a signal stopped training early; the CLI exits with ExitCode.INTERRUPTED
     estimate_bytes: Optional[int]  # estimated peak reserved GPU memory; None on the CPU
-    peak_bytes: Optional[int]  # measured peak reserved GPU memory; None on the CPU
+    peak_bytes: Optional[int]  # measured peak reserved GPU memory while training (not loading); None on the CPU
 
 
 def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume: bool = False,
@@ -136,7 +136,8 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             decision = StopRequest() if ranked else stop
             trainer = _trainer(recipe, choices, model, args, tokenizer, train_set, eval_set, callbacks)
             # First in line, so the console printer and W&B see the memory columns it adds.
-            trainer.callback_handler.callbacks.insert(0, recorder(run_dir, decision, cuda=cuda))
+            memory = recorder(run_dir, decision, cuda=cuda)
+            trainer.callback_handler.callbacks.insert(0, memory)
             if ranked:  # before the recorder: a stop any rank received is every rank's, at this step
                 trainer.callback_handler.callbacks.insert(0, launch.agreement(stop, decision))
             # TRL writes a Hub model card (README.md) into the run folder at every checkpoint, naming
@@ -183,14 +184,15 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                     eval_loss = trainer.evaluate()["eval_loss"]  # of the best checkpoint, with early stopping
         tracking.finish(recipe.wandb)
 
-        peak = _peak_reserved_bytes() if cuda else None
+        peak = _peak_reserved_bytes() if cuda else None  # since training began (the recorder's reset)
         result = RunResult(run_dir, saved, checkpoints.last_complete(run_dir), state.global_step,
                            _final_loss(state.log_history), eval_loss, interrupted,
                            estimate["reserved_bytes"] if estimate else None, peak)
         run_info["result"] = {"finished": runfolder.now(), "steps": result.steps, "final_loss": result.final_loss,
                               "eval_loss": eval_loss, "interrupted": interrupted,
                               "estimated_reserved_gib": _gib(result.estimate_bytes),
-                              "measured_reserved_gib": _gib(peak)}
+                              "measured_reserved_gib": _gib(peak),
+                              "measured_load_reserved_gib": _gib(memory.load_reserved_bytes)}
         if recipe.training.early_stopping_patience is not None:
             run_info["result"]["early_stopping"] = _early_stopping_result(recipe, state, interrupted)
         with _failures_explained(situation, recipe):  # a disk that fills up now is explained too
@@ -200,8 +202,10 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
         if ranked:  # no rank leaves before rank 0 has written the result (accelerate would stop it)
             launch.end_of_rank()
     if peak is not None and result.estimate_bytes is not None:
+        loading = f"; loading the model: {memory.load_reserved_bytes / GIB:.1f} GiB" \
+            if memory.load_reserved_bytes is not None else ""
         say(f"memory: estimated {result.estimate_bytes / GIB:.1f} GiB, measured {peak / GIB:.1f} GiB "
-            "(peak reserved by PyTorch)")
+            f"(peak reserved by PyTorch while training{loading})")
     return result
 
 

@@ -259,6 +259,10 @@ def _assert_complete_run(result, recipe):
     info = _run_yaml(run_dir)
     assert info["result"]["steps"] == result.steps and info["libraries"]["trl"]
     assert info["device"].startswith("cpu") and info["settings"]["precision"] == "fp32"
+    # no GPU counters on the CPU: the training's and the load's peaks are recorded, as unknown
+    assert {k: info["result"][k] for k in ("estimated_reserved_gib", "measured_reserved_gib",
+                                           "measured_load_reserved_gib")} == dict.fromkeys(
+        ("estimated_reserved_gib", "measured_reserved_gib", "measured_load_reserved_gib"))
     # What the run trained in, as precision.dtypes decided and the trainer was made to hold.
     assert info["settings"]["trainable_dtype"] == "float32" and info["settings"]["autocast_dtype"] is None
     assert [d["fingerprint"][:7] for d in info["datasets"]] == ["sha256:"] * len(recipe.data.datasets)
