@@ -53,20 +53,21 @@ def saved_bytes(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, tokens: int)
     # The final norm keeps its input and statistics (and, trained, its normalized input); every
     # layer reads one rotary cos/sin pair, computed once.
     final_norm = _norm_bytes(shape, s, dt) * tokens + 2 * shape.head_dim * dt.attention * tokens
+    kernel = s.attention + _grouped_heads_said(shape, s)
     if s.gradient_checkpointing:  # only layer inputs are kept; one layer is recomputed at a time
         # ... and what LLM.int8 hangs on its autograd context, which checkpointing cannot drop
         int8 = int8_inputs_per_token(shape, dt) if s.weight_bits == 8 and s.method != "full" else 0
         return (layers * tokens * (h * dt.residual + int8) + final_norm, one_layer + gradients,
                 f"{layers} layer inputs x {tokens:,} tokens x {h} x {dt.residual} bytes "
                 f"(gradient checkpointing) + one layer recomputed ({per_token / 1024:.0f} "
-                f"KiB/token)")
+                f"KiB/token, {kernel})")
     # LoRA on a frozen embedding: the first layer's input needs no gradient, so its first norm
     # and the dropout of the adapters that read that norm keep nothing.
     first = 0 if s.method == "full" else (_norm_bytes(shape, s, dt) + dt.dropout_mask * sum(
         fin for path, (fin, _) in adapters.items() if path in _first_norm_readers(shape))) * tokens
     return (layers * one_layer + final_norm - first, gradients,
             f"{layers} layers x {tokens:,} tokens x {per_token / 1024:.0f} KiB/token saved for "
-            f"backward ({s.attention})")
+            f"backward ({kernel})")
 
 
 def int8_inputs_per_token(shape: Shape, dt: Dtypes) -> int:
@@ -165,6 +166,17 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     adapter = sum(fin * (dt.adapter_in + dt.dropout_mask) + s.lora_r * dt.adapter_in
                   for fin, _ in adapters.values())
     return norms + attention + mlp + inputs + adapter
+
+
+def _grouped_heads_said(shape: Shape, s: Setup) -> str:
+    """How sdpa runs this model's grouped key/value heads, where it is not its fused kernel."""
+    if s.attention != "sdpa" or shape.num_key_value_heads >= shape.num_attention_heads or _sdpa_masked(shape, s):
+        return ""
+    if _math_attention(shape, s):
+        return ", grouped heads in torch's math kernel: a seq x seq matrix per head"
+    if s.grouped_attention == "repeat":
+        return ", key/value heads repeated: this card has no fused kernel for grouped heads in this dtype"
+    return ""
 
 
 def _sdpa_masked(shape: Shape, s: Setup) -> bool:

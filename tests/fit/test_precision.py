@@ -152,3 +152,15 @@ def test_grouped_heads_are_left_to_other_attention_kernels(make_recipe):
         recipe = load_recipe(make_recipe({"training": {"attention": attention}}))
         assert choose(recipe, card("a100 80gb")).gqa_repeat is False
     assert choose(load_recipe(make_recipe({"training": {"attention": "eager"}})), card("rtx2080")).gqa_repeat is False
+
+
+def test_fit_check_says_when_the_grouped_heads_are_repeated(make_recipe):
+    """The activations' line names the kernel, and why it holds repeated heads on a 2080 (Mistral:
+    32 query, 8 key/value heads) and not on an A100 in bf16."""
+    from recipecli.fit.verdict import check
+
+    said = "key/value heads repeated: this card has no fused kernel for grouped heads in this dtype"
+    recipe = load_recipe(make_recipe({"model": {"id": "mistralai/Mistral-7B-v0.1"}}))
+    lines = {name: dict((c.name, c.explanation) for c in check(recipe, card(name)).estimate.components)
+             for name in ("rtx2080", "a100 80gb")}
+    assert said in lines["rtx2080"]["activations"] and said not in lines["a100 80gb"]["activations"]
