@@ -11,7 +11,7 @@ benchmarks/trace_grid.py, where tests/fit/test_trace_grid.py holds the estimate 
 from __future__ import annotations
 
 from ..units import gib
-from .architectures import EXPERT_STACKS, LAYOUTS, Shape
+from .architectures import ATTENTION_ROLES, EXPERT_STACKS, LAYOUTS, Shape
 from .setup import Dtypes, Setup
 
 # TRL's fused LM head: tokens x vocabulary tile of logits computed at once (trl.kernels).
@@ -65,6 +65,11 @@ def saved_bytes(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, tokens: int)
     # and the dropout of the adapters that read that norm keep nothing.
     first = 0 if s.method == "full" else (_norm_bytes(shape, s, dt) + dt.dropout_mask * sum(
         fin for path, (fin, _) in adapters.items() if path in _first_norm_readers(shape))) * tokens
+    roles = dict(LAYOUTS[shape.layout])
+    if s.method != "full" and shape.parallel_mlp and all(roles[path] in ATTENTION_ROLES for path in adapters):
+        # ... and a parallel MLP without adapters reads that input too: nothing of it (nor of its
+        # own norm) needs a gradient there
+        first += (_mlp_bytes(shape, s, dt) + (shape.norms_per_layer - 1) * _norm_bytes(shape, s, dt)) * tokens
     return (layers * one_layer + final_norm - first, gradients,
             f"{layers} layers x {tokens:,} tokens x {per_token / 1024:.0f} KiB/token saved for "
             f"backward ({kernel})")
@@ -147,10 +152,7 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
         attention = 4 * hq * dt.attention + 4 * heads
     else:  # q, k, v, the output and an fp32 logsumexp per head (flash and memory-efficient kernels)
         attention = (2 * hq + hkv + v_kept) * dt.attention + 4 * heads
-    # Gated: gate output (act input), activation and up output (product inputs); plain: fc1 out.
-    # Phi's gelu_new is tanh-GELU in Python ops: input, x / 2, tanh and 1 + tanh are kept.
-    act = 3 if shape.gated_mlp else (4 if shape.model_type == "phi" else 1)
-    mlp = experts_bytes_per_token(shape, s, dt) if shape.experts else act * i * dt.matmul_out
+    mlp = _mlp_bytes(shape, s, dt)
     inputs = 0
     if full:
         # Trainable linears keep their inputs: each norm's output (one tensor for the linears that
@@ -183,6 +185,16 @@ def _input_of(shape: Shape, path: str) -> str:
         return "first norm"
     role = dict(LAYOUTS[shape.layout])[path]
     return "second norm" if role in ("gate", "up", "gate_up", "shared_gate", "shared_up", "shared_expert_gate") else path
+
+
+def _mlp_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
+    """What a layer's MLP keeps per token. Gated: gate output (act input), activation and up output
+    (product inputs); plain: fc1 out. Phi's gelu_new is tanh-GELU in Python ops: input, x / 2,
+    tanh and 1 + tanh are kept. A mixture of experts: experts_bytes_per_token."""
+    if shape.experts:
+        return experts_bytes_per_token(shape, s, dt)
+    act = 3 if shape.gated_mlp else (4 if shape.model_type == "phi" else 1)
+    return act * shape.intermediate_size * dt.matmul_out
 
 
 def _grouped_heads_said(shape: Shape, s: Setup) -> str:

@@ -131,6 +131,10 @@ class Shape:
     shared_expert_intermediate_size: int = 0
     q_norm: int = 0
     k_norm: int = 0
+    # The MLP reads the layer's input beside the attention, not the attention's output (phi, falcon's
+    # parallel attention, GPT-NeoX's parallel residual): the first layer's MLP, reading a tensor
+    # that needs no gradient, keeps nothing when it has no adapters.
+    parallel_mlp: bool = False
 
     @property
     def norms_per_layer(self) -> int:
@@ -429,7 +433,8 @@ def shape_from_config(config: dict) -> Shape:
                 sliding_window=_sliding_window(config, model_type))
     biased = dict(qkv_bias=True, o_bias=True, mlp_bias=True, norm="layer")
     if model_type == "phi":
-        return Shape(**base, layout="phi", **biased, layer_norms=("input_layernorm",), lm_head_bias=True)
+        return Shape(**base, layout="phi", **biased, layer_norms=("input_layernorm",), lm_head_bias=True,
+                     parallel_mlp=True)
     if model_type == "phi3":
         return Shape(**base, layout="phi3")
     if model_type == "qwen":  # Qwen-1 remote code: w1 and w2 each carry half of intermediate_size
@@ -442,11 +447,12 @@ def shape_from_config(config: dict) -> Shape:
             (() if config.get("parallel_attn", True) else ("post_attention_layernorm",))
         bias = config.get("bias", False)
         return Shape(**{**base, "num_key_value_heads": kv}, layout="falcon", qkv_bias=bias,
-                     o_bias=bias, mlp_bias=bias, norm="layer", layer_norms=norms)
+                     o_bias=bias, mlp_bias=bias, norm="layer", layer_norms=norms,
+                     parallel_mlp=new_arch or config.get("parallel_attn", True))
     if model_type == "bloom":
         return Shape(**base, layout="bloom", **biased, embedding_norm=True)
     if model_type == "gpt_neox":
-        return Shape(**base, layout="gpt_neox", **biased)
+        return Shape(**base, layout="gpt_neox", **biased, parallel_mlp=config.get("use_parallel_residual", True))
     if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES:
         return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
