@@ -270,7 +270,7 @@ def _arguments(argv=None):
                         help="also each recipe as shipped (qlora: needs bitsandbytes), after the first setting")
     parser.add_argument("--as-is", action="append", type=Path, metavar="RECIPE",
                         help="also this recipe as written, not as a LoRA fp32 variant (repeatable), after the "
-                             "first setting: e.g. benchmarks/recipes/olmoe-lora-bf16.yaml")
+                             "first setting: benchmarks/recipes/*.yaml (OLMoE, falcon 7B)")
     parser.add_argument("--dry-run", action="store_true", help="only the cases and fit-check's estimates; no torch")
     parser.add_argument("--report", nargs="+", type=Path, metavar="GPU_PROBE_JSON",
                         help="no run: the measured cases of these files against fit-check as it estimates now")

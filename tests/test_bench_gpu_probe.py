@@ -58,17 +58,20 @@ def test_the_dry_run_plans_every_seed_at_every_setting_without_touching_them(gpu
 
 
 def test_recipes_as_written_come_right_after_the_first_setting(gpu_probe, tmp_path, offline):
-    """A lease cut short still measures the shipped recipes and the --as-is ones (the MoE recipe)."""
-    moe = ROOT / "benchmarks" / "recipes" / "olmoe-lora-bf16.yaml"
-    assert gpu_probe.main(["--dry-run", "--shipped", "--as-is", str(moe), "--out", str(tmp_path)]) == 0
+    """A lease cut short still measures the shipped recipes and the --as-is ones (benchmarks/recipes:
+    the MoE and falcon recipes), each a valid recipe fit-check estimates."""
+    extra = sorted((ROOT / "benchmarks" / "recipes").glob("*.yaml"))
+    assert len(extra) >= 2
+    assert gpu_probe.main(["--dry-run", "--shipped", *(a for path in extra for a in ("--as-is", str(path))),
+                           "--out", str(tmp_path)]) == 0
     cases = json.loads((tmp_path / "gpu_probe.json").read_text())["cases"]
-    seeds = gpu_probe.SEEDS
-    assert [c["case"] for c in cases[:2 * len(seeds) + 1]] == [f"{seed}/s512-b1-gc" for seed in seeds] + \
-        [f"{seed}/shipped" for seed in seeds] + ["olmoe-lora-bf16/as-is"]
-    assert len(cases) == len(seeds) * (len(gpu_probe.SETTINGS) + 1) + 1
-    as_is = cases[2 * len(seeds)]
-    assert as_is["variant"] == str(moe) and as_is["setting"] == "" and "errors_plan" not in as_is
-    assert as_is["fit_check"]["allocated_bytes"] > 0
+    seeds, n = gpu_probe.SEEDS, 2 * len(gpu_probe.SEEDS) + len(extra)
+    assert [c["case"] for c in cases[:n]] == [f"{seed}/s512-b1-gc" for seed in seeds] + \
+        [f"{seed}/shipped" for seed in seeds] + [f"{path.stem}/as-is" for path in extra]
+    assert len(cases) == len(seeds) * (len(gpu_probe.SETTINGS) + 1) + len(extra)
+    for as_is, path in zip(cases[2 * len(seeds):n], extra):
+        assert as_is["variant"] == str(path) and as_is["setting"] == "" and "errors_plan" not in as_is
+        assert as_is["fit_check"]["allocated_bytes"] > 0
 
 
 def test_the_variants_are_lora_on_an_fp32_base(gpu_probe, tmp_path, offline):
