@@ -164,17 +164,14 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
         inputs = (copies * h + i + (hq if s.attention == "eager" else 0)) * dt.compute
     elif s.weight_bits == 8:
         inputs = int8_inputs_per_token(shape, dt)
-    # Each adapter saves its input (dropout mask + dropped copy) and its rank-r projection.
-    adapter = sum(fin * (dt.adapter_in + dt.dropout_mask) + s.lora_r * dt.adapter_in
-                  for fin, _ in adapters.values())
-    if not s.autocast and s.lora_dropout == 0 and dt.adapter_in == dt.matmul_out:
-        # No dropout and no cast: each adapter keeps the very tensor its frozen layer reads (which
-        # keeps none of its own), so adapters reading one tensor (q, k and v the first norm's
-        # output) keep it once (the traces: fp32 with dropout 0 was 12 % over when counted each).
-        shared = {}
-        for path, (fin, _) in adapters.items():
-            shared[_input_of(shape, path)] = fin
-        adapter -= (sum(fin for fin, _ in adapters.values()) - sum(shared.values())) * dt.adapter_in
+    # Each adapter saves its input (dropout mask + dropped copy) and its rank-r projection. With no
+    # dropout and no cast it keeps the very tensor its frozen layer reads (which keeps none of its
+    # own), so adapters reading one tensor (q, k and v the first norm's output) keep it once (the
+    # traces: fp32 with dropout 0 was 12 % over when counted per adapter).
+    shared = not s.autocast and s.lora_dropout == 0 and dt.adapter_in == dt.matmul_out
+    read = {_input_of(shape, path) if shared else path: fin for path, (fin, _) in adapters.items()}
+    adapter = sum(read.values()) * dt.adapter_in + sum(fin * dt.dropout_mask + s.lora_r * dt.adapter_in
+                                                       for fin, _ in adapters.values())
     return norms + attention + mlp + inputs + adapter
 
 
