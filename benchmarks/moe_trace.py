@@ -55,13 +55,14 @@ FULL = [("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, True, ATTENTION),
 
 
 def setup(method: str, precision: str, checkpointing: bool, seq_len: int, micro_batch: int, moe_experts: bool,
-          adapters: tuple) -> Setup:
+          adapters: tuple, bits: int = 4) -> Setup:
     """The estimator's view of what trace_step runs: the dtypes recipe run would choose."""
     kbit = method == "qlora"
     targets, parameters = adapters
     chosen = dtypes(method, kbit, precision, DTYPE_OF[precision] if kbit else None)
-    return Setup(method=method, weight_bits=4 if kbit else 8 * DTYPE_BYTES[chosen["weight_dtype"]],
-                 quant_type="nf4" if kbit else None, double_quant=kbit, compute_bytes=DTYPE_BYTES[DTYPE_OF[precision]],
+    four = kbit and bits == 4
+    return Setup(method=method, weight_bits=bits if kbit else 8 * DTYPE_BYTES[chosen["weight_dtype"]],
+                 quant_type="nf4" if four else None, double_quant=four, compute_bytes=DTYPE_BYTES[DTYPE_OF[precision]],
                  lora_r=16, lora_targets=targets, micro_batch_size=micro_batch, seq_len=seq_len,
                  gradient_checkpointing=checkpointing, optimizer="adamw_torch", attention="sdpa",
                  gradient_accumulation_steps=1, lora_dropout=_dropout(adapters), autocast=precision != "fp32",
@@ -74,16 +75,17 @@ def _dropout(adapters: tuple) -> float:
 
 
 def traced_and_counted(config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
-                       adapters) -> tuple[int, int]:
+                       adapters, bits: int = 4) -> tuple[int, int]:
     """(the traced allocated peak, fit-check's allocated figure) of one set-up; imports torch."""
     from recipecli.train.probe import trace_step
 
     targets, parameters = adapters
     traced = trace_step(config, method=method, targets=targets, target_parameters=parameters, precision=precision,
                         steps=2, gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
-                        double_quant=True, moe_experts=moe_experts, lora_dropout=_dropout(adapters)).peak_bytes
+                        bits=bits, double_quant=True, moe_experts=moe_experts,
+                        lora_dropout=_dropout(adapters)).peak_bytes
     counted = estimate(shape_from_config(config), setup(method, precision, checkpointing, seq_len, micro_batch,
-                                                        moe_experts, adapters)).allocated_bytes
+                                                        moe_experts, adapters, bits)).allocated_bytes
     return traced, counted
 
 

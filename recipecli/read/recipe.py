@@ -103,7 +103,7 @@ class Quantization:
     type: Optional[QuantType]  # 4-bit only
     double_quant: Optional[bool]  # 4-bit only
     compute_dtype: ComputeDtype
-    moe_experts: Optional[bool]  # 4-bit only (rules.py)
+    moe_experts: bool  # fused expert weights quantized too, in the same bits
 
 
 @dataclass(frozen=True)

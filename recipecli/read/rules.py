@@ -59,7 +59,7 @@ def quantization_without_qlora(doc: dict, ctx: Context):
 def four_bit_options_with_8bit(doc: dict, ctx: Context):
     quant = doc.get("quantization", {})
     if quant.get("bits") == 8:
-        for field in ("type", "double_quant", "moe_experts"):
+        for field in ("type", "double_quant"):
             if field in quant:
                 yield ctx.problem(("quantization", field), f"quantization.{field} only applies to 4-bit",
                                   "remove it, or set bits: 4", key=True)

@@ -240,7 +240,7 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     if recipe.model.experts_implementation:  # set once loaded: a dense model is refused above, located
         model.set_experts_implementation(recipe.model.experts_implementation)
     if quant is not None and quant.moe_experts:
-        quantize_experts(model, quant.type, quant.double_quant)
+        quantize_experts(model, quant.bits, quant.type, quant.double_quant)
     if recipe.model.pad_vocab_to_multiple_of is not None:
         # recipe adds no tokens, so the recipe's tokenizer has the length of every tokenizer a
         # caller holds (the run's, the one saved beside the adapter): merge and generate pad alike.
@@ -276,9 +276,13 @@ def freeze_all_but(model, patterns: Sequence[str]) -> tuple[int, int]:
 
 def fused_experts(model) -> list:
     """(module, parameter name) of each mixture-of-experts weight stored fused, one 3-D parameter
-    for all the experts of a layer (transformers 5's layout): parameters outside any nn.Linear."""
-    return [(module, name) for module in model.modules()
-            for name, param in module.named_parameters(recurse=False) if param.dim() == 3]
+    for all the experts of a layer (transformers 5's layout): parameters outside any nn.Linear.
+    Once quantized (:func:`quantize_experts`) each is a parametrization's output, named as before."""
+    from torch.nn.utils import parametrize
+
+    return [(module, name) for module in model.modules() if not isinstance(module, parametrize.ParametrizationList)
+            for name in [*(n for n, p in module.named_parameters(recurse=False) if p.dim() == 3),
+                         *getattr(module, "parametrizations", {})]]
 
 
 def check_experts(recipe: Recipe, model) -> None:
@@ -310,14 +314,76 @@ def check_experts(recipe: Recipe, model) -> None:
         raise InvalidRecipe(problems)
 
 
-def quantize_experts(model, quant_type: str, double_quant: bool) -> None:
-    """bitsandbytes' 4-bit parametrization on each fused expert weight (quantization.moe_experts):
-    stored packed with its constants, dequantized whole in the forward pass that reads it. Before
-    peft's k-bit preparation, which would otherwise upcast these 16-bit weights to fp32."""
-    from bitsandbytes.nn.parametrize import replace_parameter_4bit
+def quantize_experts(model, bits: int, quant_type: Optional[str], double_quant: Optional[bool]) -> None:
+    """Each fused expert weight quantized behind a parametrization (quantization.moe_experts):
+    stored in ``bits`` with its constants, dequantized whole to its load dtype when a forward pass
+    reads it. Before peft's k-bit preparation, which would otherwise upcast these 16-bit weights
+    to fp32.
 
-    for module, name in fused_experts(model):
-        replace_parameter_4bit(module, name, compress_statistics=bool(double_quant), quant_type=quant_type)
+    4 bits: bitsandbytes' own parametrization (nf4/fp4, double quant). 8 bits: bitsandbytes has
+    none, so :class:`Int8Rows` here, LLM.int8's row-wise absmax quantization (an int8 per weight,
+    an fp32 scale per row of the last dimension), as Axolotl quantizes 8-bit experts.
+    """
+    if bits == 4:
+        from bitsandbytes.nn.parametrize import replace_parameter_4bit
+
+        for module, name in fused_experts(model):
+            replace_parameter_4bit(module, name, compress_statistics=bool(double_quant), quant_type=quant_type)
+        return
+    import torch
+    import torch.nn.utils.parametrize as parametrize
+    from bitsandbytes.functional import int8_vectorwise_quant
+
+    experts = fused_experts(model)
+    for module, name in experts:
+        weight = getattr(module, name)
+        # LLM.int8 quantizes fp16 rows of a matrix (its kernels take nothing else), as Int8Params does
+        stored, scales, _ = int8_vectorwise_quant(weight.data.reshape(-1, weight.shape[-1]).to(torch.float16))
+        setattr(module, name, torch.nn.Parameter(stored.view(weight.shape), requires_grad=False))
+        parametrize.register_parametrization(module, name, _int8_rows(scales, weight.dtype), unsafe=True)
+        del weight
+    for module in {id(m): m for m, _ in experts}.values():
+        _dequantize_once_per_forward(module)
+
+
+def _int8_rows(scales, dtype):
+    """The parametrization of an 8-bit expert stack: the stored int8 rows times their scales, in
+    ``dtype``. A module (a class made here, where torch is imported) whose scales move with it."""
+    import torch
+    from bitsandbytes.functional import int8_vectorwise_dequant
+
+    class Int8Rows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scales", scales)
+            self.dtype = dtype
+
+        @torch.no_grad()
+        def forward(self, stored):
+            rows = stored.view(-1, stored.shape[-1])
+            return int8_vectorwise_dequant(rows, self.scales).to(self.dtype).view(stored.shape)
+
+    return Int8Rows()
+
+
+def _dequantize_once_per_forward(module) -> None:
+    """torch's parametrization cache switched on for the module's forward pass only: an experts
+    forward that reads its stack once per expert dequantizes it once, and nothing stays cached
+    between steps. The closing hook runs even when the forward is cut short (checkpointing's
+    recompute stops early by raising), else the cache would stay on and pin every dequantized
+    stack: bitsandbytes' 4-bit parametrization registers the same pair of hooks."""
+    import torch.nn.utils.parametrize as parametrize
+
+    def on(module, inputs):
+        parametrize._cache_enabled += 1
+
+    def off(module, inputs, output):
+        parametrize._cache_enabled = max(0, parametrize._cache_enabled - 1)
+        if not parametrize._cache_enabled:
+            parametrize._cache = {}
+
+    module.register_forward_pre_hook(on)
+    module.register_forward_hook(off, always_call=True)
 
 
 def pad_vocab(model, tokens: int, multiple: int) -> None:

@@ -157,7 +157,8 @@ def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lo
         if staged:
             model.to(device)  # what stayed 16-bit: embeddings, norms, the head, rotary buffers
         if moe_experts:
-            quantize_experts(model, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant)
+            quantize_experts(model, 8 if bnb.load_in_8bit else 4, bnb.bnb_4bit_quant_type,
+                             bnb.bnb_4bit_use_double_quant)
         model = prepare_kbit(model, gradient_checkpointing)
     if loss == "trl":
         from trl.trainer.utils import add_fused_lm_head
@@ -358,7 +359,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         max_grad_norm: clip gradients to this norm before the step, as the Trainer does; 0: no clipping.
         weight_decay: the optimizer's weight decay (in-place, no memory of its own).
         unfrozen: with method full, the parameters that train (training.unfrozen_parameters); () all.
-        moe_experts: with method qlora, a mixture of experts' fused experts quantized too (4 bits).
+        moe_experts: with method qlora, a mixture of experts' fused experts quantized too (in bnb's bits).
         target_parameters: parameters adapted directly (lora.target_parameters: fused experts).
         gqa_repeat: grouped-query attention with the key/value heads repeated, as the run does on a
             card without a fused kernel for grouped heads (Choices.gqa_repeat, model.repeated_kv_heads).

@@ -262,6 +262,7 @@ DELTAS = {
         "datasets": [{"path": "org/c", "format": "chat", "data_files": ["a/*.jsonl"]}]}},
     "quantized-experts": {"model": {"experts_implementation": "eager"}, "quantization": {"moe_experts": True},
                           "training": {"router_aux_loss": True, "router_aux_loss_coef": 0.01}},
+    "quantized-experts-8-bit": {"quantization": {"bits": 8, "moe_experts": True}},
     "expert-adapters": {"lora": {"dropout": 0, "target_parameters": ["mlp.experts.gate_up_proj"]}},
     "router-loss-model-coefficient": {"training": {"router_aux_loss": True}},
     "unfrozen": {"method": "full", "training": {"unfrozen_parameters": [r"model\.layers\.2[0-9]+\.", r"^lm_head\.weight$"]}},

@@ -98,7 +98,7 @@ def test_text_of_several_lines_is_written_as_a_block_where_yaml_can_hold_it():
 def test_an_8bit_recipe_shows_as_a_valid_8bit_recipe(make_recipe):
     """The schema's 4-bit defaults used to be filled into 8-bit sections, which validate refuses."""
     doc = codec.to_document(load_recipe(make_recipe({"quantization": {"bits": 8}})))
-    assert doc["quantization"] == {"bits": 8, "compute_dtype": "auto"}
+    assert doc["quantization"] == {"bits": 8, "compute_dtype": "auto", "moe_experts": False}
     four = codec.to_document(load_recipe(make_recipe()))
     assert four["quantization"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "auto",
                                     "moe_experts": False}

@@ -7,7 +7,7 @@ import pytest
 
 from recipecli.read import rules
 from recipecli.errors import InvalidRecipe
-from recipecli.read.load import resolve
+from recipecli.read.load import load_recipe, resolve
 
 BREAKING = {
     "lora_with_full": ({"method": "full", "lora": {"r": 8}}, "$.lora"),
@@ -254,10 +254,12 @@ def test_mixture_of_experts_fields_that_agree_are_valid(make_recipe, delta):
     resolve(make_recipe(delta))
 
 
-def test_quantized_experts_are_4_bit_only(make_recipe):
+def test_quantized_experts_take_either_width_and_8_bit_refuses_only_the_4_bit_options(make_recipe):
+    assert load_recipe(make_recipe({"quantization": {"bits": 8, "moe_experts": True}})).quantization.moe_experts
+    assert load_recipe(make_recipe({"quantization": {"bits": 8}})).quantization.moe_experts is False
     with pytest.raises(InvalidRecipe) as info:
-        resolve(make_recipe({"quantization": {"bits": 8, "moe_experts": True}}))
-    assert [p.path for p in info.value.problems] == ["$.quantization.moe_experts"]
+        resolve(make_recipe({"quantization": {"bits": 8, "moe_experts": True, "type": "nf4"}}))
+    assert [p.path for p in info.value.problems] == ["$.quantization.type"]
 
 
 def test_unfrozen_parameters_are_regular_expressions(make_recipe):

@@ -72,10 +72,51 @@ def test_quantized_experts_are_stored_in_4_bits_and_train_beside_the_adapters(mo
 
     recipe = moe({"quantization": {"moe_experts": True}})
     model = _loaded(recipe)
+    assert [name for _, name in fused_experts(model)] == ["gate_up_proj", "down_proj"] * 2
     for module, name in fused_experts(model):
         stored = module.parametrizations[name].original
         assert stored.dtype == torch.uint8 and stored.numel() * 2 == getattr(module, name).numel()
     done = run(recipe, gpus=())
+    assert done.steps == 2 and done.final_loss == done.final_loss  # finite, not NaN
+
+
+def test_8_bit_experts_are_int8_rows_with_a_scale_each_dequantized_once_per_forward(moe, tiny_mixtral):
+    # Axolotl's quantize_moe_experts with load_in_8bit: LLM.int8's row-wise absmax, which
+    # bitsandbytes' parametrization (4-bit only) does not offer
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    original = {name: p for name, p in AutoModelForCausalLM.from_pretrained(tiny_mixtral).named_parameters()
+                if "experts" in name}
+    model = _loaded(moe({"quantization": {"bits": 8, "moe_experts": True}}))
+    assert [name for _, name in fused_experts(model)] == ["gate_up_proj", "down_proj"] * 2
+    for module, name in fused_experts(model):
+        stored = module.parametrizations[name].original
+        scales = module.parametrizations[name][0].scales
+        weight = getattr(module, name)
+        assert stored.dtype == torch.int8 and stored.shape == weight.shape and not stored.requires_grad
+        assert scales.dtype == torch.float32 and scales.numel() == weight.shape[0] * weight.shape[1]
+    # each row within half a quantization step (its absmax / 127) of the 16-bit weights
+    for module, name in fused_experts(model):
+        path = next(n for n, m in model.named_modules() if m is module)
+        full, weight = original[f"{path}.{name}"], getattr(module, name)
+        assert weight.dtype == full.dtype
+        full, weight = full.float(), weight.float()
+        step = full.abs().amax(dim=-1, keepdim=True) / 127
+        assert ((weight - full).abs() <= step / 2 + 1e-3).all()
+    # the experts' forward reads its stacks through the cache: one dequantization each
+    import torch.nn.utils.parametrize as parametrize
+
+    module, name = fused_experts(model)[0]
+    calls = []
+    parametrization = module.parametrizations[name][0]
+    parametrization.register_forward_hook(lambda *_: calls.append(1))
+    model(torch.tensor([[1, 2, 3, 4]]))
+    assert len(calls) == 1 and parametrize._cache_enabled == 0 and not parametrize._cache
+
+
+def test_8_bit_quantized_experts_train_beside_the_adapters(moe):
+    done = run(moe({"quantization": {"bits": 8, "moe_experts": True}}), gpus=())
     assert done.steps == 2 and done.final_loss == done.final_loss  # finite, not NaN
 
 
