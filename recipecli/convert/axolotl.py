@@ -793,7 +793,8 @@ def _dataset_chat_template(v, entry):
 # the public files; *_torch_compile (torch.compile) have no recipe equivalent.
 AXOLOTL_DEEPSPEED = {"zero1.json": (1, "none"), "zero2.json": (2, "optimizer"), "zero3.json": (3, "none"), "zero3_bf16.json": (3, "none"),
                      "zero3_cpuoffload.json": (3, "optimizer_and_parameters"),
-                     "zero3_bf16_cpuoffload_all.json": (3, "optimizer_and_parameters")}
+                     "zero3_bf16_cpuoffload_all.json": (3, "optimizer_and_parameters"),
+                     "zero3_bf16_cpuoffload_params.json": (3, "parameters")}
 _FILE_LIMIT = 1 << 20  # a DeepSpeed config or a chat template is a few KiB
 
 
@@ -807,10 +808,10 @@ def _deepspeed(v, cfg):
                            "set zero_optimization.stage to 2 or 3")
     devices = {k: (zero.get(k) or {}).get("device", "none") if isinstance(zero.get(k) or {}, dict) else "?"
                for k in ("offload_optimizer", "offload_param")}
-    offload = {("none", "none"): "none", ("cpu", "none"): "optimizer", ("cpu", "cpu"): "optimizer_and_parameters"}.get(
-        (devices["offload_optimizer"], devices["offload_param"]))
+    offload = {("none", "none"): "none", ("cpu", "none"): "optimizer", ("none", "cpu"): "parameters",
+               ("cpu", "cpu"): "optimizer_and_parameters"}.get((devices["offload_optimizer"], devices["offload_param"]))
     if offload is None:
-        raise NotConverted(f"DeepSpeed offload {devices}: recipe offloads the optimizer, or it and the parameters, "
+        raise NotConverted(f"DeepSpeed offload {devices}: recipe offloads the optimizer, the parameters or both "
                            "to the CPU", "use device cpu, or none")
     return _zero(stage, offload)
 
@@ -865,9 +866,9 @@ def _write_deepspeed(doc):
         return ABSENT
     offload = get(doc, "distributed.zero_offload", "none")
     zero: dict = {"stage": int(strategy[-1])}
-    if offload != "none":
+    if offload in ("optimizer", "optimizer_and_parameters"):
         zero["offload_optimizer"] = {"device": "cpu"}
-    if offload == "optimizer_and_parameters":
+    if offload in ("parameters", "optimizer_and_parameters"):
         zero["offload_param"] = {"device": "cpu"}
     return {"zero_optimization": zero}
 

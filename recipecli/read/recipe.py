@@ -31,7 +31,7 @@ LigerKernel = Literal["rope", "rms_norm", "glu", "layer_norm"]
 WandbMode = Literal["online", "offline"]
 WandbLogModel = Literal["end", "checkpoint"]
 Strategy = Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
-ZeroOffload = Literal["none", "optimizer", "optimizer_and_parameters"]
+ZeroOffload = Literal["none", "optimizer", "parameters", "optimizer_and_parameters"]
 TokenizerBackend = Literal["mistral_common"]
 ChatTemplate = Literal["tokenizer", "chatml", "llama3", "mistral", "gemma", "phi", "jinja"]
 

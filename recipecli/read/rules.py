@@ -229,7 +229,7 @@ def offload_knobs_match_the_strategy(doc: dict, ctx: Context):
     if offload is not None and strategy not in ("deepspeed_zero2", "deepspeed_zero3"):
         yield ctx.problem(("distributed", "zero_offload"), f"zero_offload with strategy {strategy}",
                           "remove it, or set strategy: deepspeed_zero2 or deepspeed_zero3", key=True)
-    elif offload == "optimizer_and_parameters" and strategy == "deepspeed_zero2":
+    elif offload in ("parameters", "optimizer_and_parameters") and strategy == "deepspeed_zero2":
         yield ctx.problem(("distributed", "zero_offload"), "ZeRO-2 does not shard parameters, so it cannot offload them",
                           "use zero_offload: optimizer, or strategy: deepspeed_zero3")
     optimizer = doc.get("training", {}).get("optimizer", schema.defaults_of("training")["optimizer"])

@@ -183,7 +183,7 @@ def deepspeed_config(stage: int, recipe: Recipe) -> dict:
                      "stage3_gather_16bit_weights_on_model_save": True})
     if offload in ("optimizer", "optimizer_and_parameters"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if offload == "optimizer_and_parameters":
+    if offload in ("parameters", "optimizer_and_parameters"):
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     config = {
         "train_micro_batch_size_per_gpu": "auto",

@@ -355,6 +355,9 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     shipped = read("deepspeed_configs/zero2.json", {})  # Axolotl's zero2.json offloads the optimizer
     assert shipped.pop(NOTE).startswith("deepspeed_configs/zero2.json is not here: read as Axolotl's shipped")
     assert shipped == {"distributed.strategy": "deepspeed_zero2", "distributed.zero_offload": "optimizer"}
+    params = read("deepspeed_configs/zero3_bf16_cpuoffload_params.json", {})  # the parameters alone
+    assert "(ZeRO-3, offload parameters)" in params.pop(NOTE)
+    assert params == {"distributed.strategy": "deepspeed_zero3", "distributed.zero_offload": "parameters"}
     (tmp_path / "deepspeed_configs").mkdir()
     (tmp_path / "deepspeed_configs" / "zero2.json").write_text('{"zero_optimization": {"stage": 2}}')
     assert read("deepspeed_configs/zero2.json", {}) == {"distributed.strategy": "deepspeed_zero2",

@@ -267,6 +267,9 @@ DELTAS = {
     "router-loss-model-coefficient": {"training": {"router_aux_loss": True}},
     "unfrozen": {"method": "full", "training": {"unfrozen_parameters": [r"model\.layers\.2[0-9]+\.", r"^lm_head\.weight$"]}},
     "fsdp": {"method": "lora", "distributed": {"strategy": "fsdp", "processes_per_node": 2, "fsdp_offload": True}},
+    "zero3-parameters-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
+                                                                   "zero_offload": "parameters"},
+                                 "training": {"optimizer": "adamw_8bit"}},
     "zero3-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
                                                         "zero_offload": "optimizer_and_parameters"},
                       "training": {"optimizer": "adamw_torch"}},  # written: issue 9's rule reads it unfilled

@@ -66,6 +66,8 @@ def test_hostile_or_wrong_values_are_refused_at_their_field(make_recipe, dist, p
      "zero_offload with strategy fsdp", "deepspeed_zero2 or deepspeed_zero3"),
     ({"distributed": {"strategy": "deepspeed_zero2", "zero_offload": "optimizer_and_parameters"}},
      "$.distributed.zero_offload", "ZeRO-2 does not shard parameters", "deepspeed_zero3"),
+    ({"distributed": {"strategy": "deepspeed_zero2", "zero_offload": "parameters"}},
+     "$.distributed.zero_offload", "ZeRO-2 does not shard parameters", "deepspeed_zero3"),
     ({"distributed": {"strategy": "deepspeed_zero2", "zero_offload": "optimizer"},
       "training": {"optimizer": "paged_adamw_8bit"}}, "$.training.optimizer",
      "zero_offload optimizer runs DeepSpeed's CPU Adam, not paged_adamw_8bit", "adamw_torch"),
