@@ -390,6 +390,9 @@ def _min_lr_ratio(v, cfg):
                            "is not supported", "remove cosine_constant_lr_ratio: the cosine then decays to the floor")
     if cfg.get("lr_scheduler", "cosine") != "cosine":
         return {}  # Axolotl reads it for its cosine schedule only
+    if v and cfg.get("lr_quadratic_warmup") is True:
+        return {NOTE: "not converted, as Axolotl ignores it beside lr_quadratic_warmup (with a warning): its "
+                      "cosine after the quadratic warm-up decays to 0"}
     return {"training.min_lr_ratio": v} if v else {}
 
 
@@ -397,8 +400,7 @@ def _quadratic_warmup(v, cfg):
     if not isinstance(v, bool):
         raise NotConverted(f"expected true or false, got {_shown(v)}")
     if v and cfg.get("lr_scheduler", "cosine") == "cosine":
-        raise NotConverted("the cosine schedule's quadratic warm-up is not supported: recipe warms up linearly",
-                           "remove it (a linear warm-up over the same steps)")
+        return {"training.warmup_shape": "quadratic"}
     return {}  # Axolotl warms up quadratically under its cosine schedule only
 
 
@@ -993,8 +995,9 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("max_steps", "training.max_steps"),
     Row("learning_rate", ("training.learning_rate",), _learning_rate, lambda doc: get(doc, "training.learning_rate")),
     Row("lr_scheduler", ("training.lr_scheduler",), _scheduler, lambda doc: get(doc, "training.lr_scheduler")),
-    Row("lr_quadratic_warmup", (), _quadratic_warmup, lambda doc: ABSENT,
-        "Axolotl reads it with lr_scheduler cosine (its default) only; there it is refused"),
+    Row("lr_quadratic_warmup", ("training.warmup_shape",), _quadratic_warmup,
+        lambda doc: True if get(doc, "training.warmup_shape") == "quadratic" else ABSENT,
+        "Axolotl reads it with lr_scheduler cosine (its default) only, and then ignores cosine_min_lr_ratio"),
     _row("warmup_ratio", "training.warmup_ratio", "Axolotl warms up for 0 steps by default: written explicitly"),
     _row("warmup_steps", "training.warmup_steps"),
     _row("saves_per_epoch", "training.saves_per_epoch"),
@@ -1132,6 +1135,11 @@ TOP_ROWS: tuple[Row, ...] = (
     _row_unless_default("adam_beta1", "training.adam_beta1"),
     _row_unless_default("adam_beta2", "training.adam_beta2"),
     _row_unless_default("adam_epsilon", "training.adam_epsilon"),
+    # Said, not silent: the config's author may have meant adam_epsilon.
+    Row("adam_eps", (), lambda v, cfg: {NOTE: f"not converted, as Axolotl never reads it (its key is adam_epsilon): "
+                                              f"the run trained with transformers' default epsilon, 1e-8, not {_shown(v)}; "
+                                              "write training.adam_epsilon for this one"},
+        lambda doc: ABSENT, "not Axolotl's key (adam_epsilon is): ignored, as Axolotl ignores it, with a note"),
     Row("attention", ("training.attention",), _attention_name, lambda doc: ABSENT,
         "Axolotl's newer single key: flash -> flash_attention_2, xformers -> sdpa (said)"),
     _ignored("eval_max_new_tokens", "samples generated for Axolotl's eval table, not trained"),
@@ -1436,9 +1444,6 @@ UNSUPPORTED = {
     "tensor_parallel": ("tensor parallelism is not supported", ""),
     # data and schedule
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
-    "adam_eps": ("Axolotl never reads adam_eps (its key is adam_epsilon): the run trained with the optimizer's "
-                 "default epsilon, transformers' 1e-8", "remove it to convert the run Axolotl made, or rename it "
-                 "adam_epsilon for this epsilon"),
     "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
     # where it runs and what it leaves
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),

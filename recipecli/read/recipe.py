@@ -23,6 +23,7 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
 ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+WarmupShape = Literal["linear", "quadratic"]
 Bits = Literal[4, 8]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
@@ -204,6 +205,7 @@ class Training:
     min_lr_ratio: float  # cosine only (rules.py)
     warmup_ratio: Optional[float]  # absent when warmup_steps is set
     warmup_steps: Optional[int]
+    warmup_shape: WarmupShape
     weight_decay: float
     max_grad_norm: float
     neftune_noise_alpha: Optional[float]  # absent: no noise

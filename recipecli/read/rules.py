@@ -280,6 +280,20 @@ def min_lr_needs_cosine(doc: dict, ctx: Context):
                           "schedule decays to a floor", "remove it, or use lr_scheduler: cosine", key=True)
 
 
+def quadratic_warmup_needs_a_plain_cosine(doc: dict, ctx: Context):
+    training = doc.get("training", {})
+    scheduler = training.get("lr_scheduler", schema.defaults_of("training")["lr_scheduler"])
+    if training.get("warmup_shape") != "quadratic":
+        return
+    if scheduler != "cosine":
+        yield ctx.problem(("training", "warmup_shape"), f"warmup_shape quadratic with lr_scheduler {scheduler}: the "
+                          "quadratic warm-up leads into the cosine schedule only", "remove it, or use lr_scheduler: cosine",
+                          key=True)
+    elif training.get("min_lr_ratio", 0):  # 0, the default, is no floor
+        yield ctx.problem(("training", "warmup_shape"), "warmup_shape quadratic with min_lr_ratio: the quadratic "
+                          "warm-up's cosine decays to 0", "remove min_lr_ratio, or warmup_shape", key=True)
+
+
 def one_warmup(doc: dict, ctx: Context):
     training = doc.get("training", {})
     if "warmup_steps" in training and "warmup_ratio" in training:
@@ -398,6 +412,7 @@ RULES: tuple[Rule, ...] = (
     offload_knobs_match_the_strategy,
     quantized_base_fits_the_strategy,
     one_warmup,
+    quadratic_warmup_needs_a_plain_cosine,
     min_lr_needs_cosine,
     adam_knobs_need_adam,
     evaluation_needs_held_out_data,

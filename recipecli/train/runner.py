@@ -519,6 +519,7 @@ def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set
                                      "set lora.dropout: 0, or adapt the attention alone (target_modules: attention)")]) \
             from None
     enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them
+    trainer.quadratic_warmup = recipe.training.warmup_shape == "quadratic"
     return trainer
 
 

@@ -10,11 +10,21 @@ inside ``trainer_class``, so importing this module stays cheap.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Optional
 
 from . import checkpoints
 from .failures import NonFinite
+
+
+def quadratic_warmup_cosine(step: int, *, warmup: int, total: int) -> float:
+    """The learning rate's factor at ``step``: the square of the warm-up's progress, then a cosine
+    half-wave from 1 to 0 over the remaining steps (Axolotl's lr_quadratic_warmup)."""
+    if step < warmup:
+        return (step / warmup) ** 2
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @functools.cache
@@ -30,6 +40,19 @@ def trainer_class():
 
         writing: Optional[Path] = None  # the folder a save is writing; failures.explain names it
         _staging: Optional[Path] = None
+        quadratic_warmup = False  # training.warmup_shape quadratic (the runner sets it)
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            # transformers has no quadratic warm-up: its own cosine LambdaLR, with this factor. Made
+            # here, the Trainer's hook, so DeepSpeed's set-up and a resume (the scheduler's state is
+            # its step) take it as they take the built-in ones.
+            if self.lr_scheduler is None and self.quadratic_warmup:
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer if optimizer is not None else self.optimizer,
+                    functools.partial(quadratic_warmup_cosine, warmup=self.args.get_warmup_steps(num_training_steps),
+                                      total=num_training_steps))
+                self._created_lr_scheduler = True  # as the Trainer marks its own, to rebuild it on a rerun
+            return super().create_scheduler(num_training_steps, optimizer)
 
         def training_step(self, *args, **kwargs):
             loss = super().training_step(*args, **kwargs)

@@ -97,6 +97,7 @@ READS = {
     "noisy_embedding_alpha": (5, {}, {"training.neftune_noise_alpha": 5}),
     "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
+    "lr_quadratic_warmup": (True, {}, {"training.warmup_shape": "quadratic"}),
     # issue 10: the recipe fields grown for Axolotl users
     "peft_use_dora": (True, QLORA, {"lora.use_dora": True}),
     "lora_modules_to_save": (["embed_tokens", "lm_head"], QLORA, {"lora.modules_to_save": ["embed_tokens", "lm_head"]}),
@@ -180,7 +181,7 @@ REFUSALS = {
     "wandb_log_model": (True, {"wandb_project": "p"}, "is not checkpoint, end or false"),
     # Axolotl's fp16 weights without mixed precision: bf16 off (or auto on an old card) and fp16 not on
     "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
-    "lr_quadratic_warmup": (True, {}, "quadratic warm-up is not supported"),
+    "lr_quadratic_warmup": ("yes", {}, "expected true or false"),
     "tokenizer_use_mistral_common": ("yes", {}, "expected true or false"),
 }
 
@@ -548,9 +549,17 @@ def test_only_a_multiple_of_32_goes_back_to_axolotl():
         row.write({"model": {"id": "org/m", "pad_vocab_to_multiple_of": 64}})
 
 
-def test_adam_eps_is_reported_as_the_key_axolotl_never_read():
-    why, hint = unsupported("adam_eps", 1e-9)
-    assert why.startswith("Axolotl never reads adam_eps (its key is adam_epsilon)") and "adam_epsilon" in hint
+def test_adam_eps_converts_as_axolotl_ran_it_and_says_the_key_it_meant():
+    read = row_for("adam_eps", TOP_ROWS).read(1e-9, {"adam_eps": 1e-9})
+    assert read.keys() == {NOTE} and "Axolotl never reads it (its key is adam_epsilon)" in read[NOTE]
+    assert "1e-09" in read[NOTE] and "training.adam_epsilon" in read[NOTE]
+
+
+def test_a_quadratic_warm_up_leaves_out_the_floor_axolotl_ignores_beside_it():
+    cfg = {"lr_quadratic_warmup": True, "cosine_min_lr_ratio": 0.1}
+    assert row_for("lr_quadratic_warmup", TOP_ROWS).read(True, cfg) == {"training.warmup_shape": "quadratic"}
+    floor = row_for("cosine_min_lr_ratio", TOP_ROWS).read(0.1, cfg)
+    assert floor.keys() == {NOTE} and "Axolotl ignores it beside lr_quadratic_warmup" in floor[NOTE]
 
 
 def test_unfrozen_parameters_keep_axolotl_meaning_both_ways():

@@ -15,6 +15,7 @@ LITERALS = {
     ("lora", "target_modules"): recipe.TargetShorthand,
     ("data", "datasets", "format"): recipe.Format,
     ("training", "lr_scheduler"): recipe.LrScheduler,
+    ("training", "warmup_shape"): recipe.WarmupShape,
     ("training", "optimizer"): recipe.Optimizer,
     ("training", "precision"): recipe.Precision,
     ("training", "attention"): recipe.Attention,

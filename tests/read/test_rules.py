@@ -55,6 +55,8 @@ BREAKING = {
                                                      "data": {"chat_template": "chatml"}}, "$.data.chat_template"),
     "min_lr_needs_cosine": ({"training": {"lr_scheduler": "linear", "min_lr_ratio": 0.1}}, "$.training.min_lr_ratio"),
     "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
+    "quadratic_warmup_needs_a_plain_cosine": ({"training": {"warmup_shape": "quadratic", "lr_scheduler": "linear"}},
+                                              "$.training.warmup_shape"),
 }
 
 
@@ -252,6 +254,18 @@ def test_dataset_names_that_fit_are_valid_and_a_pointless_template_is_a_warning(
 ])
 def test_mixture_of_experts_fields_that_agree_are_valid(make_recipe, delta):
     resolve(make_recipe(delta))
+
+
+@pytest.mark.parametrize("training, words", [
+    ({"lr_scheduler": "constant_with_warmup"}, "leads into the cosine schedule only"),
+    ({"min_lr_ratio": 0.1}, "the quadratic warm-up's cosine decays to 0"),
+])
+def test_a_quadratic_warm_up_leads_into_a_cosine_to_zero_only(make_recipe, training, words):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"training": {"warmup_shape": "quadratic", **training}}))
+    (problem,) = info.value.problems
+    assert problem.path == "$.training.warmup_shape" and words in problem.message
+    resolve(make_recipe({"training": {"warmup_shape": "quadratic", "min_lr_ratio": 0}}))
 
 
 def test_quantized_experts_take_either_width_and_8_bit_refuses_only_the_4_bit_options(make_recipe):

@@ -445,6 +445,31 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-2
 
 
+def test_a_quadratic_warm_up_rises_as_the_square_and_resumes_where_it_stopped(tiny):
+    # Axolotl's lr_quadratic_warmup: transformers has none, so the trainer builds it (trainer.py)
+    from transformers import TrainerCallback
+
+    class SigtermAfterStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    settings_ = {"training.max_steps": 8, "training.warmup_steps": 4, "training.warmup_shape": "quadratic",
+                 "training.save_steps": 1}
+    stopped = run(tiny(out="quadratic", **settings_), gpus=(), callbacks=[SigtermAfterStep3()])
+    assert stopped.interrupted and stopped.steps < 8
+    resumed = run(tiny(out="quadratic", **settings_), gpus=(), resume=True)
+    lr = 5e-3
+    logged = [m["learning_rate"] for m in _metrics(resumed.run_dir) if "loss" in m]
+    # each step trains at the rate its step number sets, from 0 (the Trainer logs the rate a step used):
+    # (k/4)^2 of the peak through the warm-up, the peak, then the cosine towards 0 over the last four steps
+    expected = [0, lr / 16, lr / 4, 9 * lr / 16, lr] + [lr * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)]
+    assert logged == pytest.approx(expected, abs=1e-9)
+    linear = run(tiny(out="linear", **{**settings_, "training.warmup_shape": "linear"}), gpus=())
+    assert [m["learning_rate"] for m in _metrics(linear.run_dir) if "loss" in m][:4] == \
+        pytest.approx([0, lr / 4, lr / 2, 3 * lr / 4], abs=1e-9)
+
+
 def _complete_checkpoints(run_dir):
     """The checkpoint folders of a run, each checked whole; and nothing half-written beside them."""
     from recipecli.train import checkpoints
