@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -109,3 +111,35 @@ def test_every_command_reports_domain_errors_itself_even_run_alone():
     assert result.exit_code == ExitCode.USAGE and isinstance(result.exception, SystemExit)  # not a traceback
     assert result.output.startswith("--gpu: unknown GPU 'rtx2090'")
     assert CliRunner().invoke(gpu_command, ["-h"]).output.startswith("Usage: gpu [OPTIONS]")  # -h alone too
+
+
+# lora.target_modules as a pattern, hostile: what `recipe validate` refuses, and what only the model's
+# names refuse (`recipe fit-check`): each located at its field, exit 1, no traceback.
+TARGET_PATTERNS = {
+    "invalid": ({"pattern": "model.layers.[\\d+"}, "validate", "$.lora.target_modules.pattern",
+                "not a regular expression: unterminated character set"),
+    "a number": ({"pattern": 5}, "validate", "$.lora.target_modules.pattern", "expected text, got int 5"),
+    "an extra key": ({"pattern": "model.layers.[\\d]+.self_attn.q_proj", "exclude": "lm_head"}, "validate",
+                     "$.lora.target_modules.exclude", "unknown key 'exclude'"),
+    "matches nothing": ({"pattern": "q_proj"}, "fit-check", "$.lora.target_modules",
+                        "q_proj matches no linear layer of this llama model, whose linear layers are named "
+                        "model.layers.0.self_attn.q_proj"),
+    "matches the head": ({"pattern": "lm_head|model.layers.[\\d]+.self_attn.q_proj"}, "fit-check",
+                         "$.lora.target_modules", "matches the output head lm_head"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_PATTERNS))
+def test_a_hostile_target_pattern_is_a_located_message(make_recipe, offline, name):
+    targets, command, path, words = TARGET_PATTERNS[name]
+    recipe = make_recipe({"lora": {"target_modules": targets}})
+    result = CliRunner().invoke(main, [command, str(recipe), *(["--gpu", "t4"] if command == "fit-check" else [])])
+    assert result.exit_code == ExitCode.INVALID, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    key = "exclude" if path.endswith("exclude") else "pattern"  # a mapping's value is located at its first line
+    line = next(n for n, text in enumerate(recipe.read_text().splitlines(), 1) if text.strip().startswith(key + ":"))
+    assert re.search(rf"{re.escape(str(recipe))}:{line}:\d+: {re.escape(path)}: ", result.output), result.output
+    assert words in result.output and "hint: " in result.output
+    if command == "validate":  # and fit-check refuses it the same way, before any estimate
+        again = CliRunner().invoke(main, ["fit-check", str(recipe), "--gpu", "t4"])
+        assert again.exit_code == ExitCode.INVALID and words in again.output

@@ -244,10 +244,14 @@ def _target_modules(v, cfg):
         return {}  # every linear layer is adapted already; the names add none
     if isinstance(v, str) and v.isidentifier():
         return {"lora.target_modules": [v]}
+    if isinstance(v, str) and v:
+        # peft's string form: a regular expression matched in full against each module's full name
+        return {"lora.target_modules": {"pattern": v}}
     if isinstance(v, list) and v and all(isinstance(m, str) for m in v):
         return {"lora.target_modules": v}
-    raise NotConverted(f"{_shown(v)} is not a list of module names (a regular expression is not supported)",
-                       "list the names, e.g. [q_proj, v_proj], or use lora_target_linear: true")
+    raise NotConverted(f"{_shown(v)} is not a list of module names nor a regular expression of full names",
+                       "list the names, e.g. [q_proj, v_proj], write a pattern, e.g. "
+                       "'model.layers.[\\d]+.self_attn.(q|v)_proj', or use lora_target_linear: true")
 
 
 def _target_parameters(v, cfg):
@@ -264,6 +268,12 @@ def _write_targets(doc):
     if targets == "attention":
         raise NotConverted("the 'attention' shorthand depends on the model; Axolotl needs module names",
                            "write the names in the recipe, e.g. [q_proj, k_proj, v_proj, o_proj]")
+    if isinstance(targets, dict):
+        if targets["pattern"].isidentifier():  # it would read back as a module name (a list of one)
+            raise NotConverted(f"the pattern {targets['pattern']} is a plain name: as lora_target_modules it reads "
+                               "back as a module name, not a pattern", "write it as a list of names, e.g. "
+                               f"[{targets['pattern']}], or as a pattern of full names, e.g. model.{targets['pattern']}")
+        return targets["pattern"]
     return targets if isinstance(targets, list) else ABSENT
 
 
@@ -972,6 +982,7 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("lora_target_linear", ("lora.target_modules",), _targets_linear,
         lambda doc: True if get(doc, "lora.target_modules") == "all-linear" else ABSENT),
     Row("lora_target_modules", ("lora.target_modules",), _target_modules, _write_targets,
+        "a string that is not a name is peft's regular expression of full names: lora.target_modules.pattern; "
         "the 'attention' shorthand has no Axolotl spelling"),
     Row("lora_target_parameters", ("lora.target_parameters",), _target_parameters,
         lambda doc: get(doc, "lora.target_parameters", []) or ABSENT, "adapters on parameters: a mixture of experts' "
@@ -1480,7 +1491,8 @@ UNLESS = {"training.warmup_ratio": "training.warmup_steps"}
 ADAPTER_NEEDS = {
     "lora_r": "add lora_r, e.g. lora_r: 16",
     "lora_alpha": "add lora_alpha (twice lora_r is common)",
-    "lora_target_modules": "add lora_target_linear: true (every linear layer) or lora_target_modules: [q_proj, v_proj]",
+    "lora_target_modules": "add lora_target_linear: true (every linear layer), lora_target_modules: [q_proj, v_proj] "
+                           "or a pattern of full names, e.g. 'model.layers.[\\d]+.self_attn.(q|v)_proj'",
 }
 # Said once per conversion where a dataset has this Axolotl type, read or written: the records
 # convert, the prompt they train with differs (a user-defined type with recipe's prompt does not).

@@ -243,7 +243,9 @@ def to_axolotl(doc: dict, locate, extends_at: Optional[Location]) -> Conversion:
         p for p in flatten(doc) if p.startswith("distributed.")}
     for dotted, value in flatten({k: v for k, v in doc.items() if k != "data"} | {"data": {
             k: v for k, v in doc["data"].items() if k != "datasets"}}).items():
-        if dotted not in covered and value != []:
+        # a row that writes a field writes what is inside it too (lora.target_modules.pattern)
+        owned = dotted in covered or any(dotted.startswith(p + ".") for p in covered)
+        if not owned and value != []:
             conv.unconverted.append(Unconverted(locate(tuple(dotted.split("."))), dotted, value,
                                                 "Axolotl has no key for it"))
     dataset_fields = {p for row in DATASET_ROWS for p in row.recipe}

@@ -175,6 +175,40 @@ class Shape:
         matched = match_modules(wanted, [*modules, self.head], self.head, self.model_type)
         return {path: modules[path] for path in matched}
 
+    @property
+    def layers_at(self) -> str:
+        """The decoder layers' list in the full module names (model.layers, transformer.h...): layer
+        i's linear layer at path p is ``{layers_at}.{i}.{p}``."""
+        return PARAMETER_NAMES[self.layout][0]
+
+    def match_pattern(self, pattern: str) -> dict[str, tuple[int, int]]:
+        """The linear layers of one decoder layer that LoRA adapts for a target_modules pattern,
+        matched in full against the full name of every decoder layer's linear layers and the
+        head's (:func:`match_pattern`, the rule `recipe run` applies to the loaded model).
+
+        Raises:
+            UnknownTargets: see :func:`match_pattern`.
+            NotModeled: it matches other linear layers in some decoder layers than in others:
+                fit-check counts the same adapters in every layer.
+        """
+        modules, at = self.linear_modules(), self.layers_at
+        full = {f"{at}.{i}.{path}": (i, path) for i in range(self.num_hidden_layers) for path in modules}
+        # The other modules, known by their parameters: embeddings, norms, routers, fused experts and
+        # the containers above them (a module without parameters, an activation, is not known here).
+        others = {".".join(parts[:j]) for parts in (name.split(".") for name in self.parameters())
+                  for j in range(1, len(parts))} - set(full) - {self.head}
+        matched = match_pattern(pattern, [*full, self.head], self.head, sorted(others), self.model_type)
+        per_layer = [frozenset(path for name, (i, path) in full.items() if i == layer and name in matched)
+                     for layer in range(self.num_hidden_layers)]
+        if len(set(per_layer)) > 1:
+            other = next(i for i, paths in enumerate(per_layer) if paths != per_layer[0])
+            raise NotModeled(f"{pattern} matches {_paths_text(per_layer[0])} in decoder layer 0 but "
+                             f"{_paths_text(per_layer[other])} in layer {other}: fit-check counts the same adapters "
+                             "in every decoder layer", hint="match the same linear layers in every layer, e.g. "
+                             rf"{at}.[\d]+.({'|'.join(sorted(per_layer[0] or per_layer[other]))}); recipe run trains "
+                             "this pattern without a fit check", path="$.lora.target_modules")
+        return {path: features for path, features in modules.items() if path in per_layer[0]}
+
     def match_saved(self, wanted: Iterable[str], quantized: bool) -> dict[str, tuple[int, int, int]]:
         """The modules peft trains in full for lora.modules_to_save names: the token embedding, the
         output head, or a linear layer of every decoder layer, matched as peft matches them (the
@@ -352,6 +386,60 @@ def match_modules(wanted: Iterable[str], linear: Iterable[str], head: Optional[s
     if problems:
         raise UnknownTargets("; ".join(problems), path="$.lora.target_modules")
     return [n for n in linear if any(n in found for found in hits.values())]
+
+
+def match_pattern(pattern: str, linear: Iterable[str], head: Optional[str], others: Iterable[str],
+                  model_type: str) -> list[str]:
+    """The linear layers LoRA adapts for a target_modules pattern: those whose full name it matches
+    in full (``re.fullmatch``, peft's rule for a string), every match checked.
+
+    peft would adapt whatever module the pattern matches, an embedding too; recipe adapts linear
+    layers only (fit-check counts nothing else), and never the output head, which TRL's SFTTrainer
+    refuses (see :func:`match_modules`). The estimate (a Shape's full names) and the run (the
+    loaded model's) both ask this.
+
+    Args:
+        pattern: a regular expression that compiles (rules.py checked it).
+        linear: full names of the linear layers, the head included.
+        head: the head's name among them; None when the model has none.
+        others: full names of the modules that are no linear layer.
+        model_type: for the message.
+
+    Returns:
+        The names in ``linear`` that get adapters.
+
+    Raises:
+        UnknownTargets: it matches no linear layer, the head, or a module that is no linear layer,
+            at $.lora.target_modules.
+    """
+    regex, linear = re.compile(pattern), list(linear)
+    matched = [n for n in linear if regex.fullmatch(n)]
+    not_linear = [n for n in others if n and regex.fullmatch(n)]
+    problems = []
+    if not_linear:
+        problems.append(f"{pattern} matches {_names_text(not_linear)}, not a linear layer: recipe adapts linear "
+                        "layers only")
+    if head in matched:
+        problems.append(f"{pattern} matches the output head {head}: TRL's SFTTrainer computes the loss from "
+                        f"{head}.weight directly, so it refuses an adapter there")
+    if not matched and not not_linear:
+        first = [n for n in linear if n != head and (re.search(r"\.(\d+)\.", n) is None or ".0." in n)]
+        problems.append(f"{pattern} matches no linear layer of this {model_type} model, whose linear layers are "
+                        f"named {', '.join(first)} (and likewise in each layer)")
+    if problems:
+        layer = next((n for n in linear if ".0." in n), linear[0] if linear else "")
+        example = layer.replace(".0.", r".[\d]+.", 1)
+        raise UnknownTargets("; ".join(problems), hint="the pattern must match a linear layer's full name whole "
+                             f"(re.fullmatch, as peft matches it), e.g. {example}", path="$.lora.target_modules")
+    return matched
+
+
+def _names_text(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _paths_text(paths: Iterable[str]) -> str:
+    return ", ".join(sorted(paths)) or "nothing"
 
 
 # Config classes whose tie_word_embeddings defaults to True when config.json leaves it out.

@@ -19,7 +19,7 @@ from typing import Optional, get_args
 
 from . import activations
 from ..errors import NotModeled, UnknownTargets
-from ..read.recipe import Bits, Method, Optimizer
+from ..read.recipe import Bits, Method, Optimizer, TargetPattern, Targets
 from ..units import gib
 from .architectures import EXPERT_STACKS, PARAMETER_NAMES, Shape, match_parameters
 from .gpu_catalog import context_bytes, workspace_bytes
@@ -92,23 +92,26 @@ def overhead(allocated: float, step: Optional[StepSizes], context: int, workspac
                      f"(the step replayed with {setting}, cuBLAS workspace included)")
 
 
-def lora_modules(shape: Shape, targets: str | tuple[str, ...]) -> dict[str, tuple[int, int]]:
+def lora_modules(shape: Shape, targets: Targets) -> dict[str, tuple[int, int]]:
     """The linear layers of one decoder layer that get adapters, matched as peft matches them.
 
     Args:
         shape: the model.
-        targets: "all-linear" (every linear layer but the output head), "attention", or module
-            names/suffixes such as ("q_proj", "v_proj").
+        targets: "all-linear" (every linear layer but the output head), "attention", module
+            names/suffixes such as ("q_proj", "v_proj"), or a TargetPattern of full names.
 
     Returns:
         (in_features, out_features) by path inside the layer.
 
     Raises:
         UnknownTargets: a name matches no linear layer, or reaches the output head
-            (architectures.match_modules, the rule `recipe run` applies too).
+            (architectures.match_modules and match_pattern, the rules `recipe run` applies too).
+        NotModeled: a pattern that adapts other layers in some decoder layers (Shape.match_pattern).
     """
     if targets == "all-linear":
         return shape.linear_modules()
+    if isinstance(targets, TargetPattern):
+        return shape.match_pattern(targets.pattern)
     return shape.match_targets(shape.attention_modules() if targets == "attention" else targets)
 
 

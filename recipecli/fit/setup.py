@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from ..read.recipe import Attention, Method, Optimizer, QuantType
+from ..read.recipe import Attention, Method, Optimizer, QuantType, Targets
 
 # What training.attention "auto" resolves among.
 ATTENTION_KERNELS = tuple(a for a in get_args(Attention) if a != "auto")
@@ -36,7 +36,7 @@ class Setup:
     double_quant: bool
     compute_bytes: int  # 2 for fp16/bf16 compute, 4 for fp32
     lora_r: int | None
-    lora_targets: str | tuple[str, ...]  # "all-linear" | "attention" | module names
+    lora_targets: Targets  # "all-linear" | "attention" | module names | TargetPattern
     micro_batch_size: int
     seq_len: int
     gradient_checkpointing: bool

@@ -160,9 +160,9 @@ def _build(kind, value):
     origin = typing.get_origin(kind)
     if origin in (Union, types.UnionType):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
-        # Optional[X] takes X; target_modules (a shorthand or a list) takes the list for a list.
-        wanted = next((k for k in options if typing.get_origin(k) is tuple), None) \
-            if isinstance(value, list) else next((k for k in options if typing.get_origin(k) is not tuple), None)
+        # Optional[X] takes X; target_modules (a shorthand, a list or a pattern) takes the option of
+        # the value's kind: the tuple for a list, the dataclass for a mapping, else the scalar.
+        wanted = next((k for k in options if _kind_of(k) == _kind_of_value(value)), None)
         return _build(wanted or options[0], value)
     if origin is tuple:
         (item, _) = typing.get_args(kind)
@@ -170,6 +170,16 @@ def _build(kind, value):
     if dataclasses.is_dataclass(kind):
         return kind(**_build_fields(kind, value))
     return value
+
+
+def _kind_of(kind) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "list"
+    return "mapping" if dataclasses.is_dataclass(kind) else "scalar"
+
+
+def _kind_of_value(value) -> str:
+    return "list" if isinstance(value, list) else "mapping" if isinstance(value, dict) else "scalar"
 
 
 def _build_fields(kind, value: dict) -> dict:

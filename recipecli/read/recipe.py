@@ -108,11 +108,29 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class TargetPattern:
+    """lora.target_modules as a regular expression: the modules whose full name it matches in full
+    (``re.fullmatch``, peft's rule for a string), e.g. model.layers.[\\d]+.self_attn.(q|v)_proj."""
+
+    pattern: str
+
+
+Targets = Union[TargetShorthand, tuple[str, ...], TargetPattern]
+
+
+def targets_text(targets: Targets, separator: str = ", ") -> str:
+    """lora.target_modules for a message: the shorthand, the names, or the pattern as written."""
+    if isinstance(targets, TargetPattern):
+        return targets.pattern
+    return targets if isinstance(targets, str) else separator.join(targets)
+
+
+@dataclass(frozen=True)
 class Lora:
     r: int
     alpha: float
     dropout: float
-    target_modules: Union[TargetShorthand, tuple[str, ...]]  # a shorthand or module names
+    target_modules: Targets  # a shorthand, module names, or a pattern of full names
     use_rslora: bool
     use_dora: bool
     modules_to_save: tuple[str, ...]  # trained in full beside the adapters

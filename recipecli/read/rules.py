@@ -43,11 +43,23 @@ def unfrozen_parameters_are_full_fine_tuning(doc: dict, ctx: Context):
                           "they choose the weights full fine-tuning trains", "use method full, or, with adapters, "
                           "lora.modules_to_save for modules trained in full", key=True)
     for i, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            yield ctx.problem(("training", "unfrozen_parameters", i), f"not a regular expression: {e}",
+        wrong = _not_a_regex(pattern)
+        if wrong:
+            yield ctx.problem(("training", "unfrozen_parameters", i), f"not a regular expression: {wrong}",
                               "escape [ ] ( ) with a backslash where they are meant literally")
+
+
+def _not_a_regex(pattern: str) -> str:
+    """Why Python's re refuses a pattern, or "" when it compiles."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return str(e)
+    except OverflowError as e:  # a{99999999999}
+        return str(e)
+    except RecursionError:  # thousands of nested groups
+        return "too deeply nested"
+    return ""
 
 
 def quantization_without_qlora(doc: dict, ctx: Context):
@@ -334,6 +346,17 @@ def per_epoch_or_steps(doc: dict, ctx: Context):
                           "evaluate on", "add data.val_fraction (e.g. 0.02), or remove evals_per_epoch", key=True)
 
 
+def target_pattern_is_a_regular_expression(doc: dict, ctx: Context):
+    targets = doc.get("lora", {}).get("target_modules")
+    if not isinstance(targets, dict):
+        return
+    wrong = _not_a_regex(targets["pattern"])
+    if wrong:  # peft would raise it from re.fullmatch after the model has loaded
+        yield ctx.problem(("lora", "target_modules", "pattern"), f"not a regular expression: {wrong}",
+                          r"escape [ ] ( ) with a backslash where they are meant literally, e.g. "
+                          r"model.layers.[\d]+.self_attn.(q|v)_proj")
+
+
 def saved_modules_are_not_adapted(doc: dict, ctx: Context):
     lora = doc.get("lora", {})
     targets = lora.get("target_modules")
@@ -416,6 +439,7 @@ RULES: tuple[Rule, ...] = (
     min_lr_needs_cosine,
     adam_knobs_need_adam,
     evaluation_needs_held_out_data,
+    target_pattern_is_a_regular_expression,
     saved_modules_are_not_adapted,
     adapted_parameters_take_no_dropout,
     adapted_parameters_are_not_quantized,

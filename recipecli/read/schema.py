@@ -75,7 +75,9 @@ def check(data: dict, locate, *, partial: bool = False) -> list[Problem]:
         return []
     best = jsonschema.exceptions.best_match(errors)
     ordered = [best] + [e for e in errors if e is not best]
-    problems = list(dict.fromkeys(p for error in ordered for p in _problems(error, locate)))  # once each
+    # once each, with the first one's hint (the best match's own, before a oneOf's description)
+    problems = list({}.fromkeys(p for error in ordered for p in _problems(error, locate)))
+    problems = list({(p.location, p.path, p.message): p for p in reversed(problems)}.values())[::-1]
     head, rest = problems[:1], problems[1:]
     rest.sort(key=lambda p: (p.location.file, p.location.line, p.location.column))
     if len(rest) >= MAX_PROBLEMS:
@@ -120,7 +122,10 @@ def _problems(error: jsonschema.ValidationError, locate) -> list[Problem]:
     if error.validator in ("oneOf", "anyOf"):
         # The branch of the value's own kind says what is wrong inside it (a list of one wrong name).
         # The field's description is the hint: it names every form the value may take.
-        inside = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
+        # A branch of another kind says nothing about the value: its type, or an enum of names for a
+        # mapping or a list (whose content would be echoed).
+        inside = [e for e in error.context if e.relative_path or not (
+            e.validator == "type" or e.validator == "enum" and isinstance(e.instance, (dict, list)))]
         if inside:
             return [dataclasses.replace(p, hint=description or p.hint) for e in inside for p in _problems(e, locate)]
         return [Problem(locate(path, False), json_path(path), f"{_shown(error.instance)} is not a valid value",

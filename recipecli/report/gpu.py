@@ -10,7 +10,7 @@ from ..fit.architectures import CATALOG, Shape
 from ..fit.gpu_catalog import Gpu
 from ..fit.verdict import Verdict, judge, setup_for
 from ..read import load
-from ..read.recipe import Recipe
+from ..read.recipe import Recipe, targets_text
 from ..shipped import RECIPES_DIR
 from .fit import Row, estimate_text, gpu_line, params, recipe_of, verdict_text
 
@@ -76,7 +76,7 @@ def _standard_qlora_text() -> str:
     """The settings the largest QLoRA model is judged under, read from the base they come from."""
     recipe = standard_qlora()
     quant, lora, training = recipe.quantization, recipe.lora, recipe.training
-    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    targets = targets_text(lora.target_modules)
     base = STANDARD_QLORA_BASE
     return (f"QLoRA of {base.parent.name}/{base.name}: {quant.bits}-bit {quant.type.upper()}, r {lora.r} on "
             f"{targets}, {recipe.data.max_seq_length} tokens, micro-batch {training.micro_batch_size}, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..fit.estimate import CUDA_CONTEXT_BYTES
+from ..read.recipe import targets_text
 from ..units import GIB, MIB
 from .fit import params
 
@@ -49,8 +50,7 @@ def _setup(result: ProbeResult) -> str:
     t = r.training
     adapters = ""
     if r.lora is not None:
-        targets = r.lora.target_modules if isinstance(r.lora.target_modules, str) else ",".join(r.lora.target_modules)
-        adapters = f" r{r.lora.r} {targets}"
+        adapters = f" r{r.lora.r} {targets_text(r.lora.target_modules, ',')}"
     attention = "sdpa" if t.attention == "auto" else t.attention
     return (f"{r.method}{adapters}, {t.micro_batch_size} x {r.data.max_seq_length} tokens, checkpointing "
             f"{'on' if t.gradient_checkpointing else 'off'}, {attention}, {t.optimizer}")

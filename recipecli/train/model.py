@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
 from ..errors import InvalidRecipe, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
-from ..fit.architectures import (check_weights, find_shape, match_modules, match_parameters, peft_matches,
-                                  shape_from_config)
+from ..fit.architectures import (check_weights, find_shape, match_modules, match_parameters, match_pattern,
+                                  peft_matches, shape_from_config)
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
 from ..fit.verdict import at_its_field
-from ..read.recipe import Recipe
+from ..read.recipe import Recipe, TargetPattern
 
 
 def say(text: str) -> None:
@@ -475,17 +476,29 @@ def lora_targets(wanted, model):
     the run adapt the same layers. Every name is checked against the model's linear layers by the
     rule fit-check applies (architectures.match_modules).
 
+    A TargetPattern becomes the full names of the linear layers it matches in full
+    (architectures.match_pattern, as fit-check matches it against the names it knows): peft would
+    adapt any module it matches, an embedding too, and fit-check counts linear layers only.
+
     Raises:
-        UnknownTargets: a name matches no linear layer of the model, or reaches its output head.
+        UnknownTargets: a name matches no linear layer of the model, or reaches its output head; a
+            pattern matches no linear layer, the head, or a module that is no linear layer.
     """
     if wanted == "all-linear":
         return wanted
     import torch
 
-    names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
-    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    modules = dict(model.named_modules())
+    linear = [name for name, module in modules.items() if isinstance(module, torch.nn.Linear)]
     output = model.get_output_embeddings()
-    head = next((name for name, module in model.named_modules() if module is output), None)
+    head = next((name for name, module in modules.items() if module is output), None)
+    if isinstance(wanted, TargetPattern):
+        others = [name for name, module in modules.items() if not isinstance(module, torch.nn.Linear)]
+        matched = match_pattern(wanted.pattern, linear, head, others, model.config.model_type)
+        paths = sorted({re.sub(r"^.*?\.\d+\.", "", name) for name in matched})
+        say(f"note: lora.target_modules {wanted.pattern} -> {len(matched)} linear layers ({', '.join(paths)})")
+        return matched
+    names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
     match_modules(names, linear, head, model.config.model_type)
     if wanted == "attention":
         say(f"note: lora.target_modules attention -> {', '.join(names)}")
@@ -502,7 +515,8 @@ def saved_modules(wanted: Sequence[str], targets, model) -> Optional[list[str]]:
 
     Args:
         wanted: the recipe's lora.modules_to_save.
-        targets: what :func:`lora_targets` returned ("all-linear" or module names).
+        targets: what :func:`lora_targets` returned ("all-linear", or module names: a pattern's
+            full names).
         model: the loaded base model.
 
     Returns:
@@ -530,7 +544,8 @@ def saved_modules(wanted: Sequence[str], targets, model) -> Optional[list[str]]:
                         f"are named {', '.join(top)}")
     both = [name for name, found in hits.items() if adapted & set(found)]
     if both:
-        named = targets if isinstance(targets, str) else ", ".join(targets)
+        named = targets if isinstance(targets, str) else ", ".join(targets[:4]) + (
+            f" and {len(targets) - 4} more" if len(targets) > 4 else "")  # a pattern's full names are many
         problems.append(f"{', '.join(both)} would get an adapter (target_modules {named}) and be trained in full; "
                         "peft trains it in full only")
     frozen = [name for name, found in hits.items()

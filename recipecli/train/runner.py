@@ -28,7 +28,7 @@ from ..fit import cpu, hardware
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices, choose
 from ..fit.verdict import at_its_field
-from ..read.recipe import Recipe
+from ..read.recipe import Recipe, targets_text
 from ..units import GIB
 from . import checkpoints, claim, data, datafiles, datastats, failures, launch, runfolder, tracking
 from .callbacks import StopRequest, recorder
@@ -515,7 +515,7 @@ def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set
             raise
         raise InvalidRecipe([Problem(recipe.locate(("lora", "dropout")), "$.lora.dropout",
                                      f"peft adapts {recipe.model.id}'s fused experts and routers too (target_modules "
-                                     f"{recipe.lora.target_modules}), and takes no dropout on them",
+                                     f"{targets_text(recipe.lora.target_modules)}), and takes no dropout on them",
                                      "set lora.dropout: 0, or adapt the attention alone (target_modules: attention)")]) \
             from None
     enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them

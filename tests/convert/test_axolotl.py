@@ -132,7 +132,7 @@ REFUSALS = {
     "adapter": ("prefix_tuning", {}, "recipe trains LoRA adapters"),
     "load_in_4bit": (True, {}, "no adapter is set"),
     "bnb_config_kwargs": ({"llm_int8_threshold": 5.0}, QLORA, "llm_int8_threshold"),
-    "lora_target_modules": (".*proj", QLORA, "regular expression"),
+    "lora_target_modules": (5, QLORA, "not a list of module names nor a regular expression"),
     "val_set_size": (200, {}, "a count of examples"),
     "optimizer": ("lion_8bit", {}, "not one recipe runs"),
     "lr_scheduler": ("one_cycle", {}, "not one recipe runs"),
@@ -576,3 +576,31 @@ def test_unfrozen_parameters_keep_axolotl_meaning_both_ways():
 def test_mistral_common_off_is_transformers_tokenizer_both_ways():
     row = row_for("tokenizer_use_mistral_common", TOP_ROWS)
     assert row.read(False, {}) == {} and row.write({"model": {"id": "org/m"}}) is ABSENT
+
+
+AXOLOTL_PATTERNS = [  # lora_target_modules as Axolotl's examples write a regular expression (peft's string form)
+    r"model.layers.[\d]+.(mlp|cross_attn|self_attn).(up|down|gate|q|k|v|o)_proj",
+    r"model.language_model.layers.[\d]+.(mlp|self_attn).(up|down|gate|q|k|v|o)_proj",
+    r".*\.self_attn\.(q|v)_proj",
+]
+
+
+@pytest.mark.parametrize("pattern", AXOLOTL_PATTERNS)
+def test_a_regular_expression_of_target_modules_reads_as_a_pattern_and_writes_back(pattern):
+    row = row_for("lora_target_modules", TOP_ROWS)
+    read = row.read(pattern, {"lora_target_modules": pattern, **QLORA})
+    assert read == {"lora.target_modules": {"pattern": pattern}}
+    written = row.write({"method": "qlora", "lora": {"target_modules": {"pattern": pattern}}})
+    assert written == pattern
+    assert row.read("q_proj", {"lora_target_modules": "q_proj", **QLORA}) == {"lora.target_modules": ["q_proj"]}
+
+
+@pytest.mark.parametrize("value", ["", 5, True, {"pattern": "x"}, ["q_proj", 5]])
+def test_target_modules_neither_names_nor_a_pattern_are_refused(value):
+    with pytest.raises(NotConverted, match="not a list of module names nor a regular expression"):
+        row_for("lora_target_modules", TOP_ROWS).read(value, {"lora_target_modules": value, **QLORA})
+
+
+def test_a_pattern_that_is_a_plain_name_is_not_written_as_one():
+    with pytest.raises(NotConverted, match="plain name"):
+        row_for("lora_target_modules", TOP_ROWS).write({"lora": {"target_modules": {"pattern": "lm_head"}}})

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from recipecli.cli import main
 from recipecli.errors import ExitCode
 from recipecli.read.load import load_recipe, resolve
+from recipecli.read.recipe import TargetPattern
 
 from ..conftest import ROOT, SHIPPED, heavy_imports
 
@@ -265,6 +266,7 @@ DELTAS = {
                           "training": {"router_aux_loss": True, "router_aux_loss_coef": 0.01}},
     "quantized-experts-8-bit": {"quantization": {"bits": 8, "moe_experts": True}},
     "expert-adapters": {"lora": {"dropout": 0, "target_parameters": ["mlp.experts.gate_up_proj"]}},
+    "target-pattern": {"lora": {"target_modules": {"pattern": r"model.layers.[\d]+.(self_attn.(q|v)|mlp.down)_proj"}}},
     "router-loss-model-coefficient": {"training": {"router_aux_loss": True}},
     "unfrozen": {"method": "full", "training": {"unfrozen_parameters": [r"model\.layers\.2[0-9]+\.", r"^lm_head\.weight$"]}},
     "fsdp": {"method": "lora", "distributed": {"strategy": "fsdp", "processes_per_node": 2, "fsdp_offload": True}},
@@ -379,3 +381,35 @@ def test_the_corpus_benchmark_counts_what_converts_and_why_not(here):
     (here / "broken.yml").write_text("base_model: org/m\nlearning_rate: .nan\ndatasets:\n  - path: org/d\n    type: alpaca\n")
     rows = {r["file"]: r for r in bench.measure(here)["rows"]}
     assert rows["broken.yml"]["outcome"] == "invalid" and "not a finite number" in rows["broken.yml"]["detail"][0]
+
+
+AXOLOTL_REGEX = """\
+base_model: TinyLlama/TinyLlama-1.1B-Chat-v1.0
+adapter: qlora
+load_in_4bit: true
+lora_r: 8
+lora_alpha: 16
+lora_target_modules: {targets}
+datasets:
+  - path: tatsu-lab/alpaca
+    type: alpaca
+"""
+
+
+def test_a_regular_expression_of_target_modules_converts_to_a_pattern_fit_check_counts(here):
+    pattern = r"model.layers.[\d]+.(mlp|cross_attn|self_attn).(up|down|gate|q|k|v|o)_proj"  # Axolotl's example
+    (here / "regex.yml").write_text(AXOLOTL_REGEX.format(targets=f"'{pattern}'"))
+    result = convert("regex.yml", "--from", "axolotl", "-o", "regex.yaml", "--gpu", "t4")
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(here / "regex.yaml")
+    assert recipe.lora.target_modules == TargetPattern(pattern)
+    assert convert("regex.yaml", "--to", "axolotl", "-o", "back.yml").exit_code == 0
+    assert yaml.safe_load((here / "back.yml").read_text())["lora_target_modules"] == pattern
+
+
+def test_target_modules_that_are_no_names_nor_a_pattern_are_reported_at_their_line(here):
+    (here / "five.yml").write_text(AXOLOTL_REGEX.format(targets="5"))
+    result = convert("five.yml", "--from", "axolotl", "-o", "five.yaml")
+    assert result.exit_code == ExitCode.INVALID and not (here / "five.yaml").exists()
+    assert "five.yml:6:1: key 'lora_target_modules': not converted: 5 is not a list of module names nor a " \
+           "regular expression" in result.output, result.output

@@ -408,3 +408,87 @@ def test_sharded_weights_are_checked_against_config_json_by_their_headers(tmp_pa
         check_weights(shape, tmp_path)
     (tmp_path / "b.safetensors").write_bytes(b"\xff" * 8)  # not a header: left to the loader
     check_weights(shape, tmp_path)
+
+
+# A pattern of full names for each layout, as Axolotl writes lora_target_modules (peft's string form).
+PATTERNS = {
+    "llama": r"model.layers.[\d]+.(mlp|cross_attn|self_attn).(up|down|gate|q|k|v|o)_proj",
+    "phi": r"model.layers.[\d]+.(self_attn.dense|mlp.fc1)",
+    "gpt_neox": r"gpt_neox.layers.[\d]+.attention.(query_key_value|dense)",
+    "falcon": r"transformer.h.[\d]+.self_attention.query_key_value",
+    "qwen2_moe": r"model.layers.[\d]+.(self_attn.q_proj|mlp.shared_expert.(up|down)_proj)",
+}
+
+
+def _tiny(family: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = TINY_MOE.get(family, TINY_DENSE.get(family))
+    moe = dict(num_key_value_heads=2) if family in TINY_MOE else {}
+    config = AutoConfig.for_model(family, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                  vocab_size=100, pad_token_id=0, **moe, **extra)
+    return config, AutoModelForCausalLM.from_config(config)
+
+
+def _adapted(model, target_modules) -> set[str]:
+    """The modules peft gives an adapter, by their name in the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target_modules))
+    return {name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
+            if hasattr(module, "lora_A")}
+
+
+@pytest.mark.parametrize("family", sorted(PATTERNS))
+def test_fit_check_counts_the_layers_peft_adapts_for_a_pattern(family, capsys):
+    """A pattern is matched against full names: fit-check's (layers_at.i.path) must be the real
+    model's, and the layers it counts exactly those peft adapts, given the names `recipe run`
+    passes it or the pattern itself."""
+    from recipecli.read.recipe import TargetPattern
+    from recipecli.train.model import lora_targets
+
+    config, model = _tiny(family)
+    shape = shape_from_config(config.to_dict())
+    paths = shape.match_pattern(PATTERNS[family])
+    counted = {f"{shape.layers_at}.{i}.{path}" for i in range(shape.num_hidden_layers) for path in paths}
+    assert paths and (family == "llama" or len(paths) < len(shape.linear_modules()))  # Axolotl's llama one: all
+    names = lora_targets(TargetPattern(PATTERNS[family]), model)
+    assert set(names) == counted
+    assert f"-> {len(counted)} linear layers ({', '.join(sorted(paths))})" in capsys.readouterr().err
+    assert _adapted(model, names) == counted
+    assert _adapted(_tiny(family)[1], PATTERNS[family]) == counted
+
+
+@pytest.mark.parametrize("pattern, words", [
+    (r"q_proj", "matches no linear layer"),  # a name, not a full name: re.fullmatch finds nothing
+    (r"model.layers.[\d]+.self_attn.q_prj", "matches no linear layer"),
+    (r"lm_head", "output head"),
+    (r".*_proj|lm_head", "output head"),
+    (r"model.layers.[\d]+.mlp", "not a linear layer"),  # peft would try to adapt the MLP block itself
+    (r"model.embed_tokens", "not a linear layer"),  # peft would adapt the embedding: fit-check counts none
+])
+def test_fit_check_and_run_refuse_a_pattern_alike(pattern, words):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recipecli.read.recipe import TargetPattern
+    from recipecli.train.model import lora_targets
+
+    config = json.loads((TINY_LLAMA / "config.json").read_text())
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_LLAMA))
+    with pytest.raises(UnknownTargets, match=words) as fit:
+        shape_from_config(config).match_pattern(pattern)
+    with pytest.raises(UnknownTargets, match=words) as run:
+        lora_targets(TargetPattern(pattern), model)
+    assert fit.value.path == run.value.path == "$.lora.target_modules"
+    assert "model.layers.[\\d]+." in fit.value.hint
+
+
+def test_a_pattern_that_adapts_some_decoder_layers_only_is_not_estimated():
+    from recipecli.errors import NotModeled
+
+    shape = CATALOG["TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
+    with pytest.raises(NotModeled, match="matches self_attn.q_proj in decoder layer 0 but nothing in layer 2") as caught:
+        shape.match_pattern(r"model.layers.(0|1).self_attn.q_proj")
+    assert caught.value.path == "$.lora.target_modules" and "without a fit check" in caught.value.hint
+    with pytest.raises(NotModeled, match="in decoder layer 0 but self_attn.q_proj, self_attn.v_proj in layer 1"):
+        shape.match_pattern(r"model.layers.[\d]+.self_attn.q_proj|model.layers.[1-9]\d*.self_attn.v_proj")

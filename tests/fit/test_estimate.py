@@ -16,7 +16,7 @@ from recipecli.fit import estimate as estimate_module
 from recipecli.fit.estimate import CUDA_CONTEXT_BYTES, Setup, estimate, lora_modules
 from recipecli.fit.reserve import reserved_beyond_live
 from recipecli.fit.setup import dtypes_of
-from recipecli.read.recipe import Optimizer
+from recipecli.read.recipe import Optimizer, TargetPattern
 
 # Toy llama: h 64, MLP 128, 2 layers, 4 heads of 16, 2 KV heads, vocab 100, untied.
 # Per layer: q 64x64=4096, k 64x32=2048, v 2048, o 4096, gate/up/down 8192 each -> 36,864
@@ -180,6 +180,13 @@ def test_lora_targets_match_like_peft():
         "self_attn.q_proj", "mlp.down_proj"}
     with pytest.raises(UnknownTargets, match="q_proj"):
         lora_modules(TOY, ("query",))
+
+
+def test_a_pattern_is_estimated_as_the_names_of_the_layers_it_matches():
+    pattern = TargetPattern(r"model.layers.[\d]+.(self_attn.(q|v)|mlp.down)_proj")
+    assert set(lora_modules(TOY, pattern)) == {"self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"}
+    by_names = estimate(TOY, dataclasses.replace(QLORA, lora_targets=("q_proj", "v_proj", "down_proj")))
+    assert estimate(TOY, dataclasses.replace(QLORA, lora_targets=pattern)) == by_names
 
 
 def test_bad_setup_is_a_caller_bug():

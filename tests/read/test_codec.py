@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from recipecli.cli import main
 from recipecli.read import codec
 from recipecli.read.load import load_recipe, resolve
+from recipecli.read.recipe import TargetPattern
 from recipecli.read.schema import schema
 from recipecli.report.show import document
 
@@ -102,6 +103,18 @@ def test_an_8bit_recipe_shows_as_a_valid_8bit_recipe(make_recipe):
     four = codec.to_document(load_recipe(make_recipe()))
     assert four["quantization"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "auto",
                                     "moe_experts": False}
+
+
+@pytest.mark.parametrize("targets, typed", [
+    ("attention", "attention"), (["q_proj", "v_proj"], ("q_proj", "v_proj")),
+    ({"pattern": r"model.layers.[\d]+.self_attn.(q|v)_proj"},
+     TargetPattern(r"model.layers.[\d]+.self_attn.(q|v)_proj")),
+])
+def test_each_form_of_target_modules_is_typed_and_written_back_as_it_was(make_recipe, targets, typed, tmp_path):
+    recipe = load_recipe(make_recipe({"lora": {"target_modules": targets}}))
+    assert recipe.lora.target_modules == typed
+    assert codec.to_document(recipe)["lora"]["target_modules"] == targets
+    assert _round_trip(recipe, tmp_path) == recipe
 
 
 def test_epochs_is_filled_only_without_max_steps(make_recipe):

@@ -34,6 +34,8 @@ BREAKING = {
     "per_epoch_or_steps": ({"training": {"saves_per_epoch": 2, "save_steps": 50}}, "$.training.saves_per_epoch"),
     "evaluation_needs_held_out_data": ({"training": {"eval_steps": 5}}, "$.training.eval_steps"),
     # issue 10: LoRA modules trained in full, early stopping
+    "target_pattern_is_a_regular_expression": ({"lora": {"target_modules": {"pattern": "model.layers.[\\d+"}}},
+                                               "$.lora.target_modules.pattern"),
     "saved_modules_are_not_adapted": ({"lora": {"target_modules": ["q_proj", "lm_head"],
                                                 "modules_to_save": ["embed_tokens", "lm_head"]}},
                                       "$.lora.modules_to_save[1]"),
@@ -282,3 +284,17 @@ def test_unfrozen_parameters_are_regular_expressions(make_recipe):
     (problem,) = info.value.problems
     assert problem.path == "$.training.unfrozen_parameters[1]" and "not a regular expression" in problem.message
     resolve(make_recipe({"method": "full", "training": {"unfrozen_parameters": [r"model\.layers\.2[0-9]\."]}}))
+
+
+@pytest.mark.parametrize("pattern, words", [
+    ("model.layers.[\\d+", "unterminated character set"), ("q_proj{99999999999}", "too large"),
+    ("(" * 2000 + ")" * 2000, "too deeply nested"),
+])
+def test_a_target_pattern_python_cannot_compile_is_located_never_a_traceback(make_recipe, pattern, words):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"lora": {"target_modules": {"pattern": pattern}}}))
+    (problem,) = info.value.problems
+    assert problem.path == "$.lora.target_modules.pattern" and words in problem.message
+    assert "backslash" in problem.hint
+    with pytest.raises(InvalidRecipe, match=words):  # the same check for training.unfrozen_parameters
+        resolve(make_recipe({"method": "full", "training": {"unfrozen_parameters": [pattern]}}))
