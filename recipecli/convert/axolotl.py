@@ -314,6 +314,12 @@ _MOE_KERNEL_NOTE = ("a fused mixture-of-experts kernel; recipe runs transformers
                     "the device allows it): the same result")
 
 
+def _moe_group_size(v, cfg):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise NotConverted(f"expected a positive whole number, got {_shown(v)}")
+    return {NOTE: f"moe_group_size: tunes {_MOE_KERNEL_NOTE}"}
+
+
 def _experts_implementation(v, cfg):
     if v in ("eager", "grouped_mm", "batched_mm"):
         return {"model.experts_implementation": v}
@@ -756,7 +762,7 @@ TEMPLATE_ALIASES = {"gemma3": "gemma", "gemma3_text": "gemma", "gemma3n": "gemma
 # Axolotl's copies of one model family's own template: that model's tokenizer renders the same.
 MODEL_TEMPLATES = ("mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "cohere", "command_a",
                    "llama3_2_vision", "llama4", "phi_35", "phi_4", "deepseek_v2", "deepseek_v3", "jamba", "qwen_25",
-                   "qwen3", "qwen3_5", "falcon_h1", "exaone", "gemma4")
+                   "qwen3", "qwen3_5", "falcon_h1", "exaone", "gemma4", "gemma4_unified")
 
 
 def _chat_template(v, cfg):
@@ -794,9 +800,15 @@ def _chat_template_jinja(v, cfg):
 
 
 def _dataset_chat_template(v, entry):
-    # Axolotl lets a dataset override the template; recipe has one for all conversations.
+    # Axolotl lets a dataset override the template; recipe has one for all conversations. One that is
+    # the tokenizer's own sets recipe's (the default) explicitly, so that a top-level template or
+    # another dataset's that says otherwise is reported as a clash (translate._apply), not lost.
     if v == "tokenizer_default":
-        return {}
+        return {"data.chat_template": "tokenizer"}
+    if isinstance(v, str) and v in MODEL_TEMPLATES:
+        return {"data.chat_template": "tokenizer", NOTE: f"chat template {v} is that model family's own: recipe "
+                                                         "renders with the tokenizer's template, which for that "
+                                                         "model is the same"}
     raise NotConverted(f"a chat template per dataset ({_shown(v)}): recipe renders every conversation with "
                        "data.chat_template", "move it to the top-level chat_template")
 
@@ -1118,6 +1130,9 @@ TOP_ROWS: tuple[Row, ...] = (
                   "fused_attn_kernel")),
     _said_when_on("use_kernels", "use_kernels: the hub's kernels for the model's layers; recipe runs its own layers"),
     *(_said_when_on(key, f"{key}: {_MOE_KERNEL_NOTE}") for key in ("use_scattermoe", "use_sonicmoe", "moe_kernels")),
+    # moe_kernels' tuning (its grouped GEMM's tile of tokens, a persistent launch): speed alone.
+    _said_when_on("moe_persistent_kernel", f"moe_persistent_kernel: tunes {_MOE_KERNEL_NOTE}"),
+    Row("moe_group_size", (), _moe_group_size, lambda doc: ABSENT, "speed only; said: it tunes moe_kernels' kernel"),
     _said_when_on("liger_rms_norm_gated", "liger_rms_norm_gated: Liger's gated RMSNorm; recipe runs the model's own"),
     Row("chunked_cross_entropy", (), _liger_loss, lambda doc: ABSENT,
         "recipe's loss is TRL's chunked head, which never materializes the logits either way"),
@@ -1381,8 +1396,8 @@ CONVERSATIONS = {"chatml": "chatml"}
 
 def _conversation(v, entry):
     if entry.get("type") != "sharegpt":
-        raise NotConverted(f"conversation with type {_shown(entry.get('type'))}: Axolotl reads it for the legacy "
-                           "sharegpt type only", "remove it")
+        return {NOTE: f"not converted, as Axolotl ignores it with type {_shown(entry.get('type'))}: it reads "
+                      "conversation for the legacy sharegpt type only"}
     if not isinstance(v, str) or v not in CONVERSATIONS:
         raise NotConverted(f"conversation {_shown(v)} is not a template recipe names", "use conversation: chatml, "
                            "or type chat_template with the top-level chat_template")

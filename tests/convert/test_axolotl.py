@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 
 from recipecli.convert.axolotl import (ABSENT, CCE_PLUGIN, DATASET_ROWS, LIGER_LAYERS, LIGER_PLUGIN, LIGER_SWITCHES, NOTE,
                                        OPTIMIZERS, TOP_ROWS, UNSUPPORTED, NotConverted, row_for,
@@ -182,6 +183,7 @@ REFUSALS = {
     # Axolotl's fp16 weights without mixed precision: bf16 off (or auto on an old card) and fp16 not on
     "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
     "lr_quadratic_warmup": ("yes", {}, "expected true or false"),
+    "moe_group_size": (0, {}, "expected a positive whole number"),
     "tokenizer_use_mistral_common": ("yes", {}, "expected true or false"),
 }
 
@@ -204,7 +206,7 @@ DATASET_READS = {
     "roles": ({"user": ["human"], "assistant": ["gpt"]}, CHAT, {"roles": {"user": ["human"], "assistant": ["gpt"]}}),
     "roles_to_train": (["assistant"], {}, {}),
     "train_on_eos": ("turn", {}, {}),
-    "chat_template": ("tokenizer_default", {}, {}),
+    "chat_template": ("tokenizer_default", {}, {"data.chat_template": "tokenizer"}),
     "field": ("body", {"type": "completion"}, {"fields": {"text": "body"}}),
     "trust_remote_code": (False, {}, {}),
     "data_files": ("data/train.jsonl", {}, {"data_files": ["data/train.jsonl"]}),
@@ -254,6 +256,35 @@ DATASET_REFUSALS = {
     "chat_template": ("chatml", CHAT, "a chat template per dataset"),
     "field": ("body", {"type": "alpaca"}, "for type completion only"),
 }
+
+
+def test_a_dataset_s_template_that_is_the_tokenizer_s_converts_and_one_that_clashes_is_reported(tmp_path):
+    from recipecli.convert.command import NotConvertedKeys, from_axolotl_file
+
+    def convert(top: dict, *templates):
+        src = tmp_path / "a.yml"
+        datasets = [{"path": f"org/d{i}", "type": "chat_template", **({"chat_template": t} if t else {})}
+                    for i, t in enumerate(templates)]
+        src.write_text(yaml.safe_dump({"base_model": "org/m", **top, "datasets": datasets}))
+        out = tmp_path / "r.yaml"
+        out.unlink(missing_ok=True)
+        from_axolotl_file(str(src), str(out), lossy=False)
+        return yaml.safe_load(out.read_text())
+
+    # a model family's own template, or the tokenizer's, on one dataset: recipe's default, as Axolotl renders it
+    assert convert({}, "jamba", None)["data"].get("chat_template", "tokenizer") == "tokenizer"
+    assert convert({"chat_template": "tokenizer_default"}, "tokenizer_default")["data"].get(
+        "chat_template", "tokenizer") == "tokenizer"
+    # the dataset's own differs from the top-level one the others take: reported, never lost
+    with pytest.raises(NotConvertedKeys) as clash:
+        convert({"chat_template": "chatml"}, "tokenizer_default", None)
+    (item,) = clash.value.items
+    assert item.key == "datasets[0].chat_template" and "makes data.chat_template 'tokenizer', but line" in item.why
+
+
+def test_a_conversation_axolotl_ignores_beside_another_type_converts_with_a_note():
+    read = row_for("conversation", DATASET_ROWS).read("deepseek", {"type": "alpaca", "conversation": "deepseek"})
+    assert read.keys() == {NOTE} and "Axolotl ignores it with type 'alpaca'" in read[NOTE]
 
 
 def test_every_row_has_an_example():
@@ -378,6 +409,7 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
     ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
     ("use_scattermoe", True, {}), ("use_sonicmoe", True, {}), ("moe_kernels", True, {}),
+    ("moe_persistent_kernel", True, {"moe_kernels": True}), ("moe_group_size", 128, {"moe_kernels": True}),
     ("experts_implementation", "scattermoe", {}),
 ])
 def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value, rest):
