@@ -400,6 +400,12 @@ def _neftune(v, cfg):
     return {"training.neftune_noise_alpha": v}
 
 
+def _dft(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    return {"training.loss": "dft"} if v else {}
+
+
 def _min_lr_ratio(v, cfg):
     if cfg.get("cosine_constant_lr_ratio") is not None:
         raise NotConverted("cosine_min_lr_ratio with cosine_constant_lr_ratio: Axolotl's hold-at-the-floor schedule "
@@ -1158,6 +1164,10 @@ TOP_ROWS: tuple[Row, ...] = (
         lambda doc: get(doc, "training.neftune_noise_alpha", None) or ABSENT, "0 is no noise, as absent"),
     Row("noisy_embedding_alpha", ("training.neftune_noise_alpha",), _neftune, lambda doc: ABSENT,
         "older name of neftune_noise_alpha"),
+    Row("use_dft", ("training.loss",), _dft, lambda doc: True if get(doc, "training.loss") == "dft" else ABSENT,
+        "Dynamic Fine-Tuning: the loss weighted by each token's probability"),
+    Row("use_dynamic_finetuning", ("training.loss",), _dft, lambda doc: ABSENT, "the same, as Axolotl's DFT pull "
+        "request spelled it"),
     _row_unless_default("adam_beta1", "training.adam_beta1"),
     _row_unless_default("adam_beta2", "training.adam_beta2"),
     _row_unless_default("adam_epsilon", "training.adam_epsilon"),

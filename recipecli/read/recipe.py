@@ -24,6 +24,7 @@ Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
 ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 WarmupShape = Literal["linear", "quadratic"]
+TrainingLoss = Literal["nll", "dft"]
 Bits = Literal[4, 8]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
@@ -227,6 +228,7 @@ class Training:
     weight_decay: float
     max_grad_norm: float
     neftune_noise_alpha: Optional[float]  # absent: no noise
+    loss: TrainingLoss  # nll or dft (TRL's loss_type)
     router_aux_loss: bool
     router_aux_loss_coef: Optional[float]  # absent: the model config's; with router_aux_loss only (rules.py)
     optimizer: Optimizer

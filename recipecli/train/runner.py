@@ -463,6 +463,7 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         neftune_noise_alpha=t.neftune_noise_alpha,
+        loss_type=t.loss,
         # TRL turns a mixture of experts' load-balancing loss on by default (the config's coefficient);
         # 0.0 turns it off, None takes the config's (model.check_experts refuses it on a dense model).
         router_aux_loss_coef=t.router_aux_loss_coef if t.router_aux_loss else 0.0,

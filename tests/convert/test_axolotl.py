@@ -99,6 +99,8 @@ READS = {
     "adam_beta2": (0.95, {}, {"training.adam_beta2": 0.95}),
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     "lr_quadratic_warmup": (True, {}, {"training.warmup_shape": "quadratic"}),
+    "use_dft": (True, {}, {"training.loss": "dft"}),
+    "use_dynamic_finetuning": (True, {}, {"training.loss": "dft"}),
     # issue 10: the recipe fields grown for Axolotl users
     "peft_use_dora": (True, QLORA, {"lora.use_dora": True}),
     "lora_modules_to_save": (["embed_tokens", "lm_head"], QLORA, {"lora.modules_to_save": ["embed_tokens", "lm_head"]}),
@@ -184,6 +186,7 @@ REFUSALS = {
     "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
     "lr_quadratic_warmup": ("yes", {}, "expected true or false"),
     "moe_group_size": (0, {}, "expected a positive whole number"),
+    "use_dft": ("yes", {}, "expected true or false"),
     "tokenizer_use_mistral_common": ("yes", {}, "expected true or false"),
 }
 
@@ -330,7 +333,7 @@ def test_each_row_writes_back_what_it_read(key):
     row = row_for(key, TOP_ROWS)
     written = row.write(doc)
     if key in ("model_revision", "liger_swiglu", "attn_implementation", "batch_size", "save_strategy",
-               "noisy_embedding_alpha", "eval_strategy", "evaluation_strategy", "attention"):  # another key writes it
+               "noisy_embedding_alpha", "use_dynamic_finetuning", "eval_strategy", "evaluation_strategy", "attention"):  # another key writes it
         assert written is ABSENT
         return
     again = row.read(written, {**rest, key: written})

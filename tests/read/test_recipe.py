@@ -16,6 +16,7 @@ LITERALS = {
     ("data", "datasets", "format"): recipe.Format,
     ("training", "lr_scheduler"): recipe.LrScheduler,
     ("training", "warmup_shape"): recipe.WarmupShape,
+    ("training", "loss"): recipe.TrainingLoss,
     ("training", "optimizer"): recipe.Optimizer,
     ("training", "precision"): recipe.Precision,
     ("training", "attention"): recipe.Attention,

@@ -470,6 +470,16 @@ def test_a_quadratic_warm_up_rises_as_the_square_and_resumes_where_it_stopped(ti
         pytest.approx([0, lr / 4, lr / 2, 3 * lr / 4], abs=1e-9)
 
 
+def test_dynamic_fine_tuning_weights_each_token_s_loss_by_its_probability(tiny):
+    # TRL's loss_type dft (Axolotl's use_dft): on the tiny model's first step, with the same weights and
+    # batch, each token's loss is scaled by a probability near 1/vocabulary: far below the plain loss
+    settings_ = {"training.max_steps": 1}
+    nll = run(tiny(out="nll", **settings_), gpus=())
+    dft = run(tiny(out="dft", **{**settings_, "training.loss": "dft"}), gpus=())
+    plain, weighted = (_metrics(r.run_dir)[0]["loss"] for r in (nll, dft))
+    assert 0 < weighted < plain / 10, (weighted, plain)
+
+
 def _complete_checkpoints(run_dir):
     """The checkpoint folders of a run, each checked whole; and nothing half-written beside them."""
     from recipecli.train import checkpoints
