@@ -1092,6 +1092,8 @@ TOP_ROWS: tuple[Row, ...] = (
     # Keys that change nothing recipe trains.
     _ignored("base_model_config", "the model's config.json is read from the model"),
     _ignored("model_type", "AutoModelForCausalLM picks the class from config.json"),
+    _ignored("model_config_type", "Axolotl sets it from the model's config.json over what the file says (its "
+             "normalize_config); recipe reads config.json too"),
     _ignored("tokenizer_type", "AutoTokenizer picks the model's tokenizer class"),
     _ignored("is_llama_derived_model", "internal hint; the model type comes from config.json"),
     _ignored("is_mistral_derived_model", "internal hint; the model type comes from config.json"),

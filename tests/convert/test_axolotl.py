@@ -428,7 +428,7 @@ def test_what_converts_without_changing_what_trains_is_said_in_a_note(key, value
     ("float16", True, {"bf16": True}), ("float16", True, {}), ("float16", True, {"bf16": "auto"}),
     ("wandb_log_model", "false", {"wandb_project": "p"}), ("wandb_log_model", "end", {"wandb_mode": "disabled"}),
     ("lr_quadratic_warmup", True, {"lr_scheduler": "linear"}),  # Axolotl's cosine schedule alone reads it
-    ("resize_token_embeddings_to_32x", False, {}),
+    ("resize_token_embeddings_to_32x", False, {}), ("model_config_type", "deepseek_v3", {}),
     ("batch_size", 8, {"micro_batch_size": 2, "gradient_accumulation_steps": 4}),
 ])
 def test_what_axolotl_and_recipe_do_alike_converts_to_nothing(key, value, rest):
