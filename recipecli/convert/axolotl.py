@@ -406,7 +406,27 @@ def _dft(v, cfg):
     return {"training.loss": "dft"} if v else {}
 
 
+def _never_decays(cfg) -> bool:
+    """Axolotl's cosine with cosine_min_lr_ratio 1: it decays to the learning rate itself, so after
+    the warm-up the rate is constant, held or not (cosine_constant_lr_ratio)."""
+    return cfg.get("lr_scheduler", "cosine") == "cosine" and cfg.get("cosine_min_lr_ratio") == 1
+
+
+_CONSTANT = {"training.lr_scheduler": "constant_with_warmup",
+             NOTE: "cosine_min_lr_ratio 1.0: Axolotl's cosine decays to the learning rate itself, a constant rate "
+                   "after the warm-up: lr_scheduler constant_with_warmup"}
+
+
+def _constant_lr_ratio(v, cfg):
+    if _never_decays(cfg):
+        return _CONSTANT  # held at the floor, which is the peak: the same constant rate
+    raise NotConverted("Axolotl's hold-at-the-floor schedule is not supported",
+                       "remove cosine_constant_lr_ratio: the cosine then decays to cosine_min_lr_ratio at the end")
+
+
 def _min_lr_ratio(v, cfg):
+    if _never_decays(cfg):
+        return _CONSTANT
     if cfg.get("cosine_constant_lr_ratio") is not None:
         raise NotConverted("cosine_min_lr_ratio with cosine_constant_lr_ratio: Axolotl's hold-at-the-floor schedule "
                            "is not supported", "remove cosine_constant_lr_ratio: the cosine then decays to the floor")
@@ -427,6 +447,8 @@ def _quadratic_warmup(v, cfg):
 
 
 def _scheduler(v, cfg):
+    if _never_decays(cfg):
+        return _CONSTANT
     if v in SCHEDULERS:
         return {"training.lr_scheduler": v}
     raise NotConverted(f"lr_scheduler {_shown(v)} is not one recipe runs", "use one of " + ", ".join(SCHEDULERS))
@@ -1160,6 +1182,8 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("bfloat16", (), _half_weights("bf16", "bf16"), lambda doc: ABSENT, "recipe's bf16 loads the weights in bf16"),
     Row("float16", (), _float16, lambda doc: ABSENT,
         "Axolotl's fp16 weights: what recipe's fp16, bf16 or auto load where those decide the dtype"),
+    Row("cosine_constant_lr_ratio", ("training.lr_scheduler",), _constant_lr_ratio, lambda doc: ABSENT,
+        "Axolotl's hold at the floor: converts where the floor is the learning rate itself (ratio 1.0)"),
     Row("cosine_min_lr_ratio", ("training.min_lr_ratio",), _min_lr_ratio,
         lambda doc: get(doc, "training.min_lr_ratio") or ABSENT, "the cosine schedule's floor"),
     Row("neftune_noise_alpha", ("training.neftune_noise_alpha",), _neftune,
@@ -1482,7 +1506,6 @@ UNSUPPORTED = {
     "tensor_parallel": ("tensor parallelism is not supported", ""),
     # data and schedule
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
-    "cosine_constant_lr_ratio": ("Axolotl's hold-at-the-floor schedule is not supported", ""),
     # where it runs and what it leaves
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
     "hub_model_id": _HUB,

@@ -100,6 +100,9 @@ READS = {
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     "lr_quadratic_warmup": (True, {}, {"training.warmup_shape": "quadratic"}),
     "use_dft": (True, {}, {"training.loss": "dft"}),
+    "cosine_constant_lr_ratio": (0, {"cosine_min_lr_ratio": 1.0}, {
+        "training.lr_scheduler": "constant_with_warmup", NOTE: "cosine_min_lr_ratio 1.0: Axolotl's cosine decays to the "
+        "learning rate itself, a constant rate after the warm-up: lr_scheduler constant_with_warmup"}),
     "use_dynamic_finetuning": (True, {}, {"training.loss": "dft"}),
     # issue 10: the recipe fields grown for Axolotl users
     "peft_use_dora": (True, QLORA, {"lora.use_dora": True}),
@@ -157,7 +160,8 @@ REFUSALS = {
     "batch_size": (9, {"micro_batch_size": 2}, "not a multiple of micro_batch_size"),
     "max_packed_sequence_len": (4096, {"sequence_len": 2048}, "recipe packs to max_seq_length"),
     "use_tensorboard": ("yes", {}, "expected true or false"),
-    "cosine_min_lr_ratio": (1.0, {"cosine_constant_lr_ratio": 0}, "hold-at-the-floor schedule"),
+    "cosine_min_lr_ratio": (0.1, {"cosine_constant_lr_ratio": 0.5}, "hold-at-the-floor schedule"),
+    "cosine_constant_lr_ratio": (0.5, {"cosine_min_lr_ratio": 0.1}, "hold-at-the-floor schedule"),
     "save_strategy": ("best", {}, "not steps, epoch or no"),
     "eval_strategy": ("no", {"val_set_size": 0.1}, "recipe evaluates whenever it holds data out"),
     "attention": ("flex", {}, "not one recipe runs"),
@@ -588,6 +592,19 @@ def test_adam_eps_converts_as_axolotl_ran_it_and_says_the_key_it_meant():
     read = row_for("adam_eps", TOP_ROWS).read(1e-9, {"adam_eps": 1e-9})
     assert read.keys() == {NOTE} and "Axolotl never reads it (its key is adam_epsilon)" in read[NOTE]
     assert "1e-09" in read[NOTE] and "training.adam_epsilon" in read[NOTE]
+
+
+def test_a_cosine_to_the_learning_rate_itself_is_a_constant_rate_whichever_keys_say_it(tmp_path):
+    from recipecli.convert.command import from_axolotl_file
+
+    for extra in ({}, {"cosine_constant_lr_ratio": 0}, {"lr_scheduler": "cosine", "cosine_constant_lr_ratio": 0.3}):
+        src, out = tmp_path / "a.yml", tmp_path / "r.yaml"
+        out.unlink(missing_ok=True)
+        src.write_text(yaml.safe_dump({"base_model": "org/m", "datasets": [{"path": "org/d", "type": "alpaca"}],
+                                       "cosine_min_lr_ratio": 1.0, "warmup_steps": 10, **extra}))
+        from_axolotl_file(str(src), str(out), lossy=False)
+        training = yaml.safe_load(out.read_text())["training"]
+        assert training["lr_scheduler"] == "constant_with_warmup" and "min_lr_ratio" not in training, extra
 
 
 def test_a_quadratic_warm_up_leaves_out_the_floor_axolotl_ignores_beside_it():
