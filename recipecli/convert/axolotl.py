@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, get_args
 
 from ..read import paths
+from ..read.recipe import QatGroup
 from ..read.recipe import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 from ..read.schema import defaults_of
 
@@ -333,6 +334,55 @@ def _experts_implementation(v, cfg):
 # in which every dot is a literal dot except before '+', optionally ending in a row range.
 _ROWS = re.compile(r"^.+\[[0-9]*(:[0-9]*)?\]$")
 _WILDCARD_DOT = re.compile(r"(?<!\\)\.(?!\+)")
+
+
+# Axolotl's qat keys and its defaults where a key is left out (its QATConfig schema).
+_QAT_DEFAULTS = {"weight_dtype": "int8", "activation_dtype": None, "group_size": 32, "quantize_embedding": False,
+                 "fake_quant_after_n_steps": None}
+_QAT_GROUPS = get_args(QatGroup)
+
+
+def _qat(v, cfg):
+    if not isinstance(v, dict):
+        raise NotConverted(f"expected a mapping, got {_shown(v)}")
+    unknown = sorted(set(v) - set(_QAT_DEFAULTS))
+    if unknown:
+        raise NotConverted(f"qat.{unknown[0]} is not an Axolotl QAT key recipe knows",
+                           "keys: " + ", ".join(_QAT_DEFAULTS))
+    q = {**_QAT_DEFAULTS, **{k: val for k, val in v.items() if val is not None}}
+    if q["weight_dtype"] != "int4":
+        raise NotConverted(f"qat weight_dtype {_shown(q['weight_dtype'])}"
+                           f"{' (Axolotl default)' if 'weight_dtype' not in v else ''}: recipe fake-quantizes "
+                           "weights to int4 only", "use weight_dtype: int4")
+    if q["activation_dtype"] not in (None, "int8"):
+        raise NotConverted(f"qat activation_dtype {_shown(q['activation_dtype'])}: recipe rounds inputs to int8 or "
+                           "not at all", "use activation_dtype: int8, or leave it out")
+    if q["group_size"] not in _QAT_GROUPS or isinstance(q["group_size"], bool):
+        raise NotConverted(f"qat group_size {_shown(q['group_size'])}: recipe takes "
+                           + ", ".join(map(str, _QAT_GROUPS)))
+    if q["quantize_embedding"] is not False:
+        raise NotConverted("qat quantize_embedding: recipe rounds the decoder layers' linear layers only",
+                           "remove it")
+    start = q["fake_quant_after_n_steps"] or 0
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise NotConverted(f"qat fake_quant_after_n_steps {_shown(start)}: expected a step count")
+    return {"training.qat": {"weight_dtype": "int4", "activation_dtype": q["activation_dtype"] or "none",
+                             "group_size": q["group_size"], "start_step": start},
+            NOTE: "qat: Axolotl rounds the output head's weight too where its loss calls the head (no cut "
+                  "cross-entropy, no Liger fused loss); recipe leaves the head as is, as TRL's chunked loss reads "
+                  "its weight directly"}
+
+
+def _write_qat(doc):
+    qat = get(doc, "training.qat")
+    if qat is ABSENT:
+        return ABSENT
+    out = {"weight_dtype": qat["weight_dtype"], "group_size": qat["group_size"]}
+    if qat.get("activation_dtype", "none") != "none":
+        out["activation_dtype"] = qat["activation_dtype"]
+    if qat.get("start_step"):
+        out["fake_quant_after_n_steps"] = qat["start_step"]
+    return out
 
 
 def _unfrozen(v, cfg):
@@ -1058,6 +1108,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("max_grad_norm", "training.max_grad_norm"),
     Row("optimizer", ("training.optimizer",), _optimizer, lambda doc: get(doc, "training.optimizer"),
         "adamw_torch_fused, adamw_hf -> adamw_torch (same update, same memory); adamw_bnb_8bit -> adamw_8bit"),
+    Row("qat", ("training.qat",), _qat, _write_qat, "int4 weights, int8 or no input rounding; the output head is "
+        "left as is (TRL's chunked loss reads its weight directly), said"),
     Row("unfrozen_parameters", ("training.unfrozen_parameters",), _unfrozen, _write_unfrozen,
         "full fine-tuning of the parameters they name; Axolotl's dots are literal (but in '.+'), written \\. here"),
     Row("gradient_checkpointing", ("training.gradient_checkpointing",), _gradient_checkpointing,
@@ -1486,7 +1538,6 @@ UNSUPPORTED = {
     "peft": ("peft options beyond recipe's lora section (LoftQ...) are not supported", ""),
     "relora_steps": ("ReLoRA is not supported", ""),
     "lisa_n_layers": ("LISA is not supported", ""),
-    "qat": ("quantization-aware training is not supported", ""),
     "fp8": ("fp8 training is not supported", "use bf16"),
     # the model and its tokenizer
     "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),

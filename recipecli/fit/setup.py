@@ -62,6 +62,7 @@ class Setup:
     # lora.modules_to_save: modules peft trains in full beside the adapters (architectures.match_saved).
     modules_to_save: tuple[str, ...] = ()
     use_dora: bool = False  # lora.use_dora: not modelled, the estimate refuses it (estimate.estimate)
+    qat: bool = False  # training.qat: not modelled, the estimate refuses it (estimate.estimate)
     liger_kernel: bool = False  # training.liger_kernel: said in the estimate's explanations, same bytes
     activation_offloading: bool = False  # likewise: counted on the GPU, an upper bound
     moe_experts: bool = False  # quantization.moe_experts: a mixture of experts' fused experts in 4 bits too

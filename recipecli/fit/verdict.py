@@ -101,6 +101,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         adapter_bytes=DTYPE_BYTES[choices.trainable_dtype] if lora else None,
         modules_to_save=lora.modules_to_save if lora else (),
         use_dora=lora.use_dora if lora else False,
+        qat=recipe.training.qat is not None,
         liger_kernel=bool(recipe.training.liger_kernel),
         activation_offloading=recipe.training.activation_offloading,
         moe_experts=bool(quant is not None and quant.moe_experts),

@@ -25,6 +25,9 @@ ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 WarmupShape = Literal["linear", "quadratic"]
 TrainingLoss = Literal["nll", "dft"]
+QatWeight = Literal["int4"]
+QatActivation = Literal["none", "int8"]
+QatGroup = Literal[16, 32, 64, 128, 256]
 Bits = Literal[4, 8]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float16", "bfloat16", "float32"]
@@ -236,6 +239,7 @@ class Training:
     adam_beta2: float
     adam_epsilon: float
     unfrozen_parameters: Optional[tuple[str, ...]]  # absent: every weight; method full only (rules.py)
+    qat: Optional[Qat]  # absent: no fake quantization; method full only (rules.py)
     gradient_checkpointing: bool
     activation_offloading: bool
     precision: Precision
@@ -271,6 +275,16 @@ class Distributed:
         if self.strategy == "none":
             return 1
         return None if self.processes_per_node is None else self.nodes * self.processes_per_node
+
+
+@dataclass(frozen=True)
+class Qat:
+    """training.qat: fake-quantized linear layers while training (torchao)."""
+
+    weight_dtype: QatWeight
+    activation_dtype: QatActivation
+    group_size: QatGroup
+    start_step: int
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,14 @@ def unfrozen_parameters_are_full_fine_tuning(doc: dict, ctx: Context):
                               "escape [ ] ( ) with a backslash where they are meant literally")
 
 
+def qat_is_full_fine_tuning(doc: dict, ctx: Context):
+    if "qat" in doc.get("training", {}) and doc.get("method") != "full":
+        # Fake quantization rounds the weights that train; adapters beside a frozen base would learn
+        # around a rounding of weights that never change, and peft would wrap the layers torchao replaced.
+        yield ctx.problem(("training", "qat"), f"qat with method {doc.get('method')}: quantization-aware training "
+                          "fake-quantizes the weights it trains", "use method full, or remove qat", key=True)
+
+
 def _not_a_regex(pattern: str) -> str:
     """Why Python's re refuses a pattern, or "" when it compiles."""
     try:
@@ -420,6 +428,7 @@ def early_stopping_needs_evaluations(doc: dict, ctx: Context):
 RULES: tuple[Rule, ...] = (
     lora_with_full,
     unfrozen_parameters_are_full_fine_tuning,
+    qat_is_full_fine_tuning,
     per_epoch_or_steps,
     quantization_without_qlora,
     four_bit_options_with_8bit,

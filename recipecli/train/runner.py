@@ -30,7 +30,7 @@ from ..fit.precision import Choices, choose
 from ..fit.verdict import at_its_field
 from ..read.recipe import Recipe, targets_text
 from ..units import GIB
-from . import checkpoints, claim, data, datafiles, datastats, failures, launch, runfolder, tracking
+from . import checkpoints, claim, data, datafiles, datastats, failures, launch, qat, runfolder, tracking
 from .callbacks import StopRequest, recorder
 from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, parameter_targets,
                     repeated_kv_heads, saved_modules, say, training_gpu)
@@ -127,6 +127,11 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             model = load_model(recipe, choices, cuda=cuda)
             if recipe.training.liger_kernel:
                 _refuse_unless_liger_knows(recipe, model.config.model_type)
+            if recipe.training.qat is not None:
+                layers = qat.prepare(model, recipe)
+                start = recipe.training.qat.start_step
+                say(f"note: training.qat: {layers} linear layers fake-quantized"
+                    + (f" from step {start}" if start else ""))
             args = _sft_config(recipe, choices, run_dir, has_eval=eval_set is not None, cuda=cuda,
                                steps_per_epoch=data_stats.steps_per_epoch)
 
@@ -505,10 +510,11 @@ def _peak_reserved_bytes() -> int:
 def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set, eval_set, callbacks: Sequence):
     """The run's SFTTrainer (trainer.py: atomic checkpoints, a stop on non-finite numbers), its
     trained parameters in the dtype precision.choose decided whatever TRL cast them to."""
+    started = qat.start_callback(recipe.training.qat)
     try:
         trainer = trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                   processing_class=tokenizer, peft_config=_lora_config(recipe, model),
-                                  callbacks=list(callbacks) + _early_stopping(recipe))
+                                  callbacks=list(callbacks) + _early_stopping(recipe) + ([started] if started else []))
     except ValueError as e:
         # peft (0.21) adapts a mixture of experts' fused experts and routers as parameters when all-linear
         # reaches them (Mixtral, Qwen3-MoE, OLMoE), and refuses dropout there while building the adapters.

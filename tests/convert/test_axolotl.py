@@ -100,6 +100,12 @@ READS = {
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     "lr_quadratic_warmup": (True, {}, {"training.warmup_shape": "quadratic"}),
     "use_dft": (True, {}, {"training.loss": "dft"}),
+    "qat": ({"weight_dtype": "int4", "activation_dtype": "int8", "group_size": 256, "fake_quant_after_n_steps": 500},
+            {}, {"training.qat": {"weight_dtype": "int4", "activation_dtype": "int8", "group_size": 256,
+                                  "start_step": 500},
+                 NOTE: "qat: Axolotl rounds the output head's weight too where its loss calls the head (no cut "
+                       "cross-entropy, no Liger fused loss); recipe leaves the head as is, as TRL's chunked loss "
+                       "reads its weight directly"}),
     "cosine_constant_lr_ratio": (0, {"cosine_min_lr_ratio": 1.0}, {
         "training.lr_scheduler": "constant_with_warmup", NOTE: "cosine_min_lr_ratio 1.0: Axolotl's cosine decays to the "
         "learning rate itself, a constant rate after the warm-up: lr_scheduler constant_with_warmup"}),
@@ -191,6 +197,7 @@ REFUSALS = {
     "lr_quadratic_warmup": ("yes", {}, "expected true or false"),
     "moe_group_size": (0, {}, "expected a positive whole number"),
     "use_dft": ("yes", {}, "expected true or false"),
+    "qat": ({"activation_dtype": "int8"}, {}, r"weight_dtype 'int8' \(Axolotl default\): recipe fake-quantizes"),
     "tokenizer_use_mistral_common": ("yes", {}, "expected true or false"),
 }
 
@@ -605,6 +612,20 @@ def test_a_cosine_to_the_learning_rate_itself_is_a_constant_rate_whichever_keys_
         from_axolotl_file(str(src), str(out), lossy=False)
         training = yaml.safe_load(out.read_text())["training"]
         assert training["lr_scheduler"] == "constant_with_warmup" and "min_lr_ratio" not in training, extra
+
+
+@pytest.mark.parametrize("qat, words", [
+    ({"weight_dtype": "nvfp4", "activation_dtype": "nvfp4", "group_size": 16}, "weight_dtype 'nvfp4'"),
+    ({"weight_dtype": "int4", "activation_dtype": "float8"}, "activation_dtype 'float8'"),
+    ({"weight_dtype": "int4", "group_size": 48}, "group_size 48"),
+    ({"weight_dtype": "int4", "quantize_embedding": True}, "quantize_embedding"),
+    ({"weight_dtype": "int4", "fake_quant_after_n_steps": -1}, "fake_quant_after_n_steps -1"),
+    ({"weight_dtype": "int4", "quantize_saved_model": True}, "qat.quantize_saved_model is not an Axolotl QAT key"),
+    ("int4", "expected a mapping"),
+])
+def test_qat_recipe_cannot_train_as_axolotl_would_is_reported(qat, words):
+    with pytest.raises(NotConverted, match=words):
+        row_for("qat", TOP_ROWS).read(qat, {"qat": qat})
 
 
 def test_a_quadratic_warm_up_leaves_out_the_floor_axolotl_ignores_beside_it():

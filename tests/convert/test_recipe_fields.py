@@ -186,6 +186,15 @@ def test_fit_check_refuses_dora_at_its_field_instead_of_under_estimating(make_re
     assert "$.lora.use_dora: fit-check does not model DoRA's memory yet" in result.output
 
 
+def test_fit_check_says_it_does_not_count_qat_at_its_field(make_recipe):
+    path = make_recipe({"method": "full", "training": {"qat": {"activation_dtype": "int8"}}})
+    result = CliRunner().invoke(main, ["fit-check", str(path), "--gpu", "rtx4090"])
+    assert result.exit_code == ExitCode.INVALID, result.output
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "activation_dtype" in text)
+    assert f"{path}:{line}:" in result.output
+    assert "$.training.qat: fit-check does not model quantization-aware training's memory yet" in result.output
+
+
 LIGER_AXOLOTL = AXOLOTL.replace("peft_use_rslora: true\n", "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"
                                 "liger_rope: true\nliger_rms_norm: true\nliger_glu_activation: true\n"
                                 "liger_layer_norm: true\nliger_fused_linear_cross_entropy: true\n")

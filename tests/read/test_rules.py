@@ -57,6 +57,7 @@ BREAKING = {
                                                      "data": {"chat_template": "chatml"}}, "$.data.chat_template"),
     "min_lr_needs_cosine": ({"training": {"lr_scheduler": "linear", "min_lr_ratio": 0.1}}, "$.training.min_lr_ratio"),
     "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
+    "qat_is_full_fine_tuning": ({"training": {"qat": {"activation_dtype": "int8"}}}, "$.training.qat"),
     "quadratic_warmup_needs_a_plain_cosine": ({"training": {"warmup_shape": "quadratic", "lr_scheduler": "linear"}},
                                               "$.training.warmup_shape"),
 }

@@ -967,6 +967,47 @@ def test_unfrozen_parameters_train_those_weights_alone(tiny):
                        "model.layers.1.mlp.up_proj.weight"]
 
 
+QAT = {"method": "full", "lora": None, "training": {"qat": {"activation_dtype": "int8", "group_size": 32}}}
+
+
+def test_quantization_aware_training_rounds_the_decoder_layers_and_saves_plain_weights(tiny):
+    # torchao's fake quantization (training.qat): the loss is the rounded model's from the first step
+    # (start_step 0), or from start_step on; the saved weights are plain full-precision ones
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    settings_ = {"training.max_steps": 2}
+    plain = run(tiny({"method": "full", "lora": None}, out="plain", **settings_), gpus=())
+    rounded = run(tiny(QAT, out="qat", **settings_), gpus=())
+    later = run(tiny(QAT, out="later", **{**settings_, "training.qat.start_step": 1}), gpus=())
+    losses = {name: [m["loss"] for m in _metrics(r.run_dir) if "loss" in m]
+              for name, r in (("plain", plain), ("qat", rounded), ("later", later))}
+    assert abs(losses["qat"][0] - losses["plain"][0]) > 1e-4, losses  # rounded from the first step
+    assert losses["later"][0] == pytest.approx(losses["plain"][0], abs=1e-6), losses  # not before start_step
+    assert abs(losses["later"][1] - losses["plain"][1]) > 1e-4, losses  # and from it on
+    assert load_file(rounded.saved / "model.safetensors").keys() == load_file(TINY_MODEL / "model.safetensors").keys()
+    reloaded = AutoModelForCausalLM.from_pretrained(rounded.saved)
+    assert {type(m).__name__ for m in reloaded.modules()} >= {"Linear"}
+    assert not any("FakeQuant" in type(m).__name__ for m in reloaded.modules())
+
+
+def test_quantization_aware_training_leaves_the_output_head_and_refuses_a_group_it_cannot_make(tiny):
+    from recipecli.errors import InvalidRecipe
+    from recipecli.train import qat
+
+    recipe = tiny(QAT)
+    model = load_model(recipe, choose(recipe, None), cuda=False)
+    assert qat.prepare(model, recipe) == 2 * 7  # q, k, v, o, gate, up, down in each of two layers
+    kinds = {name: type(module).__name__ for name, module in model.named_modules()}
+    assert kinds["model.layers.0.self_attn.q_proj"] == "FakeQuantizedLinear" and kinds["lm_head"] == "Linear"
+    wide = tiny({**QAT, "training": {"qat": {"group_size": 256}}})  # the tiny model's layers read 64 or 128
+    with pytest.raises(InvalidRecipe) as refused:
+        qat.prepare(load_model(wide, choose(wide, None), cuda=False), wide)
+    (problem,) = refused.value.problems
+    assert problem.path == "$.training.qat.group_size" and "does not divide the input width" in problem.message
+    assert "64, 128" in problem.message and problem.location.line > 1
+
+
 def test_an_unfrozen_pattern_matching_no_parameter_is_located(tiny):
     recipe = tiny({"method": "full", "lora": None, "training": {"unfrozen_parameters": ["transformer\\.h\\."]}})
     with pytest.raises(UnknownTargets) as refused:
