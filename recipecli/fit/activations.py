@@ -81,9 +81,12 @@ def int8_inputs_per_token(shape: Shape, dt: Dtypes) -> int:
     save_for_backward: each norm's output (one tensor for the linears reading it), the attention
     output and the MLP product. Checkpointing only drops what passes through save_for_backward, so
     these stay with it too (seen in the traces)."""
-    # experts are no LLM.int8 layers; a shared expert's down projection is one
+    # Experts are no LLM.int8 layers, nor are transformers 5's routers (a module of their own, not an
+    # nn.Linear): the MLP norm's output is kept only where a shared expert (its gate and up
+    # projections) reads it, and a shared expert's down projection keeps its product.
     mlp = (shape.shared_expert_intermediate_size if shape.experts else shape.intermediate_size) * dt.matmul_out
-    return (shape.norms_per_layer * shape.hidden_size * dt.residual
+    norms = shape.norms_per_layer - (1 if shape.experts and not shape.shared_expert_intermediate_size else 0)
+    return (norms * shape.hidden_size * dt.residual
             + shape.num_attention_heads * shape.head_dim * dt.attention + mlp)
 
 

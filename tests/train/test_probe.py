@@ -330,12 +330,12 @@ def test_the_estimate_of_a_mixture_of_experts_holds_to_its_traced_step(moe_trace
                                                               ("bf16", False, (512, 1))])
 @pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen2_moe", "qwen3_moe"])
 def test_the_estimate_of_8_bit_experts_holds_to_its_traced_step(moe_trace, family, precision, checkpointing, tokens):
-    """Experts in int8 rows with an fp32 scale each, dequantized to the load dtype (model.quantize_experts):
-    never under the trace. Checkpointed long batches are counted up to 8 % over, as on a dense 8-bit base
-    (its LLM.int8 layers, not the experts: the same set-up without quantized experts is as far over)."""
+    """Experts in int8 rows with an fp32 scale each, dequantized to the load dtype (model.quantize_experts).
+    Within 3 % (measured -0.7 … +2.0 %); before the routers were known to be no LLM.int8 layers, the
+    checkpointed rows of the families without a shared expert were 7 % over (activations.int8_inputs_per_token)."""
     traced, counted = moe_trace.traced_and_counted(moe_trace.SMALL[family], "qlora", precision, checkpointing, *tokens,
                                                    True, moe_trace.ATTENTION, bits=8)
-    assert traced <= counted <= 1.08 * traced, (counted, traced)
+    assert abs(counted - traced) <= 0.03 * traced, (counted, traced)
 
 
 @pytest.mark.parametrize("adapters", ["all-linear", "one stack"])
