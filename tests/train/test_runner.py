@@ -991,6 +991,27 @@ def test_quantization_aware_training_rounds_the_decoder_layers_and_saves_plain_w
     assert not any("FakeQuant" in type(m).__name__ for m in reloaded.modules())
 
 
+def test_quantization_aware_training_resumes_rounded_where_it_stopped(tiny):
+    # stopped after fake quantization started (start_step 1): the resumed steps round as the straight run's
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class SigtermAfterStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    settings_ = {"training.max_steps": 4, "training.qat.start_step": 1, "training.save_steps": 1}
+    stopped = run(tiny(QAT, out="stopped", **settings_), gpus=(), callbacks=[SigtermAfterStep2()])
+    assert stopped.interrupted and stopped.steps < 4
+    resumed = run(tiny(QAT, out="stopped", **settings_), gpus=(), resume=True)
+    straight = run(tiny(QAT, out="straight", **settings_), gpus=())
+    assert resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-4)
+    a, b = load_file(resumed.saved / "model.safetensors"), load_file(straight.saved / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
 def test_quantization_aware_training_leaves_the_output_head_and_refuses_a_group_it_cannot_make(tiny):
     from recipecli.errors import InvalidRecipe
     from recipecli.train import qat
