@@ -385,6 +385,21 @@ def _write_qat(doc):
     return out
 
 
+def _mxfp4_dequantized(v, cfg):
+    """model_quantization_config (and its kwargs): transformers' Mxfp4Config with dequantize true,
+    Axolotl's way of training gpt-oss, is what recipe run always does with a base stored in MXFP4."""
+    config, kwargs = cfg.get("model_quantization_config"), cfg.get("model_quantization_config_kwargs") or {}
+    if config != "Mxfp4Config":
+        raise NotConverted(f"model_quantization_config {_shown(config)}: quantized bases other than bitsandbytes "
+                           "4/8-bit, and MXFP4 dequantized, are not supported")
+    if kwargs != {"dequantize": True}:
+        raise NotConverted(f"Mxfp4Config with {_shown(kwargs)}: MXFP4 weights do not train (transformers refuses "
+                           "them); recipe run loads an MXFP4 base dequantized", "set "
+                           "model_quantization_config_kwargs: {dequantize: true}")
+    return {NOTE: "Mxfp4Config, dequantize: true: recipe run loads a base stored in MXFP4 (gpt-oss) dequantized to "
+                  "16 bits, always"} if v == config else {}
+
+
 def _unfrozen(v, cfg):
     if v == []:
         return {}  # nothing frozen: what recipe does
@@ -1260,6 +1275,10 @@ TOP_ROWS: tuple[Row, ...] = (
     _ignored("eval_table_size", "samples generated for Axolotl's eval table, not trained"),
     _ignored("eval_table_max_new_tokens", "samples generated for Axolotl's eval table, not trained"),
     _ignored("experimental_skip_move_to_device", "where the model is loaded before sharding, not what trains"),
+    Row("model_quantization_config", (), _mxfp4_dequantized, lambda doc: ABSENT,
+        "Mxfp4Config with dequantize: true only, what recipe run does with an MXFP4 base; said"),
+    Row("model_quantization_config_kwargs", (), _mxfp4_dequantized, lambda doc: ABSENT,
+        "read with model_quantization_config"),
     _ignored("ddp_find_unused_parameters", "DDP bookkeeping accelerate sets, not what trains"),
     _ignored("low_cpu_mem_usage", "transformers loads models that way"),
     _ignored("remove_unused_columns", "which dataset columns the trainer keeps: recipe hands it tokens only"),
@@ -1542,8 +1561,6 @@ UNSUPPORTED = {
     # the model and its tokenizer
     "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
     "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
-    "model_quantization_config": _OTHER_QUANTIZATION,
-    "model_quantization_config_kwargs": _OTHER_QUANTIZATION,
     # mixture of experts
     "llama4_linearized_experts": ("Llama 4's experts split into linear layers are not supported",
                                   "recipe trains transformers' fused experts (lora.target_parameters)"),

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from ..errors import InvalidRecipe, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
+from ..errors import InvalidRecipe, NotModeled, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
 from ..fit.architectures import (check_weights, find_shape, match_modules, match_parameters, match_pattern,
                                   peft_matches, shape_from_config)
 from ..fit.gpu_catalog import Gpu
@@ -219,7 +219,9 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     dtype = getattr(torch, choices.weight_dtype)  # precision.choose decides it, as the estimate counts it
     quant = recipe.quantization if quantize else None
     config = None if quant is None else bnb_config(quant.bits, quant.type, quant.double_quant, choices.weight_dtype)
-    if config is not None and quant.bits == 4 and recipe.strategy == "fsdp":
+    if _stored_in_mxfp4(recipe):
+        config = _mxfp4_dequantized(recipe, config)
+    if quant is not None and quant.bits == 4 and recipe.strategy == "fsdp":
         # FSDP shards float tensors only: bitsandbytes stores the 4-bit weights as the compute dtype
         # for it (FSDP-QLoRA, bitsandbytes docs/fsdp_qlora.md).
         config.bnb_4bit_quant_storage = dtype
@@ -231,7 +233,14 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
             device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None)
     # ValueError: an architecture this transformers does not know, remote code without
     # trust_remote_code, an attention the model lacks; ImportError: flash-attn or bitsandbytes missing.
-    except (OSError, ValueError, ImportError) as e:
+    except ValueError as e:
+        if "does not support an attention implementation" in str(e):  # gpt-oss' attention sinks: eager only
+            raise InvalidRecipe([Problem(recipe.locate(("training", "attention")), "$.training.attention",
+                                         f"{recipe.model.id} has no {choices.attention} attention in transformers "
+                                         f"({str(e).split('. ')[0]})", "set training.attention: eager (it keeps "
+                                         "each layer's attention matrices; fit-check counts them)")]) from None
+        raise _load_failure(f"the model {recipe.model.id}", e) from e
+    except (OSError, ImportError) as e:
         raise _load_failure(f"the model {recipe.model.id}", e) from e
     except torch.OutOfMemoryError:
         raise  # the run explains running out of memory (failures.py)
@@ -246,7 +255,7 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
         # recipe adds no tokens, so the recipe's tokenizer has the length of every tokenizer a
         # caller holds (the run's, the one saved beside the adapter): merge and generate pad alike.
         pad_vocab(model, len(load_tokenizer(recipe)), recipe.model.pad_vocab_to_multiple_of)
-    if config is not None and train:
+    if quant is not None and train:
         model = prepare_kbit(model, recipe.training.gradient_checkpointing)
     if train and recipe.training.unfrozen_parameters:
         try:
@@ -273,6 +282,39 @@ def freeze_all_but(model, patterns: Sequence[str]) -> tuple[int, int]:
         param.requires_grad = name in keep
     return (sum(p.numel() for p in model.parameters() if p.requires_grad),
             sum(p.numel() for p in model.parameters()))
+
+
+def _stored_in_mxfp4(recipe: Recipe) -> bool:
+    """The base's weights are stored in MXFP4 (its config.json's quantization_config: gpt-oss)."""
+    from transformers import AutoConfig
+
+    try:
+        stored = getattr(AutoConfig.from_pretrained(_source(recipe), revision=recipe.model.revision,
+                                                    trust_remote_code=recipe.model.trust_remote_code),
+                         "quantization_config", None)
+    except (OSError, ValueError):
+        return False  # from_pretrained says what is wrong with the model, located
+    method = stored.get("quant_method") if isinstance(stored, dict) else getattr(stored, "quant_method", None)
+    return str(getattr(method, "value", method)) == "mxfp4"
+
+
+def _mxfp4_dequantized(recipe: Recipe, bnb):
+    """An MXFP4 base loads dequantized to the load dtype: transformers keeps MXFP4 where its kernels
+    run (Triton and the kernels package) and refuses to train it, and dequantizes elsewhere, so the
+    same recipe would train on one machine and not on another (Axolotl's model_quantization_config:
+    Mxfp4Config with dequantize: true).
+
+    Raises:
+        InvalidRecipe: method qlora: bitsandbytes cannot quantize weights stored quantized.
+    """
+    if bnb is not None:
+        raise InvalidRecipe([Problem(recipe.locate(("method",)), "$.method",
+                                     f"method qlora: {recipe.model.id} is stored in MXFP4, which bitsandbytes cannot "
+                                     "quantize again", "use method lora: recipe run loads an MXFP4 base dequantized "
+                                     "to 16 bits")])
+    from transformers import Mxfp4Config
+
+    return Mxfp4Config(dequantize=True)
 
 
 def fused_experts(model) -> list:
@@ -498,7 +540,13 @@ def lora_targets(wanted, model):
         paths = sorted({re.sub(r"^.*?\.\d+\.", "", name) for name in matched})
         say(f"note: lora.target_modules {wanted.pattern} -> {len(matched)} linear layers ({', '.join(paths)})")
         return matched
-    names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
+    try:
+        names = shape_from_config(model.config.to_dict()).attention_modules() if wanted == "attention" else wanted
+    except NotModeled as e:  # the shorthand is read from the layout fit-check knows; this one it does not
+        attention = sorted({".".join(n.split(".")[-2:]) for n in linear if ".self_attn." in n or ".attn." in n})
+        raise UnknownTargets(f"the attention shorthand is not known for {model.config.model_type} ({e.message})",
+                             hint="list the names, e.g. [" + ", ".join(attention or ["q_proj", "v_proj"]) + "]",
+                             path="$.lora.target_modules") from None
     match_modules(names, linear, head, model.config.model_type)
     if wanted == "attention":
         say(f"note: lora.target_modules attention -> {', '.join(names)}")

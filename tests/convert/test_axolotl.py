@@ -628,6 +628,18 @@ def test_qat_recipe_cannot_train_as_axolotl_would_is_reported(qat, words):
         row_for("qat", TOP_ROWS).read(qat, {"qat": qat})
 
 
+def test_an_mxfp4_base_converts_only_dequantized_as_recipe_run_loads_it():
+    config, kwargs = row_for("model_quantization_config", TOP_ROWS), row_for("model_quantization_config_kwargs", TOP_ROWS)
+    cfg = {"model_quantization_config": "Mxfp4Config", "model_quantization_config_kwargs": {"dequantize": True}}
+    assert "dequantized to 16 bits" in config.read("Mxfp4Config", cfg)[NOTE]
+    assert kwargs.read({"dequantize": True}, cfg) == {}  # said once, at the config
+    for other, words in (({**cfg, "model_quantization_config_kwargs": {}}, "MXFP4 weights do not train"),
+                         ({"model_quantization_config": "Mxfp4Config"}, "MXFP4 weights do not train"),
+                         ({"model_quantization_config": "FineGrainedFP8Config"}, "FineGrainedFP8Config")):
+        with pytest.raises(NotConverted, match=words):
+            config.read(other["model_quantization_config"], other)
+
+
 def test_a_quadratic_warm_up_leaves_out_the_floor_axolotl_ignores_beside_it():
     cfg = {"lr_quadratic_warmup": True, "cosine_min_lr_ratio": 0.1}
     assert row_for("lr_quadratic_warmup", TOP_ROWS).read(True, cfg) == {"training.warmup_shape": "quadratic"}

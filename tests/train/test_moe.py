@@ -35,6 +35,66 @@ def _mixtral(folder, experts: int):
     return folder
 
 
+def _gpt_oss_in_mxfp4(folder):
+    """A tiny gpt-oss saved as gpt-oss ships: its experts' weights in MXFP4 (packed 4-bit values and a
+    power-of-two scale per 32), quantization_config mxfp4 in config.json."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, GptOssConfig, GptOssForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    torch.manual_seed(0)
+    config = GptOssConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                          num_experts_per_tok=2, max_position_embeddings=256, sliding_window=32,
+                          layer_types=["sliding_attention", "full_attention"], bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    GptOssForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    weights = {}
+    for name, tensor in load_file(folder / "model.safetensors").items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            experts, fan_in, fan_out = tensor.shape  # stored (out, in / 32 groups, 16 bytes of two values)
+            weights[f"{name}_blocks"] = torch.randint(0, 256, (experts, fan_out, fan_in // 32, 16), dtype=torch.uint8)
+            weights[f"{name}_scales"] = torch.randint(120, 126, (experts, fan_out, fan_in // 32), dtype=torch.uint8)
+        else:
+            weights[name] = tensor
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    saved = json.loads((folder / "config.json").read_text())
+    saved["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (folder / "config.json").write_text(json.dumps(saved))
+    return folder
+
+
+def test_a_base_stored_in_mxfp4_trains_dequantized_and_refuses_bitsandbytes(moe, tmp_path):
+    # gpt-oss as it ships (Axolotl's model_quantization_config: Mxfp4Config, dequantize: true)
+    import torch
+
+    folder = _gpt_oss_in_mxfp4(tmp_path / "gpt-oss")
+    with pytest.raises(InvalidRecipe) as sdpa:  # attention sinks: transformers runs gpt-oss' attention eagerly
+        _loaded(moe({"model": {"id": str(folder)}, "method": "lora"}))
+    assert sdpa.value.problems[0].path == "$.training.attention" and "eager" in sdpa.value.problems[0].hint
+    shorthand = moe({"model": {"id": str(folder)}, "method": "lora", "training": {"attention": "eager"}})
+    with pytest.raises(UnknownTargets, match="attention shorthand is not known for gpt_oss") as named:
+        run(shorthand, gpus=())  # fit-check reads no gpt-oss layout to expand it from
+    assert "self_attn.q_proj" in named.value.hint
+    recipe = moe({"model": {"id": str(folder)}, "method": "lora", "training": {"attention": "eager"},
+                  "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}})
+    model = _loaded(recipe)
+    stacks = [getattr(module, name) for module, name in fused_experts(model)]
+    assert len(stacks) == 4 and all(s.dtype == torch.float32 and s.shape[0] == 4 for s in stacks)
+    assert not getattr(model, "is_quantized", False)  # trainable: transformers refuses MXFP4 weights
+    done = run(recipe, gpus=())
+    assert done.steps == 2 and done.final_loss == done.final_loss
+    with pytest.raises(InvalidRecipe) as refused:
+        _loaded(moe({"model": {"id": str(folder)}, "training": {"attention": "eager"}}))  # method qlora
+    (problem,) = refused.value.problems
+    assert problem.path == "$.method" and "stored in MXFP4, which bitsandbytes cannot quantize again" in problem.message
+
+
 @pytest.fixture(scope="module")
 def tiny_mixtral(tmp_path_factory):
     return _mixtral(tmp_path_factory.mktemp("tiny-mixtral"), experts=4)
