@@ -993,7 +993,6 @@ def test_quantization_aware_training_rounds_the_decoder_layers_and_saves_plain_w
 
 def test_quantization_aware_training_resumes_rounded_where_it_stopped(tiny):
     # stopped after fake quantization started (start_step 1): the resumed steps round as the straight run's
-    import torch
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
