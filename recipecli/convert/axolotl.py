@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, get_args
 
 from ..read import paths
-from ..read.recipe import QatGroup
+from ..read.recipe import LrScheduler, QatGroup
 from ..read.recipe import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 from ..read.schema import defaults_of
 
@@ -438,7 +438,7 @@ OPTIMIZERS = {
     "adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
     "paged_adamw_32bit": "paged_adamw_32bit", "adafactor": "adafactor", "sgd": "sgd",
 }
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+SCHEDULERS = get_args(LrScheduler)
 
 
 # Optimizers recipe runs as another library's, said as a note: the same state size, or (4-bit) a
@@ -495,8 +495,8 @@ def _min_lr_ratio(v, cfg):
     if cfg.get("cosine_constant_lr_ratio") is not None:
         raise NotConverted("cosine_min_lr_ratio with cosine_constant_lr_ratio: Axolotl's hold-at-the-floor schedule "
                            "is not supported", "remove cosine_constant_lr_ratio: the cosine then decays to the floor")
-    if cfg.get("lr_scheduler", "cosine") != "cosine":
-        return {}  # Axolotl reads it for its cosine schedule only
+    if cfg.get("lr_scheduler", "cosine") not in ("cosine", "rex"):
+        return {}  # Axolotl reads it for its cosine and rex schedules only
     if v and cfg.get("lr_quadratic_warmup") is True:
         return {NOTE: "not converted, as Axolotl ignores it beside lr_quadratic_warmup (with a warning): its "
                       "cosine after the quadratic warm-up decays to 0"}

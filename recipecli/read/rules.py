@@ -295,9 +295,9 @@ def adam_knobs_need_adam(doc: dict, ctx: Context):
 def min_lr_needs_cosine(doc: dict, ctx: Context):
     training = doc.get("training", {})
     scheduler = training.get("lr_scheduler", schema.defaults_of("training")["lr_scheduler"])
-    if training.get("min_lr_ratio", 0) and scheduler != "cosine":  # 0, the default, is no floor
+    if training.get("min_lr_ratio", 0) and scheduler not in ("cosine", "rex"):  # 0, the default, is no floor
         yield ctx.problem(("training", "min_lr_ratio"), f"min_lr_ratio with lr_scheduler {scheduler}: only the cosine "
-                          "schedule decays to a floor", "remove it, or use lr_scheduler: cosine", key=True)
+                          "and rex schedules decay to a floor", "remove it, or use lr_scheduler: cosine", key=True)
 
 
 def quadratic_warmup_needs_a_plain_cosine(doc: dict, ctx: Context):

@@ -35,7 +35,7 @@ from .callbacks import StopRequest, recorder
 from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, parameter_targets,
                     repeated_kv_heads, saved_modules, say, training_gpu)
 from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
-from .trainer import trainer_class
+from .trainer import schedule_of, trainer_class
 
 
 @dataclass(frozen=True)
@@ -461,8 +461,10 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         max_steps=t.max_steps if t.max_steps is not None else -1,
         learning_rate=t.learning_rate,
         # transformers' cosine with a floor (min_lr_rate: a fraction of the peak), where the recipe sets one.
-        lr_scheduler_type="cosine_with_min_lr" if t.min_lr_ratio else t.lr_scheduler,
-        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if t.min_lr_ratio else {},
+        # (rex is none of transformers': the trainer builds it, trainer.schedule_of; "constant" stands in)
+        lr_scheduler_type="constant" if t.lr_scheduler == "rex" else
+        "cosine_with_min_lr" if t.min_lr_ratio else t.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if t.min_lr_ratio and t.lr_scheduler == "cosine" else {},
         # transformers 5: a value below 1 is a fraction of all steps, a whole number from 1 a count.
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
         weight_decay=t.weight_decay,
@@ -526,7 +528,7 @@ def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set
                                      "set lora.dropout: 0, or adapt the attention alone (target_modules: attention)")]) \
             from None
     enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them
-    trainer.quadratic_warmup = recipe.training.warmup_shape == "quadratic"
+    trainer.schedule = schedule_of(recipe.training)
     return trainer
 
 

@@ -27,6 +27,26 @@ def quadratic_warmup_cosine(step: int, *, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def rex(step: int, *, warmup: int, total: int, floor: float = 0.0) -> float:
+    """The learning rate's factor at ``step`` under REX (Chen et al. 2021, "Revisiting budgeted
+    training"; Axolotl's lr_scheduler rex): a linear warm-up, then with z the fraction of the
+    remaining steps left, floor + (1 - floor) * z / (0.1 + 0.9 z): flat at first, steep at the end."""
+    if step < warmup:
+        return step / warmup
+    z = max(0.0, (total - step) / max(1, total - warmup))
+    return floor + (1.0 - floor) * z / (0.1 + 0.9 * z)
+
+
+def schedule_of(training) -> Optional[functools.partial]:
+    """The factor function (step, warmup=, total=) of a schedule transformers does not have, for
+    the trainer to build; None for the ones it has (precision-free: the runner hands it over)."""
+    if training.lr_scheduler == "rex":
+        return functools.partial(rex, floor=training.min_lr_ratio)
+    if training.warmup_shape == "quadratic":
+        return functools.partial(quadratic_warmup_cosine)
+    return None
+
+
 @functools.cache
 def trainer_class():
     """The SFTTrainer subclass every run uses (built once, on first use)."""
@@ -40,16 +60,16 @@ def trainer_class():
 
         writing: Optional[Path] = None  # the folder a save is writing; failures.explain names it
         _staging: Optional[Path] = None
-        quadratic_warmup = False  # training.warmup_shape quadratic (the runner sets it)
+        schedule: Optional[functools.partial] = None  # schedule_of(training): the runner sets it
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
-            # transformers has no quadratic warm-up: its own cosine LambdaLR, with this factor. Made
+            # A schedule transformers does not have (schedule_of): a LambdaLR, as its own are, made
             # here, the Trainer's hook, so DeepSpeed's set-up and a resume (the scheduler's state is
             # its step) take it as they take the built-in ones.
-            if self.lr_scheduler is None and self.quadratic_warmup:
+            if self.lr_scheduler is None and self.schedule is not None:
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                     optimizer if optimizer is not None else self.optimizer,
-                    functools.partial(quadratic_warmup_cosine, warmup=self.args.get_warmup_steps(num_training_steps),
+                    functools.partial(self.schedule, warmup=self.args.get_warmup_steps(num_training_steps),
                                       total=num_training_steps))
                 self._created_lr_scheduler = True  # as the Trainer marks its own, to rebuild it on a rerun
             return super().create_scheduler(num_training_steps, optimizer)

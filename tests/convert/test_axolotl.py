@@ -640,6 +640,12 @@ def test_an_mxfp4_base_converts_only_dequantized_as_recipe_run_loads_it():
             config.read(other["model_quantization_config"], other)
 
 
+def test_rex_converts_with_its_floor():
+    cfg = {"lr_scheduler": "rex", "cosine_min_lr_ratio": 0.1}
+    assert row_for("lr_scheduler", TOP_ROWS).read("rex", cfg) == {"training.lr_scheduler": "rex"}
+    assert row_for("cosine_min_lr_ratio", TOP_ROWS).read(0.1, cfg) == {"training.min_lr_ratio": 0.1}
+
+
 def test_a_quadratic_warm_up_leaves_out_the_floor_axolotl_ignores_beside_it():
     cfg = {"lr_quadratic_warmup": True, "cosine_min_lr_ratio": 0.1}
     assert row_for("lr_quadratic_warmup", TOP_ROWS).read(True, cfg) == {"training.warmup_shape": "quadratic"}

@@ -470,6 +470,19 @@ def test_a_quadratic_warm_up_rises_as_the_square_and_resumes_where_it_stopped(ti
         pytest.approx([0, lr / 4, lr / 2, 3 * lr / 4], abs=1e-9)
 
 
+def test_rex_stays_near_the_peak_and_falls_to_its_floor_at_the_end(tiny):
+    # REX (Axolotl's lr_scheduler rex): transformers has none, so the trainer builds it (trainer.py)
+    settings_ = {"training.max_steps": 8, "training.warmup_steps": 2, "training.lr_scheduler": "rex",
+                 "training.min_lr_ratio": 0.1}
+    done = run(tiny(out="rex", **settings_), gpus=())
+    lr = 5e-3
+    logged = [m["learning_rate"] for m in _metrics(done.run_dir) if "loss" in m]
+    # the rate each step used, steps 0..7: a linear warm-up over two, then z = (8 - s) / 6 left of the decay
+    rex = [0.1 + 0.9 * z / (0.1 + 0.9 * z) for z in ((8 - s) / 6 for s in range(2, 8))]
+    assert logged == pytest.approx([0, lr / 2] + [lr * f for f in rex], abs=1e-9)
+    assert logged[2] - logged[3] < logged[-2] - logged[-1]  # flat at first, steep at the end
+
+
 def test_dynamic_fine_tuning_weights_each_token_s_loss_by_its_probability(tiny):
     # TRL's loss_type dft (Axolotl's use_dft): on the tiny model's first step, with the same weights and
     # batch, each token's loss is scaled by a probability near 1/vocabulary: far below the plain loss
