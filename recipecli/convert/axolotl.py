@@ -1357,7 +1357,8 @@ def _format_of(entry) -> str:
     if entry["type"] in LEGACY_SHAREGPT:
         return fmt
     # chat_template turns {from, value} are recipe's sharegpt format (its roles include human and gpt).
-    return "sharegpt" if fmt == "chat" and _mappings(entry) == _SHAREGPT_FIELDS else fmt
+    turns = {k: n for k, n in _mappings(entry).items() if k in ("role", "content")}  # beside a reasoning mapping
+    return "sharegpt" if fmt == "chat" and turns == _SHAREGPT_FIELDS else fmt
 
 
 def _custom_type(v: dict) -> dict:
@@ -1412,21 +1413,24 @@ def _unexpressible_format(fmt):
 
 def _message_fields(v, entry):
     """field_messages and the turn mappings, read together, as recipe's fields where they differ
-    from the format's own names (Axolotl's chat_template defaults are recipe chat's)."""
+    from the format's own names (Axolotl's chat_template defaults are recipe chat's). A mapping to
+    the template's reasoning key is the turn's reasoning (fields.thinking), as Axolotl copies it."""
     fmt = _conversational(entry)
     mappings = _mappings(entry)
-    other = [k for k in mappings if k not in ("role", "content")]
+    key = _template_thinking_key(entry)
+    other = [k for k in mappings if k not in ("role", "content", key)]
     if other:
-        raise NotConverted(f"message property {other[0]!r}: recipe reads a turn's role and content only",
-                           "remove it from message_property_mappings")
+        raise NotConverted(f"message property {other[0]!r}: recipe reads a turn's role, content and reasoning "
+                           f"({key}) only", "remove it from message_property_mappings")
+    thinking = _thinking_of(mappings[key], key) if key in mappings else {}
     # Axolotl's own names: its legacy sharegpt type reads conversations [{from, value}].
     own = _OWN_NAMES["sharegpt" if entry.get("type") in LEGACY_SHAREGPT else "chat"]
     names = {"messages": entry.get("field_messages", own["messages"]), "role": mappings.get("role", own["role"]),
              "content": mappings.get("content", own["content"])}
     if not all(isinstance(n, str) and n for n in names.values()):
         raise NotConverted(f"field names must be text, got {_shown(list(names.values()))}")
-    fields = {k: n for k, n in names.items() if n != _OWN_NAMES[fmt][k]}
-    return {"fields": fields} if fields else {}
+    fields = {k: n for k, n in names.items() if n != _OWN_NAMES[fmt][k]} | thinking.pop("fields", {})
+    return ({"fields": fields} if fields else {}) | thinking
 
 
 def _write_field_messages(d):
@@ -1440,7 +1444,57 @@ def _write_mappings(d):
     if d["format"] not in ("chat", "sharegpt"):
         return ABSENT
     names = {k: (d.get("fields") or {}).get(k, _OWN_NAMES[d["format"]][k]) for k in ("role", "content")}
-    return ABSENT if names == {"role": "role", "content": "content"} else names
+    if names == {"role": "role", "content": "content"}:
+        return ABSENT
+    # Beside mappings of its own, Axolotl adds no reasoning mapping: the reasoning is one of them.
+    thinking = (d.get("fields") or {}).get("thinking")
+    return names if thinking is None else names | {d.get("template_thinking_key", AXOLOTL_THINKING): thinking}
+
+
+# Axolotl's default for both field_thinking and template_thinking_key (its ChatTemplatePrompter's).
+AXOLOTL_THINKING = "reasoning_content"
+_THINKING_TYPES = ("chat_template", "chat_template.default")
+
+
+def _template_thinking_key(entry) -> Any:
+    return entry.get("template_thinking_key", AXOLOTL_THINKING)
+
+
+def _thinking_of(field, key) -> dict:
+    if not all(isinstance(n, str) and n for n in (field, key)):
+        raise NotConverted(f"field_thinking and template_thinking_key are key names (text), got {_shown([field, key])}")
+    return {"fields": {"thinking": field}} | ({"template_thinking_key": key} if key != AXOLOTL_THINKING else {})
+
+
+def _thinking(v, entry):
+    """field_thinking and template_thinking_key, read together: Axolotl copies each turn's
+    message[field_thinking] to message[template_thinking_key] (both reasoning_content when left
+    out), by a mapping it adds to its own default mappings only."""
+    if entry.get("type") not in _THINKING_TYPES:
+        raise NotConverted(f"a turn's reasoning with type {_shown(entry.get('type'))}: Axolotl reads it for type "
+                           "chat_template only", "use type: chat_template, or remove the key")
+    field, key = entry.get("field_thinking", AXOLOTL_THINKING), _template_thinking_key(entry)
+    mappings = _mappings(entry)
+    if not mappings:
+        return _thinking_of(field, key)
+    if key in mappings:
+        return {}  # the mapping to the template's key is the reasoning (_message_fields), field_thinking unread
+    if field == key:  # not mapped, but Axolotl passes a turn's keys that the template reads through as they are
+        return _thinking_of(field, key)
+    raise NotConverted(f"Axolotl reads no reasoning from {_shown(field)} beside message_property_mappings: it adds "
+                       "the mapping to template_thinking_key only to its default mappings",
+                       f"add {key}: {field} to message_property_mappings")
+
+
+def _write_field_thinking(d):
+    thinking = (d.get("fields") or {}).get("thinking")
+    # Written even where it is Axolotl's default: read back, a config without it has no reasoning.
+    return ABSENT if thinking is None or _write_mappings(d) is not ABSENT else thinking  # or one of the mappings
+
+
+def _write_template_thinking_key(d):
+    key = d.get("template_thinking_key")
+    return ABSENT if key in (None, AXOLOTL_THINKING) else key
 
 
 def _roles(v, entry):
@@ -1529,6 +1583,12 @@ DATASET_ROWS: tuple[Row, ...] = (
         "{role, content} -> fields.role and fields.content; {from, value} makes the format sharegpt"),
     Row("message_field_role", ("fields",), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
     Row("message_field_content", ("fields",), _message_fields, lambda d: ABSENT, "older spelling of the mappings"),
+    Row("field_thinking", ("fields",), _thinking, _write_field_thinking,
+        "a turn's key for its reasoning -> fields.thinking (Axolotl's reasoning_content when only "
+        "template_thinking_key is given); type chat_template only"),
+    Row("template_thinking_key", ("template_thinking_key",), _thinking, _write_template_thinking_key,
+        "where the template reads it -> template_thinking_key, with fields.thinking (Axolotl's reasoning_content "
+        "when only field_thinking is given)"),
     Row("roles", ("roles",), _roles, lambda d: d.get("roles", ABSENT),
         "system, user and assistant; Axolotl's default also reads human and gpt, recipe's chat format does not"),
     Row("conversation", ("data.chat_template",), _conversation, lambda d: ABSENT,

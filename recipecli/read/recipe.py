@@ -148,6 +148,7 @@ class Fields:
     messages: Optional[str]
     role: Optional[str]
     content: Optional[str]
+    thinking: Optional[str]  # no format's own name: absent, the turns carry no reasoning
     instruction: Optional[str]
     input: Optional[str]
     output: Optional[str]
@@ -191,6 +192,12 @@ class Dataset:
     fields: Optional[Fields]  # absent: the format's own field names
     roles: Optional[Roles]  # chat and sharegpt only (rules.py)
     drop_system: bool  # chat and sharegpt only (rules.py)
+    template_thinking_key: Optional[str]  # present exactly with fields.thinking (rules.py)
+
+    @property
+    def thinking(self) -> Optional[str]:
+        """The data's key for a turn's reasoning text (fields.thinking); None: the turns carry none."""
+        return self.fields.thinking if self.fields is not None else None
 
     @property
     def local_path(self) -> Optional[Path]:

@@ -141,8 +141,8 @@ def datasets_are_files_or_hub_ids(doc: dict, ctx: Context):
 # The fields each format reads (schema: data.datasets[].fields); data.py reads them.
 FIELDS_OF_FORMAT = {
     "alpaca": ("instruction", "input", "output"),
-    "chat": ("messages", "role", "content"),
-    "sharegpt": ("messages", "role", "content"),
+    "chat": ("messages", "role", "content", "thinking"),
+    "sharegpt": ("messages", "role", "content", "thinking"),
     "text": ("text",),
     "prompt_completion": ("prompt", "completion"),
 }
@@ -165,6 +165,16 @@ def dataset_fields_match_the_format(doc: dict, ctx: Context):
         if dataset.get("drop_system") is True and fmt not in CONVERSATIONAL:
             yield ctx.problem((*where, "drop_system"), f"drop_system with format {fmt}, which has no turns",
                               "remove it, or use format chat or sharegpt", key=True)
+        if "template_thinking_key" in dataset and "thinking" not in dataset.get("fields", {}):
+            # The key the template reads is filled from the data's key: without one, nothing is.
+            yield ctx.problem((*where, "template_thinking_key"), "template_thinking_key without fields.thinking",
+                              "name the turns' key that holds their reasoning with fields.thinking (e.g. "
+                              "thinking), or remove template_thinking_key", key=True)
+        if dataset.get("template_thinking_key") in ("role", "content"):
+            yield ctx.problem((*where, "template_thinking_key"), f"template_thinking_key "
+                              f"{dataset['template_thinking_key']}: the turn's {dataset['template_thinking_key']} "
+                              "is there already", "name the key the chat template reads a turn's reasoning from: "
+                              "reasoning_content (Qwen3, DeepSeek-R1) or thinking (gpt-oss)")
         roles = dataset.get("roles", {})
         if roles and fmt not in CONVERSATIONAL:
             yield ctx.problem((*where, "roles"), f"roles with format {fmt}, which has no roles",
@@ -214,6 +224,12 @@ def mistral_common_encodes_conversations_itself(doc: dict, ctx: Context):
                               "mistral_common, which encodes conversations only",
                               "use format chat, or alpaca or prompt_completion (each record a user turn and its "
                               "answer)")
+        # mistral-common reads a turn's reasoning from reasoning_content (a ThinkChunk) and drops other keys.
+        if dataset.get("template_thinking_key", "reasoning_content") != "reasoning_content":
+            yield ctx.problem(("data", "datasets", i, "template_thinking_key"), "template_thinking_key "
+                              f"{dataset['template_thinking_key']} with model.tokenizer_backend mistral_common, "
+                              "which reads a turn's reasoning from reasoning_content only",
+                              "remove template_thinking_key (reasoning_content is its default)")
 
 
 def one_process_without_a_strategy(doc: dict, ctx: Context):

@@ -19,7 +19,8 @@ A mix of prompt/completion and conversational datasets becomes conversational (t
 the user turn, the completion the assistant turn); plain text mixes with neither.
 
 Each dataset is read through its ``Reader``: the format's field names, or the data's own where
-``fields`` renames them, and for conversations the role each name of the data means (``roles``).
+``fields`` renames them, and for conversations the role each name of the data means (``roles``) and
+a turn's reasoning (``fields.thinking``), handed to the template under the key it reads it from.
 Conversations are rendered with ``data.chat_template``: the tokenizer's own, or a named one of
 templates.py, already marked for answer-only loss; mistral-common's tokenizer
 (``model.tokenizer_backend``) encodes them itself, and mistral.py masks the answers.
@@ -161,6 +162,7 @@ def read_examples(recipe: Recipe, tokenizer=None) -> list[Example]:
     columns = layout(recipe)
     if columns == "messages" and tokenizer is not None and not mistral_common(recipe):
         _check_chat_template(recipe, tokenizer)
+        _check_thinking_is_read(recipe, tokenizer)
     examples = []
     for index, spec in enumerate(recipe.data.datasets):
         before = len(examples)
@@ -458,6 +460,25 @@ def _check_chat_template(recipe: Recipe, tokenizer) -> None:
             where=recipe.locate(("data", "completion_only_loss")), path="$.data.completion_only_loss") from e
 
 
+def _check_thinking_is_read(recipe: Recipe, tokenizer) -> None:
+    """Refuse reasoning (fields.thinking) that the chat template never reads: a template that does
+    not name its key anywhere in its text renders no turn's reasoning, and it would be lost without a word."""
+    own = recipe_template(recipe)
+    text = own if own is not None else str(tokenizer.chat_template or "")
+    for i, spec in enumerate(recipe.data.datasets):
+        if spec.thinking is None or spec.template_thinking_key in text:
+            continue
+        which = f"chat_template {recipe.data.chat_template}" if own is not None else \
+            f"the chat template of {recipe.model.tokenizer_source}"
+        raise DataError(f"{which} never reads {spec.template_thinking_key!r}: the reasoning in fields.thinking "
+                        f"({spec.thinking}) would be left out of every turn",
+                        "set template_thinking_key to the key the template reads a turn's reasoning from "
+                        "(reasoning_content for Qwen3 and DeepSeek-R1, thinking for gpt-oss), or use a template "
+                        "that renders it",
+                        where=recipe.locate(("data", "datasets", i, "template_thinking_key")),
+                        path=f"$.data.datasets[{i}].template_thinking_key")
+
+
 # Each format's own field names; data.datasets[].fields renames them (the keys are rules.FIELDS_OF_FORMAT).
 _OWN_FIELDS = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
@@ -485,6 +506,8 @@ class Reader:
     renamed: frozenset = frozenset()  # fields whose name the recipe gives
     preamble: bool = False  # alpaca: Stanford Alpaca's preamble starts each prompt
     drop_system: bool = False  # conversations: system turns are left out
+    thinking: Optional[str] = None  # conversations: a turn's key for its reasoning (fields.thinking)
+    thinking_key: Optional[str] = None  # ... and the key the chat template reads it from
 
     def needs(self) -> str:
         """What the format reads, in the data's names, for the hint of an error about a record."""
@@ -514,7 +537,7 @@ def reader(spec, index: int = 0) -> Reader:
             mine = getattr(given, role) if given is not None else None
             roles.update({name: role for name in (own if mine is None else mine)})
     return Reader(spec.format, names, roles, f"data.datasets[{index}]", frozenset(renamed), spec.preamble,
-                  spec.drop_system)
+                  spec.drop_system, spec.thinking, spec.template_thinking_key)
 
 
 def _convert(read: Reader, record: object, place: Place) -> dict:
@@ -599,7 +622,12 @@ def _turn(turn: object, place: Place, parts: tuple, read: Reader) -> dict:
             hint += "; ShareGPT data ({from: human, value}) is format sharegpt"
         hint += f"; other names are given with {read.knob}.roles, e.g. {{assistant: [{name}]}}"
         raise place.error(f"{shown(name)} is not {what}", hint, (*parts, n["role"]))
-    return {"role": read.roles[name], "content": _text(turn, n["content"], place, read, parts=parts)}
+    message = {"role": read.roles[name], "content": _text(turn, n["content"], place, read, parts=parts)}
+    # A turn's reasoning goes where the chat template reads it; null or absent: this turn has none
+    # (Axolotl's field_thinking / template_thinking_key, which copy it the same way).
+    if read.thinking is not None and turn.get(read.thinking) is not None:
+        message[read.thinking_key] = _text(turn, read.thinking, place, read, parts=parts)
+    return message
 
 
 def _as_messages(example: dict) -> dict:

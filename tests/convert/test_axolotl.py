@@ -219,6 +219,10 @@ DATASET_READS = {
     "message_field_content": ("value", {**CHAT, "field_messages": "conversations", "message_field_role": "from"}, {}),
     "roles": ({"user": ["human"], "assistant": ["gpt"]}, CHAT, {"roles": {"user": ["human"], "assistant": ["gpt"]}}),
     "roles_to_train": (["assistant"], {}, {}),
+    # a turn's reasoning: gpt-oss's examples name both keys; one left out is Axolotl's reasoning_content
+    "field_thinking": ("thought", CHAT, {"fields": {"thinking": "thought"}}),
+    "template_thinking_key": ("thinking", CHAT, {"fields": {"thinking": "reasoning_content"},
+                                                 "template_thinking_key": "thinking"}),
     "train_on_eos": ("turn", {}, {}),
     "chat_template": ("tokenizer_default", {}, {"data.chat_template": "tokenizer"}),
     "field": ("body", {"type": "completion"}, {"fields": {"text": "body"}}),
@@ -248,6 +252,21 @@ ENTRIES = {
                                       "no_input_format": "### Instruction:\n{instruction}\n\n### Response:\n"}},
                             {"format": "alpaca", "fields": {"instruction": "question", "output": "answer"}}),
     "alpaca": ({"type": "alpaca"}, {"format": "alpaca", "preamble": True}),  # Stanford Alpaca's prompt, as Axolotl's
+    "gpt-oss reasoning": ({**CHAT, "field_thinking": "thinking", "template_thinking_key": "thinking"},
+                          {"format": "chat", "fields": {"thinking": "thinking"}, "template_thinking_key": "thinking"}),
+    # beside mappings of its own Axolotl maps the reasoning only where they say so
+    "reasoning mapped with from/value": (
+        {**CHAT, "template_thinking_key": "thinking", "message_property_mappings": {
+            "role": "from", "content": "value", "thinking": "thought"}},
+        {"format": "sharegpt", "fields": {"messages": "messages", "thinking": "thought"}, "template_thinking_key": "thinking"}),
+    "reasoning passed through beside from/value": (
+        {**CHAT, "field_thinking": "thinking", "template_thinking_key": "thinking", "message_property_mappings": {
+            "role": "from", "content": "value"}},
+        {"format": "sharegpt", "fields": {"messages": "messages", "thinking": "thinking"},
+         "template_thinking_key": "thinking"}),
+    "reasoning renamed beside renamed turns": (
+        {**CHAT, "message_property_mappings": {"role": "speaker", "content": "text", "reasoning_content": "why"}},
+        {"format": "chat", "fields": {"role": "speaker", "content": "text", "thinking": "why"}}),
     "user-defined alpaca with the preamble": (
         {"type": {"field_output": "answer",
                   "format": "Below is an instruction that describes a task, paired with an input that provides further "
@@ -269,6 +288,10 @@ DATASET_REFUSALS = {
     "roles": ({"tool": ["function"]}, CHAT, "role 'tool'"),
     "chat_template": ("chatml", CHAT, "a chat template per dataset"),
     "field": ("body", {"type": "alpaca"}, "for type completion only"),
+    "field_thinking": ("thinking", {"type": "alpaca"}, "Axolotl reads it for type chat_template only"),
+    # Axolotl adds {template_thinking_key: field_thinking} to its default mappings only: given its own, none
+    "template_thinking_key": ("thinking", {**CHAT, "field_thinking": "thought", "message_property_mappings": {
+        "role": "from", "content": "value"}}, "reads no reasoning from 'thought' beside message_property_mappings"),
 }
 
 
@@ -579,6 +602,8 @@ _PROMPTS = {"format": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\
 @pytest.mark.parametrize("key, value, rest", [
     ("roles", {"user": "human"}, CHAT), ("roles", ["user"], CHAT), ("roles", {"user": []}, CHAT),
     ("field_messages", 5, CHAT), ("message_property_mappings", {"role": ["x"]}, CHAT),
+    ("field_thinking", 5, CHAT), ("template_thinking_key", "", CHAT), ("field_thinking", "t", {"type": "sharegpt"}),
+    ("message_property_mappings", {"role": "role", "content": "content", "reasoning_content": ["x"]}, CHAT),
     ("type", {"field_instruction": 5, **_PROMPTS}, {}), ("type", {"field_output": "", **_PROMPTS}, {}),
     ("type", 7, {}), ("field", "", {"type": "completion"}), ("field", {"a": 1}, {"type": "completion"}),
 ], ids=str)

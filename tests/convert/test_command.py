@@ -241,6 +241,11 @@ DELTAS = {
         {"path": "org/sg", "format": "sharegpt", "fields": {"messages": "turns"}},
         {"path": "org/qa", "format": "alpaca", "fields": {"output": "answer"}},
         {"path": "org/notes", "format": "text", "fields": {"text": "body"}}]}},
+    "reasoning": {"data": {"datasets": [
+        {"path": "org/think", "format": "chat", "fields": {"thinking": "thinking"}, "template_thinking_key": "thinking"},
+        {"path": "org/qwen", "format": "chat", "fields": {"thinking": "reasoning_content"}},
+        {"path": "org/sg", "format": "sharegpt", "fields": {"thinking": "thought"}, "template_thinking_key": "thinking"},
+        {"path": "org/named", "format": "chat", "fields": {"role": "who", "thinking": "why"}}]}},
     "chat-sharegpt": {"data": {"datasets": [{"path": "org/chat", "format": "chat"},
                                             {"path": "org/sg", "format": "sharegpt", "split": "test",
                                              "subset": "en"}], "completion_only_loss": False, "packing": True}},

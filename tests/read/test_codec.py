@@ -64,6 +64,11 @@ _DELTAS = [
     {"method": "lora", "data": {"chat_template": "llama3", "datasets": [
         {"path": "org/c", "format": "chat", "fields": {"messages": "dialog"}, "roles": {"assistant": ["bot", "gpt"]}},
         {"path": "org/a", "format": "alpaca", "fields": {"instruction": "q", "input": "ctx", "output": "a"}}]}},
+    # a turn's reasoning: the template's key defaulted (reasoning_content) or given, beside renamed turns
+    {"method": "lora", "data": {"datasets": [
+        {"path": "org/t", "format": "chat", "fields": {"thinking": "thinking"}},
+        {"path": "org/g", "format": "sharegpt", "fields": {"thinking": "reasoning", "content": "text"},
+         "template_thinking_key": "thinking"}]}},
     # knobs of one optimizer or schedule, written out with the others (defaults must not fire their rules)
     {"method": "lora", "training": {"optimizer": "sgd", "lr_scheduler": "constant"}},
     {"method": "lora", "training": {"adam_beta2": 0.95, "min_lr_ratio": 0.1}},
@@ -167,3 +172,13 @@ def test_a_stored_recipe_means_the_same_from_any_directory(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path / "elsewhere")
     again = load_recipe(stored)
     assert again.output_dir == recipe.output_dir and again.model == recipe.model and again.data == recipe.data
+
+
+def test_the_template_s_reasoning_key_is_filled_only_beside_fields_thinking(make_recipe):
+    datasets = load_recipe(make_recipe({"data": {"datasets": [
+        {"path": "org/t", "format": "chat", "fields": {"thinking": "thinking"}},
+        {"path": "org/p", "format": "chat", "fields": {"messages": "dialog"}},
+        {"path": "org/g", "format": "chat", "fields": {"thinking": "thinking"}, "template_thinking_key": "thinking"},
+    ]}})).data.datasets
+    assert [(d.thinking, d.template_thinking_key) for d in datasets] == [
+        ("thinking", "reasoning_content"), (None, None), ("thinking", "thinking")]

@@ -133,6 +133,44 @@ def test_drop_system_needs_conversations(make_recipe):
     assert [p.path for p in info.value.problems] == ["$.data.datasets[0].drop_system"]
 
 
+@pytest.mark.parametrize("fmt", ["alpaca", "text", "prompt_completion"])
+def test_a_turn_s_reasoning_needs_turns(make_recipe, fmt):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": fmt, "fields": {"thinking": "t"}}]}}))
+    (problem,) = info.value.problems
+    assert problem.path == "$.data.datasets[0].fields.thinking" and f"format {fmt} has no field thinking" in str(problem)
+    assert problem.location.line > 1  # at the key as written
+
+
+def test_the_template_s_reasoning_key_needs_the_data_s(make_recipe):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "chat",
+                                                    "template_thinking_key": "thinking"}]}}))
+    (problem,) = info.value.problems
+    assert problem.path == "$.data.datasets[0].template_thinking_key" and "without fields.thinking" in str(problem)
+    assert "name the turns' key that holds their reasoning with fields.thinking" in problem.hint
+    assert resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "chat", "fields": {
+        "thinking": "thinking"}, "template_thinking_key": "thinking"}]}}))
+
+
+@pytest.mark.parametrize("key", ["role", "content"])
+def test_the_template_s_reasoning_key_is_not_the_turn_s_role_or_text(make_recipe, key):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "chat", "fields": {
+            "thinking": "thinking"}, "template_thinking_key": key}]}}))
+    assert [p.path for p in info.value.problems] == ["$.data.datasets[0].template_thinking_key"]
+
+
+def test_mistral_common_reads_reasoning_from_reasoning_content_only(make_recipe):
+    chat = {"path": "org/d", "format": "chat", "fields": {"thinking": "thinking"}}
+    mistral = {"model": {"tokenizer_backend": "mistral_common"}}
+    assert resolve(make_recipe({**mistral, "data": {"datasets": [chat]}}))
+    assert resolve(make_recipe({**mistral, "data": {"datasets": [{**chat, "template_thinking_key": "reasoning_content"}]}}))
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({**mistral, "data": {"datasets": [{**chat, "template_thinking_key": "thinking"}]}}))
+    assert [p.path for p in info.value.problems] == ["$.data.datasets[0].template_thinking_key"]
+
+
 def test_the_preamble_starts_alpaca_prompts_only(make_recipe):
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "chat", "preamble": True}]}}))
