@@ -560,7 +560,8 @@ def _write_fp16(doc):
 
 
 # Axolotl's attention switches and attn_implementation values -> training.attention.
-_ATTENTION_KEYS = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
+_ATTENTION_KEYS = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager",
+                   "flex_attention": "flex_attention"}
 # xformers' memory-efficient kernel is what PyTorch's sdpa runs as its memory-efficient backend (it
 # was upstreamed): the same memory on every card; recipe does not install xformers.
 _XFORMERS_NOTE = "xformers attention -> sdpa, whose memory-efficient kernel is xformers' own (same memory)"
@@ -590,7 +591,7 @@ def _attention_name(v, cfg):
 
 
 def _attn_implementation(v, cfg):
-    if v in ("flash_attention_2", "sdpa", "eager"):
+    if v in ("flash_attention_2", "sdpa", "eager", "flex_attention"):
         return {"training.attention": v}
     if v in ("flash_attention_3", "kernels-community/vllm-flash-attn3", "kernels-community/flash-attn3"):
         return {"training.attention": "flash_attention_2", NOTE: f"{v} -> flash_attention_2: FlashAttention 3 "
@@ -598,7 +599,14 @@ def _attn_implementation(v, cfg):
     if v == "xformers":
         return {"training.attention": "sdpa", NOTE: _XFORMERS_NOTE}
     raise NotConverted(f"attn_implementation {_shown(v)} is not one recipe runs",
-                       "use flash_attention_2, sdpa or eager")
+                       "use flash_attention_2, flex_attention, sdpa or eager")
+
+
+def _flex_compile(v, cfg):
+    if not isinstance(v, dict):
+        raise NotConverted(f"expected a mapping of torch.compile options, got {_shown(v)}")
+    return {NOTE: f"flex_attn_compile_kwargs {_shown(v)}: how torch.compile builds FlexAttention's kernel "
+                  "(speed only); recipe runs transformers' own compilation of it"} if v else {}
 
 
 def _batch_size(v, cfg):
@@ -1138,6 +1146,8 @@ TOP_ROWS: tuple[Row, ...] = (
     *(_attention(key) for key in (*_ATTENTION_KEYS, "xformers_attention")),
     _row("tf32", "training.tf32", "TF32 where the card has it (compute capability 8.0+); recipe run says it changes "
          "nothing elsewhere"),
+    Row("flex_attn_compile_kwargs", (), _flex_compile, lambda doc: ABSENT,
+        "torch.compile's options for FlexAttention: speed only, said"),
     Row("attn_implementation", ("training.attention",), _attn_implementation, lambda doc: ABSENT,
         "transformers' name for the kernel, the newer spelling of the switches; xformers -> sdpa, as its switch"),
     _row("seed", "training.seed"),
@@ -1607,7 +1617,6 @@ DATASET_ROWS: tuple[Row, ...] = (
 # Reasons shared by several keys below.
 _HUB = ("recipe does not push to the hub", "push the run folder's adapter/ yourself")
 _OTHER_QUANTIZATION = ("quantized bases other than bitsandbytes 4/8-bit are not supported", "")
-_FLEX = ("flex attention is not supported", "recipe runs sdpa, eager or flash_attention_2")
 
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
 UNSUPPORTED = {
@@ -1625,8 +1634,6 @@ UNSUPPORTED = {
     "llama4_linearized_experts": ("Llama 4's experts split into linear layers are not supported",
                                   "recipe trains transformers' fused experts (lora.target_parameters)"),
     # memory and kernels
-    "flex_attention": _FLEX,
-    "flex_attn_compile_kwargs": _FLEX,
     "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
     "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),
     "device_map": ("placing the model's layers over several GPUs is not supported: recipe trains the whole model on "

@@ -26,7 +26,7 @@ class Choices:
     """
 
     precision: Literal["bf16", "fp16", "fp32"]
-    attention: Literal["eager", "sdpa", "flash_attention_2"]
+    attention: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
     compute_dtype: Optional[DtypeName]  # bitsandbytes' compute dtype: quantized bases only
     notes: tuple[str, ...]
     weight_dtype: DtypeName  # what from_pretrained loads the base in (its 16-bit parts when quantized)
@@ -143,9 +143,12 @@ def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
                 "set training.precision to auto or fp16")
 
     attention = "sdpa" if training.attention == "auto" else training.attention
-    if attention == "flash_attention_2" and (gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
+    # FlexAttention's Triton kernels need Ampere too: below it (and on the CPU, uncompiled) torch runs
+    # a dense fallback that keeps the whole attention matrix, and fails in fp16.
+    if attention in ("flash_attention_2", "flex_attention") and (
+            gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
         lacking = " (an NVIDIA GPU); there is no GPU here" if gpu is None else f"; {label} lacks it"
-        problem(("training", "attention"), f"flash_attention_2 needs compute capability >= 8.0{lacking}",
+        problem(("training", "attention"), f"{attention} needs compute capability >= 8.0{lacking}",
                 "set training.attention to auto (sdpa: same memory, slightly slower)")
 
     compute_dtype = None

@@ -13,7 +13,8 @@ ones the GPU run uses:
   ``_scaled_dot_product_flash_attention_for_cpu``, which keeps the same two tensors (the CUDA
   memory-efficient kernel pads its logsumexp to a multiple of 32 rows: not modelled).
   flash_attention_2 cannot run on the CPU: it is traced as sdpa, whose flash kernel keeps the
-  same tensors for backward. A packed row (TRL's padding-free collator: the micro-batch in one row,
+  same tensors for backward; so is flex_attention, whose Triton kernel (compute capability 8.0
+  and later, what precision.choose allows) keeps them too. A packed row (TRL's padding-free collator: the micro-batch in one row,
   position_ids restarting) makes transformers' sdpa path build a block-diagonal mask; with
   flash_attention_2 the run passes sequence boundaries (varlen) instead, so the trace then counts
   a bool mask of the row's length squared more than the run holds.

@@ -341,8 +341,8 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
         optimizer: one of OPTIMIZERS, built as the Trainer builds it for ``optim=``; paged state is
             counted apart (``Trace.paged_bytes``).
         fake: trace under FakeTensorMode (no tensor memory) instead of with real CPU tensors.
-        attention: transformers' attn_implementation ("sdpa", "eager"; "flash_attention_2" is
-            traced as sdpa, see the module doc).
+        attention: transformers' attn_implementation ("sdpa", "eager"; "flash_attention_2" and
+            "flex_attention" are traced as sdpa, see the module doc).
         loss: "trl" (SFTTrainer's fused LM head, what ``recipe run`` trains with) or
             "transformers" (the model's own loss over full logits).
         steps: optimizer steps traced; from the second on, the optimizer state made by the first
@@ -385,7 +385,8 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     bnb = bnb_config(bits, quant_type, double_quant, choices.weight_dtype) if quantized else None
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
                  targets=targets, gradient_checkpointing=gradient_checkpointing, loss=loss, choices=choices, bnb=bnb,
-                 attention="sdpa" if attention == "flash_attention_2" else attention, unfrozen=unfrozen,
+                 attention="sdpa" if attention in ("flash_attention_2", "flex_attention") else attention,
+                 unfrozen=unfrozen,
                  moe_experts=moe_experts, target_parameters=target_parameters)
     mode = contextlib.nullcontext()
     if fake:

@@ -100,6 +100,7 @@ READS = {
     "adam_epsilon": (1e-6, {}, {"training.adam_epsilon": 1e-6}),
     "lr_quadratic_warmup": (True, {}, {"training.warmup_shape": "quadratic"}),
     "use_dft": (True, {}, {"training.loss": "dft"}),
+    "flex_attention": (True, {}, {"training.attention": "flex_attention"}),
     "qat": ({"weight_dtype": "int4", "activation_dtype": "int8", "group_size": 256, "fake_quant_after_n_steps": 500},
             {}, {"training.qat": {"weight_dtype": "int4", "activation_dtype": "int8", "group_size": 256,
                                   "start_step": 500},
@@ -157,7 +158,7 @@ REFUSALS = {
     "eval_steps": (0.25, {"val_set_size": 0.1}, "a fraction of the run"),
     "wandb_mode": ("shared", {}, "not online, offline or disabled"),
     "xformers_attention": ("yes", {}, "expected true or false"),
-    "attn_implementation": ("flex_attention", {}, "not one recipe runs"),
+    "attn_implementation": ("paged_attention", {}, "not one recipe runs"),
     "special_tokens": ({"sep_token": "</s>"}, {}, "sep_token: recipe sets the tokenizer's pad_token"),
     "tokens": ("<|im_start|>", {}, "expected a list of token texts"),
     "deepspeed": ({"zero_optimization": {"stage": 0}}, {}, "recipe runs stage 2 or 3"),
@@ -446,6 +447,7 @@ def test_a_deepspeed_file_is_read_where_it_is_and_axolotl_s_own_known_by_name(tm
     ("chat_template", "llama4", {}), ("attention", "xformers", {}),
     ("attn_implementation", "kernels-community/vllm-flash-attn3", {}),
     ("use_scattermoe", True, {}), ("use_sonicmoe", True, {}), ("moe_kernels", True, {}),
+    ("flex_attn_compile_kwargs", {"dynamic": False, "mode": "max-autotune-no-cudagraphs"}, {}),
     ("moe_persistent_kernel", True, {"moe_kernels": True}), ("moe_group_size", 128, {"moe_kernels": True}),
     ("experts_implementation", "scattermoe", {}),
 ])
@@ -492,7 +494,7 @@ def test_fsdp_s_own_checkpointing_outranks_gradient_checkpointing_false():
     assert row_for("gradient_checkpointing", TOP_ROWS).read(False, cfg) == {}
 
 
-@pytest.mark.parametrize("key, value", [("flex_attention", False), ("peft", {})])
+@pytest.mark.parametrize("key, value", [("fp8", False), ("peft", {})])
 def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
     assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]
 

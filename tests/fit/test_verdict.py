@@ -1,6 +1,7 @@
 """Resolving "auto" on a card, the card's rules, verdicts and suggestions: GPUs passed as numbers."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from recipecli.read import load
 from recipecli.errors import InvalidRecipe
 from recipecli.errors import UnknownModel, UnknownTargets
+from recipecli.fit.architectures import find_shape
 from recipecli.fit.gpu_catalog import Gpu, card, gpu_from_vram
 from recipecli.units import MIB
 from recipecli.fit.verdict import BAND, band, check, setup_for, status_of
@@ -160,6 +162,26 @@ def test_flash_attention_2_without_a_gpu_says_so(make_recipe):
     assert problem.message == ("flash_attention_2 needs compute capability >= 8.0 (an NVIDIA GPU); "
                                "there is no GPU here")
     assert "training.attention to auto" in problem.hint
+
+
+def test_flex_attention_needs_an_ampere_card_and_is_counted_as_flash_attention(make_recipe):
+    # below compute capability 8.0 (and on the CPU) torch runs FlexAttention's dense fallback, which
+    # keeps the whole matrix and fails in fp16; from 8.0 its Triton kernel keeps what flash attention keeps
+    from recipecli.fit.estimate import estimate
+
+    flex = load.load_recipe(make_recipe({"training": {"attention": "flex_attention"}}))
+    for gpu, where in ((None, "there is no GPU here"), (RTX2080, "lacks it")):
+        with pytest.raises(InvalidRecipe) as exc:
+            setup_for(flex, gpu)
+        (problem,) = exc.value.problems
+        assert problem.path == "$.training.attention" and "flex_attention needs compute capability >= 8.0" in \
+            problem.message and where in problem.message
+    flash = load.load_recipe(make_recipe({"training": {"attention": "flash_attention_2"}}))
+    shape = find_shape(flex.model.id)
+    for packing in (False, True):
+        counted = [estimate(shape, setup_for(dataclasses.replace(r, data=dataclasses.replace(r.data, packing=packing)),
+                                             A100)[0]).allocated_bytes for r in (flex, flash)]
+        assert counted[0] == counted[1]
 
 
 def test_the_standard_qlora_run_is_what_a_recipe_extending_the_base_gets(make_recipe):
