@@ -75,9 +75,12 @@ def check(data: dict, locate, *, partial: bool = False) -> list[Problem]:
         return []
     best = jsonschema.exceptions.best_match(errors)
     ordered = [best] + [e for e in errors if e is not best]
-    # once each, with the first one's hint (the best match's own, before a oneOf's description)
-    problems = list({}.fromkeys(p for error in ordered for p in _problems(error, locate)))
-    problems = list({(p.location, p.path, p.message): p for p in reversed(problems)}.values())[::-1]
+    # once each, in the order first found, with the first one's hint (the best match's own, before a
+    # oneOf's description)
+    first: dict = {}
+    for p in (p for error in ordered for p in _problems(error, locate)):
+        first.setdefault((p.location, p.path, p.message), p)
+    problems = list(first.values())
     head, rest = problems[:1], problems[1:]
     rest.sort(key=lambda p: (p.location.file, p.location.line, p.location.column))
     if len(rest) >= MAX_PROBLEMS:
