@@ -254,7 +254,7 @@ class Training:
     tf32: bool
     seed: int
     logging_steps: int
-    save_steps: int
+    save_steps: Optional[int]  # absent with saves_per_epoch, which sets the steps from the data
     save_total_limit: int
     eval_steps: Optional[int]  # absent: every save_steps
     saves_per_epoch: Optional[int]  # in place of save_steps, resolved from the data at run time

@@ -432,7 +432,7 @@ def _early_stopping_result(recipe: Recipe, state, interrupted: bool) -> dict:
     return {"stopped_early": stopped, "best_step": best, "best_eval_loss": state.best_metric}
 
 
-def every(steps_per_epoch: int, per_epoch: Optional[int], steps: int) -> int:
+def every(steps_per_epoch: int, per_epoch: Optional[int], steps: Optional[int]) -> int:
     """Optimizer steps between two saves (or evaluations): ``steps``, or an epoch's steps divided
     ``per_epoch`` times (at least 1), as Axolotl's saves_per_epoch / evals_per_epoch mean it."""
     return steps if per_epoch is None else max(1, steps_per_epoch // per_epoch)

@@ -259,6 +259,7 @@ DELTAS = {
     "odd-description": {"description": "a\x7fb\u2028c\x85d é \\u0041 😀"},
     "qat": {"method": "full", "training": {"qat": {"activation_dtype": "int8", "group_size": 64, "start_step": 10}}},
     "qat-weights-only": {"method": "full", "training": {"qat": {}}},
+    "per-epoch": {"training": {"saves_per_epoch": 2, "evals_per_epoch": 4}, "data": {"val_fraction": 0.1}},
     "flex": {"training": {"attention": "flex_attention"}},
     "rex": {"training": {"lr_scheduler": "rex", "min_lr_ratio": 0.05}},
     "dynamic-fine-tuning": {"training": {"loss": "dft"}},

@@ -72,6 +72,15 @@ _DELTAS = [
     # knobs of one optimizer or schedule, written out with the others (defaults must not fire their rules)
     {"method": "lora", "training": {"optimizer": "sgd", "lr_scheduler": "constant"}},
     {"method": "lora", "training": {"adam_beta2": 0.95, "min_lr_ratio": 0.1}},
+    # per-epoch saves and evaluations: save_steps' default is not written beside them (found by converting
+    # Axolotl's examples there and back: `recipe show` wrote both, which validate refuses)
+    {"method": "lora", "training": {"saves_per_epoch": 2, "evals_per_epoch": 4}, "data": {"val_fraction": 0.1}},
+    {"method": "lora", "training": {"saves_per_epoch": 1, "evals_per_epoch": 2, "early_stopping_patience": 2},
+     "data": {"val_fraction": 0.1}},
+    # the new fields of this wave, with their defaults written out
+    {"method": "full", "training": {"qat": {"activation_dtype": "int8"}, "warmup_shape": "quadratic",
+                                    "loss": "dft"}},
+    {"method": "lora", "training": {"lr_scheduler": "rex", "min_lr_ratio": 0.1, "attention": "flex_attention"}},
     # a template of several lines, special tokens
     {"method": "lora", "training": {"liger_kernel": ["rope", "layer_norm"]}, "data": {"chat_template": "jinja", "special_tokens": {"eos_token": "<|im_end|>"},
                                 "chat_template_jinja": "{% for m in messages %}\n{{ m['content'] }}  \n{% endfor %}\n",

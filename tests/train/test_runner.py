@@ -290,6 +290,10 @@ def test_saves_per_epoch_become_steps_from_the_data(tiny):
     assert steps >= 4  # two saves an epoch: every steps // 2 optimizer steps
     saved = sorted(int(p.name.split("-")[1]) for p in recipe.output_dir.glob("checkpoint-*"))
     assert saved[0] == steps // 2 and result is not None
+    # the run folder's copy is what --resume loads: it held save_steps' default beside saves_per_epoch,
+    # which validation refuses, until that default was made conditional in the schema
+    kept = load_recipe(recipe.output_dir / runfolder.RECIPE)
+    assert kept.training.saves_per_epoch == 2 and kept.training.save_steps is None
 
 
 def test_every_turns_per_epoch_counts_into_steps():
