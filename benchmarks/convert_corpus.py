@@ -16,23 +16,29 @@ converter's answer:
     pretraining pretraining_dataset set
     multimodal  processor_type set, or vision / audio / llava / -vl in the file's path
 
+Each config that converts is then sent back (`--to axolotl`, convert.command.to_axolotl_file) and
+converted again: the two recipes must be equal (name and description aside), the issue's round trip
+on real configs rather than on recipe's own.
+
 Needs no network: HF_HUB_OFFLINE is set, so the fit-check line of the command is not part of it.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import re
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from recipecli.convert.command import NotConvertedKeys, from_axolotl_file  # noqa: E402
+from recipecli.convert.command import NotConvertedKeys, from_axolotl_file, to_axolotl_file  # noqa: E402
 from recipecli.errors import RecipeError  # noqa: E402
 from recipecli.read.yamlload import load_file  # noqa: E402
 
@@ -91,6 +97,22 @@ def convert(path: Path) -> tuple[str, list[str]]:
         signal.alarm(0)
 
 
+def round_trip(path: Path, scratch: Path) -> str:
+    """"same", or what went wrong converting the recipe of ``path`` to Axolotl and back."""
+    first, axolotl, second = scratch / "first.yaml", scratch / "back.yml", scratch / "again.yaml"
+    for made in (first, axolotl, second):
+        made.unlink(missing_ok=True)
+    try:
+        before = from_axolotl_file(str(path), str(first), lossy=False).recipe
+        to_axolotl_file(str(first), str(axolotl), lossy=False)
+        after = from_axolotl_file(str(axolotl), str(second), lossy=False).recipe
+    except RecipeError as e:
+        return str(e).splitlines()[0]
+    differ = [f for f in dataclasses.fields(before) if f.compare and f.name not in ("name", "description")
+              and getattr(before, f.name) != getattr(after, f.name)]
+    return "same" if not differ else "differs in " + ", ".join(f.name for f in differ)
+
+
 def measure(folder: Path) -> dict:
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
     rows = []
@@ -99,6 +121,10 @@ def measure(folder: Path) -> dict:
         outcome, detail = convert(path)
         rows.append({"file": relative, "kind": kind(path, relative), "outcome": outcome, "detail": detail})
     supervised = [r for r in rows if r["kind"] == "supervised"]
+    with tempfile.TemporaryDirectory() as scratch:
+        for row in rows:
+            if row["outcome"] == "ok":
+                row["round_trip"] = round_trip(folder / row["file"], Path(scratch))
     blocking = collections.Counter(k for r in supervised if r["outcome"] == "unmapped" for k in r["detail"])
     alone = collections.Counter(r["detail"][0] for r in supervised if r["outcome"] == "unmapped"
                                 and len(r["detail"]) == 1)
@@ -108,6 +134,7 @@ def measure(folder: Path) -> dict:
         "outcomes": dict(collections.Counter(r["outcome"] for r in rows)),
         "supervised": len(supervised),
         "supervised_converted": sum(r["outcome"] == "ok" for r in supervised),
+        "round_trips": sum(r.get("round_trip") == "same" for r in rows),
         "blocking_keys": [{"key": k, "files": n, "only_blocker": alone[k]} for k, n in blocking.most_common()],
         "rows": rows,
     }
@@ -122,6 +149,8 @@ def main(argv=None) -> int:
     share = result["supervised_converted"] / max(1, result["supervised"])
     print(f"{result['files']} configs: {result['kinds']}")
     print(f"outcomes: {result['outcomes']}")
+    converted = result["outcomes"].get("ok", 0)
+    print(f"round trip (to Axolotl and back, the same recipe): {result['round_trips']} of {converted}")
     print(f"supervised fine-tuning: {result['supervised_converted']} of {result['supervised']} convert with every "
           f"key mapped ({share:.0%}; target 90%)")
     print("keys that block supervised configs (files, files where it is the only one):")
@@ -130,6 +159,8 @@ def main(argv=None) -> int:
     for row in result["rows"]:
         if row["outcome"] in ("traceback", "hang", "invalid"):
             print(f"{row['outcome']}: {row['file']}: {row['detail'][0] if row['detail'] else ''}")
+        elif row.get("round_trip", "same") != "same":
+            print(f"round trip: {row['file']}: {row['round_trip']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

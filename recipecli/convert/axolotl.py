@@ -1672,6 +1672,10 @@ DEFAULTS = {
 }
 # A default above is not written when the field named here is set (the two exclude each other).
 UNLESS = {"training.warmup_ratio": "training.warmup_steps"}
+# Recipe fields Axolotl has no key for, at the value Axolotl always runs with: written as nothing
+# (any other value is reported as not converted). transformers' EarlyStoppingCallback counts any
+# improvement of eval_loss, threshold 0, and Axolotl passes it none.
+AXOLOTL_ALWAYS = {"training.early_stopping_threshold": 0.0}
 # What an adapter needs that Axolotl leaves to peft's per-model defaults when absent.
 ADAPTER_NEEDS = {
     "lora_r": "add lora_r, e.g. lora_r: 16",

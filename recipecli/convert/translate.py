@@ -245,7 +245,7 @@ def to_axolotl(doc: dict, locate, extends_at: Optional[Location]) -> Conversion:
             k: v for k, v in doc["data"].items() if k != "datasets"}}).items():
         # a row that writes a field writes what is inside it too (lora.target_modules.pattern)
         owned = dotted in covered or any(dotted.startswith(p + ".") for p in covered)
-        if not owned and value != []:
+        if not owned and value != [] and axolotl.AXOLOTL_ALWAYS.get(dotted, ABSENT) != value:
             conv.unconverted.append(Unconverted(locate(tuple(dotted.split("."))), dotted, value,
                                                 "Axolotl has no key for it"))
     dataset_fields = {p for row in DATASET_ROWS for p in row.recipe}

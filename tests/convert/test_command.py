@@ -259,6 +259,9 @@ DELTAS = {
     "odd-description": {"description": "a\x7fb\u2028c\x85d é \\u0041 😀"},
     "qat": {"method": "full", "training": {"qat": {"activation_dtype": "int8", "group_size": 64, "start_step": 10}}},
     "qat-weights-only": {"method": "full", "training": {"qat": {}}},
+    # early stopping at transformers' (and so Axolotl's) threshold 0, which recipe writes out
+    "early-stopping": {"training": {"early_stopping_patience": 3, "eval_steps": 10, "save_steps": 20},
+                       "data": {"val_fraction": 0.1}},
     "per-epoch": {"training": {"saves_per_epoch": 2, "evals_per_epoch": 4}, "data": {"val_fraction": 0.1}},
     "flex": {"training": {"attention": "flex_attention"}},
     "rex": {"training": {"lr_scheduler": "rex", "min_lr_ratio": 0.05}},
@@ -309,6 +312,14 @@ def test_recipe_fields_axolotl_cannot_hold_are_reported_at_their_lines(make_reci
     lossy = convert(path, "--to", "axolotl", "-o", tmp_path / "a.yml", "--lossy")
     assert lossy.exit_code == 0
     assert "#   line " in (tmp_path / "a.yml").read_text()
+
+
+def test_an_early_stopping_threshold_axolotl_cannot_hold_is_reported(make_recipe, tmp_path):
+    path = make_recipe({"training": {"early_stopping_patience": 3, "early_stopping_threshold": 0.01, "eval_steps": 10,
+                                     "save_steps": 20}, "data": {"val_fraction": 0.1}})
+    result = convert(path, "--to", "axolotl", "-o", tmp_path / "a.yml")
+    assert result.exit_code == ExitCode.INVALID and not (tmp_path / "a.yml").exists()
+    assert "key 'training.early_stopping_threshold': not converted: Axolotl has no key for it" in result.output
 
 
 def test_extends_is_resolved_and_said(tmp_path):
@@ -389,6 +400,7 @@ def test_the_corpus_benchmark_counts_what_converts_and_why_not(here):
     assert result["kinds"] == {"supervised": 6, "preference": 1}
     assert (result["supervised"], result["supervised_converted"]) == (6, 6)
     assert result["outcomes"] == {"ok": 6, "unmapped": 1}
+    assert result["round_trips"] == 6  # each converted config goes to Axolotl and back to the same recipe
     (here / "broken.yml").write_text("base_model: org/m\nlearning_rate: .nan\ndatasets:\n  - path: org/d\n    type: alpaca\n")
     rows = {r["file"]: r for r in bench.measure(here)["rows"]}
     assert rows["broken.yml"]["outcome"] == "invalid" and "not a finite number" in rows["broken.yml"]["detail"][0]
