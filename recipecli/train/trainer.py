@@ -38,8 +38,8 @@ def rex(step: int, *, warmup: int, total: int, floor: float = 0.0) -> float:
 
 
 def schedule_of(training) -> Optional[functools.partial]:
-    """The factor function (step, warmup=, total=) of a schedule transformers does not have, for
-    the trainer to build; None for the ones it has (precision-free: the runner hands it over)."""
+    """The factor function (step, warmup=, total=) of a schedule transformers does not have, which
+    the runner hands to the trainer to build; None for the ones transformers has."""
     if training.lr_scheduler == "rex":
         return functools.partial(rex, floor=training.min_lr_ratio)
     if training.warmup_shape == "quadratic":
