@@ -169,7 +169,9 @@ def _shown(value) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    kind = type(value).__name__.replace("NoneType", "null").replace("str", "text")
+    if value is None:
+        return "null (an empty value)"
+    kind = type(value).__name__.replace("str", "text")
     return f"{kind} {value!r}"[:120]
 
 

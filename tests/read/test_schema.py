@@ -105,6 +105,16 @@ def test_a_mapping_is_never_echoed_in_a_type_error(make_recipe):
     assert "SECRET" not in str(problem) and "a mapping" in problem.message
 
 
+def test_an_empty_value_is_named_as_such(make_recipe):
+    # `lora:` with nothing after it (or `lora: null`) read "got null None"
+    path = make_recipe({"lora": None})
+    path.write_text(path.read_text() + "lora:\n")
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(path)
+    (problem,) = info.value.problems
+    assert problem.path == "$.lora" and problem.message.endswith("got null (an empty value)")
+
+
 def test_yaml_1_1_booleans_get_a_hint(make_recipe):
     (problem,) = _problems(make_recipe, {"data": {"packing": "on"}})
     assert "true or false" in problem.hint
