@@ -128,10 +128,13 @@ def _said_when_true(note: str) -> Read:
     return read
 
 
-def _mistral_common(v, cfg):
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    return {"model.tokenizer_backend": "mistral_common"} if v else {}
+def _sets_when_true(path: str, value) -> Read:
+    """A switch for one recipe value: true sets ``path`` to ``value``, false converts to nothing."""
+    def read(v, cfg):
+        if not isinstance(v, bool):
+            raise NotConverted(f"expected true or false, got {_shown(v)}")
+        return {path: value} if v else {}
+    return read
 
 
 def _max_packed(v, cfg):
@@ -159,12 +162,6 @@ def _ignored(key: str, notes: str) -> Row:
 
 
 # --- model and method --------------------------------------------------------------------------
-
-def _vocab_32x(v, cfg):
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    return {"model.pad_vocab_to_multiple_of": 32} if v else {}
-
 
 def _write_vocab_32x(doc):
     multiple = get(doc, "model.pad_vocab_to_multiple_of")
@@ -463,12 +460,6 @@ def _neftune(v, cfg):
     if v == 0:
         return {}  # no noise, as absent
     return {"training.neftune_noise_alpha": v}
-
-
-def _dft(v, cfg):
-    if not isinstance(v, bool):
-        raise NotConverted(f"expected true or false, got {_shown(v)}")
-    return {"training.loss": "dft"} if v else {}
 
 
 def _never_decays(cfg) -> bool:
@@ -1059,7 +1050,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("tokenizer_config", "model.tokenizer", "a tokenizer from another repository (hub id or local folder, "
          "relative to where Axolotl runs; written relative to the recipe); Axolotl's default, base_model, is "
          "recipe's absent"),
-    Row("tokenizer_use_mistral_common", ("model.tokenizer_backend",), _mistral_common,
+    Row("tokenizer_use_mistral_common", ("model.tokenizer_backend",),
+        _sets_when_true("model.tokenizer_backend", "mistral_common"),
         lambda doc: True if get(doc, "model.tokenizer_backend") == "mistral_common" else ABSENT,
         "true -> model.tokenizer_backend mistral_common: Mistral's own tokenizer (tekken.json, mistral-common)"),
     Row("trust_remote_code", ("model.trust_remote_code",), lambda v, cfg: {"model.trust_remote_code": v},
@@ -1069,7 +1061,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "sonicmoe are not among them"),
     Row("model_config", tuple(_ROUTER.values()), _model_config, _write_model_config,
         "output_router_logits and router_aux_loss_coef only: a mixture of experts' load-balancing loss"),
-    Row("resize_token_embeddings_to_32x", ("model.pad_vocab_to_multiple_of",), _vocab_32x, _write_vocab_32x,
+    Row("resize_token_embeddings_to_32x", ("model.pad_vocab_to_multiple_of",),
+        _sets_when_true("model.pad_vocab_to_multiple_of", 32), _write_vocab_32x,
         "true -> model.pad_vocab_to_multiple_of 32: the embedding grows to the tokens rounded up to 32 rows where "
         "it has fewer, as Axolotl resizes"),
     Row("adapter", ("method",), _adapter, _write_adapter, "lora + load_in_4bit/8bit and qlora become method qlora"),
@@ -1267,9 +1260,10 @@ TOP_ROWS: tuple[Row, ...] = (
         lambda doc: get(doc, "training.neftune_noise_alpha", None) or ABSENT, "0 is no noise, as absent"),
     Row("noisy_embedding_alpha", ("training.neftune_noise_alpha",), _neftune, lambda doc: ABSENT,
         "older name of neftune_noise_alpha"),
-    Row("use_dft", ("training.loss",), _dft, lambda doc: True if get(doc, "training.loss") == "dft" else ABSENT,
+    Row("use_dft", ("training.loss",), _sets_when_true("training.loss", "dft"),
+        lambda doc: True if get(doc, "training.loss") == "dft" else ABSENT,
         "Dynamic Fine-Tuning: the loss weighted by each token's probability"),
-    Row("use_dynamic_finetuning", ("training.loss",), _dft, lambda doc: ABSENT, "the same, as Axolotl's DFT pull "
+    Row("use_dynamic_finetuning", ("training.loss",), _sets_when_true("training.loss", "dft"), lambda doc: ABSENT, "the same, as Axolotl's DFT pull "
         "request spelled it"),
     _row_unless_default("adam_beta1", "training.adam_beta1"),
     _row_unless_default("adam_beta2", "training.adam_beta2"),

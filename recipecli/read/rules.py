@@ -61,9 +61,7 @@ def _not_a_regex(pattern: str) -> str:
     """Why Python's re refuses a pattern, or "" when it compiles."""
     try:
         re.compile(pattern)
-    except re.error as e:
-        return str(e)
-    except OverflowError as e:  # a{99999999999}
+    except (re.error, OverflowError) as e:  # OverflowError: a{99999999999}
         return str(e)
     except RecursionError:  # thousands of nested groups
         return "too deeply nested"

@@ -385,8 +385,15 @@ def quantize_experts(model, bits: int, quant_type: Optional[str], double_quant: 
         setattr(module, name, torch.nn.Parameter(stored.view(weight.shape), requires_grad=False))
         parametrize.register_parametrization(module, name, _int8_rows(scales, weight.dtype), unsafe=True)
         del weight
+    # bitsandbytes' own pair of hooks, as its 4-bit parametrization registers them: torch's
+    # parametrization cache on for the experts' forward only, so a stack read once per expert is
+    # dequantized once and nothing stays cached between steps; the closing hook runs even when
+    # checkpointing's recompute cuts the forward short, else every dequantized stack would be pinned.
+    from bitsandbytes.nn.parametrize import _disable_parametrization_cache, _enable_parametrization_cache
+
     for module in {id(m): m for m, _ in experts}.values():
-        _dequantize_once_per_forward(module)
+        module.register_forward_pre_hook(_enable_parametrization_cache)
+        module.register_forward_hook(_disable_parametrization_cache, always_call=True)
 
 
 def _int8_rows(scales, dtype):
@@ -407,26 +414,6 @@ def _int8_rows(scales, dtype):
             return int8_vectorwise_dequant(rows, self.scales).to(self.dtype).view(stored.shape)
 
     return Int8Rows()
-
-
-def _dequantize_once_per_forward(module) -> None:
-    """torch's parametrization cache switched on for the module's forward pass only: an experts
-    forward that reads its stack once per expert dequantizes it once, and nothing stays cached
-    between steps. The closing hook runs even when the forward is cut short (checkpointing's
-    recompute stops early by raising), else the cache would stay on and pin every dequantized
-    stack: bitsandbytes' 4-bit parametrization registers the same pair of hooks."""
-    import torch.nn.utils.parametrize as parametrize
-
-    def on(module, inputs):
-        parametrize._cache_enabled += 1
-
-    def off(module, inputs, output):
-        parametrize._cache_enabled = max(0, parametrize._cache_enabled - 1)
-        if not parametrize._cache_enabled:
-            parametrize._cache = {}
-
-    module.register_forward_pre_hook(on)
-    module.register_forward_hook(off, always_call=True)
 
 
 def pad_vocab(model, tokens: int, multiple: int) -> None:
