@@ -69,6 +69,9 @@ def _problems(make_recipe, delta):
     ({"lora": {"r": 8.0}}, "$.lora.r"), ({"training": {"micro_batch_size": 2.0}}, "$.training.micro_batch_size"),
     ({"training": {"max_steps": 1e12}}, "$.training.max_steps"), ({"training": {"seed": 1.0}}, "$.training.seed"),
     ({"model": {"pad_vocab_to_multiple_of": 32.0}}, "$.model.pad_vocab_to_multiple_of"),
+    # enums of whole numbers: 4.0 == 4 for an enum, so the type says it
+    ({"quantization": {"bits": 4.0}}, "$.quantization.bits"),
+    ({"method": "full", "training": {"qat": {"group_size": 32.0}}}, "$.training.qat.group_size"),
 ])
 def test_floats_are_not_whole_numbers(make_recipe, delta, path):
     """Defect 7: r: 8.0 and max_steps: 1e12 validated, then crashed deep in torch/TRL."""
