@@ -83,6 +83,18 @@ def make_recipe(tmp_path):
     return make
 
 
+def two_step_run(model: dict, method: str, run_dir: Path) -> dict:
+    """A recipe for the model (its model section) training 2 steps of rank-4 adapters on the
+    attention, 8 tiny alpaca records, into run_dir: a base for make_recipe."""
+    return {"recipe_version": 1, "name": "two-steps", "model": model, "method": method,
+            "lora": {"r": 4, "alpha": 8, "target_modules": "attention"},
+            "data": {"datasets": [{"path": str(RECIPES / "data" / "tiny-alpaca.jsonl"), "format": "alpaca",
+                                   "max_samples": 8}], "max_seq_length": 64},
+            "training": {"max_steps": 2, "micro_batch_size": 2, "logging_steps": 1, "save_steps": 100,
+                         "gradient_checkpointing": False},
+            "output": {"dir": str(run_dir)}}
+
+
 def _drop_none(value):
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}

@@ -1059,6 +1059,11 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("experts_implementation", ("model.experts_implementation",), _experts_implementation,
         lambda doc: get(doc, "model.experts_implementation"), "transformers' experts kernels; Axolotl's scattermoe and "
         "sonicmoe are not among them"),
+    Row("llama4_linearized_experts", ("model.linearized_experts",),
+        _sets_when_true("model.linearized_experts", True),
+        lambda doc: True if get(doc, "model.linearized_experts") else ABSENT,
+        "true -> model.linearized_experts: Llama 4's experts as one linear layer each, as Axolotl's linearized "
+        "checkpoints store them"),
     Row("model_config", tuple(_ROUTER.values()), _model_config, _write_model_config,
         "output_router_logits and router_aux_loss_coef only: a mixture of experts' load-balancing loss"),
     Row("resize_token_embeddings_to_32x", ("model.pad_vocab_to_multiple_of",),
@@ -1624,9 +1629,6 @@ UNSUPPORTED = {
     # the model and its tokenizer
     "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
     "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
-    # mixture of experts
-    "llama4_linearized_experts": ("Llama 4's experts split into linear layers are not supported",
-                                  "recipe trains transformers' fused experts (lora.target_parameters)"),
     # memory and kernels
     "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
     "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),

@@ -541,7 +541,7 @@ def shape_from_config(config: dict) -> Shape:
         return Shape(**base, layout="bloom", **biased, embedding_norm=True)
     if model_type == "gpt_neox":
         return Shape(**base, layout="gpt_neox", **biased, parallel_mlp=config.get("use_parallel_residual", True))
-    if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES:
+    if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES or model_type in _MOE_MODEL_TYPES:
         return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
     return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias,
@@ -556,6 +556,26 @@ _EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_n
 # Others (DeepSeek's latent attention, GLM-4.5's dense first layers, gpt-oss, Llama 4, DBRX, Jamba...)
 # lay their experts out otherwise; counted as dense models they would be under-estimated.
 _MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+# Model types that are mixtures of experts whatever a given config says (transformers 5.24's, those
+# whose default config has experts, and DBRX's and Hunyuan-MoE's, which nest or default them): a
+# model.architecture block naming one without its expert sizes would be counted as a dense model.
+_MOE_MODEL_TYPES = frozenset({
+    "afmoe", "aria", "aria_text", "axk1", "axk2", "bailing_hybrid", "beam", "cohere2_moe", "dbrx",
+    "deepseek_ocr2", "deepseek_ocr2_text", "deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "doge",
+    "dots3_note", "dots3_note_text", "dots3_note_vision_encoder", "ernie4_5_moe", "ernie4_5_vl_moe",
+    "ernie4_5_vl_moe_text", "exaone_moe", "flex_olmo", "flint", "glm4_moe", "glm4_moe_lite", "glm4v_moe",
+    "glm4v_moe_text", "glm5_next", "glm5_next_text", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa",
+    "granitemoehybrid", "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4", "hy_v4_vl", "hy_v4_vl_text",
+    "inkling2", "inkling2_loop", "inkling2_loop_text", "inkling2_text", "inkling_mm_model", "inkling_text",
+    "jamba", "jetmoe", "kimi_k25", "kimi_linear", "kolibri1", "laguna", "lara_mini", "lfm2_moe", "llama4",
+    "llama4_text", "longcat_flash", "mellum", "mimo_v2_flash", "minimax", "minimax_m2", "minimax_m3_vl",
+    "minimax_m3_vl_text", "mistral4", "mistral_large4", "mistral_large4_text", "mixtral", "muse_spark",
+    "muse_spark_text", "nemo_speechlm", "nemotron_h", "nemotron_h_omni", "olmoe", "openai_privacy_filter",
+    "phimoe", "qwen2_moe", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen3_omni_moe",
+    "qwen3_omni_moe_talker_text", "qwen3_omni_moe_text", "qwen3_omni_moe_thinker", "qwen3_vl_moe",
+    "qwen3_vl_moe_text", "qwen4_exp", "qwen4_exp_text", "sarvam_mla", "sarvam_moe", "solar_open", "step3p5",
+    "step3p7", "unlimited_ocr", "unlimited_ocr_text", "zaya"
+})
 
 
 def _routed_experts(config: dict) -> int:
@@ -572,8 +592,9 @@ def _moe_shape(config: dict, base: dict) -> Shape:
     """
     model_type = base["model_type"]
     if model_type not in _MOE_FAMILIES:
-        raise NotModeled(f"model_type {model_type!r} is a mixture of experts ({_routed_experts(config)} per layer) "
-                         "whose layout fit-check does not read; counted as a dense model it would be under-estimated",
+        count = f" ({_routed_experts(config)} per layer)" if _routed_experts(config) > 1 else ""
+        raise NotModeled(f"model_type {model_type!r} is a mixture of experts{count} whose layout fit-check does not "
+                         "read; counted as a dense model it would be under-estimated",
                          hint=f"fit-check reads the experts of {', '.join(_MOE_FAMILIES)}; recipe run trains "
                               "this model without a fit check", path=MODEL_PATH)
     if _routed_experts(config) <= 1:  # transformers would take its config class's default count

@@ -83,6 +83,7 @@ class Model:
     tokenizer: Optional[str]  # a hub id or the absolute path of a local folder; absent: the model's own
     tokenizer_backend: Optional[TokenizerBackend]  # absent: transformers' own tokenizer classes
     experts_implementation: Optional[ExpertsImplementation]  # absent: transformers chooses
+    linearized_experts: bool  # Llama 4's experts stored as one nn.Linear per expert (Axolotl's checkpoints)
     pad_vocab_to_multiple_of: Optional[int]  # absent: the model's own embedding rows
     architecture: Optional[Architecture]
 

@@ -409,6 +409,24 @@ def adapted_parameters_are_not_quantized(doc: dict, ctx: Context):
                           key=True)
 
 
+def linearized_experts_are_linear_layers(doc: dict, ctx: Context):
+    if not doc.get("model", {}).get("linearized_experts"):
+        return
+    # Each of these acts on transformers' fused 3-D expert parameters, which a linearized model lacks.
+    fused_only = {
+        ("quantization", "moe_experts"): ("no fused experts to quantize: method qlora quantizes linearized experts "
+                                          "as every other linear layer", "remove quantization.moe_experts"),
+        ("model", "experts_implementation"): ("transformers' experts kernels run fused experts; linearized ones run "
+                                              "one linear layer each", "remove model.experts_implementation"),
+        ("lora", "target_parameters"): ("linearized experts have no 3-D expert parameters to adapt",
+                                        "name their linear layers in lora.target_modules (experts.gate_projs.0...)"),
+    }
+    for path, (why, hint) in fused_only.items():
+        section, field = path
+        if doc.get(section, {}).get(field):
+            yield ctx.problem(path, f"{field} with model.linearized_experts: {why}", hint, key=True)
+
+
 def router_coefficient_needs_the_loss(doc: dict, ctx: Context):
     training = doc.get("training", {})
     if "router_aux_loss_coef" in training and not training.get("router_aux_loss"):
@@ -466,6 +484,7 @@ RULES: tuple[Rule, ...] = (
     saved_modules_are_not_adapted,
     adapted_parameters_take_no_dropout,
     adapted_parameters_are_not_quantized,
+    linearized_experts_are_linear_layers,
     router_coefficient_needs_the_loss,
     early_stopping_needs_evaluations,
 )

@@ -215,22 +215,34 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .llama4 import MODEL_TYPES, expose_backbone, linearized_llama4  # torch at import
+
     _check_local_weights(recipe)
     dtype = getattr(torch, choices.weight_dtype)  # precision.choose decides it, as the estimate counts it
     quant = recipe.quantization if quantize else None
     config = None if quant is None else bnb_config(quant.bits, quant.type, quant.double_quant, choices.weight_dtype)
-    if _stored_in_mxfp4(recipe):
+    stored = _stored_config(recipe)
+    if _quant_method(stored) == "mxfp4":
         config = _mxfp4_dequantized(recipe, config)
+    pre_quantized = _quant_method(stored) == "bitsandbytes"
+    if pre_quantized:
+        _check_stored_quantization(recipe, stored.quantization_config)
+    if recipe.model.linearized_experts and stored is not None and stored.model_type not in MODEL_TYPES:
+        raise InvalidRecipe([Problem(recipe.locate(("model", "linearized_experts")), "$.model.linearized_experts",
+                                     f"{recipe.model.id} is a {stored.model_type} model: only Llama 4's experts "
+                                     "are built as linear layers", "remove model.linearized_experts")])
     if quant is not None and quant.bits == 4 and recipe.strategy == "fsdp":
         # FSDP shards float tensors only: bitsandbytes stores the 4-bit weights as the compute dtype
         # for it (FSDP-QLoRA, bitsandbytes docs/fsdp_qlora.md).
         config.bnb_4bit_quant_storage = dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            _source(recipe), revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
-            dtype=dtype, attn_implementation=choices.attention, quantization_config=config,
-            # Each process of a distributed run loads onto its own GPU (torchrun's LOCAL_RANK).
-            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None)
+        with linearized_llama4() if recipe.model.linearized_experts else contextlib.nullcontext():
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                _source(recipe), revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
+                dtype=dtype, attn_implementation=choices.attention, quantization_config=config,
+                # Each process of a distributed run loads onto its own GPU (torchrun's LOCAL_RANK).
+                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None,
+                output_loading_info=True)
     # ValueError: an architecture this transformers does not know, remote code without
     # trust_remote_code, an attention the model lacks; ImportError: flash-attn or bitsandbytes missing.
     except ValueError as e:
@@ -246,6 +258,14 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
         raise  # the run explains running out of memory (failures.py)
     except RuntimeError as e:  # weights of other shapes than config.json's: transformers' or bitsandbytes' refusal
         raise _load_failure(f"the model {recipe.model.id}", MismatchedWeights(str(e))) from e
+    _check_loaded(recipe, loading)
+    expose_backbone(model)
+    if pre_quantized and quant is not None and quant.bits == 4:
+        # transformers takes a pre-quantized checkpoint's whole quantization_config, its compute
+        # dtype too (bf16 in most): the card and training.precision decide that one, as for any base.
+        for module in model.modules():
+            if hasattr(module, "compute_dtype") and type(module).__name__ == "Linear4bit":
+                module.compute_dtype = dtype
     check_experts(recipe, model)
     if recipe.model.experts_implementation:  # set once loaded: a dense model is refused above, located
         model.set_experts_implementation(recipe.model.experts_implementation)
@@ -284,18 +304,88 @@ def freeze_all_but(model, patterns: Sequence[str]) -> tuple[int, int]:
             sum(p.numel() for p in model.parameters()))
 
 
-def _stored_in_mxfp4(recipe: Recipe) -> bool:
-    """The base's weights are stored in MXFP4 (its config.json's quantization_config: gpt-oss)."""
+def _stored_config(recipe: Recipe):
+    """The base's config (transformers' AutoConfig), or None where it cannot be read: from_pretrained
+    then says what is wrong with the model, located."""
     from transformers import AutoConfig
 
     try:
-        stored = getattr(AutoConfig.from_pretrained(_source(recipe), revision=recipe.model.revision,
-                                                    trust_remote_code=recipe.model.trust_remote_code),
-                         "quantization_config", None)
+        return AutoConfig.from_pretrained(_source(recipe), revision=recipe.model.revision,
+                                          trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError):
-        return False  # from_pretrained says what is wrong with the model, located
+        return None
+
+
+def _quant_method(config) -> Optional[str]:
+    """How the checkpoint's weights are stored quantized (config.json's quantization_config:
+    mxfp4 for gpt-oss, bitsandbytes for a base saved 4/8-bit), or None."""
+    stored = getattr(config, "quantization_config", None)
     method = stored.get("quant_method") if isinstance(stored, dict) else getattr(stored, "quant_method", None)
-    return str(getattr(method, "value", method)) == "mxfp4"
+    return None if method is None else str(getattr(method, "value", method))
+
+
+def _check_stored_quantization(recipe: Recipe, stored) -> None:
+    """A checkpoint saved quantized by bitsandbytes loads quantized as it was saved, whatever
+    from_pretrained is asked for (transformers uses the stored settings): the recipe must say so.
+
+    Raises:
+        InvalidRecipe: a method without quantization, or bits, type or double quant other than the
+            checkpoint's, located at the field to change.
+    """
+    def get(key: str):
+        return stored.get(key) if isinstance(stored, dict) else getattr(stored, key, None)
+
+    bits = 4 if get("load_in_4bit") else 8
+    kind = f"{bits}-bit{' ' + str(get('bnb_4bit_quant_type')) if bits == 4 else ''}"
+    quant, problems = recipe.quantization, []
+    if quant is None:
+        problems.append(((("method",)), f"method {recipe.method}: {recipe.model.id} is stored quantized by "
+                         f"bitsandbytes ({kind}) and loads so", "use method qlora, with quantization as the "
+                         "checkpoint stores it"))
+    else:
+        wanted = {("quantization", "bits"): (quant.bits, bits)}
+        if bits == 4 == quant.bits:  # with other bits, the 4-bit settings follow once bits is set
+            wanted[("quantization", "type")] = (quant.type, get("bnb_4bit_quant_type"))
+            wanted[("quantization", "double_quant")] = (quant.double_quant, bool(get("bnb_4bit_use_double_quant")))
+        problems += [(path, f"{path[-1]} {_yaml(ours)}: {recipe.model.id} is stored quantized by bitsandbytes with "
+                      f"{path[-1]} {_yaml(theirs)}, and loads so", f"set {'.'.join(path)}: {_yaml(theirs)}")
+                     for path, (ours, theirs) in wanted.items() if ours != theirs]
+    if problems:
+        raise InvalidRecipe([Problem(recipe.locate(path), "$." + ".".join(path), message, hint)
+                             for path, message, hint in problems])
+
+
+def _yaml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_loaded(recipe: Recipe, loading: dict) -> None:
+    """Every weight of the model came from the checkpoint: transformers starts a missing one from
+    random values and says so in a log line only.
+
+    Raises:
+        InvalidRecipe: Llama 4's experts stored in the other layout than model.linearized_experts says.
+        RecipeError: other weights missing (a checkpoint of another architecture, or cut short).
+    """
+    missing = sorted(loading.get("missing_keys") or ())
+    if not missing:
+        return
+    unexpected = loading.get("unexpected_keys") or ()
+    path = ("model", "linearized_experts")
+    if recipe.model.linearized_experts and any(".experts.gate_projs." in name for name in missing):
+        raise InvalidRecipe([Problem(recipe.locate(path), "$." + ".".join(path), f"{recipe.model.id} stores Llama "
+                                     "4's experts fused (experts.gate_up_proj, experts.down_proj), as transformers "
+                                     "builds them", "remove model.linearized_experts")])
+    if any(".experts.gate_projs." in name for name in unexpected):
+        raise InvalidRecipe([Problem(recipe.locate(path), "$." + ".".join(path), f"{recipe.model.id} stores Llama "
+                                     "4's experts as linear layers (experts.gate_projs.N: Axolotl's linearized "
+                                     "checkpoints); built fused, they would start from random values",
+                                     "set model.linearized_experts: true")])
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3:,} more" if len(missing) > 3 else "")
+    raise RecipeError(f"cannot load the model {recipe.model.id}: {len(missing):,} of its weights are not in the "
+                      f"checkpoint ({shown}); transformers would start them from random values",
+                      hint="model.id names a checkpoint of another architecture than its config.json, or one cut "
+                           "short: put back the weights that belong to it")
 
 
 def _mxfp4_dequantized(recipe: Recipe, bnb):

@@ -132,6 +132,7 @@ READS = {
     "model_config": ({"output_router_logits": True, "router_aux_loss_coef": 0.02}, {},
                      {"training.router_aux_loss": True, "training.router_aux_loss_coef": 0.02}),
     "quantize_moe_experts": (True, QLORA, {"quantization.moe_experts": True}),
+    "llama4_linearized_experts": (True, QLORA, {"model.linearized_experts": True}),
     "lora_target_parameters": (["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], QLORA,
                                {"lora.target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}),
     # recipe fields grown for Axolotl's keys that were reported "not converted"

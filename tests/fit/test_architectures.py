@@ -325,6 +325,9 @@ def test_a_mixture_of_experts_is_counted_as_transformers_builds_it(model_type):
 @pytest.mark.parametrize("config, said", [
     ({"model_type": "deepseek_v3", "n_routed_experts": 64}, "'deepseek_v3' is a mixture of experts (64 per layer)"),
     ({"model_type": "dbrx", "ffn_config": {"moe_num_experts": 16}}, "'dbrx' is a mixture of experts (16 per layer)"),
+    # a model.architecture block names the family but not its experts: counted dense, Scout was 11B, not 109B
+    ({"model_type": "llama4"}, "'llama4' is a mixture of experts whose layout fit-check does not read"),
+    ({"model_type": "gpt_oss"}, "'gpt_oss' is a mixture of experts whose layout"),
     ({"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2, "mlp_only_layers": [0]},
      "dense layers between its expert layers"),
     ({"model_type": "qwen2_moe", "num_experts": 8, "num_experts_per_tok": 2, "decoder_sparse_step": 2},

@@ -46,6 +46,8 @@ BREAKING = {
                                            "$.lora.target_parameters"),
     "adapted_parameters_are_not_quantized": ({"lora": {"target_parameters": ["mlp.experts.down_proj"], "dropout": 0},
                                               "quantization": {"moe_experts": True}}, "$.lora.target_parameters"),
+    "linearized_experts_are_linear_layers": ({"model": {"linearized_experts": True, "experts_implementation": "eager"}},
+                                             "$.model.experts_implementation"),
     "router_coefficient_needs_the_loss": ({"training": {"router_aux_loss_coef": 0.02}},
                                           "$.training.router_aux_loss_coef"),
     # issue 10: dataset field and role names
@@ -307,6 +309,18 @@ def test_a_quadratic_warm_up_leads_into_a_cosine_to_zero_only(make_recipe, train
     (problem,) = info.value.problems
     assert problem.path == "$.training.warmup_shape" and words in problem.message
     resolve(make_recipe({"training": {"warmup_shape": "quadratic", "min_lr_ratio": 0}}))
+
+
+def test_linearized_experts_refuse_each_setting_of_fused_ones_and_take_their_names_as_targets(make_recipe):
+    fused_only = {"model": {"experts_implementation": "grouped_mm"}, "quantization": {"moe_experts": True},
+                  "lora": {"target_parameters": ["feed_forward.experts.gate_up_proj"], "dropout": 0}}
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({**fused_only, "model": {"linearized_experts": True, "experts_implementation": "eager"}}))
+    assert sorted(p.path for p in info.value.problems) == [
+        "$.lora.target_parameters", "$.lora.target_parameters", "$.model.experts_implementation",
+        "$.quantization.moe_experts"]  # target_parameters on quantized experts is refused on its own too
+    resolve(make_recipe({"model": {"linearized_experts": True},
+                         "lora": {"target_modules": ["q_proj", "experts.gate_projs.0"]}}))
 
 
 def test_quantized_experts_take_either_width_and_8_bit_refuses_only_the_4_bit_options(make_recipe):

@@ -11,10 +11,9 @@ from recipecli.read.load import load_recipe
 from recipecli.train.model import fused_experts, load_model
 from recipecli.train.runner import run
 
-from ..conftest import RECIPES
+from ..conftest import RECIPES, two_step_run
 
 TINY_MODEL = RECIPES / "models" / "tiny-llama"
-DATA = RECIPES / "data"
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty hub cache
 
@@ -104,13 +103,7 @@ def tiny_mixtral(tmp_path_factory):
 def moe(make_recipe, tmp_path, tiny_mixtral):
     """A qlora recipe on the tiny Mixtral plus a delta, training into tmp_path/run."""
     def make(delta: dict | None = None):
-        base = {"recipe_version": 1, "name": "moe", "model": {"id": str(tiny_mixtral)}, "method": "qlora",
-                "lora": {"r": 4, "alpha": 8, "target_modules": "attention"},
-                "data": {"datasets": [{"path": str(DATA / "tiny-alpaca.jsonl"), "format": "alpaca",
-                                       "max_samples": 8}], "max_seq_length": 64},
-                "training": {"max_steps": 2, "micro_batch_size": 2, "logging_steps": 1, "save_steps": 100,
-                             "gradient_checkpointing": False},
-                "output": {"dir": str(tmp_path / "run")}}
+        base = two_step_run({"id": str(tiny_mixtral)}, "qlora", tmp_path / "run")
         return load_recipe(make_recipe(delta, base=base))
     return make
 
