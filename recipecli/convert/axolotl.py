@@ -537,17 +537,19 @@ def _precision(v, cfg):
     if fp16 is True and bf16 in (None, False, "auto"):
         return {"training.precision": "fp16"}
     if bf16 in (None, False) and fp16 in (None, False):
-        return {"training.precision": "fp32"}
+        return {"training.precision": "pure_fp16" if cfg.get("float16") is True else "fp32"}
     raise NotConverted(f"bf16 {_shown(bf16)} with fp16 {_shown(fp16)} is no precision recipe knows",
                        "set bf16: true, fp16: true, bf16: auto, or both false for fp32")
 
 
 def _write_bf16(doc):
-    return {"auto": "auto", "bf16": True, "fp16": False, "fp32": False}[get(doc, "training.precision")]
+    return {"auto": "auto", "bf16": True, "fp16": False, "fp32": False, "pure_fp16": False}[
+        get(doc, "training.precision")]
 
 
 def _write_fp16(doc):
-    return {"auto": ABSENT, "bf16": ABSENT, "fp16": True, "fp32": False}[get(doc, "training.precision")]
+    return {"auto": ABSENT, "bf16": ABSENT, "fp16": True, "fp32": False, "pure_fp16": False}[
+        get(doc, "training.precision")]
 
 
 # Axolotl's attention switches and attn_implementation values -> training.attention.
@@ -667,15 +669,19 @@ def _float16(v, cfg):
     """float16: Axolotl loads the weights in fp16 unless bf16 decides first (true, or auto on a
     card with bf16); with fp16 it is fp16 mixed precision, and with bf16 auto and fp16 unset it
     trains bf16 where the card has it and fp16 mixed precision elsewhere (its resolve_dtype):
-    recipe's fp16, bf16 and auto. Otherwise the weights train in fp16 without mixed precision."""
+    recipe's fp16, bf16 and auto. With neither, the fp16 weights train without mixed precision:
+    recipe's pure_fp16 (which the bf16/fp16 rows say too, _precision)."""
     bf16, fp16 = cfg.get("bf16", "auto"), cfg.get("fp16")
+    if v is True and bf16 in (None, False) and fp16 in (None, False):
+        return {"training.precision": "pure_fp16"}
     if v in (False, None) or v is True and (fp16 is True or bf16 is True or bf16 == "auto" and fp16 is None):
         return {}
     elsewhere = " on a card without bf16" if bf16 == "auto" else ""
     fp16_said = "no fp16" if fp16 is None else f"fp16 {_shown(fp16)}"
     raise NotConverted(f"{_shown(v)} with bf16 {_shown(bf16)} and {fp16_said}: Axolotl then trains fp16 "
                        f"weights without mixed precision{elsewhere} (no autocast, no loss scaling); recipe's fp16 is "
-                       "mixed precision with loss scaling", "set fp16: true (recipe's fp16), or remove float16 (fp32)")
+                       "mixed precision with loss scaling",
+                       "set fp16: true (recipe's fp16), or bf16: false (recipe's pure_fp16 on every card)")
 
 
 def _val_set_size(v, cfg):
@@ -1255,8 +1261,10 @@ TOP_ROWS: tuple[Row, ...] = (
         "older name of eval_strategy"),
     Row("eot_tokens", (), _eot_tokens, lambda doc: ABSENT, "the template's end-of-turn marker trains: said"),
     Row("bfloat16", (), _half_weights("bf16", "bf16"), lambda doc: ABSENT, "recipe's bf16 loads the weights in bf16"),
-    Row("float16", (), _float16, lambda doc: ABSENT,
-        "Axolotl's fp16 weights: what recipe's fp16, bf16 or auto load where those decide the dtype"),
+    Row("float16", ("training.precision",), _float16,
+        lambda doc: True if get(doc, "training.precision") == "pure_fp16" else ABSENT,
+        "Axolotl's fp16 weights: what recipe's fp16, bf16 or auto load where those decide the dtype; without "
+        "them, trained as they are: recipe's pure_fp16"),
     Row("cosine_constant_lr_ratio", ("training.lr_scheduler",), _constant_lr_ratio, lambda doc: ABSENT,
         "Axolotl's hold at the floor: converts where the floor is the learning rate itself (ratio 1.0)"),
     Row("cosine_min_lr_ratio", ("training.min_lr_ratio",), _min_lr_ratio,

@@ -13,7 +13,7 @@ from ..read.recipe import Recipe
 from .gpu_catalog import Gpu
 
 DtypeName = Literal["float16", "bfloat16", "float32"]  # torch's names: getattr(torch, name)
-DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_fp16": "float16"}
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
@@ -25,7 +25,7 @@ class Choices:
     (``model.enforce_dtypes``) exactly these; the estimate (``verdict.setup_for``) counts them.
     """
 
-    precision: Literal["bf16", "fp16", "fp32"]
+    precision: Literal["bf16", "fp16", "fp32", "pure_fp16"]
     attention: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
     compute_dtype: Optional[DtypeName]  # bitsandbytes' compute dtype: quantized bases only
     notes: tuple[str, ...]
@@ -51,7 +51,7 @@ def dtypes(method: str, quantized: bool, precision: str, compute_dtype: Optional
     Args:
         method: qlora, lora or full.
         quantized: the base is loaded in 4 or 8 bits.
-        precision: the resolved training precision (bf16, fp16 or fp32, never auto).
+        precision: the resolved training precision (bf16, fp16, fp32 or pure_fp16, never auto).
         compute_dtype: bitsandbytes' resolved compute dtype (quantized bases only).
 
     Returns:
@@ -78,7 +78,7 @@ def dtypes(method: str, quantized: bool, precision: str, compute_dtype: Optional
         # (peft/tuners/tuners_utils.py, cast_adapter_dtype).
         trainable = "float32"
     return {"weight_dtype": weight, "trainable_dtype": trainable,
-            "autocast_dtype": None if precision == "fp32" else half, "grad_scaler": scaler}
+            "autocast_dtype": None if precision in ("fp32", "pure_fp16") else half, "grad_scaler": scaler}
 
 
 def portable(recipe: Recipe) -> Choices:

@@ -108,6 +108,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         unfrozen=recipe.training.unfrozen_parameters or (),
         target_parameters=lora.target_parameters if lora else (),
         grouped_attention="repeat" if choices.gqa_repeat else "native",
+        autocast=choices.autocast_dtype is not None,
     )
     return setup, list(choices.notes)
 

@@ -19,7 +19,7 @@ from ..errors import Location
 Method = Literal["qlora", "lora", "full"]
 Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Precision = Literal["auto", "bf16", "fp16", "fp32", "pure_fp16"]
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"]
 ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "rex"]

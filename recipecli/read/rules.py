@@ -86,7 +86,7 @@ def four_bit_options_with_8bit(doc: dict, ctx: Context):
 def compute_dtype_against_precision(doc: dict, ctx: Context):
     dtype = doc.get("quantization", {}).get("compute_dtype")
     precision = doc.get("training", {}).get("precision")
-    clash = {("bfloat16", "fp16"), ("float16", "bf16")}
+    clash = {("bfloat16", "fp16"), ("bfloat16", "pure_fp16"), ("float16", "bf16")}
     if (dtype, precision) in clash:
         yield ctx.problem(("quantization", "compute_dtype"), f"compute_dtype {dtype} with precision {precision}",
                           "use compute_dtype: auto to follow training.precision")
@@ -306,6 +306,18 @@ def adam_knobs_need_adam(doc: dict, ctx: Context):
                               "remove it, or use an adamw optimizer", key=True)
 
 
+def pure_fp16_needs_an_fp32_update(doc: dict, ctx: Context):
+    training, defaults = doc.get("training", {}), schema.defaults_of("training")
+    optimizer = training.get("optimizer", defaults["optimizer"])
+    if doc.get("method") == "full" and training.get("precision") == "pure_fp16" and optimizer == "adamw_torch":
+        # Measured: the tiny model's loss is NaN at step 2 (tests/train/test_runner.py).
+        yield ctx.problem(("training", "precision"), "pure_fp16 with optimizer adamw_torch: torch's AdamW keeps its "
+                          "moments in the weights' fp16, where its epsilon (1e-8) rounds to 0, so a weight whose "
+                          "second moment underflows is divided by zero and turns NaN",
+                          "set training.optimizer: adamw_8bit (bitsandbytes updates in fp32, 2 bytes of state per "
+                          "weight), or precision fp16")
+
+
 def min_lr_needs_cosine(doc: dict, ctx: Context):
     training = doc.get("training", {})
     scheduler = training.get("lr_scheduler", schema.defaults_of("training")["lr_scheduler"])
@@ -479,6 +491,7 @@ RULES: tuple[Rule, ...] = (
     quadratic_warmup_needs_a_plain_cosine,
     min_lr_needs_cosine,
     adam_knobs_need_adam,
+    pure_fp16_needs_an_fp32_update,
     evaluation_needs_held_out_data,
     target_pattern_is_a_regular_expression,
     saved_modules_are_not_adapted,

@@ -29,7 +29,7 @@ def _precision(result: ProbeResult) -> str:
     trained = "weights" if result.recipe.method == "full" else "adapters"
     base = f"{result.recipe.quantization.bits}-bit base" if result.recipe.quantization else \
         f"{short[c.weight_dtype]} weights"
-    mixed = f"{c.precision} CPU autocast" if c.autocast_dtype else "fp32, no autocast"
+    mixed = f"{c.precision} CPU autocast" if c.autocast_dtype else "no autocast"
     return f"{mixed}, {base}, {short[c.trainable_dtype]} {trained}"
 
 

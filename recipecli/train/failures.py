@@ -108,7 +108,7 @@ def _non_finite(error: NonFinite, context: Context) -> RecipeError:
             else f"the trained weights hold NaN or infinity after step {error.step}")
     causes = [f"the learning rate ({recipe.training.learning_rate:g}) is likely too high: lower "
               "training.learning_rate (1e-4 to 3e-4 is usual for LoRA, 1e-5 for full fine-tuning)"]
-    if choices.precision == "fp16":
+    if choices.precision in ("fp16", "pure_fp16"):
         causes.append("fp16 overflows above 65504: use training.precision bf16 where the card has it "
                       "(compute capability >= 8.0), or lower the learning rate")
     last = checkpoints.last_complete(context.run_dir)

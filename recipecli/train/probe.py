@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..fit.precision import Choices, dtypes
+from ..fit.precision import DTYPE_OF, Choices, dtypes
 from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
 from .kernels import gpu_kernels
 from .model import (bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit, quantize_experts,
@@ -347,7 +347,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
             "transformers" (the model's own loss over full logits).
         steps: optimizer steps traced; from the second on, the optimizer state made by the first
             is live through forward and backward (phases of the same name share one peak).
-        precision: the resolved training precision, "fp32", "bf16" or "fp16" (weights, trained
+        precision: the resolved training precision, "fp32", "bf16", "fp16" or "pure_fp16" (weights, trained
             parameters and autocast as fit.precision.dtypes decides them); ignored with ``choices``.
         choices: the run's precision.choose result (``recipe probe`` passes it); its attention is
             not used (``attention`` is).
@@ -377,10 +377,9 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     """
     quantized = method == "qlora"
     if choices is None:
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision {precision!r}: fp32, bf16 or fp16")
-        compute = ("float32" if precision == "fp32" else {"bf16": "bfloat16", "fp16": "float16"}[precision]) \
-            if quantized else None
+        if precision not in DTYPE_OF:
+            raise ValueError(f"precision {precision!r}: one of {', '.join(DTYPE_OF)}")
+        compute = DTYPE_OF[precision] if quantized else None
         choices = Choices(precision, "sdpa", compute, (), **dtypes(method, quantized, precision, compute))
     bnb = bnb_config(bits, quant_type, double_quant, choices.weight_dtype) if quantized else None
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,

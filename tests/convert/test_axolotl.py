@@ -133,6 +133,8 @@ READS = {
                      {"training.router_aux_loss": True, "training.router_aux_loss_coef": 0.02}),
     "quantize_moe_experts": (True, QLORA, {"quantization.moe_experts": True}),
     "llama4_linearized_experts": (True, QLORA, {"model.linearized_experts": True}),
+    # fp16 weights trained as they are (bf16 and fp16 off)
+    "float16": (True, {"bf16": False, "fp16": False}, {"training.precision": "pure_fp16"}),
     "lora_target_parameters": (["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], QLORA,
                                {"lora.target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}),
     # recipe fields grown for Axolotl's keys that were reported "not converted"
@@ -194,8 +196,8 @@ REFUSALS = {
     "lora_target_parameters": ("mlp.experts.down_proj", QLORA, "not a list of parameter names"),
     "resize_token_embeddings_to_32x": (64, {}, "expected true or false"),
     "wandb_log_model": (True, {"wandb_project": "p"}, "is not checkpoint, end or false"),
-    # Axolotl's fp16 weights without mixed precision: bf16 off (or auto on an old card) and fp16 not on
-    "float16": (True, {"bf16": False}, "without mixed precision .no autocast, no loss scaling."),
+    # Axolotl's fp16 weights without mixed precision on a card without bf16 only: no recipe value says that
+    "float16": (True, {"bf16": "auto", "fp16": False}, "without mixed precision on a card without bf16"),
     "lr_quadratic_warmup": ("yes", {}, "expected true or false"),
     "moe_group_size": (0, {}, "expected a positive whole number"),
     "use_dft": ("yes", {}, "expected true or false"),

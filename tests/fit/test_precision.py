@@ -30,6 +30,9 @@ RESOLVED = {
     ("a100", "auto"): "bf16", ("a100", "fp16"): "fp16", ("a100", "bf16"): "bf16", ("a100", "fp32"): "fp32",
     # --vram: the generation is unknown, so auto is counted as fp16 and bf16 is taken at its word.
     ("vram8", "auto"): "fp16", ("vram8", "fp16"): "fp16", ("vram8", "bf16"): "bf16", ("vram8", "fp32"): "fp32",
+    # every card computes fp16
+    **{(where, "pure_fp16"): "pure_fp16" for where in ("rtx2080", "t4", "rtx3090", "a100", "vram8")},
+    ("cpu", "pure_fp16"): "fp32",
 }
 
 # (method, resolved precision) -> base weights, trainable parameters, autocast, GradScaler.
@@ -46,6 +49,11 @@ DTYPES = {
     ("full", "fp32"): (F32, F32, None, False),
     ("full", "fp16"): (F32, F32, F16, True),  # fp16 mixed precision over fp32 master weights
     ("full", "bf16"): (B16, B16, B16, False),
+    # fp16 weights as they are: no autocast, no scaler; peft's adapters stay fp32
+    ("qlora4", "pure_fp16"): (F16, F32, None, False),
+    ("qlora8", "pure_fp16"): (F16, F32, None, False),
+    ("lora", "pure_fp16"): (F16, F32, None, False),
+    ("full", "pure_fp16"): (F16, F16, None, False),  # no fp32 copy: half of fp16's weights and gradients
 }
 
 
@@ -55,12 +63,14 @@ def recipe_for(make_recipe):
         delta = {**METHODS[method], "training": {"precision": precision}}
         if method == "full":
             delta["lora"] = None
+            if precision == "pure_fp16":  # torch's AdamW is refused with it (rules.pure_fp16_needs_an_fp32_update)
+                delta["training"]["optimizer"] = "adamw_8bit"
         return load_recipe(make_recipe(delta))
 
     return make
 
 
-@pytest.mark.parametrize("precision", ["auto", "fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["auto", "fp16", "bf16", "fp32", "pure_fp16"])
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("where", list(CARDS))
 def test_every_card_method_and_precision(recipe_for, where, method, precision):
@@ -77,7 +87,7 @@ def test_every_card_method_and_precision(recipe_for, where, method, precision):
     # The GradScaler unscales fp32 gradients only: fp16 trainable weights would make it refuse.
     assert not choices.grad_scaler or choices.trainable_dtype == F32
     if method.startswith("qlora"):
-        assert choices.compute_dtype == {"fp32": F32, "fp16": F16, "bf16": B16}[resolved]
+        assert choices.compute_dtype == {"fp32": F32, "fp16": F16, "bf16": B16, "pure_fp16": F16}[resolved]
 
 
 def test_turing_with_fp16_trains_fp32_adapters(recipe_for):

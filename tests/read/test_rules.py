@@ -46,6 +46,8 @@ BREAKING = {
                                            "$.lora.target_parameters"),
     "adapted_parameters_are_not_quantized": ({"lora": {"target_parameters": ["mlp.experts.down_proj"], "dropout": 0},
                                               "quantization": {"moe_experts": True}}, "$.lora.target_parameters"),
+    "pure_fp16_needs_an_fp32_update": ({"method": "full", "quantization": None, "lora": None,
+                                        "training": {"precision": "pure_fp16"}}, "$.training.precision"),
     "linearized_experts_are_linear_layers": ({"model": {"linearized_experts": True, "experts_implementation": "eager"}},
                                              "$.model.experts_implementation"),
     "router_coefficient_needs_the_loss": ({"training": {"router_aux_loss_coef": 0.02}},

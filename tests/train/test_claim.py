@@ -306,6 +306,7 @@ import fcntl, os, sys, time
 os.makedirs(sys.argv[1], exist_ok=True)
 fd = os.open(os.path.join(sys.argv[1], "run.lock"), os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)  # as claim._lock does: a shorter pid over a longer one left digits behind (a flake)
 os.write(fd, b"%d\\n" % os.getpid())
 print("locked", flush=True)
 time.sleep(120)

@@ -174,6 +174,17 @@ def test_bf16_weights_are_half_the_fp32_ones():
     assert lora.breakdown[ADAPTERS] == 4 * 2 * 8 * (2 * 128 + 2 * (128 + 64) + 2 * 128 + 2 * (128 + 256) + 256 + 128)
 
 
+def test_pure_fp16_keeps_half_the_weights_and_gradients_of_fp16_mixed_precision():
+    # fp16 mixed precision trains fp32 weights (its GradScaler unscales fp32 gradients); pure_fp16 the fp16 ones
+    config, params = ARCHITECTURES["llama"], shape_from_config(ARCHITECTURES["llama"]).param_count()
+    mixed, pure = (trace_step(config, method="full", precision=p, optimizer="adamw_8bit", **BATCH)
+                   for p in ("fp16", "pure_fp16"))
+    assert (mixed.breakdown[WEIGHTS], pure.breakdown[WEIGHTS]) == (4 * params, 2 * params)
+    assert pure.peak_bytes < mixed.peak_bytes
+    fake = trace_step(config, method="full", precision="pure_fp16", optimizer="adamw_8bit", fake=True, **BATCH)
+    assert fake.peak_bytes == pure.peak_bytes and fake.breakdown == pure.breakdown
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_mixed_precision_traces_the_same_real_and_fake(method, precision):

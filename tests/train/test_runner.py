@@ -209,6 +209,36 @@ def test_the_trainer_gets_the_dtypes_precision_decides(tiny, tmp_path, gpu, adap
     assert {p.dtype for p in plain.model.parameters() if p.requires_grad} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "adafactor", "paged_adamw_32bit"])
+def test_pure_fp16_trains_the_fp16_weights_themselves_without_autocast_or_loss_scaling(tiny, tmp_path, optimizer):
+    # Axolotl's float16: on a card without bf16 (forced here: the CPU computes the fp16 step itself),
+    # a full fine-tune keeps no fp32 copy; fp16 mixed precision keeps fp32 weights for its GradScaler.
+    import torch
+
+    from recipecli.train import data, runner
+    from recipecli.train.model import load_tokenizer
+
+    recipe = tiny({"method": "full", "quantization": None, "lora": None,
+                   "training": {"precision": "pure_fp16", "optimizer": optimizer}})
+    choices = choose(recipe, card("rtx2080"))
+    assert (choices.weight_dtype, choices.trainable_dtype, choices.autocast_dtype, choices.grad_scaler) == (
+        "float16", "float16", None, False)
+    mixed = tiny({"method": "full", "quantization": None, "lora": None, "training": {"precision": "fp16"}}, out="mixed")
+    assert choose(mixed, card("rtx2080")).weight_dtype == "float32"
+    tokenizer = load_tokenizer(recipe)
+    train_set, _ = data.load_examples(recipe, tokenizer)
+    args = runner._sft_config(recipe, choices, tmp_path / "out", has_eval=False, cuda=False, steps_per_epoch=1)
+    assert (args.fp16, args.bf16) == (False, False)
+    trainer = runner._trainer(recipe, choices, load_model(recipe, choices, cuda=False), args, tokenizer, train_set,
+                              None, ())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert {p.dtype for p in after.values()} == {torch.float16}
+    moved = [n for n, p in after.items() if not torch.equal(p, before[n])]
+    assert len(moved) > len(after) // 2 and all(torch.isfinite(p).all() for p in after.values())
+
+
 def test_half_precision_runs_as_fp32_on_the_cpu_with_a_note(tiny):
     import torch
 
