@@ -222,9 +222,17 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     quant = recipe.quantization if quantize else None
     config = None if quant is None else bnb_config(quant.bits, quant.type, quant.double_quant, choices.weight_dtype)
     stored = _stored_config(recipe)
-    if _quant_method(stored) == "mxfp4":
+    stored_as = _quant_method(stored)
+    if stored_as not in (None, "mxfp4", "bitsandbytes"):
+        # transformers would load it with that method's own layers (or refuse bitsandbytes beside
+        # them): not the 16-bit or bitsandbytes base the recipe, fit-check and the probe describe.
+        raise InvalidRecipe([Problem(recipe.locate(("model", "id")), "$.model.id",
+                                     f"{recipe.model.id} is stored quantized with {stored_as}, which recipe does not "
+                                     "train from", "use the model's 16-bit checkpoint (method qlora quantizes it "
+                                     "with bitsandbytes)")])
+    if stored_as == "mxfp4":
         config = _mxfp4_dequantized(recipe, config)
-    pre_quantized = _quant_method(stored) == "bitsandbytes"
+    pre_quantized = stored_as == "bitsandbytes"
     if pre_quantized:
         _check_stored_quantization(recipe, stored.quantization_config)
     if recipe.model.linearized_experts and stored is not None and stored.model_type not in MODEL_TYPES:

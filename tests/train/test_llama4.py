@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from recipecli.errors import InvalidRecipe, RecipeError
+from recipecli.errors import InvalidRecipe
 from recipecli.fit.precision import choose
 from recipecli.read.load import load_recipe
 from recipecli.train.llama4 import LinearizedExperts
@@ -144,22 +144,6 @@ def test_linearized_experts_on_another_model_are_refused_before_it_loads(llama4)
         _loaded(llama4({"model": {"id": str(TINY_MODEL)}}))
     assert refused.value.problems[0].path == "$.model.linearized_experts"
     assert "llama model" in refused.value.problems[0].message
-
-
-def test_weights_missing_from_a_checkpoint_are_refused(tmp_path, make_recipe):
-    # a checkpoint cut short (here: one layer's weights gone) would train with random weights there
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path / "cut"
-    shutil.copytree(TINY_MODEL, folder)
-    weights = {k: v for k, v in load_file(folder / "model.safetensors").items() if "layers.1.mlp" not in k}
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    recipe = load_recipe(make_recipe({"model": {"id": str(folder)}, "method": "lora", "data": {"datasets": [
-        {"path": str(DATA / "tiny-alpaca.jsonl"), "format": "alpaca"}]}}))
-    with pytest.raises(RecipeError, match=r"3 of its weights are not in the checkpoint \(model.layers.1.mlp"):
-        _loaded(recipe)
 
 
 @pytest.fixture(scope="module")
