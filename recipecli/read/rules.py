@@ -318,6 +318,16 @@ def pure_fp16_needs_an_fp32_update(doc: dict, ctx: Context):
                           "weight), or precision fp16")
 
 
+def deepspeed_decides_its_own_precision(doc: dict, ctx: Context):
+    strategy = doc.get("distributed", {}).get("strategy", "")
+    if doc.get("training", {}).get("precision") == "pure_fp16" and strategy.startswith("deepspeed"):
+        # DeepSpeed's precision is its config's fp16/bf16 section (mixed, over fp32 master weights, or
+        # none: fp32); recipe run fills it from the Trainer, which pure fp16 sets to neither.
+        yield ctx.problem(("training", "precision"), f"pure_fp16 with strategy {strategy}: DeepSpeed trains fp16 "
+                          "weights only as mixed precision over an fp32 copy, or fp32", "use precision fp16 (DeepSpeed's "
+                          "fp16), or strategy fsdp or ddp for pure fp16")
+
+
 def min_lr_needs_cosine(doc: dict, ctx: Context):
     training = doc.get("training", {})
     scheduler = training.get("lr_scheduler", schema.defaults_of("training")["lr_scheduler"])
@@ -492,6 +502,7 @@ RULES: tuple[Rule, ...] = (
     min_lr_needs_cosine,
     adam_knobs_need_adam,
     pure_fp16_needs_an_fp32_update,
+    deepspeed_decides_its_own_precision,
     evaluation_needs_held_out_data,
     target_pattern_is_a_regular_expression,
     saved_modules_are_not_adapted,

@@ -48,6 +48,8 @@ BREAKING = {
                                               "quantization": {"moe_experts": True}}, "$.lora.target_parameters"),
     "pure_fp16_needs_an_fp32_update": ({"method": "full", "quantization": None, "lora": None,
                                         "training": {"precision": "pure_fp16"}}, "$.training.precision"),
+    "deepspeed_decides_its_own_precision": ({"method": "lora", "quantization": None, "training": {
+        "precision": "pure_fp16"}, "distributed": {"strategy": "deepspeed_zero2"}}, "$.training.precision"),
     "linearized_experts_are_linear_layers": ({"model": {"linearized_experts": True, "experts_implementation": "eager"}},
                                              "$.model.experts_implementation"),
     "router_coefficient_needs_the_loss": ({"training": {"router_aux_loss_coef": 0.02}},
