@@ -474,10 +474,12 @@ def data_command(file: str, overrides: tuple[str, ...], show: int, plot_to: str 
               help="Write here (a new file, written whole; never over an existing one).  [default: stdout]")
 @click.option("--lossy", is_flag=True, help="Write even when keys have no counterpart: each dropped key, its "
                                             "value and line are listed in a comment block at the top.")
+@click.option("--vram", type=float, metavar="GIB", help="A card of this memory for the fit-check verdict of a "
+                                                       "converted recipe. " + _VRAM_HELP.split(": ", 1)[0] + ".")
 @click.option("--gpu", "gpu_name", metavar="NAME", help="The card for the fit-check verdict of a converted "
                                                         "recipe.  [default: this machine's first GPU]")
 def convert(src: str, source_format: str | None, target_format: str | None, output: str | None, lossy: bool,
-            gpu_name: str | None) -> None:
+            vram: float | None, gpu_name: str | None) -> None:
     """Convert an Axolotl config into a recipe, or a recipe into an Axolotl config.
 
     Every key is mapped or reported as SRC:line:col: key 'x': not converted: why; with any
@@ -489,16 +491,20 @@ def convert(src: str, source_format: str | None, target_format: str | None, outp
     from .convert.command import from_axolotl_file, to_axolotl_file
     from .convert.report import verdict_line
     from .errors import UsageError
+    from .report.fit import target_gpu
 
     if (source_format is None) == (target_format is None):
         raise UsageError("give --from axolotl (SRC is an Axolotl config) or --to axolotl (SRC is a recipe)",
                          "e.g. recipe convert config.yml --from axolotl -o recipe.yaml", where="--from/--to")
     if source_format is not None:
+        # the card first: a wrong --gpu or --vram must stop the command before it writes anything
+        card = target_gpu(vram, gpu_name) if vram is not None or gpu_name is not None else None
         done = from_axolotl_file(src, output, lossy)
     else:
-        if gpu_name is not None:
-            raise UsageError("--gpu judges a converted recipe; with --to axolotl there is none",
-                             f"fit-check the recipe itself: recipe fit-check {src} --gpu {gpu_name}", where="--gpu")
+        for flag, value in (("--vram", vram), ("--gpu", gpu_name)):
+            if value is not None:
+                raise UsageError(f"{flag} judges a converted recipe; with --to axolotl there is none",
+                                 f"fit-check the recipe itself: recipe fit-check {src} {flag} {value}", where=flag)
         done = to_axolotl_file(src, output, lossy)
     for message in done.messages:
         click.echo(message, err=True)
@@ -507,4 +513,4 @@ def convert(src: str, source_format: str | None, target_format: str | None, outp
     else:
         click.echo(f"wrote {done.written}", err=True)
     if done.recipe is not None:
-        click.echo(verdict_line(done.recipe, gpu_name), err=True)
+        click.echo(verdict_line(done.recipe, card), err=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from ..errors import InvalidRecipe, Problem, RecipeError, UsageError, format_error
+from ..fit.gpu_catalog import Gpu
 from ..read.codec import block_yaml, comment
 from .translate import Unconverted
 
@@ -110,25 +111,21 @@ def publish(staged_file: Path, destination: Path) -> None:
                          "name a new file in an existing, writable folder", where="-o") from e
 
 
-def verdict_line(recipe, gpu_name: Optional[str]) -> str:
-    """fit-check's one-line verdict for the card named, or else this machine's first GPU."""
+def verdict_line(recipe, gpu: Optional[Gpu]) -> str:
+    """fit-check's one-line verdict for the card given (--vram or --gpu), or else this machine's first GPU."""
     from ..fit import hardware
     from ..fit.verdict import check
-    from ..report.fit import target_gpu, verdict_text
+    from ..report.fit import verdict_text
     from ..units import gib
 
     try:
-        if gpu_name is not None:
-            gpu = target_gpu(None, gpu_name)
-        else:
+        if gpu is None:
             found = hardware.probe().gpus
             if not found:
                 return ("fit-check: no GPU detected; check a card with: recipe fit-check RECIPE --gpu NAME "
                         "(e.g. --gpu rtx2080)")
             gpu = found[0]
         verdict = check(recipe, gpu)
-    except UsageError:
-        raise  # an unknown --gpu name is the command line's error
     except RecipeError as e:  # an architecture not found offline, a LoRA target the model lacks
         return f"fit-check: no estimate: {e.message}"
     return (f"fit-check on {gpu.name}: {verdict_text(verdict)}, estimate {gib(verdict.estimate.device_bytes)} "

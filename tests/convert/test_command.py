@@ -56,6 +56,17 @@ def test_a_supported_config_converts_with_every_key_mapped_and_validates(here, c
     assert recipe.name == Path(config).stem
 
 
+def test_the_card_is_given_by_name_or_memory_and_a_wrong_one_stops_the_command_before_it_writes(here):
+    by_memory = convert("lora-alpaca-8bit.yml", "--from", "axolotl", "-o", "r.yaml", "--vram", "8")
+    assert by_memory.exit_code == 0 and "fit-check on 8 GiB card: " in by_memory.output, by_memory.output
+    # found in review: an unknown --gpu was refused after the recipe was written, with exit 2
+    for flags in (["--gpu", "nosuchcard"], ["--vram", "-3"], ["--vram", "8", "--gpu", "rtx2080"]):
+        refused = convert("qlora-chat.yml", "--from", "axolotl", "-o", "wrong.yaml", *flags)
+        assert refused.exit_code == 2 and not (here / "wrong.yaml").exists(), flags
+    back = convert("r.yaml", "--to", "axolotl", "--vram", "8")
+    assert back.exit_code == 2 and "--vram judges a converted recipe" in back.output
+
+
 def test_what_the_chat_config_becomes(here):
     assert convert("qlora-chat.yml", "--from", "axolotl", "-o", "r.yaml", "--gpu", "rtx2080").exit_code == 0
     r = load_recipe(here / "r.yaml")
