@@ -771,12 +771,17 @@ def _use_reentrant(v, cfg):
                        "remove it, or write {use_reentrant: false}")
 
 
+_SWANLAB_SETTINGS = ("swanlab_project", "swanlab_experiment_name", "swanlab_description", "swanlab_mode",
+                     "swanlab_workspace", "swanlab_api_host", "swanlab_web_host", "swanlab_log_model",
+                     "swanlab_log_completions")
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 # Cut cross-entropy never materializes the logits; neither does recipe's loss (TRL's chunked LM
 # head), so the plugin and its switch change no memory and no loss: read as nothing.
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 # The hub's kernels (use_kernels) for the model's layers: speed only, said as a note.
 KERNELS_PLUGIN = "axolotl.integrations.kernels.KernelsPlugin"
+# SwanLab's experiment tracking: logging only; use_swanlab says it, the plugin alone changes nothing.
+SWANLAB_PLUGIN = "axolotl.integrations.swanlab.SwanLabPlugin"
 # Axolotl's switch for each of Liger's layer kernels, by recipe's kernel name (training.liger_kernel:
 # true is all four); liger_swiglu is the older name of the GLU one.
 LIGER_SWITCHES = {"liger_rope": "rope", "liger_rms_norm": "rms_norm", "liger_glu_activation": "glu",
@@ -802,7 +807,7 @@ def _liger_kernels(cfg) -> Any:
 def _plugins(v, cfg):
     if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
         raise NotConverted(f"expected a list of plugin names, got {_shown(v)}")
-    others = [p for p in v if p not in (LIGER_PLUGIN, CCE_PLUGIN, KERNELS_PLUGIN)]
+    others = [p for p in v if p not in (LIGER_PLUGIN, CCE_PLUGIN, KERNELS_PLUGIN, SWANLAB_PLUGIN)]
     if others:
         raise NotConverted(f"plugin {others[0]!r} is not supported: recipe runs Liger's kernels and a loss that "
                            "never materializes the logits (as cut cross-entropy) only",
@@ -1304,6 +1309,15 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("use_tensorboard", (), _said_when_true("use_tensorboard: recipe logs to the run folder (metrics.jsonl, "
                                                 "loss.png) and to W&B, not to TensorBoard"), lambda doc: ABSENT,
         "logging only, said"),
+    Row("use_swanlab", (), _said_when_true("use_swanlab: recipe logs to the run folder (metrics.jsonl, loss.png) "
+                                            "and to W&B, not to SwanLab"), lambda doc: ABSENT, "logging only, said"),
+    *(_ignored(key, "SwanLab's settings, read with use_swanlab (said)") for key in _SWANLAB_SETTINGS),
+    _ignored("swanlab_api_key", "a secret in the config: recipe reads keys from the environment, never from files"),
+    Row("use_otel_metrics", (), _said_when_true("use_otel_metrics: recipe serves no OpenTelemetry metrics; the run "
+                                                 "folder's metrics.jsonl holds each logged step"), lambda doc: ABSENT,
+        "monitoring only, said"),
+    *(_ignored(key, "where use_otel_metrics serves its metrics (said)") for key in ("otel_metrics_host",
+                                                                                   "otel_metrics_port")),
     Row("max_packed_sequence_len", ("data.packing",), _max_packed, lambda doc: ABSENT,
         "Axolotl's older packing: sample packing where it packs to sequence_len"),
     _ignored("torch_compile_mode", "read with torch_compile (said when that is on)"),

@@ -22,6 +22,7 @@ from ..read.codec import flatten
 from ..read.yamlload import Document
 from . import axolotl
 from .axolotl import ABSENT, DATASET_ROWS, TOP_ROWS, UNSUPPORTED, NotConverted, get, row_for
+from .axolotl_keys import NO_COUNTERPART
 
 # Where the recipe's name and description travel in an Axolotl file, which has no key for them:
 # comment lines `--to axolotl` writes and `--from axolotl` reads back (values as JSON strings).
@@ -275,9 +276,11 @@ def _write(conv: Conversion, row, doc: dict, locate, prefix: tuple) -> None:
 
 
 def _unknown(key: str) -> tuple[str, str]:
-    known = [r.key for r in TOP_ROWS] + list(UNSUPPORTED)
+    if key in NO_COUNTERPART:
+        return "an Axolotl key recipe has no counterpart for", ""
+    known = [r.key for r in TOP_ROWS] + list(UNSUPPORTED) + sorted(NO_COUNTERPART)
     close = difflib.get_close_matches(key, known, n=1)
-    return ("not an Axolotl key recipe knows (Axolotl would ignore it silently)",
+    return ("not a key of Axolotl's configuration (Axolotl would ignore it silently)",
             f"did you mean '{close[0]}'?" if close else "")
 
 
