@@ -54,7 +54,8 @@ def check_cpu(recipe: Recipe, ram_bytes: Optional[int]) -> CpuVerdict:
         UnknownTargets: a LoRA target matches no layer of the model.
     """
     shape = recipe_shape(recipe)
-    setup, _ = setup_for(recipe, None)  # no GPU: fp16/bf16 run as fp32, as the runner loads them
+    # no GPU: fp16/bf16 run as fp32, as the runner loads them
+    setup, _ = setup_for(recipe, None, model_type=shape.model_type)
     try:  # No CUDA context and no caching allocator on the CPU: the live tensors are the need.
         need = estimate(shape, setup).allocated_bytes
     except (UnknownModel, UnknownTargets) as exc:

@@ -15,6 +15,16 @@ from .gpu_catalog import Gpu
 DtypeName = Literal["float16", "bfloat16", "float32"]  # torch's names: getattr(torch, name)
 DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_fp16": "float16"}
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# Causal language models whose attention transformers (5.24) runs without sdpa (_supports_sdpa
+# False: Gemma 2's and VaultGemma's logit softcapping, gpt-oss' attention sinks, BLOOM's ALiBi...):
+# asked for sdpa, from_pretrained refuses them, so attention auto is eager there.
+NO_SDPA = frozenset({
+    "big_bird", "bigbird_pegasus", "bloom", "cpmant", "deepseek_v4", "falcon_mamba", "flint", "gemma2", "git",
+    "got_ocr2", "gpt_neo", "gpt_neox_japanese", "gpt_oss", "granite_swa", "granitemoe_swa", "hy_v4",
+    "inkling2_loop_text", "inkling2_text", "mamba", "mamba2", "megatron-bert", "mimo_v2_flash", "mpt", "mvp",
+    "openai-gpt", "prophetnet", "reformer", "rembert", "roformer", "rwkv", "trocr", "vaultgemma", "xglm", "xlm",
+    "xlnet", "xlstm",
+})
 
 
 @dataclass(frozen=True)
@@ -88,13 +98,15 @@ def portable(recipe: Recipe) -> Choices:
     return Choices("fp32", "sdpa", compute, (), **dtypes(recipe.method, quantized, "fp32", compute))
 
 
-def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
+def choose(recipe: Recipe, gpu: Optional[Gpu], model_type: Optional[str] = None) -> Choices:
     """Resolve precision, attention and the 4-bit compute dtype for a GPU, checking what it supports.
 
     Args:
         recipe: the loaded recipe.
         gpu: the card; None trains on the CPU. A card with unknown compute capability (``--vram``)
             is not checked: bf16 and fp16 need the same memory, so the estimate does not depend on it.
+        model_type: the model's config.json model_type, where known: attention auto is eager, and
+            sdpa refused, for one transformers runs without sdpa (:data:`NO_SDPA`).
 
     Returns:
         The resolved settings and the dtype of every kind of tensor (:func:`dtypes`), with a note
@@ -142,14 +154,24 @@ def choose(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
         problem(("training", "precision"), f"bf16 needs compute capability >= 8.0; {label} lacks it",
                 "set training.precision to auto or fp16")
 
-    attention = "sdpa" if training.attention == "auto" else training.attention
+    no_sdpa = model_type in NO_SDPA
+    attention = training.attention
+    if attention == "auto":
+        attention = "eager" if no_sdpa else "sdpa"
+        if no_sdpa:
+            notes.append(f"transformers runs {model_type}'s attention without sdpa: attention auto -> eager "
+                         "(each layer keeps its attention matrices, counted)")
+    elif attention == "sdpa" and no_sdpa:
+        problem(("training", "attention"), f"transformers runs {model_type}'s attention without sdpa",
+                "set training.attention to auto (eager for this model)")
     # FlexAttention's Triton kernels need Ampere too: below it (and on the CPU, uncompiled) torch runs
     # a dense fallback that keeps the whole attention matrix, and fails in fp16.
     if attention in ("flash_attention_2", "flex_attention") and (
             gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
         lacking = " (an NVIDIA GPU); there is no GPU here" if gpu is None else f"; {label} lacks it"
         problem(("training", "attention"), f"{attention} needs compute capability >= 8.0{lacking}",
-                "set training.attention to auto (sdpa: same memory, slightly slower)")
+                "set training.attention to auto (eager for this model: each layer keeps its attention matrices)"
+                if no_sdpa else "set training.attention to auto (sdpa: same memory, slightly slower)")
 
     compute_dtype = None
     if recipe.quantization is not None:

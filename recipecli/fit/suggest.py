@@ -58,7 +58,7 @@ def suggest(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "non
         changed = recipe
         for move in combo:
             changed = move.edit(changed)
-        setup, notes = setup_for(changed, gpu, num_gpus, parallelism)
+        setup, notes = setup_for(changed, gpu, num_gpus, parallelism, shape.model_type)
         return judge(shape, setup, gpu, tuple(notes))
 
     if attempt(()).status == "fits":

@@ -59,7 +59,7 @@ def distribution(recipe: Recipe, num_gpus: Optional[int] = None, parallelism: Op
 
 
 def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None,
-              parallelism: Optional[str] = None) -> tuple[Setup, list[str]]:
+              parallelism: Optional[str] = None, model_type: Optional[str] = None) -> tuple[Setup, list[str]]:
     """The estimator's view of a recipe on a GPU.
 
     Args:
@@ -67,6 +67,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         gpu: the card each process trains on (all cards alike); None for the CPU.
         num_gpus: data-parallel processes; None: the recipe's (:func:`distribution`).
         parallelism: none, ddp, fsdp, zero2 or zero3; None: the recipe's strategy.
+        model_type: the model's, where known (see :func:`choose`).
 
     Returns:
         The setup and the notes on what "auto" became.
@@ -75,7 +76,7 @@ def setup_for(recipe: Recipe, gpu: Optional[Gpu], num_gpus: Optional[int] = None
         InvalidRecipe: see :func:`choose`.
     """
     num_gpus, parallelism = distribution(recipe, num_gpus, parallelism)
-    choices = choose(recipe, gpu)
+    choices = choose(recipe, gpu, model_type)
     quant, lora = recipe.quantization, recipe.lora
     four_bit = quant is not None and quant.bits == 4
     setup = Setup(
@@ -189,9 +190,14 @@ def check(recipe: Recipe, gpu: Gpu, num_gpus: Optional[int] = None, parallelism:
         UnknownTargets: a LoRA target names no linear layer of the model, or its output head.
         Both are located at their field in the recipe.
     """
-    setup, notes = setup_for(recipe, gpu, num_gpus, parallelism)
     try:
-        return judge(recipe_shape(recipe), setup, gpu, tuple(notes), expandable_segments)
+        shape = recipe_shape(recipe)
+    except UnknownModel as exc:
+        setup_for(recipe, gpu, num_gpus, parallelism)  # what the card cannot run is said first
+        raise at_its_field(exc, recipe) from None
+    setup, notes = setup_for(recipe, gpu, num_gpus, parallelism, shape.model_type)
+    try:
+        return judge(shape, setup, gpu, tuple(notes), expandable_segments)
     except (UnknownModel, UnknownTargets) as exc:
         raise at_its_field(exc, recipe) from None
 

@@ -16,7 +16,7 @@ from ..fit.precision import Choices, choose, portable
 from ..read.load import load_recipe
 from ..read.recipe import Recipe
 from . import checkpoints, claim, data, runfolder
-from .model import check_remote_code, load_model, load_tokenizer, say, training_gpu
+from .model import check_remote_code, load_model, load_tokenizer, model_type_of, say, training_gpu
 
 
 def _run_recipe(run_dir: Path) -> Recipe:
@@ -44,7 +44,7 @@ def _choices_here(recipe: Recipe, gpu: Optional[Gpu]) -> Choices:
     computes the same model everywhere.
     """
     try:
-        return choose(recipe, gpu)
+        return choose(recipe, gpu, model_type_of(recipe))
     except InvalidRecipe as e:
         unsupported = "; ".join(p.message for p in e.problems)
         say(f"note: {unsupported}: loading in fp32 with sdpa attention instead")

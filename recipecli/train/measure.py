@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Optional
 
-from ..errors import UnknownModel, UnknownTargets
+from ..errors import NotModeled, UnknownModel, UnknownTargets
 from ..fit.allocator import AllocatorPeaks, AllocatorReplay, replay, simulate
 from ..fit.architectures import MODEL_PATH, find_config, shape_from_config
 from ..fit.estimate import CUDA_CONTEXT_BYTES, Estimate, estimate
 from ..fit.gpu_catalog import Gpu, card
-from ..fit.precision import DTYPE_BYTES, Choices, choose
+from ..fit.precision import DTYPE_BYTES, NO_SDPA, Choices, choose
 from ..fit.verdict import at_its_field, setup_for
 from ..read.recipe import Recipe
 from ..units import GIB
@@ -125,11 +125,16 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None, run=None)
     try:
         config = find_config(model.id, model.local_path, model.architecture, model.revision)
         shape = shape_from_config(config)
-        setup, notes = setup_for(recipe, gpu)
-        choices = choose(recipe, gpu)
+        setup, notes = setup_for(recipe, gpu, model_type=shape.model_type)
+        choices = choose(recipe, gpu, shape.model_type)
+        if choices.attention in ("flash_attention_2", "flex_attention") and shape.model_type in NO_SDPA:
+            # traced as sdpa's flash kernel (same tensors kept), which transformers refuses this model
+            raise NotModeled(f"the probe traces {choices.attention} as sdpa's flash kernel, which transformers does "
+                             f"not run for {shape.model_type}", hint="estimate it with `recipe fit-check`, or probe "
+                             "it with training.attention: eager", path="$.training.attention")
         fit_estimate = estimate(shape, setup)
         trace = _trace(recipe, config, steps, choices, run)
-    except (UnknownModel, UnknownTargets) as exc:
+    except (UnknownModel, UnknownTargets, NotModeled) as exc:
         raise at_its_field(exc, recipe) from None
     events = _events(trace)
     from .memtrace import ADAPTERS, WEIGHTS

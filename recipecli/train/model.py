@@ -324,6 +324,11 @@ def _stored_config(recipe: Recipe):
         return None
 
 
+def model_type_of(recipe: Recipe) -> Optional[str]:
+    """The base's config.json model_type (for precision.choose), or None where it cannot be read."""
+    return getattr(_stored_config(recipe), "model_type", None)
+
+
 def _quant_method(config) -> Optional[str]:
     """How the checkpoint's weights are stored quantized (config.json's quantization_config:
     mxfp4 for gpt-oss, bitsandbytes for a base saved 4/8-bit), or None."""

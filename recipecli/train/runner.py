@@ -32,8 +32,8 @@ from ..read.recipe import Recipe, targets_text
 from ..units import GIB
 from . import checkpoints, claim, data, datafiles, datastats, failures, launch, qat, runfolder, tracking
 from .callbacks import StopRequest, recorder
-from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, parameter_targets,
-                    repeated_kv_heads, saved_modules, say, training_gpu)
+from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, model_type_of,
+                    parameter_targets, repeated_kv_heads, saved_modules, say, training_gpu)
 from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
 from .trainer import schedule_of, trainer_class
 
@@ -114,7 +114,7 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                 refuse_unless_cpu_trains(recipe, cpu.host_memory_bytes() if ram_bytes is None else ram_bytes, force)
             if recipe.training.liger_kernel:
                 _refuse_unless_liger_runs(recipe, cuda)
-            choices = choose(recipe, gpu)
+            choices = choose(recipe, gpu, model_type_of(recipe))
             for note in choices.notes:
                 say(f"note: {note}")
             whole_run.enter_context(repeated_kv_heads(choices.gqa_repeat))  # as the estimate counts it

@@ -174,3 +174,27 @@ def test_fit_check_says_when_the_grouped_heads_are_repeated(make_recipe):
     lines = {name: dict((c.name, c.explanation) for c in check(recipe, card(name)).estimate.components)
              for name in ("rtx2080", "a100 80gb")}
     assert said in lines["rtx2080"]["activations"] and said not in lines["a100 80gb"]["activations"]
+
+
+def test_a_model_transformers_runs_without_sdpa_gets_eager_from_auto_and_refuses_sdpa(make_recipe):
+    # Gemma 2 (logit softcapping) has no sdpa path in transformers: asked for it, from_pretrained refuses
+    # the model, so fit-check's "fits" with sdpa's memory was a run that could not start.
+    from recipecli.fit.verdict import check
+
+    auto = load_recipe(make_recipe({"model": {"id": "google/gemma-2-9b"}}))
+    choices = choose(auto, card("rtx2080"), "gemma2")
+    assert choices.attention == "eager" and any("without sdpa: attention auto -> eager" in n for n in choices.notes)
+    assert choose(auto, card("rtx2080"), "llama").attention == "sdpa"
+    eager = load_recipe(make_recipe({"model": {"id": "google/gemma-2-9b"}, "training": {"attention": "eager"}},
+                                    name="eager.yaml"))
+    assert check(auto, card("a100 80gb")).estimate.device_bytes == check(eager, card("a100 80gb")).estimate.device_bytes
+    sdpa = load_recipe(make_recipe({"model": {"id": "google/gemma-2-9b"}, "training": {"attention": "sdpa"}},
+                                   name="sdpa.yaml"))
+    with pytest.raises(InvalidRecipe) as refused:
+        check(sdpa, card("a100 80gb"))
+    assert [(p.path, p.hint) for p in refused.value.problems] == [
+        ("$.training.attention", "set training.attention to auto (eager for this model)")]
+    flash = load_recipe(make_recipe({"model": {"id": "google/gemma-2-9b"},
+                                     "training": {"attention": "flash_attention_2"}}, name="flash.yaml"))
+    with pytest.raises(InvalidRecipe, match="eager for this model"):
+        choose(flash, card("rtx2080"), "gemma2")

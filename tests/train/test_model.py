@@ -55,3 +55,25 @@ def test_a_base_stored_in_another_quantization_is_refused_before_it_loads(tmp_pa
         _loaded(recipe)
     assert refused.value.problems[0].path == "$.model.id"
     assert f"stored quantized with {method}" in refused.value.problems[0].message
+
+
+def test_a_model_without_sdpa_trains_with_attention_auto(tmp_path, make_recipe):
+    # Gemma 2: transformers refuses sdpa for it (softcapping); auto was sdpa, so the run was refused
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    from recipecli.train.runner import run
+
+    from ..conftest import two_step_run
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    torch.manual_seed(0)
+    folder = tmp_path / "gemma2"
+    Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    recipe = load_recipe(make_recipe(base=two_step_run({"id": str(folder)}, "lora", tmp_path / "run")))
+    done = run(recipe, gpus=())
+    assert done.steps == 2 and done.final_loss == done.final_loss  # finite, not NaN

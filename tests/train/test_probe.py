@@ -409,3 +409,17 @@ def test_a_parallel_mlp_without_adapters_keeps_nothing_in_the_first_layer():
     traced = trace_step(config, targets="attention", seq_len=512, micro_batch=1, precision="bf16").peak_bytes
     counted = estimate(shape_from_config(config), setup).allocated_bytes
     assert traced <= counted <= 1.01 * traced, (counted, traced)
+
+
+def test_flash_attention_on_a_model_without_sdpa_is_refused_at_its_field_not_traced(make_recipe):
+    # the probe traces flash attention as sdpa's flash kernel, which transformers refuses for Gemma 2
+    from recipecli.errors import NotModeled
+    from recipecli.fit.gpu_catalog import card
+    from recipecli.read.load import load_recipe
+    from recipecli.train.measure import measure
+
+    recipe = load_recipe(make_recipe({"model": {"id": "google/gemma-2-9b"},
+                                      "training": {"attention": "flash_attention_2"}}))
+    with pytest.raises(NotModeled) as refused:
+        measure(recipe, gpu=card("h100"))
+    assert refused.value.path == "$.training.attention" and refused.value.where is not None
