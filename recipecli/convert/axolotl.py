@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, get_args
 
+from ..fit.architectures import ALL_LINEAR_ADAPTS_EXPERTS, catalog_shape
 from ..read import paths
 from ..read.recipe import LrScheduler, QatGroup
 from ..read.recipe import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
@@ -229,10 +230,27 @@ def _targets_linear(v, cfg):
     if cfg.get("adapter") not in ("lora", "qlora") and isinstance(v, bool):
         return {}  # as every lora_* key: Axolotl ignores it without an adapter
     if v is True:
-        return {"lora.target_modules": "all-linear"}
+        names = _axolotl_linear_names(cfg.get("base_model"))
+        if names is None:
+            return {"lora.target_modules": "all-linear"}
+        return {"lora.target_modules": names,
+                NOTE: f"lora_target_linear: Axolotl adapts the nn.Linear layers, here {', '.join(names)}: a mixture of "
+                      "experts' fused experts are no nn.Linear layers (recipe's all-linear, peft's, would adapt them "
+                      "too)"}
     if v is False:
         return {}
     raise NotConverted(f"expected true or false, got {_shown(v)}")
+
+
+def _axolotl_linear_names(model_id) -> Optional[list[str]]:
+    """What Axolotl's lora_target_linear adapts where recipe's all-linear adapts more: the leaf names of
+    the nn.Linear layers (its find_all_linear_names) of a mixture of experts whose fused experts peft's
+    all-linear wraps too. Read from the catalog alone, so a conversion is the same on every machine;
+    None for any other model, where the two agree (or which the catalog does not know)."""
+    shape = catalog_shape(model_id) if isinstance(model_id, str) else None
+    if shape is None or shape.model_type not in ALL_LINEAR_ADAPTS_EXPERTS:
+        return None
+    return [path.rsplit(".", 1)[-1] for path in shape.linear_modules()]
 
 
 def _target_modules(v, cfg):

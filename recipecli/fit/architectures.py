@@ -651,9 +651,13 @@ def find_shape(model_id: str, local_path: Optional[Path] = None, architecture=No
     Raises:
         UnknownModel: no config is found, or it lacks the sizes; the message says how to fix it.
     """
-    if architecture is None and local_path is None and model_id.lower() in _BY_LOWER:
-        return _BY_LOWER[model_id.lower()]  # built once: the catalog's own Shape
-    return shape_from_config(find_config(model_id, local_path, architecture, revision))
+    known = catalog_shape(model_id) if architecture is None and local_path is None else None
+    return known or shape_from_config(find_config(model_id, local_path, architecture, revision))
+
+
+def catalog_shape(model_id: str) -> Optional[Shape]:
+    """The catalog's own Shape of a hub model (built once), or None: pure data, no file or network."""
+    return _BY_LOWER.get(model_id.lower())
 
 
 def find_config(model_id: str, local_path: Optional[Path] = None, architecture=None,

@@ -727,3 +727,19 @@ def test_target_modules_neither_names_nor_a_pattern_are_refused(value):
 def test_a_pattern_that_is_a_plain_name_is_not_written_as_one():
     with pytest.raises(NotConverted, match="plain name"):
         row_for("lora_target_modules", TOP_ROWS).write({"lora": {"target_modules": {"pattern": "lm_head"}}})
+
+
+@pytest.mark.parametrize("model, names", [
+    ("mistralai/Mixtral-8x7B-v0.1", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    ("Qwen/Qwen3-30B-A3B", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    ("meta-llama/Llama-3.1-8B", None), ("Qwen/Qwen1.5-MoE-A2.7B", None), ("some/unknown-model", None),
+])
+def test_target_linear_is_axolotl_s_nn_linear_layers_where_peft_s_all_linear_adapts_more(model, names):
+    # Axolotl's lora_target_linear lists the model's nn.Linear layers; peft's all-linear wraps a
+    # Mixtral's, Qwen3-MoE's or OLMoE's fused experts too (and then takes no dropout): Axolotl's
+    # Mixtral examples, converted to all-linear, were refused at their dropout
+    read = row_for("lora_target_linear", TOP_ROWS).read(True, {**QLORA, "base_model": model, "lora_target_linear": True})
+    if names is None:
+        assert read == {"lora.target_modules": "all-linear"}
+    else:
+        assert read["lora.target_modules"] == names and "fused experts are no nn.Linear layers" in read[NOTE]
