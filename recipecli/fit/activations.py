@@ -141,14 +141,14 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
         kv = 2 * hq if repeated else hkv + (v_kept if folded else hkv)
         cast = dt.attention if dt.attention != 4 else 0
         attention = (hq + kv) * dt.attention + (4 + cast) * heads * seq
-    elif s.attention == "sdpa" and _sdpa_masked(shape, s):
-        # A mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned into a
-        # float bias per layer. flash_attention_2 takes both natively.
-        attention = 4 * hq * dt.attention + seq * dt.attention
     elif _math_attention(shape, s):
         # torch's math kernel: q scaled and k and v repeated to every head (in fp32: half inputs
         # are upcast), each head's row of the fp32 attention matrix, and the output
         attention = 4 * heads * seq + hq * (12 + dt.attention)
+    elif s.attention == "sdpa" and _sdpa_masked(shape, s):
+        # A mask rules out sdpa's native GQA (k/v repeated to all heads) and is turned into a
+        # float bias per layer. flash_attention_2 takes both natively.
+        attention = 4 * hq * dt.attention + seq * dt.attention
     elif hkv < hq and (s.grouped_attention == "repeat" or shape.head_dim > 256):
         # k and v repeated to every head (above 256 transformers repeats them itself): q, both
         # copies, the output and the logsumexp (memory-efficient kernel)
@@ -199,6 +199,8 @@ def _mlp_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
 
 def _grouped_heads_said(shape: Shape, s: Setup) -> str:
     """How sdpa runs this model's grouped key/value heads, where it is not its fused kernel."""
+    if s.attention == "sdpa" and shape.layout == "falcon" and shape.num_key_value_heads == 1:
+        return ", falcon's one key/value head and mask in torch's math kernel: a seq x seq matrix per head"
     if s.attention != "sdpa" or shape.num_key_value_heads >= shape.num_attention_heads or _sdpa_masked(shape, s):
         return ""
     if _math_attention(shape, s):
@@ -219,7 +221,11 @@ def _sdpa_masked(shape: Shape, s: Setup) -> bool:
 def _math_attention(shape: Shape, s: Setup) -> bool:
     """sdpa runs grouped heads in torch's math kernel: no fused kernel for them (Setup.grouped_attention),
     no mask (which makes transformers repeat the heads itself), head size within what it passes
-    grouped (256)."""
+    grouped (256). Falcon with one key/value head always: transformers hands sdpa that head unrepeated
+    beside a materialized mask, which only the math kernel takes (it broadcasts the one head), on
+    CUDA as on the CPU."""
+    if s.attention == "sdpa" and shape.layout == "falcon" and shape.num_key_value_heads == 1:
+        return True
     return (s.attention == "sdpa" and s.grouped_attention == "math" and not _sdpa_masked(shape, s)
             and shape.num_key_value_heads < shape.num_attention_heads and shape.head_dim <= 256)
 

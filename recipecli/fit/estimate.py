@@ -310,10 +310,10 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         # SwiGLU keep less for backward than the modules they replace: counted as those, an upper bound.
         loss_how += " (Liger on: TRL keeps this head, Liger's fused cross-entropy is off)"
         act_how += "; Liger's kernels counted as the layers they replace (they keep less)"
-    if shape.model_type == "falcon" and s.attention == "sdpa":
-        # Found 2026-11-30 (a 2-layer falcon-7b traced: 116 MiB a layer kept at 512 tokens where this
-        # counts 49, the estimate 7-12 % low): its multi-query attention keeps more than modelled here.
-        act_how += "; falcon: its traced attention keeps about twice what is counted here (not modelled yet: a lower bound)"
+    if shape.model_type == "falcon" and s.attention == "sdpa" and shape.num_key_value_heads > 1:
+        # Found 2026-11-30 on falcon-7b (one key/value head: torch's math kernel, now counted as such,
+        # activations.py); Falcon's newer layout (several key/value heads) has not been traced.
+        act_how += "; falcon with several key/value heads: its attention is not traced yet (a lower bound)"
     if shape.experts:
         act_how += ("; experts through transformers' grouped matmul as its fallback op runs it (cards before compute "
                     "capability 8.0): later cards' native kernel holds one expert stack's gradient less")

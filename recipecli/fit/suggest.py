@@ -13,7 +13,7 @@ from ..read.load import deep_merge
 from ..read.recipe import Lora, Quantization, Recipe
 from ..read.schema import defaults_of
 from .gpu_catalog import Gpu
-from .verdict import Verdict, judge, recipe_shape, setup_for
+from .verdict import BNB_LEAVES_UNQUANTIZED, Verdict, judge, recipe_shape, setup_for
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ def suggest(recipe: Recipe, gpu: Gpu, num_gpus: int = 1, parallelism: str = "non
     if attempt(()).status == "fits":
         return None
     knobs = [moves for moves in (list(knob(recipe)) for knob in _KNOBS) if moves]
+    if shape.model_type in BNB_LEAVES_UNQUANTIZED:  # method qlora is refused for it (verdict.check)
+        knobs = [kept for kept in ([m for m in moves if m.patch.get("method") != "qlora"] for moves in knobs) if kept]
     # Each knob's last setting saves the most: when all of them together do not fit, nothing does.
     smallest = attempt(tuple(moves[-1] for moves in knobs))
     if not smallest.fits:

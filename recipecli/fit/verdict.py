@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from ..errors import RecipeError, UnknownModel, UnknownTargets
+from ..errors import InvalidRecipe, Problem, RecipeError, UnknownModel, UnknownTargets
 from ..read.recipe import Recipe
 from ..units import GIB
 from .architectures import Shape, find_shape
@@ -195,11 +195,33 @@ def check(recipe: Recipe, gpu: Gpu, num_gpus: Optional[int] = None, parallelism:
     except UnknownModel as exc:
         setup_for(recipe, gpu, num_gpus, parallelism)  # what the card cannot run is said first
         raise at_its_field(exc, recipe) from None
+    refuse_an_unquantized_base(recipe, shape.model_type)
     setup, notes = setup_for(recipe, gpu, num_gpus, parallelism, shape.model_type)
     try:
         return judge(shape, setup, gpu, tuple(notes), expandable_segments)
     except (UnknownModel, UnknownTargets) as exc:
         raise at_its_field(exc, recipe) from None
+
+
+# Model types whose linear layers transformers' bitsandbytes integration (5.24) leaves as they are:
+# Falcon's are FalconLinear, which it does not take for nn.Linear (checked on a tiny model of each
+# layout fit-check reads; the run checks the loaded model itself, model.load_model).
+BNB_LEAVES_UNQUANTIZED = frozenset({"falcon"})
+
+
+def refuse_an_unquantized_base(recipe: Recipe, model_type: str) -> None:
+    """Raises: InvalidRecipe: method qlora on a model transformers does not quantize, at $.method."""
+    if recipe.method == "qlora" and model_type in BNB_LEAVES_UNQUANTIZED:
+        raise InvalidRecipe([Problem(recipe.locate(("method",)), "$.method", unquantized_base(model_type),
+                                     UNQUANTIZED_HINT)])
+
+
+def unquantized_base(model_type: str) -> str:
+    return (f"transformers quantizes none of {model_type}'s linear layers with bitsandbytes: method qlora would "
+            "train its 16-bit base, which peft's k-bit preparation makes fp32")
+
+
+UNQUANTIZED_HINT = "use method lora (the same base in 16 bits, without the fp32 upcast)"
 
 
 def at_its_field(exc: RecipeError, recipe: Recipe) -> RecipeError:

@@ -21,7 +21,7 @@ from ..fit.architectures import MODEL_PATH, find_config, shape_from_config
 from ..fit.estimate import CUDA_CONTEXT_BYTES, Estimate, estimate
 from ..fit.gpu_catalog import Gpu, card
 from ..fit.precision import DTYPE_BYTES, NO_SDPA, Choices, choose
-from ..fit.verdict import at_its_field, setup_for
+from ..fit.verdict import at_its_field, refuse_an_unquantized_base, setup_for
 from ..read.recipe import Recipe
 from ..units import GIB
 
@@ -125,6 +125,7 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None, run=None)
     try:
         config = find_config(model.id, model.local_path, model.architecture, model.revision)
         shape = shape_from_config(config)
+        refuse_an_unquantized_base(recipe, shape.model_type)
         setup, notes = setup_for(recipe, gpu, model_type=shape.model_type)
         choices = choose(recipe, gpu, shape.model_type)
         if choices.attention in ("flash_attention_2", "flex_attention") and shape.model_type in NO_SDPA:

@@ -17,7 +17,7 @@ from ..fit.architectures import (check_weights, find_shape, match_modules, match
                                   peft_matches, shape_from_config)
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
-from ..fit.verdict import at_its_field
+from ..fit.verdict import UNQUANTIZED_HINT, at_its_field, unquantized_base
 from ..read.recipe import Recipe, TargetPattern
 
 
@@ -267,6 +267,10 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     except RuntimeError as e:  # weights of other shapes than config.json's: transformers' or bitsandbytes' refusal
         raise _load_failure(f"the model {recipe.model.id}", MismatchedWeights(str(e))) from e
     _check_loaded(recipe, loading)
+    if quant is not None and not any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules()):
+        # transformers leaves a model's linear layers alone where it does not take them for nn.Linear
+        raise InvalidRecipe([Problem(recipe.locate(("method",)), "$.method", unquantized_base(model.config.model_type),
+                                     UNQUANTIZED_HINT)])
     expose_backbone(model)
     if pre_quantized and quant is not None and quant.bits == 4:
         # transformers takes a pre-quantized checkpoint's whole quantization_config, its compute
