@@ -156,7 +156,9 @@ def _notes(recipe: Recipe, choices: Choices, gpu: Gpu, assumed: bool, paged_byte
         out.insert(0, f"no --gpu: traced and estimated as on an {gpu.name} ({choices.precision}); "
                       "name your card with --gpu")
     if choices.attention in ("flash_attention_2", "flex_attention"):
-        out.append(f"{choices.attention} is traced as sdpa's flash kernel, which keeps the same tensors for backward")
+        out.append(f"{choices.attention} is traced as sdpa's flash kernel, which keeps the same tensors for backward"
+                   + ("; the packed rows side by side, as it runs their sequences (sdpa would take a mask over the "
+                      "whole row)" if recipe.data.packing else ""))
     if paged_bytes:
         out.append(f"{recipe.training.optimizer} keeps {paged_bytes / GIB:.2f} GiB of optimizer state in CUDA "
                    "unified memory, outside PyTorch's allocator: not in allocated or reserved; it takes device "

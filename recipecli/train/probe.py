@@ -409,6 +409,10 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     # built outside the fake mode: bitsandbytes' 8-bit optimizers make their maps from data at construction
     opt = _optimizer(optimizer, trainable, weight_decay)
     micro_batches = min(gradient_accumulation_steps, MICRO_BATCHES_TRACED)
+    # Flash attention runs a packed row's sequences one by one, maskless; traced as sdpa, the row
+    # would get the row x row block-diagonal mask sdpa takes instead (13 GiB for Phi-3's 12 x 4,000
+    # tokens). The rows side by side hold the same tokens in tensors of the same sizes.
+    packing = packing and attention not in ("flash_attention_2", "flex_attention")
     with mode:
         batch = _batch(model.config.vocab_size, seq_len, micro_batch, packing)
         tracer = MemTrace() if recorder is None else recorder

@@ -219,14 +219,23 @@ def test_accumulated_gradients_stay_alive_through_the_next_forward():
     assert four.breakdown[GRADIENTS] == four.breakdown[ADAPTERS]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"])
-def test_a_packed_row_traces_the_same_real_and_fake(attention):
-    real, fake = (trace_step(ARCHITECTURES["llama"], method="lora", packing=True, attention=attention, fake=f, **BATCH)
+def test_a_packed_row_traces_the_same_real_and_fake():
+    real, fake = (trace_step(ARCHITECTURES["llama"], method="lora", packing=True, fake=f, **BATCH)
                   for f in (False, True))
     assert fake.peak_bytes == real.peak_bytes and fake.breakdown == real.breakdown
     plain = trace_step(ARCHITECTURES["llama"], method="lora", **BATCH)
     # the same tokens in one row, and their position_ids (int64) restarting at each sequence
     assert fake.breakdown[OTHER] == plain.breakdown[OTHER] + 128 * 8
+
+
+def test_packed_rows_under_flash_attention_are_traced_without_sdpa_s_block_diagonal_mask():
+    # flash attention runs a packed row's sequences maskless; traced as sdpa the row took a row x row
+    # mask (Phi-3's 12 x 4,000 tokens: 13 GiB, fit-check then 10 % "low"): the rows side by side instead
+    flash = trace_step(ARCHITECTURES["llama"], method="lora", packing=True, attention="flash_attention_2",
+                       seq_len=512, micro_batch=4)
+    rows = trace_step(ARCHITECTURES["llama"], method="lora", attention="flash_attention_2", seq_len=512, micro_batch=4)
+    masked = trace_step(ARCHITECTURES["llama"], method="lora", packing=True, seq_len=512, micro_batch=4)
+    assert flash.peak_bytes == rows.peak_bytes < masked.peak_bytes - (4 * 512) ** 2  # at least the bool mask
 
 
 @pytest.mark.slow
