@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -32,12 +33,17 @@ class Command(click.Command):
         try:
             return super().invoke(ctx)
         except RecipeError as exc:
-            # Located errors start with their place (file:line:col:), as compilers print them.
-            click.echo(str(exc) if exc.where else f"error: {exc}", err=True)
+            click.echo(_said(exc), err=True)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt:  # before training starts (loading a model): nothing to save yet
             click.echo("interrupted", err=True)
             ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+def _said(exc: RecipeError) -> str:
+    """A domain error as the user reads it: a located one starts with its place (file:line:col:),
+    as compilers print them."""
+    return str(exc) if exc.where else f"error: {exc}"
 
 
 class _Group(click.Group):
@@ -464,14 +470,43 @@ def data_command(file: str, overrides: tuple[str, ...], show: int, plot_to: str 
     click.echo(data_text(stats, colour), color=colour)
 
 
+def _convert_folder(src: str, output: str | None, lossy: bool, to_axolotl: bool, card) -> None:
+    """`recipe convert FOLDER -o OUT`: every config under FOLDER, what became of each, a summary,
+    and exit code 1 when any was not written."""
+    from .convert.command import Converted, convert_folder
+    from .convert.report import verdict_line
+    from .errors import UsageError
+
+    if output is None:
+        raise UsageError(f"{src} is a folder: its configs convert into a folder", f"add -o OUT_FOLDER, e.g. "
+                         f"recipe convert {src} {'--to' if to_axolotl else '--from'} axolotl -o converted", where="-o")
+    written = failed = 0
+    for _, done in convert_folder(src, output, lossy, to_axolotl):
+        if not isinstance(done, Converted):
+            failed += 1
+            click.echo(_said(done), err=True)
+            continue
+        written += 1
+        for message in done.messages:
+            click.echo(message, err=True)
+        click.echo(f"wrote {done.written}", err=True)
+        if done.recipe is not None:
+            click.echo(verdict_line(done.recipe, card), err=True)
+    click.echo(f"{written} of {written + failed} converted into {output}"
+               + (f"; {failed} not (each said above)" if failed else ""), err=True)
+    if failed:
+        sys.exit(ExitCode.INVALID)
+
+
 @main.command()
 @click.argument("src", type=click.Path())
 @click.option("--from", "source_format", type=click.Choice(["axolotl"]),
               help="SRC is a config of this tool; it becomes a recipe.")
 @click.option("--to", "target_format", type=click.Choice(["axolotl"]),
               help="SRC is a recipe (extends resolved first); it becomes a config of this tool.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="OUT",
-              help="Write here (a new file, written whole; never over an existing one).  [default: stdout]")
+@click.option("-o", "--output", type=click.Path(), metavar="OUT",
+              help="Write here (a new file, written whole; never over an existing one); for a folder SRC, the "
+                   "folder its configs convert into.  [default: stdout]")
 @click.option("--lossy", is_flag=True, help="Write even when keys have no counterpart: each dropped key, its "
                                             "value and line are listed in a comment block at the top.")
 @click.option("--vram", type=float, metavar="GIB", help="A card of this memory for the fit-check verdict of a "
@@ -485,6 +520,8 @@ def convert(src: str, source_format: str | None, target_format: str | None, outp
     Every key is mapped or reported as SRC:line:col: key 'x': not converted: why; with any
     unmapped key nothing is written (exit 1) unless --lossy. A converted recipe is validated and
     gets fit-check's one-line verdict. Notes and verdict go to stderr, the file to OUT or stdout.
+    SRC may be a folder: each config in it and its sub-folders converts into the folder -o names,
+    at the same place; the others go on where one does not convert (exit 1).
 
     Example: recipe convert my-axolotl.yml --from axolotl -o my-recipe.yaml --gpu rtx2080
     """
@@ -496,15 +533,18 @@ def convert(src: str, source_format: str | None, target_format: str | None, outp
     if (source_format is None) == (target_format is None):
         raise UsageError("give --from axolotl (SRC is an Axolotl config) or --to axolotl (SRC is a recipe)",
                          "e.g. recipe convert config.yml --from axolotl -o recipe.yaml", where="--from/--to")
+    for flag, value in (("--vram", vram), ("--gpu", gpu_name)):
+        if target_format is not None and value is not None:
+            raise UsageError(f"{flag} judges a converted recipe; with --to axolotl there is none",
+                             f"fit-check the recipe itself: recipe fit-check {src} {flag} {value}", where=flag)
+    # the card first: a wrong --gpu or --vram must stop the command before it writes anything
+    card = target_gpu(vram, gpu_name) if vram is not None or gpu_name is not None else None
+    if Path(src).is_dir():
+        _convert_folder(src, output, lossy, target_format is not None, card)
+        return
     if source_format is not None:
-        # the card first: a wrong --gpu or --vram must stop the command before it writes anything
-        card = target_gpu(vram, gpu_name) if vram is not None or gpu_name is not None else None
         done = from_axolotl_file(src, output, lossy)
     else:
-        for flag, value in (("--vram", vram), ("--gpu", gpu_name)):
-            if value is not None:
-                raise UsageError(f"{flag} judges a converted recipe; with --to axolotl there is none",
-                                 f"fit-check the recipe itself: recipe fit-check {src} {flag} {value}", where=flag)
         done = to_axolotl_file(src, output, lossy)
     for message in done.messages:
         click.echo(message, err=True)

@@ -5,11 +5,12 @@ cli.py parses options and echoes what these return; nothing here prints.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional, Union
 
-from ..errors import InvalidRecipe, Problem
+from ..errors import InvalidRecipe, Problem, RecipeError, UsageError
 from ..read import codec, load
 from ..read.recipe import Recipe
 from ..read.yamlload import MAX_BYTES, load_file
@@ -102,3 +103,62 @@ def to_axolotl_file(src: str, output: Optional[str], lossy: bool) -> Converted:
             report.publish(staged, out)
     messages = [report.unconverted_text(u, dropped=True) for u in conv.unconverted]
     return Converted(text, out, None, messages + [f"note: {n}" for n in conv.notes])
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A folder converted file by file: what each became, and what was passed over."""
+
+    sources: list[Path]  # the configs found, in the order converted
+    skipped: list[tuple[Path, str]]  # symbolic links and files that are not regular, with why
+
+
+def folder_sources(src: Path, out: Path, suffixes: tuple[str, ...]) -> Folder:
+    """The files of ``src`` and its sub-folders that end in ``suffixes``, found before anything is
+    written, so that an OUT inside SRC never feeds its own results back; links are not followed.
+
+    Raises:
+        UsageError: OUT is not a folder it can fill (a file, a link), or SRC holds no such file.
+    """
+    if os.path.islink(out) or (out.exists() and not out.is_dir()):
+        raise UsageError(f"{out} is {'a link' if os.path.islink(out) else 'a file'}; a folder converts into a "
+                         "folder", "name a new folder, or an existing one", where="-o")
+    if not out.exists() and not out.parent.is_dir():
+        raise UsageError(f"folder {out.parent} does not exist", "create it first, or write elsewhere", where="-o")
+    found, skipped = [], []
+    for folder, subfolders, files in os.walk(src):  # followlinks=False: a linked folder is not entered
+        here = Path(folder)
+        subfolders[:] = sorted(d for d in subfolders if (here / d).resolve() != out.resolve())
+        for name in sorted(files):
+            path = here / name
+            if not name.endswith(suffixes):
+                continue
+            if path.is_symlink() or not path.is_file():
+                skipped.append((path, f"{'a link' if path.is_symlink() else 'not a regular file'}: not converted"))
+            else:
+                found.append(path)
+    if not found:
+        raise UsageError(f"{src} holds no {' or '.join(suffixes)} file", "give a config file, or the folder "
+                         "that holds them", where=str(src))
+    return Folder(found, skipped)
+
+
+def convert_folder(src: str, output: str, lossy: bool, to_axolotl: bool
+                   ) -> Iterator[tuple[Path, Union[Converted, RecipeError]]]:
+    """Each config of a folder (and its sub-folders) converted into the same place under ``output``,
+    one whole file each, never over an existing one; a file that does not convert is reported and the
+    others go on. Yields each source with what it became, or the error that stopped it."""
+    root, out = Path(src), Path(output)
+    folder = folder_sources(root, out, (".yaml", ".yml") if to_axolotl else (".yml", ".yaml"))
+    convert: Callable[[str, str, bool], Converted] = to_axolotl_file if to_axolotl else from_axolotl_file
+    for path in folder.sources:
+        target = (out / path.relative_to(root)).with_suffix(".yml" if to_axolotl else ".yaml")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            yield path, convert(str(path), str(target), lossy)
+        except RecipeError as e:
+            yield path, e
+        except OSError as e:  # a sub-folder that cannot be made (a file in its place, no permission)
+            yield path, UsageError(f"cannot write {target}: {e.strerror}", where="-o")
+    for path, why in folder.skipped:
+        yield path, UsageError(why, "convert the file it names, or copy it here", where=str(path))

@@ -86,6 +86,9 @@ def refuse_existing(destination: Path) -> None:
     Raises:
         UsageError: it exists (never overwritten), or its folder is missing.
     """
+    if destination.is_dir():
+        raise UsageError(f"{destination} is a folder; a file converts into a file", f"name the file, e.g. "
+                         f"{destination / 'converted.yaml'}", where="-o")
     if os.path.lexists(destination):
         raise UsageError(f"{destination} exists; convert never overwrites a file",
                          "choose a new file name, or remove the old one first", where="-o")

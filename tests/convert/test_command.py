@@ -452,3 +452,56 @@ def test_target_modules_that_are_no_names_nor_a_pattern_are_reported_at_their_li
     assert result.exit_code == ExitCode.INVALID and not (here / "five.yaml").exists()
     assert "five.yml:6:1: key 'lora_target_modules': not converted: 5 is not a list of module names nor a " \
            "regular expression" in result.output, result.output
+
+
+def test_a_folder_converts_config_by_config_into_the_same_places_and_goes_on_past_what_does_not(here):
+    # "a team arrives with a folder of Axolotl configs": one command; nothing overwritten, no link followed
+    configs = here / "team"
+    (configs / "sub").mkdir(parents=True)
+    shutil.copy(here / "full-completion.yml", configs / "full.yml")
+    shutil.copy(here / "qlora-chat.yml", configs / "sub" / "chat.yaml")
+    shutil.copy(here / "unsupported.yml", configs / "sub" / "unsupported.yml")
+    (configs / "link.yml").symlink_to(here / "renamed-fields.yml")
+    os.mkfifo(configs / "pipe.yml")
+    (configs / "notes.txt").write_text("not a config\n")
+    result = convert("team", "--from", "axolotl", "-o", "team/recipes", "--vram", "8")
+    assert result.exit_code == ExitCode.INVALID, result.output
+    assert sorted(str(p.relative_to(configs / "recipes")) for p in (configs / "recipes").rglob("*")
+                  if p.is_file()) == ["full.yaml", "sub/chat.yaml"]
+    assert load_recipe(configs / "recipes" / "sub" / "chat.yaml").name == "chat"
+    assert "team/sub/unsupported.yml:11:1: key 'rl': not converted" in result.output
+    assert "team/link.yml: a link: not converted" in result.output
+    assert "team/pipe.yml: not a regular file: not converted" in result.output
+    assert "fit-check on 8 GiB card" in result.output and "notes.txt" not in result.output
+    assert result.output.rstrip().endswith("2 of 5 converted into team/recipes; 3 not (each said above)")
+    # again: every target exists and is kept as it was; the results folder inside the source is not read
+    before = (configs / "recipes" / "full.yaml").read_bytes()
+    again = convert("team", "--from", "axolotl", "-o", "team/recipes")
+    assert again.exit_code == ExitCode.INVALID and "-o: team/recipes/full.yaml exists" in again.output
+    assert (configs / "recipes" / "full.yaml").read_bytes() == before and "0 of 5 converted" in again.output
+    back = convert("team/recipes", "--to", "axolotl", "-o", "axolotl-again")
+    assert back.exit_code == 0 and sorted(p.name for p in (here / "axolotl-again").rglob("*.yml")) == ["chat.yml",
+                                                                                                     "full.yml"]
+
+
+@pytest.mark.parametrize("flags, said", [
+    ([], "team is a folder: its configs convert into a folder"),
+    (["-o", "file.txt"], "file.txt is a file; a folder converts into a folder"),
+    (["-o", "nowhere/out"], "folder nowhere does not exist"),
+])
+def test_a_folder_needs_a_folder_to_convert_into(here, flags, said):
+    (here / "team").mkdir()
+    shutil.copy(here / "full-completion.yml", here / "team" / "full.yml")
+    (here / "file.txt").write_text("mine\n")
+    result = convert("team", "--from", "axolotl", *flags)
+    assert result.exit_code == ExitCode.USAGE and said in result.output
+    assert (here / "file.txt").read_text() == "mine\n" and not (here / "nowhere").exists()
+
+
+def test_a_file_never_converts_into_a_folder_and_an_empty_folder_is_said(here):
+    (here / "empty").mkdir()
+    into_folder = convert("full-completion.yml", "--from", "axolotl", "-o", "empty")
+    assert into_folder.exit_code == ExitCode.USAGE and "-o: empty is a folder; a file converts into a file" in (
+        into_folder.output)
+    nothing = convert("empty", "--from", "axolotl", "-o", "out")
+    assert nothing.exit_code == ExitCode.USAGE and "empty holds no .yml or .yaml file" in nothing.output
