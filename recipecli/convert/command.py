@@ -155,6 +155,9 @@ def convert_folder(src: str, output: str, lossy: bool, to_axolotl: bool
         target = (out / path.relative_to(root)).with_suffix(".yml" if to_axolotl else ".yaml")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.resolve().is_relative_to(out.resolve()):  # a link inside OUT: never followed
+                raise UsageError(f"{target.parent} leads out of {out} (a link): {target.name} not written",
+                                 "remove the link, or convert into a new folder", where="-o")
             yield path, convert(str(path), str(target), lossy)
         except RecipeError as e:
             yield path, e

@@ -484,6 +484,17 @@ def test_a_folder_converts_config_by_config_into_the_same_places_and_goes_on_pas
                                                                                                      "full.yml"]
 
 
+def test_a_link_inside_the_output_folder_is_never_written_through(here, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (here / "team" / "sub").mkdir(parents=True)
+    shutil.copy(here / "full-completion.yml", here / "team" / "sub" / "full.yml")
+    (here / "out").mkdir()
+    (here / "out" / "sub").symlink_to(elsewhere, target_is_directory=True)
+    result = convert("team", "--from", "axolotl", "-o", "out")
+    assert result.exit_code == ExitCode.INVALID and "out/sub leads out of out (a link)" in result.output
+    assert list(elsewhere.iterdir()) == []
+
+
 @pytest.mark.parametrize("flags, said", [
     ([], "team is a folder: its configs convert into a folder"),
     (["-o", "file.txt"], "file.txt is a file; a folder converts into a folder"),
