@@ -324,8 +324,8 @@ def deepspeed_decides_its_own_precision(doc: dict, ctx: Context):
         # DeepSpeed's precision is its config's fp16/bf16 section (mixed, over fp32 master weights, or
         # none: fp32); recipe run fills it from the Trainer, which pure fp16 sets to neither.
         yield ctx.problem(("training", "precision"), f"pure_fp16 with strategy {strategy}: DeepSpeed trains fp16 "
-                          "weights only as mixed precision over an fp32 copy, or fp32", "use precision fp16 (DeepSpeed's "
-                          "fp16), or strategy fsdp or ddp for pure fp16")
+                          "weights only as mixed precision over an fp32 copy, or fp32",
+                          "use precision fp16 (DeepSpeed's fp16), or strategy fsdp or ddp for pure fp16")
 
 
 def min_lr_needs_cosine(doc: dict, ctx: Context):

@@ -1,7 +1,8 @@
 """Llama 4 as recipe trains it: its text model under TRL, and its experts as linear layers
-(model.linearized_experts), the layout of Axolotl's linearized checkpoints (``axolotl-quants/Llama-4-*-Linearized-*``), which store each layer's
-experts as one nn.Linear per expert and projection (``feed_forward.experts.gate_projs.N``,
-``up_projs.N``, ``down_projs.N``) where transformers fuses them into two 3-D parameters.
+(model.linearized_experts), the layout of Axolotl's linearized checkpoints
+(``axolotl-quants/Llama-4-*-Linearized-*``), which store each layer's experts as one nn.Linear per
+expert and projection (``feed_forward.experts.gate_projs.N``, ``up_projs.N``, ``down_projs.N``)
+where transformers fuses them into two 3-D parameters.
 
 Built as nn.Linear layers, the experts load from such a checkpoint, bitsandbytes quantizes them
 like every other linear layer (and loads them pre-quantized), and peft adapts them by name. The

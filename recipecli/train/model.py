@@ -356,7 +356,7 @@ def _check_stored_quantization(recipe: Recipe, stored) -> None:
     kind = f"{bits}-bit{' ' + str(get('bnb_4bit_quant_type')) if bits == 4 else ''}"
     quant, problems = recipe.quantization, []
     if quant is None:
-        problems.append(((("method",)), f"method {recipe.method}: {recipe.model.id} is stored quantized by "
+        problems.append((("method",), f"method {recipe.method}: {recipe.model.id} is stored quantized by "
                          f"bitsandbytes ({kind}) and loads so", "use method qlora, with quantization as the "
                          "checkpoint stores it"))
     else:
