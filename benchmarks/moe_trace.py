@@ -55,7 +55,7 @@ FULL = [("Qwen/Qwen3-30B-A3B", "qlora", "bf16", True, 2048, 1, True, ATTENTION),
 
 
 def setup(method: str, precision: str, checkpointing: bool, seq_len: int, micro_batch: int, moe_experts: bool,
-          adapters: tuple, bits: int = 4) -> Setup:
+          adapters: tuple, bits: int = 4, dropout: float | None = None) -> Setup:
     """The estimator's view of what trace_step runs: the dtypes recipe run would choose."""
     kbit = method == "qlora"
     targets, parameters = adapters
@@ -65,27 +65,31 @@ def setup(method: str, precision: str, checkpointing: bool, seq_len: int, micro_
                  quant_type="nf4" if four else None, double_quant=four, compute_bytes=DTYPE_BYTES[DTYPE_OF[precision]],
                  lora_r=16, lora_targets=targets, micro_batch_size=micro_batch, seq_len=seq_len,
                  gradient_checkpointing=checkpointing, optimizer="adamw_torch", attention="sdpa",
-                 gradient_accumulation_steps=1, lora_dropout=_dropout(adapters), autocast=precision != "fp32",
+                 gradient_accumulation_steps=1, lora_dropout=_dropout(adapters) if dropout is None else dropout,
+                 autocast=precision != "fp32",
                  adapter_bytes=DTYPE_BYTES[chosen["trainable_dtype"]], padded=False, moe_experts=moe_experts,
                  target_parameters=parameters)
 
 
 def _dropout(adapters: tuple) -> float:
-    return 0.05 if adapters == ATTENTION else 0.0  # peft takes no dropout on parameters
+    # the grid's own choice: on parameters peft takes none, and recipe gives them none either way
+    return 0.05 if adapters == ATTENTION else 0.0
 
 
 def traced_and_counted(config: dict, method, precision, checkpointing, seq_len, micro_batch, moe_experts,
-                       adapters, bits: int = 4) -> tuple[int, int]:
-    """(the traced allocated peak, fit-check's allocated figure) of one set-up; imports torch."""
+                       adapters, bits: int = 4, dropout: float | None = None) -> tuple[int, int]:
+    """(the traced allocated peak, fit-check's allocated figure) of one set-up; imports torch.
+    dropout: lora.dropout (None: the grid's own, :func:`_dropout`)."""
     from recipecli.train.probe import trace_step
 
+    dropout = _dropout(adapters) if dropout is None else dropout
     targets, parameters = adapters
     traced = trace_step(config, method=method, targets=targets, target_parameters=parameters, precision=precision,
                         steps=2, gradient_checkpointing=checkpointing, seq_len=seq_len, micro_batch=micro_batch,
                         bits=bits, double_quant=True, moe_experts=moe_experts,
-                        lora_dropout=_dropout(adapters)).peak_bytes
+                        lora_dropout=dropout).peak_bytes
     counted = estimate(shape_from_config(config), setup(method, precision, checkpointing, seq_len, micro_batch,
-                                                        moe_experts, adapters, bits)).allocated_bytes
+                                                        moe_experts, adapters, bits, dropout)).allocated_bytes
     return traced, counted
 
 

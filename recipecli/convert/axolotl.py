@@ -1126,7 +1126,7 @@ TOP_ROWS: tuple[Row, ...] = (
         "the 'attention' shorthand has no Axolotl spelling"),
     Row("lora_target_parameters", ("lora.target_parameters",), _target_parameters,
         lambda doc: get(doc, "lora.target_parameters", []) or ABSENT, "adapters on parameters: a mixture of experts' "
-        "fused experts; dropout must be 0"),
+        "fused experts, which take no dropout (the linear adapters take lora_dropout, as in Axolotl)"),
     # The entries are read and written with DATASET_ROWS; the list takes its place in the file here.
     Row("datasets", ("data.datasets",), lambda v, cfg: {}, lambda doc: [], "each entry: DATASET_ROWS"),
     _row("sequence_len", "data.max_seq_length", "Axolotl's default is 512, recipe's 2048: written explicitly"),

@@ -258,11 +258,6 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
     lora_params = layers * sum(s.lora_r * (fin + fout) for fin, fout in adapters.values())
     experts = activations.adapted_experts(shape, s)
-    if experts and s.lora_dropout:  # peft's ParamWrapper refuses it when the adapters are built
-        raise UnknownTargets(f"peft adapts this {shape.model_type} model's router and fused experts too "
-                             f"({', '.join(experts)}), and takes no dropout on them",
-                             hint="set lora.dropout: 0, or adapt the attention alone (target_modules: attention)",
-                             path="$.lora.dropout")
     ranks = activations.expert_ranks(shape, s)
     lora_params += layers * sum(count * ranks[path] * (fin + fout)
                                 for path, (count, fin, fout) in shape.expert_parameters(experts).items())
@@ -314,6 +309,9 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         # Found 2026-11-30 on falcon-7b (one key/value head: torch's math kernel, now counted as such,
         # activations.py); Falcon's newer layout (several key/value heads) has not been traced.
         act_how += "; falcon with several key/value heads: its attention is not traced yet (a lower bound)"
+    if activations.adapted_experts(shape, s) and s.lora_dropout:
+        act_how += ("; the adapters on the router and experts take no dropout (peft's ParamWrapper cannot), "
+                    "the others do")
     if shape.experts:
         act_how += ("; experts through transformers' grouped matmul as its fallback op runs it (cards before compute "
                     "capability 8.0): later cards' native kernel holds one expert stack's gradient less")

@@ -139,7 +139,7 @@ class Lora:
     use_rslora: bool
     use_dora: bool
     modules_to_save: tuple[str, ...]  # trained in full beside the adapters
-    target_parameters: tuple[str, ...]  # parameters adapted directly (fused experts); dropout 0 (rules.py)
+    target_parameters: tuple[str, ...]  # parameters adapted directly (fused experts), without dropout
 
 
 @dataclass(frozen=True)

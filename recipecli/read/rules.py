@@ -412,15 +412,6 @@ def saved_modules_are_not_adapted(doc: dict, ctx: Context):
                               "remove it from one list")
 
 
-def adapted_parameters_take_no_dropout(doc: dict, ctx: Context):
-    lora = doc.get("lora", {})
-    dropout = lora.get("dropout", schema.defaults_of("lora")["dropout"])
-    if lora.get("target_parameters") and dropout != 0:
-        # peft's ParamWrapper refuses it when the adapters are built, after the model has loaded
-        yield ctx.problem(("lora", "target_parameters"), f"adapters on parameters take no dropout (lora.dropout is "
-                          f"{dropout})", "set lora.dropout: 0", key=True)
-
-
 def adapted_parameters_are_not_quantized(doc: dict, ctx: Context):
     if doc.get("lora", {}).get("target_parameters") and doc.get("quantization", {}).get("moe_experts"):
         # peft (0.21) looks the names up among plain parameters; a parametrized (quantized) one is not
@@ -506,7 +497,6 @@ RULES: tuple[Rule, ...] = (
     evaluation_needs_held_out_data,
     target_pattern_is_a_regular_expression,
     saved_modules_are_not_adapted,
-    adapted_parameters_take_no_dropout,
     adapted_parameters_are_not_quantized,
     linearized_experts_are_linear_layers,
     router_coefficient_needs_the_loss,

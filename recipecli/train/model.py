@@ -13,8 +13,8 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import InvalidRecipe, NotModeled, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
-from ..fit.architectures import (check_weights, find_shape, match_modules, match_parameters, match_pattern,
-                                  peft_matches, shape_from_config)
+from ..fit.architectures import (ALL_LINEAR_ADAPTS_EXPERTS, check_weights, find_shape, match_modules,
+                                  match_parameters, match_pattern, peft_matches, shape_from_config)
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
 from ..fit.verdict import UNQUANTIZED_HINT, at_its_field, unquantized_base
@@ -579,9 +579,32 @@ def lora_config(r: int, alpha: float, dropout: float, targets, model, target_par
     """
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
-                      target_modules=lora_targets(targets, model),
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=adapter_dropout(dropout, targets, target_parameters, model),
+                      task_type="CAUSAL_LM", target_modules=lora_targets(targets, model),
                       target_parameters=parameter_targets(target_parameters, model))
+
+
+def adapter_dropout(dropout: float, targets, target_parameters: Sequence[str], model) -> float:
+    """The lora_dropout to build peft's adapters with: 0 where peft wraps parameters too
+    (lora.target_parameters, or the fused experts all-linear reaches on ALL_LINEAR_ADAPTS_EXPERTS), as
+    its ParamWrapper refuses any other; :func:`drop_adapter_inputs` then gives the adapters on linear
+    layers the recipe's dropout. Axolotl's rule too: dropout on linear adapters, none on parameters."""
+    wraps = bool(target_parameters) or (targets == "all-linear"
+                                        and model.config.model_type in ALL_LINEAR_ADAPTS_EXPERTS)
+    return 0.0 if wraps else dropout
+
+
+def drop_adapter_inputs(model, dropout: float) -> None:
+    """Give each LoRA adapter on a linear layer built without dropout (:func:`adapter_dropout`) the
+    recipe's; adapters on parameters keep none."""
+    import torch
+    from peft.tuners.lora.layer import LoraLayer, ParamWrapper
+
+    for module in model.modules():
+        if dropout and isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
+            for name, drop in module.lora_dropout.items():
+                if isinstance(drop, torch.nn.Identity):
+                    module.lora_dropout[name] = torch.nn.Dropout(p=dropout)
 
 
 def parameter_targets(wanted: Sequence[str], model) -> Optional[list[str]]:

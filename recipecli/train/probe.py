@@ -45,8 +45,8 @@ import torch
 from ..fit.precision import DTYPE_OF, Choices, dtypes
 from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
 from .kernels import gpu_kernels
-from .model import (bnb_config, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit, quantize_experts,
-                    repeated_kv_heads)
+from .model import (bnb_config, drop_adapter_inputs, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit,
+                    quantize_experts, repeated_kv_heads)
 
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of its fused LM head
@@ -170,6 +170,7 @@ def _build(config_dict: dict, *, method: str, lora_r: int, lora_alpha: float, lo
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, targets, model, target_parameters))
+        drop_adapter_inputs(model, lora_dropout)
     elif method != "full":
         raise ValueError(f"method {method!r}: qlora, lora or full")
     elif unfrozen:

@@ -32,8 +32,8 @@ from ..read.recipe import Recipe, targets_text
 from ..units import GIB
 from . import checkpoints, claim, data, datafiles, datastats, failures, launch, qat, runfolder, tracking
 from .callbacks import StopRequest, recorder
-from .model import (check_remote_code, enforce_dtypes, load_model, load_tokenizer, lora_targets, model_type_of,
-                    parameter_targets, repeated_kv_heads, saved_modules, say, training_gpu)
+from .model import (adapter_dropout, check_remote_code, drop_adapter_inputs, enforce_dtypes, load_model, load_tokenizer,
+                    lora_targets, model_type_of, parameter_targets, repeated_kv_heads, saved_modules, say, training_gpu)
 from .preflight import refuse_unless_cpu_trains, refuse_unless_fits
 from .trainer import schedule_of, trainer_class
 
@@ -365,7 +365,8 @@ def _lora_config(recipe: Recipe, model):
         parameters = parameter_targets(lora.target_parameters, model)
     except RecipeError as e:
         raise at_its_field(e, recipe) from None
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, task_type="CAUSAL_LM",
+                      lora_dropout=adapter_dropout(lora.dropout, lora.target_modules, parameters or (), model),
                       use_rslora=lora.use_rslora, use_dora=lora.use_dora, target_modules=targets,
                       modules_to_save=to_save, target_parameters=parameters)
 
@@ -527,6 +528,8 @@ def _trainer(recipe: Recipe, choices: Choices, model, args, tokenizer, train_set
                                      f"{targets_text(recipe.lora.target_modules)}), and takes no dropout on them",
                                      "set lora.dropout: 0, or adapt the attention alone (target_modules: attention)")]) \
             from None
+    if recipe.lora is not None:
+        drop_adapter_inputs(trainer.model, recipe.lora.dropout)
     enforce_dtypes(trainer.model, choices)  # before train() builds the optimizer over them
     trainer.schedule = schedule_of(recipe.training)
     return trainer

@@ -42,8 +42,6 @@ BREAKING = {
     "early_stopping_needs_evaluations": ({"training": {"early_stopping_patience": 3}},
                                          "$.training.early_stopping_patience"),
     # issue 10: mixtures of experts
-    "adapted_parameters_take_no_dropout": ({"lora": {"target_parameters": ["mlp.experts.down_proj"]}},
-                                           "$.lora.target_parameters"),
     "adapted_parameters_are_not_quantized": ({"lora": {"target_parameters": ["mlp.experts.down_proj"], "dropout": 0},
                                               "quantization": {"moe_experts": True}}, "$.lora.target_parameters"),
     "pure_fp16_needs_an_fp32_update": ({"method": "full", "quantization": None, "lora": None,

@@ -197,29 +197,50 @@ def test_an_experts_kernel_reaches_the_model(moe):
     assert model.config._experts_implementation == "eager"
 
 
-def test_all_linear_with_dropout_is_refused_at_the_dropout_before_anything_loads(moe):
-    # peft adapts Mixtral's experts and routers as parameters under all-linear, and refuses dropout there
+def _dropouts(model) -> dict:
+    """Each LoRA layer's input dropout probability by kind: linear layers and parameters (experts)."""
+    import torch
+    from peft.tuners.lora.layer import LoraLayer, ParamWrapper
+
+    found: dict = {"linear": set(), "parameters": set()}
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            kind = "parameters" if isinstance(module, ParamWrapper) else "linear"
+            found[kind] |= {d.p if isinstance(d, torch.nn.Dropout) else 0.0 for d in module.lora_dropout.values()}
+    return found
+
+
+def test_all_linear_with_dropout_drops_the_linear_adapters_inputs_and_not_the_experts(moe):
+    # peft adapts Mixtral's experts and routers as parameters under all-linear and refuses dropout
+    # there; refused before, the run now gives them none and the attention's adapters the dropout
+    from recipecli.train.model import adapter_dropout, drop_adapter_inputs, lora_config
+
     recipe = moe({"lora": {"target_modules": "all-linear", "dropout": 0.05}})
-    with pytest.raises(UnknownTargets) as refused:
-        run(recipe, gpus=())
-    assert refused.value.path == "$.lora.dropout" and refused.value.where is not None
-    assert "router and fused experts too" in refused.value.message and "lora.dropout: 0" in refused.value.hint
+    done = run(recipe, gpus=())
+    assert done.steps == 2 and done.final_loss == done.final_loss  # finite, not NaN
+    from peft import get_peft_model
+
+    model = _loaded(recipe)
+    assert adapter_dropout(0.05, "all-linear", (), model) == 0.0 and adapter_dropout(0.05, "attention", (), model) == 0.05
+    peft_model = get_peft_model(model, lora_config(4, 8, 0.05, "all-linear", model))
+    drop_adapter_inputs(peft_model, 0.05)
+    assert _dropouts(peft_model) == {"linear": {0.05}, "parameters": {0.0}}
 
 
-def test_without_a_fit_check_peft_s_refusal_of_dropout_is_located_too(moe, tmp_path):
-    # a config.json that leaves the expert count to transformers' default (8): fit-check cannot read it
-    import json
+def test_adapters_on_named_parameters_take_no_dropout_and_the_others_theirs(moe):
+    # lora.target_parameters with dropout was refused by a rule (peft refuses it for parameters);
+    # Axolotl trains it with the dropout on the linear adapters alone, and so does recipe now
+    from peft import get_peft_model
 
-    folder = _mixtral(tmp_path / "mixtral-default-experts", experts=8)
-    config = json.loads((folder / "config.json").read_text())
-    del config["num_local_experts"]
-    (folder / "config.json").write_text(json.dumps(config))
-    recipe = moe({"model": {"id": str(folder)}, "lora": {"target_modules": "all-linear", "dropout": 0.05}})
-    with pytest.raises(InvalidRecipe) as refused:
-        run(recipe, gpus=())
-    (problem,) = refused.value.problems
-    assert problem.path == "$.lora.dropout" and "fused experts and routers" in problem.message
-    assert "lora.dropout: 0" in problem.hint
+    from recipecli.train.model import drop_adapter_inputs, lora_config
+
+    delta = {"lora": {"target_modules": "attention", "dropout": 0.05, "target_parameters": ["mlp.experts.down_proj"]}}
+    done = run(moe(delta), gpus=())
+    assert done.steps == 2 and done.final_loss == done.final_loss  # finite, not NaN
+    model = _loaded(moe(delta))
+    peft_model = get_peft_model(model, lora_config(4, 8, 0.05, "attention", model, ["mlp.experts.down_proj"]))
+    drop_adapter_inputs(peft_model, 0.05)
+    assert _dropouts(peft_model) == {"linear": {0.05}, "parameters": {0.0}}
 
 
 @pytest.mark.parametrize("delta, path", [

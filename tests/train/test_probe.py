@@ -346,6 +346,19 @@ def test_the_estimate_of_a_mixture_of_experts_holds_to_its_traced_step(moe_trace
     assert abs(counted - traced) <= 0.06 * traced, (counted, traced)
 
 
+@pytest.mark.parametrize("method, checkpointing, adapters", [("lora", False, "all-linear"), ("qlora", True, "all-linear"),
+                                                           ("lora", False, "one stack")])
+@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen3_moe"])
+def test_the_estimate_of_expert_adapters_beside_dropped_linear_ones_holds_to_its_traced_step(moe_trace, family, method,
+                                                                                           checkpointing, adapters):
+    """lora.dropout with adapters on experts: the linear adapters take it, the experts' none (peft's
+    ParamWrapper cannot), as the run builds them (model.adapter_dropout, drop_adapter_inputs)."""
+    on = {"all-linear": moe_trace.ALL_LINEAR, "one stack": moe_trace.ONE_STACK}[adapters]
+    traced, counted = moe_trace.traced_and_counted(moe_trace.SMALL[family], method, "bf16", checkpointing, 512, 2,
+                                                   False, on, dropout=0.05)
+    assert abs(counted - traced) <= 0.06 * traced, (counted, traced)
+
+
 @pytest.mark.parametrize("precision, checkpointing, tokens", [("bf16", True, (2048, 2)), ("fp32", False, (512, 1)),
                                                               ("bf16", False, (512, 1))])
 @pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen2_moe", "qwen3_moe"])
