@@ -419,8 +419,13 @@ def _unfrozen(v, cfg):
     if v == []:
         return {}  # nothing frozen: what recipe does
     if cfg.get("adapter") in ("lora", "qlora"):
-        raise NotConverted("with an adapter: recipe's training.unfrozen_parameters choose what full fine-tuning "
-                           "trains", "use lora_modules_to_save for whole modules trained beside the adapters")
+        # Axolotl freezes by these patterns after peft has wrapped the model (its setup_model_and_tokenizer),
+        # so they meet peft's names (base_model.model.…): the adapters they miss are frozen too.
+        raise NotConverted("with an adapter: Axolotl applies it after peft has wrapped the model, freezing every "
+                           "parameter its patterns miss, the adapters too (their names start base_model.model.); "
+                           "recipe's training.unfrozen_parameters choose what full fine-tuning trains",
+                           "use lora_modules_to_save for whole modules trained beside the adapters, or "
+                           "lora.target_modules to keep adapters off a vision tower")
     if not (isinstance(v, list) and v and all(isinstance(p, str) and p for p in v)):
         raise NotConverted(f"{_shown(v)} is not a list of parameter name patterns", "e.g. [lm_head.weight]")
     ranged = [p for p in v if _ROWS.match(p)]
