@@ -499,6 +499,16 @@ def shape_from_config(config: dict) -> Shape:
     layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
     heads = _first(config, "num_attention_heads", "n_head")
     vocab = config.get("vocab_size")
+    if None in (h, layers, heads, vocab) and isinstance(config.get("text_config"), dict):
+        # A multimodal model's config (Llama 4, Gemma 3, Mistral 3...): its language model's sizes are
+        # under text_config, and a model.architecture block would describe that part alone.
+        text = config["text_config"]
+        if model_type in _MOE_MODEL_TYPES or _routed_experts(text) > 1:
+            raise NotModeled(f"model_type {model_type!r} is a multimodal mixture of experts, which fit-check does not "
+                             "read", hint="recipe run trains it without a fit check", path=MODEL_PATH)
+        raise NotModeled(f"model_type {model_type!r} is a multimodal model (its language model's sizes are under "
+                         "text_config): fit-check does not estimate those yet", hint="recipe run trains it without "
+                         "a fit check", path=MODEL_PATH)
     if None in (h, layers, heads, vocab):
         raise UnknownModel(f"config.json of model_type {model_type!r} lacks hidden_size, "
                            "num_hidden_layers, num_attention_heads or vocab_size", hint=_FIXES, path=MODEL_PATH)

@@ -163,6 +163,21 @@ def test_encoder_decoder_and_incomplete_configs_are_refused():
         shape_from_config({"model_type": "llama", "hidden_size": 64})
 
 
+@pytest.mark.parametrize("config, said", [
+    ({"model_type": "llama4", "text_config": {"hidden_size": 5120, "num_local_experts": 16}},
+     "'llama4' is a multimodal mixture of experts"),
+    ({"model_type": "gemma3", "text_config": {"hidden_size": 2560}}, "'gemma3' is a multimodal model"),
+])
+def test_a_multimodal_config_is_said_to_be_one_not_a_config_that_lacks_its_sizes(config, said):
+    # its sizes are under text_config: "add a model.architecture block" was the hint, which for Llama 4
+    # would then be refused as a mixture of experts, and for Gemma 3 describe the language model alone
+    from recipecli.errors import NotModeled
+
+    with pytest.raises(NotModeled, match=said) as caught:
+        shape_from_config(config)
+    assert caught.value.path == "$.model.id" and "without a fit check" in caught.value.hint
+
+
 def test_find_shape_reads_the_recipe_architecture_block(tmp_path, offline):
     recipe = tmp_path / "private.yaml"
     recipe.write_text(
