@@ -175,7 +175,7 @@ def layer_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes, adapters: dict) ->
     read = {_input_of(shape, path) if shared else path: fin for path, (fin, _) in adapters.items()}
     adapter = sum(read.values()) * dt.adapter_in + sum(fin * dt.dropout_mask + s.lora_r * dt.adapter_in
                                                        for fin, _ in adapters.values())
-    return norms + attention + mlp + inputs + adapter
+    return norms + attention + mlp + inputs + adapter + _qk_norms_bytes(shape)
 
 
 def _input_of(shape: Shape, path: str) -> str:
@@ -272,7 +272,7 @@ def experts_bytes_per_token(shape: Shape, s: Setup, dt: Dtypes) -> float:
     h, i, k, e = shape.hidden_size, shape.expert_intermediate_size, shape.experts_per_token, shape.experts
     de = expert_bytes(s, dt)
     router = 4 * e + 8 * k + (h * dt.compute if "mlp.gate.weight" in adapted_experts(shape, s) else 0)
-    return router + k * (de * (2 * h + 4 * i) + 4 + 3 * 8) + _qk_norms_bytes(shape) + _shared_expert_bytes(shape, dt)
+    return router + k * (de * (2 * h + 4 * i) + 4 + 3 * 8) + _shared_expert_bytes(shape, dt)
 
 
 def _shared_expert_bytes(shape: Shape, dt: Dtypes) -> float:
@@ -284,8 +284,8 @@ def _shared_expert_bytes(shape: Shape, dt: Dtypes) -> float:
 
 
 def _qk_norms_bytes(shape: Shape) -> int:
-    """Per token: the q and k RMSNorms (Qwen3-MoE: per head; OLMoE: over the whole projection) keep
-    their fp32 input and a reciprocal root per normalized row."""
+    """Per token: the q and k RMSNorms (Qwen3 and Qwen3-MoE: per head; OLMoE: over the whole
+    projection) keep their fp32 input and a reciprocal root per normalized row."""
     if not shape.q_norm:
         return 0
     per_head = shape.q_norm == shape.head_dim

@@ -554,7 +554,9 @@ def shape_from_config(config: dict) -> Shape:
     if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES or model_type in _MOE_MODEL_TYPES:
         return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
-    return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias,
+    # Qwen3 normalizes each head's queries and keys (RMSNorm over head_dim), as Qwen3-MoE does
+    qk = (base["head_dim"],) * 2 if model_type == "qwen3" else (0, 0)
+    return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias, q_norm=qk[0], k_norm=qk[1],
                  mlp_bias=config.get("mlp_bias", False),
                  layer_norms=("input_layernorm", "post_attention_layernorm")
                  + (("pre_feedforward_layernorm", "post_feedforward_layernorm") if model_type == "gemma2" else ()))
