@@ -443,7 +443,7 @@ def _paths_text(paths: Iterable[str]) -> str:
 
 
 # Config classes whose tie_word_embeddings defaults to True when config.json leaves it out.
-_TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "falcon", "bloom"})
+_TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "gemma3_text", "falcon", "bloom"})
 _FIXES = (
     "fix it in one of three ways:\n"
     "    1. put the model's config.json in a local folder and set model.id to that folder;\n"
@@ -554,12 +554,13 @@ def shape_from_config(config: dict) -> Shape:
     if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES or model_type in _MOE_MODEL_TYPES:
         return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
-    # Qwen3 normalizes each head's queries and keys (RMSNorm over head_dim), as Qwen3-MoE does
-    qk = (base["head_dim"],) * 2 if model_type == "qwen3" else (0, 0)
+    # Qwen3 and Gemma 3 normalize each head's queries and keys (RMSNorm over head_dim), as Qwen3-MoE does
+    qk = (base["head_dim"],) * 2 if model_type in ("qwen3", "gemma3_text") else (0, 0)
     return Shape(**base, qkv_bias=bias or model_type == "qwen2", o_bias=bias, q_norm=qk[0], k_norm=qk[1],
                  mlp_bias=config.get("mlp_bias", False),
                  layer_norms=("input_layernorm", "post_attention_layernorm")
-                 + (("pre_feedforward_layernorm", "post_feedforward_layernorm") if model_type == "gemma2" else ()))
+                 + (("pre_feedforward_layernorm", "post_feedforward_layernorm")
+                    if model_type in ("gemma2", "gemma3_text") else ()))
 
 
 # config.json keys that count a mixture of experts' routed experts per layer, across families.

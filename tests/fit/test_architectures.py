@@ -373,7 +373,7 @@ def test_one_expert_is_a_dense_model():
 GQA = dict(num_key_value_heads=2, intermediate_size=96)
 TINY_DENSE = {  # every native layout, small enough to build on the meta device (with only the sizes it reads)
     "llama": GQA, "mistral": GQA, "qwen2": GQA, "qwen3": dict(GQA, head_dim=16), "gemma": dict(GQA, head_dim=16),
-    "gemma2": dict(GQA, head_dim=16),
+    "gemma2": dict(GQA, head_dim=16), "gemma3_text": dict(GQA, head_dim=16),
     "phi": dict(intermediate_size=96), "phi3": GQA, "gpt_neox": dict(intermediate_size=96),
     "bloom": dict(n_embed=64, n_layer=2, n_head=4), "falcon": dict(multi_query=True, parallel_attn=True),
     "falcon-new-architecture": dict(new_decoder_architecture=True, num_kv_heads=2),
