@@ -125,10 +125,10 @@ def folder_sources(src: Path, out: Path, suffixes: tuple[str, ...]) -> Folder:
                          "folder", "name a new folder, or an existing one", where="-o")
     if not out.exists() and not out.parent.is_dir():
         raise UsageError(f"folder {out.parent} does not exist", "create it first, or write elsewhere", where="-o")
-    found, skipped = [], []
+    found, skipped, results = [], [], out.resolve()
     for folder, subfolders, files in os.walk(src):  # followlinks=False: a linked folder is not entered
         here = Path(folder)
-        subfolders[:] = sorted(d for d in subfolders if (here / d).resolve() != out.resolve())
+        subfolders[:] = sorted(d for d in subfolders if (here / d).resolve() != results)
         for name in sorted(files):
             path = here / name
             if not name.endswith(suffixes):
@@ -150,12 +150,13 @@ def convert_folder(src: str, output: str, lossy: bool, to_axolotl: bool
     others go on. Yields each source with what it became, or the error that stopped it."""
     root, out = Path(src), Path(output)
     folder = folder_sources(root, out, (".yaml", ".yml") if to_axolotl else (".yml", ".yaml"))
+    inside = out.resolve()
     convert: Callable[[str, str, bool], Converted] = to_axolotl_file if to_axolotl else from_axolotl_file
     for path in folder.sources:
         target = (out / path.relative_to(root)).with_suffix(".yml" if to_axolotl else ".yaml")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.parent.resolve().is_relative_to(out.resolve()):  # a link inside OUT: never followed
+            if not target.parent.resolve().is_relative_to(inside):  # a link inside OUT: never followed
                 raise UsageError(f"{target.parent} leads out of {out} (a link): {target.name} not written",
                                  "remove the link, or convert into a new folder", where="-o")
             yield path, convert(str(path), str(target), lossy)

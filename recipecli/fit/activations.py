@@ -199,7 +199,7 @@ def _mlp_bytes(shape: Shape, s: Setup, dt: Dtypes) -> float:
 
 def _grouped_heads_said(shape: Shape, s: Setup) -> str:
     """How sdpa runs this model's grouped key/value heads, where it is not its fused kernel."""
-    if s.attention == "sdpa" and shape.layout == "falcon" and shape.num_key_value_heads == 1:
+    if _falcon_math(shape, s):
         return ", falcon's one key/value head and mask in torch's math kernel: a seq x seq matrix per head"
     if s.attention != "sdpa" or shape.num_key_value_heads >= shape.num_attention_heads or _sdpa_masked(shape, s):
         return ""
@@ -221,13 +221,17 @@ def _sdpa_masked(shape: Shape, s: Setup) -> bool:
 def _math_attention(shape: Shape, s: Setup) -> bool:
     """sdpa runs grouped heads in torch's math kernel: no fused kernel for them (Setup.grouped_attention),
     no mask (which makes transformers repeat the heads itself), head size within what it passes
-    grouped (256). Falcon with one key/value head always: transformers hands sdpa that head unrepeated
-    beside a materialized mask, which only the math kernel takes (it broadcasts the one head), on
-    CUDA as on the CPU."""
-    if s.attention == "sdpa" and shape.layout == "falcon" and shape.num_key_value_heads == 1:
-        return True
-    return (s.attention == "sdpa" and s.grouped_attention == "math" and not _sdpa_masked(shape, s)
-            and shape.num_key_value_heads < shape.num_attention_heads and shape.head_dim <= 256)
+    grouped (256). Falcon with one key/value head always (:func:`_falcon_math`)."""
+    return _falcon_math(shape, s) or (
+        s.attention == "sdpa" and s.grouped_attention == "math" and not _sdpa_masked(shape, s)
+        and shape.num_key_value_heads < shape.num_attention_heads and shape.head_dim <= 256)
+
+
+def _falcon_math(shape: Shape, s: Setup) -> bool:
+    """Falcon with one key/value head under sdpa: transformers hands sdpa that head unrepeated beside
+    a materialized mask, which only torch's math kernel takes (it broadcasts the one head), on CUDA
+    as on the CPU."""
+    return s.attention == "sdpa" and shape.layout == "falcon" and shape.num_key_value_heads == 1
 
 
 def expert_bytes(s: Setup, dt: Dtypes) -> int:

@@ -551,7 +551,7 @@ def shape_from_config(config: dict) -> Shape:
         return Shape(**base, layout="bloom", **biased, embedding_norm=True)
     if model_type == "gpt_neox":
         return Shape(**base, layout="gpt_neox", **biased, parallel_mlp=config.get("use_parallel_residual", True))
-    if _routed_experts(config) > 1 or model_type in _MOE_FAMILIES or model_type in _MOE_MODEL_TYPES:
+    if _routed_experts(config) > 1 or model_type in _MOE_MODEL_TYPES:  # _MOE_FAMILIES among them
         return _moe_shape(config, base)
     bias = config.get("attention_bias", False)
     # Qwen3 and Gemma 3 normalize each head's queries and keys (RMSNorm over head_dim), as Qwen3-MoE does

@@ -15,6 +15,9 @@ from .gpu_catalog import Gpu
 DtypeName = Literal["float16", "bfloat16", "float32"]  # torch's names: getattr(torch, name)
 DTYPE_OF: dict[str, DtypeName] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_fp16": "float16"}
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# The attention kernels that keep flash attention's tensors (no seq x seq matrix), from compute
+# capability 8.0; the probe traces both as sdpa's flash kernel.
+FLASH_KERNELS = ("flash_attention_2", "flex_attention")
 # Causal language models whose attention transformers (5.24) runs without sdpa (_supports_sdpa
 # False: Gemma 2's and VaultGemma's logit softcapping, gpt-oss' attention sinks, BLOOM's ALiBi...):
 # asked for sdpa, from_pretrained refuses them, so attention auto is eager there.
@@ -166,7 +169,7 @@ def choose(recipe: Recipe, gpu: Optional[Gpu], model_type: Optional[str] = None)
                 "set training.attention to auto (eager for this model)")
     # FlexAttention's Triton kernels need Ampere too: below it (and on the CPU, uncompiled) torch runs
     # a dense fallback that keeps the whole attention matrix, and fails in fp16.
-    if attention in ("flash_attention_2", "flex_attention") and (
+    if attention in FLASH_KERNELS and (
             gpu is None or (cc_known and not gpu.supports_flash_attention_2)):
         lacking = " (an NVIDIA GPU); there is no GPU here" if gpu is None else f"; {label} lacks it"
         problem(("training", "attention"), f"{attention} needs compute capability >= 8.0{lacking}",

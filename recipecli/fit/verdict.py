@@ -212,16 +212,16 @@ BNB_LEAVES_UNQUANTIZED = frozenset({"falcon"})
 def refuse_an_unquantized_base(recipe: Recipe, model_type: str) -> None:
     """Raises: InvalidRecipe: method qlora on a model transformers does not quantize, at $.method."""
     if recipe.method == "qlora" and model_type in BNB_LEAVES_UNQUANTIZED:
-        raise InvalidRecipe([Problem(recipe.locate(("method",)), "$.method", unquantized_base(model_type),
-                                     UNQUANTIZED_HINT)])
+        raise unquantized_base(recipe, model_type)
 
 
-def unquantized_base(model_type: str) -> str:
-    return (f"transformers quantizes none of {model_type}'s linear layers with bitsandbytes: method qlora would "
-            "train its 16-bit base, which peft's k-bit preparation makes fp32")
-
-
-UNQUANTIZED_HINT = "use method lora (the same base in 16 bits, without the fp32 upcast)"
+def unquantized_base(recipe: Recipe, model_type: str) -> InvalidRecipe:
+    """The refusal of method qlora on a model whose linear layers stay unquantized: fit-check's,
+    from BNB_LEAVES_UNQUANTIZED, and the run's, from the loaded model (model.load_model)."""
+    return InvalidRecipe([Problem(recipe.locate(("method",)), "$.method",
+                                  f"transformers quantizes none of {model_type}'s linear layers with bitsandbytes: "
+                                  "method qlora would train its 16-bit base, which peft's k-bit preparation makes fp32",
+                                  "use method lora (the same base in 16 bits, without the fp32 upcast)")])
 
 
 def at_its_field(exc: RecipeError, recipe: Recipe) -> RecipeError:

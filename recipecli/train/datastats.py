@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DataError
+from ..errors import DataError, json_path
 from ..read.recipe import Recipe
 from . import atomic, data, datafiles, lossplot, templates
 from .data import IGNORED, Prepared
@@ -358,7 +358,7 @@ def _template_warnings(recipe: Recipe, tokenizer, prepared: list[Prepared]) -> l
             break
     # The template the warnings are about: the recipe's own Jinja, or the model's.
     knob = ("data", "chat_template_jinja") if recipe.data.chat_template == "jinja" else ("model", "id")
-    where, path = recipe.locate(knob), "$." + ".".join(knob)
+    where, path = recipe.locate(knob), json_path(knob)
     probe = list(data.PROBE)
     try:
         after = render(probe).rsplit("answer", 1)[-1]

@@ -20,7 +20,7 @@ from ..fit.allocator import AllocatorPeaks, AllocatorReplay, replay, simulate
 from ..fit.architectures import MODEL_PATH, find_config, shape_from_config
 from ..fit.estimate import CUDA_CONTEXT_BYTES, Estimate, estimate
 from ..fit.gpu_catalog import Gpu, card
-from ..fit.precision import DTYPE_BYTES, NO_SDPA, Choices, choose
+from ..fit.precision import DTYPE_BYTES, FLASH_KERNELS, NO_SDPA, Choices, choose
 from ..fit.verdict import at_its_field, refuse_an_unquantized_base, setup_for
 from ..read.recipe import Recipe
 from ..units import GIB
@@ -128,7 +128,7 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None, run=None)
         refuse_an_unquantized_base(recipe, shape.model_type)
         setup, notes = setup_for(recipe, gpu, model_type=shape.model_type)
         choices = choose(recipe, gpu, shape.model_type)
-        if choices.attention in ("flash_attention_2", "flex_attention") and shape.model_type in NO_SDPA:
+        if choices.attention in FLASH_KERNELS and shape.model_type in NO_SDPA:
             # traced as sdpa's flash kernel (same tensors kept), which transformers refuses this model
             raise NotModeled(f"the probe traces {choices.attention} as sdpa's flash kernel, which transformers does "
                              f"not run for {shape.model_type}", hint="estimate it with `recipe fit-check`, or probe "
@@ -155,7 +155,7 @@ def _notes(recipe: Recipe, choices: Choices, gpu: Gpu, assumed: bool, paged_byte
     if assumed:
         out.insert(0, f"no --gpu: traced and estimated as on an {gpu.name} ({choices.precision}); "
                       "name your card with --gpu")
-    if choices.attention in ("flash_attention_2", "flex_attention"):
+    if choices.attention in FLASH_KERNELS:
         out.append(f"{choices.attention} is traced as sdpa's flash kernel, which keeps the same tensors for backward"
                    + ("; the packed rows side by side, as it runs their sequences (sdpa would take a mask over the "
                       "whole row)" if recipe.data.packing else ""))

@@ -12,12 +12,13 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from ..errors import InvalidRecipe, NotModeled, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError
+from ..errors import (InvalidRecipe, NotModeled, Problem, RecipeError, UnknownModel, UnknownTargets, UsageError,
+                      json_path)
 from ..fit.architectures import (ALL_LINEAR_ADAPTS_EXPERTS, check_weights, find_shape, match_modules,
                                   match_parameters, match_pattern, peft_matches, shape_from_config)
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices
-from ..fit.verdict import UNQUANTIZED_HINT, at_its_field, unquantized_base
+from ..fit.verdict import at_its_field, unquantized_base
 from ..read.recipe import Recipe, TargetPattern
 
 
@@ -269,14 +270,13 @@ def load_model(recipe: Recipe, choices: Choices, *, cuda: bool, quantize: bool =
     _check_loaded(recipe, loading)
     if quant is not None and not any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules()):
         # transformers leaves a model's linear layers alone where it does not take them for nn.Linear
-        raise InvalidRecipe([Problem(recipe.locate(("method",)), "$.method", unquantized_base(model.config.model_type),
-                                     UNQUANTIZED_HINT)])
+        raise unquantized_base(recipe, model.config.model_type)
     expose_backbone(model)
     if pre_quantized and quant is not None and quant.bits == 4:
         # transformers takes a pre-quantized checkpoint's whole quantization_config, its compute
         # dtype too (bf16 in most): the card and training.precision decide that one, as for any base.
         for module in model.modules():
-            if hasattr(module, "compute_dtype") and type(module).__name__ == "Linear4bit":
+            if type(module).__name__ == "Linear4bit":
                 module.compute_dtype = dtype
     check_experts(recipe, model)
     if recipe.model.experts_implementation:  # set once loaded: a dense model is refused above, located
@@ -368,7 +368,7 @@ def _check_stored_quantization(recipe: Recipe, stored) -> None:
                       f"{path[-1]} {_yaml(theirs)}, and loads so", f"set {'.'.join(path)}: {_yaml(theirs)}")
                      for path, (ours, theirs) in wanted.items() if ours != theirs]
     if problems:
-        raise InvalidRecipe([Problem(recipe.locate(path), "$." + ".".join(path), message, hint)
+        raise InvalidRecipe([Problem(recipe.locate(path), json_path(path), message, hint)
                              for path, message, hint in problems])
 
 
@@ -390,11 +390,11 @@ def _check_loaded(recipe: Recipe, loading: dict) -> None:
     unexpected = loading.get("unexpected_keys") or ()
     path = ("model", "linearized_experts")
     if recipe.model.linearized_experts and any(".experts.gate_projs." in name for name in missing):
-        raise InvalidRecipe([Problem(recipe.locate(path), "$." + ".".join(path), f"{recipe.model.id} stores Llama "
+        raise InvalidRecipe([Problem(recipe.locate(path), json_path(path), f"{recipe.model.id} stores Llama "
                                      "4's experts fused (experts.gate_up_proj, experts.down_proj), as transformers "
                                      "builds them", "remove model.linearized_experts")])
     if any(".experts.gate_projs." in name for name in unexpected):
-        raise InvalidRecipe([Problem(recipe.locate(path), "$." + ".".join(path), f"{recipe.model.id} stores Llama "
+        raise InvalidRecipe([Problem(recipe.locate(path), json_path(path), f"{recipe.model.id} stores Llama "
                                      "4's experts as linear layers (experts.gate_projs.N: Axolotl's linearized "
                                      "checkpoints); built fused, they would start from random values",
                                      "set model.linearized_experts: true")])
@@ -456,7 +456,7 @@ def check_experts(recipe: Recipe, model) -> None:
         ("training", "router_aux_loss"): (recipe.training.router_aux_loss and not routed,
                                           "no routers, so no load-balancing loss"),
     }
-    problems = [Problem(recipe.locate(path), "$." + ".".join(path),
+    problems = [Problem(recipe.locate(path), json_path(path),
                         f"{recipe.model.id} ({model.config.model_type}) is not a mixture of experts: {why}",
                         "remove it")
                 for path, (wrong, why) in settings.items() if wrong]

@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..fit.precision import DTYPE_OF, Choices, dtypes
+from ..fit.precision import DTYPE_OF, FLASH_KERNELS, Choices, dtypes
 from .memtrace import ADAPTERS, GRADIENTS, OPTIMIZER, OTHER, PAGED, QUANT_STATE, WEIGHTS, MemTrace, Trace
 from .kernels import gpu_kernels
 from .model import (bnb_config, drop_adapter_inputs, enforce_dtypes, freeze_all_but, lora_config, prepare_kbit,
@@ -385,7 +385,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     bnb = bnb_config(bits, quant_type, double_quant, choices.weight_dtype) if quantized else None
     build = dict(method=method, lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
                  targets=targets, gradient_checkpointing=gradient_checkpointing, loss=loss, choices=choices, bnb=bnb,
-                 attention="sdpa" if attention in ("flash_attention_2", "flex_attention") else attention,
+                 attention="sdpa" if attention in FLASH_KERNELS else attention,
                  unfrozen=unfrozen,
                  moe_experts=moe_experts, target_parameters=target_parameters)
     mode = contextlib.nullcontext()
@@ -413,7 +413,7 @@ def trace_step(config_dict: dict, *, method: str = "lora", lora_r: int = 16, tar
     # Flash attention runs a packed row's sequences one by one, maskless; traced as sdpa, the row
     # would get the row x row block-diagonal mask sdpa takes instead (13 GiB for Phi-3's 12 x 4,000
     # tokens). The rows side by side hold the same tokens in tensors of the same sizes.
-    packing = packing and attention not in ("flash_attention_2", "flex_attention")
+    packing = packing and attention not in FLASH_KERNELS
     with mode:
         batch = _batch(model.config.vocab_size, seq_len, micro_batch, packing)
         tracer = MemTrace() if recorder is None else recorder
