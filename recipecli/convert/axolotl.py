@@ -253,6 +253,23 @@ def _axolotl_linear_names(model_id) -> Optional[list[str]]:
     return [path.rsplit(".", 1)[-1] for path in shape.linear_modules()]
 
 
+# cls_model_config names the config class Axolotl reads config.json with, by the model type it reads:
+# Gemma3TextConfig reads a multimodal Gemma 3's language model alone.
+_CONFIG_CLASSES = {"Gemma3TextConfig": "gemma3_text"}
+
+
+def _cls_model_config(v, cfg):
+    """No change where the base's own config is of that class, as the catalog knows it (so a conversion
+    is the same on every machine); anything else would load another model than recipe's."""
+    model_id = cfg.get("base_model")
+    shape = catalog_shape(model_id) if isinstance(model_id, str) else None
+    if shape is not None and isinstance(v, str) and shape.model_type == _CONFIG_CLASSES.get(v):
+        return {NOTE: f"{v} is {model_id}'s own config class ({shape.model_type}): nothing changes"}
+    raise NotConverted(f"{_shown(v)}: loading part of a model (a multimodal model's language model) or a base "
+                       "recipe does not know to be of that class is not supported: recipe loads the base as its "
+                       "config.json says", "remove it for a base whose config.json is of that class")
+
+
 def _target_modules(v, cfg):
     if cfg.get("adapter") not in ("lora", "qlora"):
         return {}  # as every lora_* key: Axolotl ignores it without an adapter
@@ -591,6 +608,8 @@ def _attention(key: str) -> Row:
             return {}
         if v is not True:
             raise NotConverted(f"expected true or false, got {_shown(v)}")
+        if kernel == "flash_attention_2" and _gemma4_hybrid_on(cfg):
+            return {}  # gemma4_hybrid_attn_impl says the attention
         return {"training.attention": kernel, **({NOTE: _XFORMERS_NOTE} if key == "xformers_attention" else {})}
 
     write = (lambda doc: ABSENT) if key == "xformers_attention" else (
@@ -607,6 +626,8 @@ def _attention_name(v, cfg):
 
 
 def _attn_implementation(v, cfg):
+    if v == "flash_attention_2" and _gemma4_hybrid_on(cfg):
+        return {}  # gemma4_hybrid_attn_impl says the attention
     if v in ("flash_attention_2", "sdpa", "eager", "flex_attention"):
         return {"training.attention": v}
     if v in ("flash_attention_3", "kernels-community/vllm-flash-attn3", "kernels-community/flash-attn3"):
@@ -616,6 +637,24 @@ def _attn_implementation(v, cfg):
         return {"training.attention": "sdpa", NOTE: _XFORMERS_NOTE}
     raise NotConverted(f"attn_implementation {_shown(v)} is not one recipe runs",
                        "use flash_attention_2, flex_attention, sdpa or eager")
+
+
+# Axolotl's gemma4_hybrid_attn_impl runs FlashAttention 2 on Gemma 4's sliding-window layers and sdpa on
+# its global layers, whose 512-wide heads FlashAttention 2 does not take (it pins attn_implementation
+# to flash_attention_2). recipe runs sdpa on every layer: the same exact attention, another kernel.
+def _gemma4_hybrid_on(cfg) -> bool:
+    return cfg.get("gemma4_hybrid_attn_impl") is True
+
+
+def _gemma4_hybrid(v, cfg):
+    if not isinstance(v, bool):
+        raise NotConverted(f"expected true or false, got {_shown(v)}")
+    if not v:
+        return {}
+    return {"training.attention": "sdpa",
+            NOTE: "FlashAttention 2 on the sliding-window layers and sdpa on the global ones -> sdpa on every "
+                  "layer: the same attention; slower, and the sliding layers' mask is a tensor (sequence x "
+                  "sequence per row of the batch), which fit-check counts"}
 
 
 def _flex_compile(v, cfg):
@@ -1025,13 +1064,15 @@ def _write_deepspeed(doc):
 
 # fsdp_config values that are what recipe's FSDP2 full sharding does. Axolotl reads each key with
 # or without its fsdp_ prefix (the FSDP2 documentation writes them without). limit_all_gathers is
-# FSDP1's rate limit on prefetching, on by default there; FSDP2 bounds it by design.
+# FSDP1's rate limit on prefetching, on by default there; FSDP2 bounds it by design. The final
+# model is saved whole (final_state_dict_type FULL_STATE_DICT), as recipe saves it.
 _FSDP_AS_RECIPE = {"version": (1, 2), "sharding_strategy": ("FULL_SHARD",), "reshard_after_forward": (True,),
                    "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "state_dict_type": (
                        "FULL_STATE_DICT", "SHARDED_STATE_DICT"), "use_orig_params": (True, False),
                    "sync_module_states": (True,), "cpu_ram_efficient_loading": (True, False),
                    "limit_all_gathers": (True,), "activation_checkpointing": (True, False),
-                   "backward_prefetch": ("BACKWARD_PRE",), "forward_prefetch": (False,)}
+                   "backward_prefetch": ("BACKWARD_PRE",), "forward_prefetch": (False,),
+                   "final_state_dict_type": ("FULL_STATE_DICT",)}
 
 
 def _fsdp_config(v, cfg):
@@ -1182,6 +1223,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "torch.compile's options for FlexAttention: speed only, said"),
     Row("attn_implementation", ("training.attention",), _attn_implementation, lambda doc: ABSENT,
         "transformers' name for the kernel, the newer spelling of the switches; xformers -> sdpa, as its switch"),
+    Row("gemma4_hybrid_attn_impl", ("training.attention",), _gemma4_hybrid, lambda doc: ABSENT,
+        "FlashAttention 2 beside sdpa on Gemma 4 -> sdpa on every layer, said"),
     _row("seed", "training.seed"),
     _row("logging_steps", "training.logging_steps"),
     _row("save_steps", "training.save_steps"),
@@ -1223,6 +1266,8 @@ TOP_ROWS: tuple[Row, ...] = (
     # Keys that change nothing recipe trains.
     _ignored("base_model_config", "the model's config.json is read from the model"),
     _ignored("model_type", "AutoModelForCausalLM picks the class from config.json"),
+    Row("cls_model_config", (), _cls_model_config, lambda doc: ABSENT,
+        "the config class: only the base's own (Gemma3TextConfig on a text-only Gemma 3), which changes nothing"),
     _ignored("model_config_type", "Axolotl sets it from the model's config.json over what the file says (its "
              "normalize_config); recipe reads config.json too"),
     _ignored("tokenizer_type", "AutoTokenizer picks the model's tokenizer class"),
@@ -1673,9 +1718,7 @@ UNSUPPORTED = {
     "fp8": ("fp8 training is not supported", "use bf16"),
     # the model and its tokenizer
     "overrides_of_model_config": ("changing the model's config (RoPE scaling...) is not supported", ""),
-    "cls_model_config": ("another model class is not supported: recipe loads AutoModelForCausalLM", ""),
     # memory and kernels
-    "gemma4_hybrid_attn_impl": ("a per-layer attention kernel is not supported", ""),
     "batch_flattening": ("padding-free batches without packing are not supported", "use sample_packing: true"),
     "device_map": ("placing the model's layers over several GPUs is not supported: recipe trains the whole model on "
                    "each GPU (or shards it with distributed)", "remove it"),

@@ -77,6 +77,12 @@ CONFIGS = {
     "google/gemma-2b|google/gemma-2b-it|google/gemma-1.1-2b-it": _gemma(2048, 16384, 18, 8, 1),
     "google/gemma-7b|google/gemma-7b-it|google/gemma-1.1-7b-it": _gemma(3072, 24576, 28, 16, 16),
     "google/gemma-2-9b|google/gemma-2-9b-it": _gemma(3584, 14336, 42, 16, 8, "gemma2"),
+    # Gemma 3's text-only sizes (gemma3_text): a 262,144-token vocabulary; five of every six layers
+    # attend through a 512-token window.
+    "google/gemma-3-1b-it|google/gemma-3-1b-pt": _llama(
+        1152, 6912, 26, 4, 1, 262144, True, "gemma3_text", head_dim=256, sliding_window=512),
+    "google/gemma-3-270m|google/gemma-3-270m-it": _llama(
+        640, 2048, 18, 4, 1, 262144, True, "gemma3_text", head_dim=256, sliding_window=512),
     "Qwen/Qwen2.5-0.5B|Qwen/Qwen2.5-0.5B-Instruct": _qwen2(896, 4864, 24, 14, 2, 151936, True),
     "Qwen/Qwen2.5-1.5B|Qwen/Qwen2.5-1.5B-Instruct": _qwen2(1536, 8960, 28, 12, 2, 151936, True),
     "Qwen/Qwen2.5-3B|Qwen/Qwen2.5-3B-Instruct": _qwen2(2048, 11008, 36, 16, 2, 151936, True),

@@ -68,6 +68,10 @@ READS = {
     "xformers_attention": (True, {}, {"training.attention": "sdpa", "note": "xformers attention -> sdpa, whose "
                                       "memory-efficient kernel is xformers' own (same memory)"}),
     "attn_implementation": ("flash_attention_2", {}, {"training.attention": "flash_attention_2"}),
+    "gemma4_hybrid_attn_impl": (True, {}, {"training.attention": "sdpa", "note": "FlashAttention 2 on the "
+                                "sliding-window layers and sdpa on the global ones -> sdpa on every layer: the same "
+                                "attention; slower, and the sliding layers' mask is a tensor (sequence x sequence per "
+                                "row of the batch), which fit-check counts"}),
     "tf32": (True, {}, {"training.tf32": True}),
     "seed": (7, {}, {"training.seed": 7}),
     "logging_steps": (5, {}, {"training.logging_steps": 5}),
@@ -743,3 +747,46 @@ def test_target_linear_is_axolotl_s_nn_linear_layers_where_peft_s_all_linear_ada
         assert read == {"lora.target_modules": "all-linear"}
     else:
         assert read["lora.target_modules"] == names and "fused experts are no nn.Linear layers" in read[NOTE]
+
+
+@pytest.mark.parametrize("model", ["google/gemma-3-1b-it", "google/gemma-3-270m"])
+def test_the_text_config_class_of_a_text_only_gemma_3_changes_nothing_and_says_so(model):
+    read = row_for("cls_model_config", TOP_ROWS).read("Gemma3TextConfig", {"base_model": model})
+    assert read == {NOTE: f"Gemma3TextConfig is {model}'s own config class (gemma3_text): nothing changes"}
+
+
+@pytest.mark.parametrize("value, model", [
+    ("Gemma3TextConfig", "google/gemma-3-4b-it"),  # multimodal: Axolotl would load its language model alone
+    ("Gemma3TextConfig", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"),  # another model type
+    ("Gemma3TextConfig", "./my-local-gemma"),  # the catalog does not know it: read the same on every machine
+    ("LlamaConfig", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"), (["Gemma3TextConfig"], "google/gemma-3-1b-it"),
+])
+def test_a_config_class_that_would_load_another_model_is_reported(value, model):
+    with pytest.raises(NotConverted, match="recipe loads the base as its config.json says"):
+        row_for("cls_model_config", TOP_ROWS).read(value, {"base_model": model})
+
+
+@pytest.mark.parametrize("attention", [{"attn_implementation": "flash_attention_2"}, {"flash_attention": True}, {}],
+                         ids=["attn_implementation", "flash_attention", "pinned"])
+def test_gemma_4_hybrid_attention_is_sdpa_on_every_layer_said_once(attention, tmp_path):
+    from recipecli.convert.translate import from_axolotl
+    from recipecli.read.yamlload import load_file
+
+    source = tmp_path / "g.yml"
+    source.write_text(yaml.safe_dump({"base_model": "google/gemma-4-31B", "gemma4_hybrid_attn_impl": True, **attention}))
+    conv = from_axolotl(load_file(str(source)), {}, None)
+    assert conv.document["training"]["attention"] == "sdpa" and not conv.unconverted
+    assert [n for n in conv.notes if "gemma4_hybrid_attn_impl" in n and "sdpa on every layer" in n]
+    for key, value in attention.items():  # the FlashAttention key itself converts to nothing more
+        assert row_for(key, TOP_ROWS).read(value, {key: value, "gemma4_hybrid_attn_impl": True}) == {}
+    assert row_for("gemma4_hybrid_attn_impl", TOP_ROWS).read(False, {}) == {}
+    with pytest.raises(NotConverted, match="expected true or false"):
+        row_for("gemma4_hybrid_attn_impl", TOP_ROWS).read("yes", {})
+
+
+def test_fsdp_s_whole_final_model_is_what_recipe_saves():
+    config = {"fsdp_version": 2, "final_state_dict_type": "FULL_STATE_DICT"}
+    assert row_for("fsdp_config", TOP_ROWS).read(config, {"fsdp_config": config}) == {
+        "distributed.strategy": "fsdp", "distributed.fsdp_offload": False}
+    with pytest.raises(NotConverted, match="final_state_dict_type 'SHARDED_STATE_DICT'"):
+        row_for("fsdp_config", TOP_ROWS).read({"final_state_dict_type": "SHARDED_STATE_DICT"}, {})

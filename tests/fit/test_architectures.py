@@ -36,6 +36,8 @@ def test_param_count_matches_published_total_and_breakdown(entry):
     ("meta-llama/Llama-2-70b-hf", 68_976_648_192),
     ("meta-llama/Meta-Llama-3-70B", 70_553_706_496),
     ("google/gemma-2-9b", 9_241_705_984),
+    ("google/gemma-3-1b-it", 999_885_952),
+    ("google/gemma-3-270m", 268_098_176),
     ("codellama/CodeLlama-34b-hf", 33_743_970_304),
     ("mistralai/Mistral-7B-v0.3", 7_248_023_552),
     ("tiiuae/falcon-7b", 6_921_720_704),
