@@ -372,6 +372,9 @@ _WILDCARD_DOT = re.compile(r"(?<!\\)\.(?!\+)")
 _QAT_DEFAULTS = {"weight_dtype": "int8", "activation_dtype": None, "group_size": 32, "quantize_embedding": False,
                  "fake_quant_after_n_steps": None}
 _QAT_GROUPS = get_args(QatGroup)
+_QAT_HEAD_NOTE = ("qat: Axolotl rounds the output head's weight too where its loss calls the head (no cut "
+                  "cross-entropy, no Liger fused loss); recipe leaves the head as is, as TRL's chunked loss reads "
+                  "its weight directly")
 
 
 def _qat(v, cfg):
@@ -382,27 +385,45 @@ def _qat(v, cfg):
         raise NotConverted(f"qat.{unknown[0]} is not an Axolotl QAT key recipe knows",
                            "keys: " + ", ".join(_QAT_DEFAULTS))
     q = {**_QAT_DEFAULTS, **{k: val for k, val in v.items() if val is not None}}
+    if q["quantize_embedding"] is not False:
+        raise NotConverted("qat quantize_embedding: recipe rounds the decoder layers' linear layers only",
+                           "remove it")
+    if q["weight_dtype"] == "mxfp4":
+        return _qat_mxfp4(q)
     if q["weight_dtype"] != "int4":
         raise NotConverted(f"qat weight_dtype {_shown(q['weight_dtype'])}"
                            f"{' (Axolotl default)' if 'weight_dtype' not in v else ''}: recipe fake-quantizes "
-                           "weights to int4 only", "use weight_dtype: int4")
+                           "weights to int4 or mxfp4", "use weight_dtype: int4 or mxfp4")
     if q["activation_dtype"] not in (None, "int8"):
         raise NotConverted(f"qat activation_dtype {_shown(q['activation_dtype'])}: recipe rounds inputs to int8 or "
                            "not at all", "use activation_dtype: int8, or leave it out")
     if q["group_size"] not in _QAT_GROUPS or isinstance(q["group_size"], bool):
         raise NotConverted(f"qat group_size {_shown(q['group_size'])}: recipe takes "
                            + ", ".join(map(str, _QAT_GROUPS)))
-    if q["quantize_embedding"] is not False:
-        raise NotConverted("qat quantize_embedding: recipe rounds the decoder layers' linear layers only",
-                           "remove it")
     start = q["fake_quant_after_n_steps"] or 0
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise NotConverted(f"qat fake_quant_after_n_steps {_shown(start)}: expected a step count")
     return {"training.qat": {"weight_dtype": "int4", "activation_dtype": q["activation_dtype"] or "none",
                              "group_size": q["group_size"], "start_step": start},
-            NOTE: "qat: Axolotl rounds the output head's weight too where its loss calls the head (no cut "
-                  "cross-entropy, no Liger fused loss); recipe leaves the head as is, as TRL's chunked loss reads "
-                  "its weight directly"}
+            NOTE: _QAT_HEAD_NOTE}
+
+
+def _qat_mxfp4(q: dict) -> dict:
+    """Axolotl's mxfp4 QAT rounds weights and inputs to MXFP4 whatever activation_dtype says, in blocks
+    of 32 (it refuses another), from the first step: torchao's MX layers have no fake quantizer for its
+    fake_quant_after_n_steps switch to turn on."""
+    if q["activation_dtype"] not in (None, "mxfp4"):
+        raise NotConverted(f"qat activation_dtype {_shown(q['activation_dtype'])} with mxfp4 weights: Axolotl rounds "
+                           "the inputs to mxfp4 whatever it says", "use activation_dtype: mxfp4")
+    if q["group_size"] != 32:
+        raise NotConverted(f"qat group_size {_shown(q['group_size'])} with mxfp4: the MX format scales blocks of 32",
+                           "use group_size: 32")
+    if q["fake_quant_after_n_steps"]:
+        raise NotConverted(f"qat fake_quant_after_n_steps {_shown(q['fake_quant_after_n_steps'])} with mxfp4: torchao's "
+                           "MX layers round from the first step (Axolotl's switch finds nothing to turn on)",
+                           "remove it")
+    return {"training.qat": {"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "group_size": 32, "start_step": 0},
+            NOTE: _QAT_HEAD_NOTE}
 
 
 def _write_qat(doc):

@@ -57,6 +57,26 @@ def qat_is_full_fine_tuning(doc: dict, ctx: Context):
                           "fake-quantizes the weights it trains", "use method full, or remove qat", key=True)
 
 
+def mxfp4_rounds_weights_and_inputs_in_blocks_of_32(doc: dict, ctx: Context):
+    if not isinstance(doc.get("training", {}).get("qat"), dict):
+        return
+    qat = schema.fill_defaults({"training": {"qat": doc["training"]["qat"]}})["training"]["qat"]
+    weights, inputs = qat["weight_dtype"], qat["activation_dtype"]
+    if (weights == "mxfp4") != (inputs == "mxfp4"):
+        # torchao's MX QAT rounds both or refuses ("Weight only MX QAT not supported"); int4 weights
+        # with mxfp4 inputs have no torchao config at all.
+        yield ctx.problem(("training", "qat", "activation_dtype" if weights == "mxfp4" else "weight_dtype"),
+                          f"weight_dtype {weights} with activation_dtype {inputs}: mxfp4 rounds the weights and the "
+                          "inputs together", "set both weight_dtype and activation_dtype to mxfp4, or neither")
+    elif weights == "mxfp4" and qat["group_size"] != 32:
+        yield ctx.problem(("training", "qat", "group_size"), f"group_size {qat['group_size']} with mxfp4: the MX "
+                          "format scales blocks of 32", "use group_size 32")
+    elif weights == "mxfp4" and qat["start_step"]:
+        # torchao's MX layers have no fake quantizer to switch on later: they round from the first step.
+        yield ctx.problem(("training", "qat", "start_step"), "start_step with mxfp4: torchao's MX layers round "
+                          "from the first step and cannot be switched on later", "remove start_step")
+
+
 def _not_a_regex(pattern: str) -> str:
     """Why Python's re refuses a pattern, or "" when it compiles."""
     try:
@@ -474,6 +494,7 @@ RULES: tuple[Rule, ...] = (
     lora_with_full,
     unfrozen_parameters_are_full_fine_tuning,
     qat_is_full_fine_tuning,
+    mxfp4_rounds_weights_and_inputs_in_blocks_of_32,
     per_epoch_or_steps,
     quantization_without_qlora,
     four_bit_options_with_8bit,

@@ -2,7 +2,8 @@
 
 torchao replaces each chosen nn.Linear with its FakeQuantizedLinear, whose forward rounds the
 weight (and, asked, the input) to the target integer grid and back, so the loss sees the rounding
-an int4 deployment will have while the weights still train in full precision. The parameters keep
+an int4 deployment will have while the weights still train in full precision; for mxfp4, with
+its MXFakeQuantizedLinear, which rounds both to the 4-bit float of the MX format. The parameters keep
 their names, so checkpoints, the saved model and a resume are those of plain full fine-tuning.
 
 torchao is an optional extra, imported inside the functions here.
@@ -44,9 +45,16 @@ def prepare(model, recipe: Recipe) -> int:
                                      f"group_size {qat.group_size} does not divide the input width of "
                                      f"{recipe.model.id}'s linear layers {', '.join(map(str, narrow))}",
                                      "use a group_size that divides them, e.g. 32")])
-    weights = IntxFakeQuantizeConfig(torch.int4, group_size=qat.group_size)
-    inputs = (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
-              if qat.activation_dtype == "int8" else None)
+    if qat.weight_dtype == "mxfp4":
+        # Weights and inputs together (rules.py): torchao's MX layer emulates the 4-bit matmul where
+        # the card has none, and keeps its inputs as MX tensors for the backward.
+        from torchao.prototype.qat import MXFakeQuantizeConfig
+
+        weights = inputs = MXFakeQuantizeConfig(dtype=torch.float4_e2m1fn_x2, block_size=qat.group_size)
+    else:
+        weights = IntxFakeQuantizeConfig(torch.int4, group_size=qat.group_size)
+        inputs = (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
+                  if qat.activation_dtype == "int8" else None)
     chosen_ids = {id(m) for m in chosen}
     quantize_(model, QATConfig(activation_config=inputs, weight_config=weights, step="prepare"),
               filter_fn=lambda module, name: id(module) in chosen_ids)

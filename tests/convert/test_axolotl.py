@@ -658,10 +658,26 @@ def test_a_cosine_to_the_learning_rate_itself_is_a_constant_rate_whichever_keys_
     ({"weight_dtype": "int4", "fake_quant_after_n_steps": -1}, "fake_quant_after_n_steps -1"),
     ({"weight_dtype": "int4", "quantize_saved_model": True}, "qat.quantize_saved_model is not an Axolotl QAT key"),
     ("int4", "expected a mapping"),
+    ({"weight_dtype": "mxfp4", "activation_dtype": "int8"}, "activation_dtype 'int8' with mxfp4 weights"),
+    ({"weight_dtype": "mxfp4", "group_size": 16}, "group_size 16 with mxfp4"),
+    ({"weight_dtype": "mxfp4", "fake_quant_after_n_steps": 100}, "round from the first step"),
+    ({"weight_dtype": "mxfp4", "quantize_embedding": True}, "quantize_embedding"),
 ])
 def test_qat_recipe_cannot_train_as_axolotl_would_is_reported(qat, words):
     with pytest.raises(NotConverted, match=words):
         row_for("qat", TOP_ROWS).read(qat, {"qat": qat})
+
+
+@pytest.mark.parametrize("qat", [{"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "group_size": 32},
+                                 {"weight_dtype": "mxfp4"}], ids=["written out", "as Axolotl defaults it"])
+def test_mxfp4_qat_is_weights_and_inputs_in_blocks_of_32_both_ways(qat):
+    row = row_for("qat", TOP_ROWS)
+    read = row.read(qat, {"qat": qat})
+    assert read.pop(NOTE).startswith("qat: Axolotl rounds the output head's weight too")
+    assert read == {"training.qat": {"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "group_size": 32,
+                                     "start_step": 0}}
+    written = row.write({"training": {"qat": read["training.qat"]}})
+    assert written == {"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "group_size": 32}
 
 
 def test_an_mxfp4_base_converts_only_dequantized_as_recipe_run_loads_it():

@@ -62,6 +62,9 @@ BREAKING = {
     "min_lr_needs_cosine": ({"training": {"lr_scheduler": "linear", "min_lr_ratio": 0.1}}, "$.training.min_lr_ratio"),
     "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
     "qat_is_full_fine_tuning": ({"training": {"qat": {"activation_dtype": "int8"}}}, "$.training.qat"),
+    "mxfp4_rounds_weights_and_inputs_in_blocks_of_32": ({"method": "full", "lora": None, "quantization": None,
+                                                         "training": {"qat": {"weight_dtype": "mxfp4"}}},
+                                                        "$.training.qat.activation_dtype"),
     "quadratic_warmup_needs_a_plain_cosine": ({"training": {"warmup_shape": "quadratic", "lr_scheduler": "linear"}},
                                               "$.training.warmup_shape"),
 }
@@ -93,6 +96,21 @@ def test_per_epoch_counts_are_refused_where_they_cannot_work(make_recipe, traini
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"training": training, "data": data}))
     assert [p.path for p in info.value.problems] == [path]
+
+
+@pytest.mark.parametrize("qat, path", [
+    ({"activation_dtype": "mxfp4"}, "$.training.qat.weight_dtype"),  # int4 weights, the default
+    ({"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "group_size": 16}, "$.training.qat.group_size"),
+    ({"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "start_step": 5}, "$.training.qat.start_step"),
+    ({"weight_dtype": "int4", "activation_dtype": "mxfp4"}, "$.training.qat.weight_dtype"),
+])
+def test_mxfp4_is_both_operands_in_blocks_of_32_from_the_first_step(make_recipe, qat, path):
+    full = {"method": "full", "lora": None, "quantization": None}
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({**full, "training": {"qat": qat}}))
+    (problem,) = info.value.problems
+    assert problem.path == path and problem.location.line > 1 and problem.hint
+    resolve(make_recipe({**full, "training": {"qat": {"weight_dtype": "mxfp4", "activation_dtype": "mxfp4"}}}))
 
 
 @pytest.mark.parametrize("data, path", [

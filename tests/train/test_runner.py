@@ -1038,6 +1038,30 @@ def test_quantization_aware_training_rounds_the_decoder_layers_and_saves_plain_w
     assert not any("FakeQuant" in type(m).__name__ for m in reloaded.modules())
 
 
+def test_mxfp4_quantization_aware_training_rounds_weights_and_inputs_and_saves_plain_weights(tiny):
+    # torchao's MX layers (emulated on the CPU): both operands rounded to the 4-bit float from the first step
+    import torch
+    from safetensors.torch import load_file
+
+    from recipecli.train import qat
+
+    mx = {"method": "full", "lora": None,
+          "training": {"qat": {"weight_dtype": "mxfp4", "activation_dtype": "mxfp4", "group_size": 32}}}
+    recipe = tiny(mx)
+    model = load_model(recipe, choose(recipe, None), cuda=False)
+    assert qat.prepare(model, recipe) == 2 * 7
+    kinds = {name: type(module).__name__ for name, module in model.named_modules()}
+    assert kinds["model.layers.1.mlp.down_proj"] == "MXFakeQuantizedLinear" and kinds["lm_head"] == "Linear"
+    settings_ = {"training.max_steps": 2}
+    plain = run(tiny({"method": "full", "lora": None}, out="plain", **settings_), gpus=())
+    rounded = run(tiny(mx, out="mx", **settings_), gpus=())
+    losses = [[m["loss"] for m in _metrics(r.run_dir) if "loss" in m] for r in (plain, rounded)]
+    assert abs(losses[1][0] - losses[0][0]) > 1e-4 and all(math.isfinite(x) for x in losses[1]), losses
+    saved = load_file(rounded.saved / "model.safetensors")
+    assert saved.keys() == load_file(TINY_MODEL / "model.safetensors").keys()
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in saved.values())
+
+
 def test_quantization_aware_training_resumes_rounded_where_it_stopped(tiny):
     # stopped after fake quantization started (start_step 1): the resumed steps round as the straight run's
     from safetensors.torch import load_file
