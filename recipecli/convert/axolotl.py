@@ -495,26 +495,42 @@ OPTIMIZERS = {
     "adamw_torch": "adamw_torch", "adamw_torch_fused": "adamw_torch", "adamw_hf": "adamw_torch",
     "adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
     "paged_adamw_32bit": "paged_adamw_32bit", "adafactor": "adafactor", "sgd": "sgd",
+    "adamw_torch_8bit": "adamw_torch_8bit", "adamw_torch_4bit": "adamw_torch_4bit",
 }
 SCHEDULERS = get_args(LrScheduler)
-
-
-# Optimizers recipe runs as another library's, said as a note: the same state size, or (4-bit) a
-# larger one, so that fit-check never counts less than Axolotl's run keeps.
-OPTIMIZER_NOTES = {"adamw_torch_8bit": ("adamw_8bit", "torchao's 8-bit AdamW -> bitsandbytes' (adamw_8bit): the "
-                                                      "same two 8-bit states per trained weight"),
-                   "adamw_torch_4bit": ("adamw_8bit", "torchao's 4-bit AdamW -> bitsandbytes' 8-bit (adamw_8bit), "
-                                                      "the fewest bits recipe runs: its states take twice the memory")}
 
 
 def _optimizer(v, cfg):
     if isinstance(v, str) and v in OPTIMIZERS:
         return {"training.optimizer": OPTIMIZERS[v]}
-    if isinstance(v, str) and v in OPTIMIZER_NOTES:
-        name, note = OPTIMIZER_NOTES[v]
-        return {"training.optimizer": name, NOTE: note}
     raise NotConverted(f"optimizer {_shown(v)} is not one recipe runs",
                        "recipe runs " + ", ".join(sorted(set(OPTIMIZERS.values()))))
+
+
+def _optim_args(v, cfg):
+    """transformers' optim_args, the one key recipe has a field for: torchao's bf16_stochastic_round.
+    Axolotl passes a mapping on as ``key=value`` pairs, and a string as it is."""
+    if isinstance(v, str):
+        pairs = [p.split("=", 1) for p in v.replace(" ", "").split(",") if p]
+        v = {p[0]: p[1] if len(p) == 2 else None for p in pairs}
+    if not isinstance(v, dict):
+        raise NotConverted(f"expected a mapping of optimizer arguments, got {_shown(v)}")
+    if not v:
+        return {}  # no arguments: the optimizer's defaults, as recipe's
+    others = sorted(set(v) - {"bf16_stochastic_round"})
+    if others:
+        raise NotConverted(f"optim_args {others[0]}: recipe passes the optimizer bf16_stochastic_round only",
+                           "remove it")
+    value = v.get("bf16_stochastic_round")
+    on = {True: True, False: False, "True": True, "False": False, "true": True, "false": False}.get(value) \
+        if isinstance(value, (bool, str)) else None
+    if on is None:
+        raise NotConverted(f"bf16_stochastic_round {_shown(value)}: expected true or false")
+    return {"training.bf16_stochastic_round": True} if on else {}
+
+
+def _write_optim_args(doc):
+    return {"bf16_stochastic_round": True} if get(doc, "training.bf16_stochastic_round", False) else ABSENT
 
 
 def _neftune(v, cfg):
@@ -1225,6 +1241,8 @@ TOP_ROWS: tuple[Row, ...] = (
     _row("max_grad_norm", "training.max_grad_norm"),
     Row("optimizer", ("training.optimizer",), _optimizer, lambda doc: get(doc, "training.optimizer"),
         "adamw_torch_fused, adamw_hf -> adamw_torch (same update, same memory); adamw_bnb_8bit -> adamw_8bit"),
+    Row("optim_args", ("training.bf16_stochastic_round",), _optim_args, _write_optim_args,
+        "bf16_stochastic_round only (torchao's AdamW), a mapping or transformers' key=value string"),
     Row("qat", ("training.qat",), _qat, _write_qat, "int4 weights, int8 or no input rounding; the output head is "
         "left as is (TRL's chunked loss reads its weight directly), said"),
     Row("unfrozen_parameters", ("training.unfrozen_parameters",), _unfrozen, _write_unfrozen,

@@ -60,7 +60,7 @@ NO_COUNTERPART = frozenset({
     "nemo_gym_auto_start", "nemo_gym_config_paths", "nemo_gym_datasets", "nemo_gym_dir", "nemo_gym_enabled",
     "nemo_gym_head_port", "nemo_gym_max_turns", "nemo_gym_model_name", "nemo_gym_multi_turn",
     "nemo_gym_server_timeout", "nemo_gym_verify_timeout", "nonexpert_quantization",
-    "num_dataset_shards_to_save", "num_generation_samples", "num_labels", "nvfp4_training", "optim_args",
+    "num_dataset_shards_to_save", "num_generation_samples", "num_labels", "nvfp4_training",
     "optim_target_modules", "orpo_alpha", "overrides_of_model_kwargs", "pad_to_multiple_of",
     "peft_autocast_adapter_dtype", "peft_ensure_weight_tying", "peft_init_lora_weights",
     "peft_layer_replication", "peft_layers_pattern", "peft_layers_to_transform", "peft_trainable_token_indices",

@@ -18,7 +18,9 @@ from ..errors import Location
 
 Method = Literal["qlora", "lora", "full"]
 Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion"]
-Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
+                    "adamw_torch_4bit", "adafactor", "sgd"]
+TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")  # torchao's low-bit AdamW (an optional extra)
 Precision = Literal["auto", "bf16", "fp16", "fp32", "pure_fp16"]
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"]
 ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
@@ -243,6 +245,7 @@ class Training:
     router_aux_loss: bool
     router_aux_loss_coef: Optional[float]  # absent: the model config's; with router_aux_loss only (rules.py)
     optimizer: Optimizer
+    bf16_stochastic_round: bool  # torchao's AdamW only (rules.py)
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float

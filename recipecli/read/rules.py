@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from ..errors import Problem, json_path
 from . import paths, schema
+from .recipe import TORCHAO_OPTIMIZERS
 
 Rule = Callable[[dict, "Context"], Iterator[Problem]]
 
@@ -326,6 +327,25 @@ def adam_knobs_need_adam(doc: dict, ctx: Context):
                               "remove it, or use an adamw optimizer", key=True)
 
 
+def torchao_optimizers_where_they_run(doc: dict, ctx: Context):
+    training, defaults = doc.get("training", {}), schema.defaults_of("training")
+    optimizer = training.get("optimizer", defaults["optimizer"])
+    if training.get("bf16_stochastic_round") and optimizer not in TORCHAO_OPTIMIZERS:
+        yield ctx.problem(("training", "bf16_stochastic_round"), f"bf16_stochastic_round with optimizer {optimizer}: "
+                          "only torchao's AdamW rounds stochastically", "use optimizer adamw_torch_8bit or "
+                          "adamw_torch_4bit, or remove bf16_stochastic_round", key=True)
+    elif training.get("bf16_stochastic_round") and training.get("precision") in ("fp16", "fp32", "pure_fp16"):
+        yield ctx.problem(("training", "bf16_stochastic_round"), f"bf16_stochastic_round with precision "
+                          f"{training['precision']}: no weight trains in bf16", "use precision bf16 or auto, or remove "
+                          "bf16_stochastic_round", key=True)
+    strategy = doc.get("distributed", {}).get("strategy", "")
+    if optimizer in TORCHAO_OPTIMIZERS and strategy.startswith("deepspeed"):
+        # DeepSpeed flattens the parameters into its own buffers and steps its own or a plain torch
+        # optimizer over them; torchao's states are tensor subclasses per parameter, untried there.
+        yield ctx.problem(("training", "optimizer"), f"{optimizer} with {strategy}: torchao's low-bit AdamW is not "
+                          "run under DeepSpeed", "use strategy ddp or fsdp, or optimizer adamw_8bit")
+
+
 def pure_fp16_needs_an_fp32_update(doc: dict, ctx: Context):
     training, defaults = doc.get("training", {}), schema.defaults_of("training")
     optimizer = training.get("optimizer", defaults["optimizer"])
@@ -513,6 +533,7 @@ RULES: tuple[Rule, ...] = (
     quadratic_warmup_needs_a_plain_cosine,
     min_lr_needs_cosine,
     adam_knobs_need_adam,
+    torchao_optimizers_where_they_run,
     pure_fp16_needs_an_fp32_update,
     deepspeed_decides_its_own_precision,
     evaluation_needs_held_out_data,

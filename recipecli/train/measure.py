@@ -18,7 +18,7 @@ from typing import Optional
 from ..errors import NotModeled, UnknownModel, UnknownTargets
 from ..fit.allocator import AllocatorPeaks, AllocatorReplay, replay, simulate
 from ..fit.architectures import MODEL_PATH, find_config, shape_from_config
-from ..fit.estimate import CUDA_CONTEXT_BYTES, Estimate, estimate
+from ..fit.estimate import CUDA_CONTEXT_BYTES, TORCHAO_STATE, Estimate, estimate
 from ..fit.gpu_catalog import Gpu, card
 from ..fit.precision import DTYPE_BYTES, FLASH_KERNELS, NO_SDPA, Choices, choose
 from ..fit.verdict import at_its_field, refuse_an_unquantized_base, setup_for
@@ -128,6 +128,11 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None, run=None)
         refuse_an_unquantized_base(recipe, shape.model_type)
         setup, notes = setup_for(recipe, gpu, model_type=shape.model_type)
         choices = choose(recipe, gpu, shape.model_type)
+        if recipe.training.optimizer in TORCHAO_STATE:
+            raise NotModeled(f"the probe cannot trace {recipe.training.optimizer}: torchao's compiled step reads "
+                             "values, which fake tensors do not have", hint="estimate it with `recipe fit-check`, or "
+                             "probe it with optimizer adamw_8bit (the same 2 bytes a weight for adamw_torch_8bit)",
+                             path="$.training.optimizer")
         if choices.attention in FLASH_KERNELS and shape.model_type in NO_SDPA:
             # traced as sdpa's flash kernel (same tensors kept), which transformers refuses this model
             raise NotModeled(f"the probe traces {choices.attention} as sdpa's flash kernel, which transformers does "

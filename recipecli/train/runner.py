@@ -28,7 +28,7 @@ from ..fit import cpu, hardware
 from ..fit.gpu_catalog import Gpu
 from ..fit.precision import Choices, choose
 from ..fit.verdict import at_its_field
-from ..read.recipe import Recipe, targets_text
+from ..read.recipe import TORCHAO_OPTIMIZERS, Recipe, targets_text
 from ..units import GIB
 from . import checkpoints, claim, data, datafiles, datastats, failures, launch, qat, runfolder, tracking
 from .callbacks import StopRequest, recorder
@@ -114,6 +114,8 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                 refuse_unless_cpu_trains(recipe, cpu.host_memory_bytes() if ram_bytes is None else ram_bytes, force)
             if recipe.training.liger_kernel:
                 _refuse_unless_liger_runs(recipe, cuda)
+            if recipe.training.optimizer in TORCHAO_OPTIMIZERS:
+                _refuse_without_torchao(recipe)
             choices = choose(recipe, gpu, model_type_of(recipe))
             for note in choices.notes:
                 say(f"note: {note}")
@@ -410,6 +412,22 @@ def _refuse_unless_liger_runs(recipe: Recipe, cuda: bool) -> None:
                           path="$.training.liger_kernel")
 
 
+def _refuse_without_torchao(recipe: Recipe) -> None:
+    """transformers imports torchao only when it builds the optimizer, after the model has loaded.
+
+    Raises:
+        RecipeError: torchao is not installed.
+    """
+    import importlib
+
+    try:
+        importlib.import_module("torchao")
+    except ImportError:
+        raise RecipeError(f"training.optimizer {recipe.training.optimizer} needs torchao, which is not installed",
+                          hint="pip install 'recipecli[torchao]'", where=recipe.locate(("training", "optimizer")),
+                          path="$.training.optimizer") from None
+
+
 def _refuse_unless_liger_knows(recipe: Recipe, model_type: str) -> None:
     """Liger patches the model types it has kernels for and skips any other with a log line only;
     a recipe that asks for its kernels gets them or a refusal."""
@@ -476,6 +494,8 @@ def _sft_config(recipe: Recipe, choices: Choices, run_dir: Path, *, has_eval: bo
         # 0.0 turns it off, None takes the config's (model.check_experts refuses it on a dense model).
         router_aux_loss_coef=t.router_aux_loss_coef if t.router_aux_loss else 0.0,
         optim=t.optimizer,
+        # transformers hands optim_args to torchao's AdamW (its _get_torchao_optimizer reads this key)
+        optim_args="bf16_stochastic_round=True" if t.bf16_stochastic_round else None,
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,
         adam_epsilon=t.adam_epsilon,

@@ -57,6 +57,8 @@ READS = {
     "weight_decay": (0.01, {}, {"training.weight_decay": 0.01}),
     "max_grad_norm": (0.3, {}, {"training.max_grad_norm": 0.3}),
     "optimizer": ("adamw_bnb_8bit", {}, {"training.optimizer": "adamw_8bit"}),
+    "optim_args": ({"bf16_stochastic_round": True}, {"optimizer": "adamw_torch_4bit"},
+                   {"training.bf16_stochastic_round": True}),
     "gradient_checkpointing": (False, {}, {"training.gradient_checkpointing": False}),
     "activation_offloading": (True, {}, {"training.activation_offloading": True}),
     "gradient_checkpointing_kwargs": ({"use_reentrant": False}, {}, {}),
@@ -155,6 +157,7 @@ REFUSALS = {
     "lora_target_modules": (5, QLORA, "not a list of module names nor a regular expression"),
     "val_set_size": (200, {}, "a count of examples"),
     "optimizer": ("lion_8bit", {}, "not one recipe runs"),
+    "optim_args": ({"bf16_stochastic_round": True, "block_size": 64}, {}, "optim_args block_size"),
     "lr_scheduler": ("one_cycle", {}, "not one recipe runs"),
     "gradient_checkpointing": ("offload_disk", {}, "not to disk"),
     "activation_offloading": ("disk", {}, "expected true, false or legacy"),
@@ -508,11 +511,28 @@ def test_a_key_recipe_cannot_do_switched_off_is_what_recipe_does(key, value):
     assert unsupported(key, value) is None and unsupported(key, True) == UNSUPPORTED[key]
 
 
-def test_a_same_sized_optimizer_and_auto_resume_convert_with_a_note():
-    assert row_for("optimizer", TOP_ROWS).read("adamw_torch_8bit", {})["training.optimizer"] == "adamw_8bit"
-    assert NOTE in row_for("optimizer", TOP_ROWS).read("adamw_torch_8bit", {})
+def test_torchao_s_optimizers_convert_by_name_and_auto_resume_with_a_note():
+    for name in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        assert row_for("optimizer", TOP_ROWS).read(name, {}) == {"training.optimizer": name}
     assert "--resume" in row_for("auto_resume_from_checkpoints", TOP_ROWS).read(True, {})[NOTE]
     assert row_for("auto_resume_from_checkpoints", TOP_ROWS).read(False, {}) == {}
+
+
+@pytest.mark.parametrize("value, read", [
+    ("bf16_stochastic_round=True", {"training.bf16_stochastic_round": True}),
+    ("bf16_stochastic_round=False", {}), ({"bf16_stochastic_round": False}, {}), ({}, {}),
+])
+def test_optim_args_read_as_a_mapping_or_transformers_string(value, read):
+    assert row_for("optim_args", TOP_ROWS).read(value, {"optim_args": value}) == read
+
+
+@pytest.mark.parametrize("value, words", [
+    ("bf16_stochastic_round", "bf16_stochastic_round None"), ({"bf16_stochastic_round": "maybe"}, "'maybe'"),
+    ("lr=1,bf16_stochastic_round=True", "optim_args lr"), (5, "expected a mapping"),
+])
+def test_optim_args_recipe_cannot_pass_are_reported(value, words):
+    with pytest.raises(NotConverted, match=words):
+        row_for("optim_args", TOP_ROWS).read(value, {"optim_args": value})
 
 
 def test_every_optimizer_alias_names_a_recipe_optimizer():

@@ -100,10 +100,11 @@ def test_the_newer_style_configs_become_these_recipes_with_their_notes(here):
     result = convert("gemma3-chat-kernels.yml", "--from", "axolotl", "-o", "g.yaml")
     g = load_recipe(here / "g.yaml")
     assert (g.data.chat_template, g.data.tokens, g.data.special_tokens.pad_token) == ("gemma", ("<start_of_turn>",), "<pad>")
-    assert (g.training.liger_kernel, g.training.optimizer, g.training.adam_beta2) == (("rms_norm", "glu"), "adamw_8bit", 0.95)
+    assert (g.training.liger_kernel, g.training.optimizer, g.training.adam_beta2) == (("rms_norm", "glu"), "adamw_torch_8bit",
+                                                                                      0.95)
     assert (g.training.gradient_accumulation_steps, g.training.tf32, g.training.evals_per_epoch) == (4, True, None)
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
-    for key in ("lora_mlp_kernel", "eot_tokens", "optimizer", "gradient_checkpointing_kwargs", "loss_watchdog_threshold"):
+    for key in ("lora_mlp_kernel", "eot_tokens", "gradient_checkpointing_kwargs", "loss_watchdog_threshold"):
         assert any(f"key '{key}'" in note for note in notes), key
     result = convert("fsdp1-full.yml", "--from", "axolotl", "-o", "f.yaml")
     f = load_recipe(here / "f.yaml")
@@ -146,7 +147,7 @@ def test_unmapped_keys_are_reported_at_their_lines_and_nothing_is_written(here):
     assert not (here / "r.yaml").exists() and not list(here.glob(".r.yaml*"))
     lines = (here / "unsupported.yml").read_text().splitlines()
     for key in ("plugins", "rl", "optimizer", "lr_scheduler", "gradient_checkpointing", "lora_modules_to_sav",
-                "optim_args"):
+                "use_ray"):
         line = next(i for i, text in enumerate(lines, 1) if text.startswith(key + ":"))
         assert f"unsupported.yml:{line}:1: key '{key}': not converted: " in result.output, key
     assert "key 'datasets[0].type': not converted: dataset type 'chatml.intel'" in result.output
@@ -156,7 +157,7 @@ def test_unmapped_keys_are_reported_at_their_lines_and_nothing_is_written(here):
     assert "key 'lr_quadratic_warmup'" not in result.output
     assert "hint: did you mean 'lora_modules_to_save'?" in result.output
     # a key Axolotl reads is never said to be one it ignores (Axolotl's own schema: convert/axolotl_keys.py)
-    assert "key 'optim_args': not converted: an Axolotl key recipe has no counterpart for" in result.output
+    assert "key 'use_ray': not converted: an Axolotl key recipe has no counterpart for" in result.output
     assert ("key 'lora_modules_to_sav': not converted: not a key of Axolotl's configuration (Axolotl would ignore "
             "it silently)") in result.output
     assert "9 keys not converted: nothing written" in result.output

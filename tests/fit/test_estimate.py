@@ -82,7 +82,8 @@ def _optimizer_bytes(name: str) -> tuple:
     """The optimizer model alone, past estimate()'s check of the setup (what a new branch must pass)."""
     setup = dataclasses.replace(QLORA, optimizer=name)
     adapters = lora_modules(TOY, setup.lora_targets)
-    return estimate_module._optimizer(TOY, setup, dtypes_of(setup), adapters, 8192)
+    sizes = estimate_module._trainable_sizes(TOY, setup, adapters, {}, {})
+    return estimate_module._optimizer(TOY, setup, dtypes_of(setup), adapters, 8192, sizes=sizes)
 
 
 @pytest.mark.parametrize("name", get_args(Optimizer))
@@ -91,8 +92,37 @@ def test_every_optimizer_of_the_schema_has_its_own_memory_model(name):
     assert states >= 0 and temporaries >= 0
     # Each is explained under its own name: none falls through to another's arithmetic.
     words = {"adamw_torch": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged: can spill",
-             "paged_adamw_32bit": "paged 32-bit AdamW", "adafactor": "Adafactor", "sgd": "SGD"}
+             "paged_adamw_32bit": "paged 32-bit AdamW", "adafactor": "Adafactor", "sgd": "SGD",
+             "adamw_torch_8bit": "torchao 8-bit AdamW", "adamw_torch_4bit": "torchao 4-bit AdamW"}
     assert words[name] in how
+
+
+@pytest.mark.parametrize("name", ["adamw_torch_8bit", "adamw_torch_4bit"])
+@pytest.mark.parametrize("method", ["full", "qlora"])
+def test_torchao_optimizer_state_is_the_buffers_torchao_makes(name, method):
+    # torchao's own _new_buffer for each trainable tensor (the state its first step creates): its codes,
+    # scales and code table where it quantizes, a plain tensor where the tensor is small or the block
+    # does not divide it (the toy's 2,048-value k/v projections, its norms, the rank-4 adapters)
+    torch = pytest.importorskip("torch")
+    optim = pytest.importorskip("torchao.optim")
+    setup = dataclasses.replace(QLORA, optimizer=name, method=method,
+                                **({"weight_bits": 16} if method == "full" else {}))
+    adapters = lora_modules(TOY, setup.lora_targets) if method != "full" else {}
+    sizes = estimate_module._trainable_sizes(TOY, setup, adapters, {}, {})
+    assert sum(sizes) == (TOY.param_count() if method == "full" else 2 * 4 * sum(map(sum, adapters.values())))
+    cls = optim.AdamW8bit if name == "adamw_torch_8bit" else optim.AdamW4bit
+    dt = dtypes_of(setup)
+    dtype = {2: torch.bfloat16, 4: torch.float32}[dt.train]  # full: the 16-bit weights; adapters: fp32
+    made = 0
+    for n in sizes:
+        p = torch.nn.Parameter(torch.zeros(n, dtype=dtype))
+        opt = cls([p])
+        for signed in (True, False):  # the first and the second moment
+            state = opt._new_buffer(p, signed)
+            made += sum(t.nbytes for t in (state.codes, state.scale, state.qmap)) if hasattr(state, "codes") \
+                else state.nbytes
+    states, _, how = estimate_module._optimizer(TOY, setup, dt, adapters, sum(sizes), sizes=sizes)
+    assert states == made, how
 
 
 def test_an_optimizer_without_a_memory_model_is_a_caller_bug_not_adafactor():

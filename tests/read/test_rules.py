@@ -62,6 +62,8 @@ BREAKING = {
     "min_lr_needs_cosine": ({"training": {"lr_scheduler": "linear", "min_lr_ratio": 0.1}}, "$.training.min_lr_ratio"),
     "adam_knobs_need_adam": ({"training": {"optimizer": "adafactor", "adam_beta2": 0.95}}, "$.training.adam_beta2"),
     "qat_is_full_fine_tuning": ({"training": {"qat": {"activation_dtype": "int8"}}}, "$.training.qat"),
+    "torchao_optimizers_where_they_run": ({"training": {"bf16_stochastic_round": True}},
+                                          "$.training.bf16_stochastic_round"),
     "mxfp4_rounds_weights_and_inputs_in_blocks_of_32": ({"method": "full", "lora": None, "quantization": None,
                                                          "training": {"qat": {"weight_dtype": "mxfp4"}}},
                                                         "$.training.qat.activation_dtype"),
@@ -96,6 +98,23 @@ def test_per_epoch_counts_are_refused_where_they_cannot_work(make_recipe, traini
     with pytest.raises(InvalidRecipe) as info:
         resolve(make_recipe({"training": training, "data": data}))
     assert [p.path for p in info.value.problems] == [path]
+
+
+@pytest.mark.parametrize("delta, path", [
+    ({"training": {"optimizer": "adamw_torch_4bit", "bf16_stochastic_round": True, "precision": "fp16"}},
+     "$.training.bf16_stochastic_round"),  # no weight trains in bf16
+    ({"training": {"optimizer": "adamw_8bit", "bf16_stochastic_round": True}}, "$.training.bf16_stochastic_round"),
+    ({"training": {"optimizer": "adamw_torch_8bit"}, "distributed": {"strategy": "deepspeed_zero2"}},
+     "$.training.optimizer"),
+])
+def test_torchao_s_optimizers_and_stochastic_rounding_only_where_they_run(make_recipe, delta, path):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe(delta))
+    (problem,) = info.value.problems
+    assert problem.path == path and problem.location.line > 1 and problem.hint
+    for fine in ({"optimizer": "adamw_torch_4bit", "bf16_stochastic_round": True},
+                 {"optimizer": "adamw_torch_8bit", "bf16_stochastic_round": True, "precision": "bf16"}):
+        resolve(make_recipe({"training": fine}))
 
 
 @pytest.mark.parametrize("qat, path", [

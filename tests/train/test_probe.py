@@ -447,6 +447,21 @@ def test_flash_attention_on_a_model_without_sdpa_is_refused_at_its_field_not_tra
     assert refused.value.path == "$.training.attention" and refused.value.where is not None
 
 
+@pytest.mark.parametrize("optimizer", ["adamw_torch_8bit", "adamw_torch_4bit"])
+def test_torchao_s_optimizer_is_refused_at_its_field_not_traced(make_recipe, optimizer):
+    # its compiled step reads values (torch.compile's _local_scalar_dense), which fake tensors do not have
+    from recipecli.errors import NotModeled
+    from recipecli.fit.gpu_catalog import card
+    from recipecli.read.load import load_recipe
+    from recipecli.train.measure import measure
+
+    recipe = load_recipe(make_recipe({"training": {"optimizer": optimizer}}))
+    with pytest.raises(NotModeled) as refused:
+        measure(recipe, gpu=card("rtx2080"))
+    assert refused.value.path == "$.training.optimizer" and refused.value.where is not None
+    assert "fit-check" in refused.value.hint
+
+
 @pytest.mark.parametrize("targets", ["attention", "all-linear"])
 def test_falcon_s_one_key_value_head_is_counted_in_torch_s_math_kernel_above_the_cpu_trace(targets):
     """transformers hands sdpa falcon-7b's one key/value head unrepeated beside a materialized mask,

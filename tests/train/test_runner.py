@@ -209,7 +209,8 @@ def test_the_trainer_gets_the_dtypes_precision_decides(tiny, tmp_path, gpu, adap
     assert {p.dtype for p in plain.model.parameters() if p.requires_grad} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("optimizer", ["adamw_8bit", "adafactor", "paged_adamw_32bit"])
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "adafactor", "paged_adamw_32bit", "adamw_torch_8bit",
+                                       "adamw_torch_4bit"])
 def test_pure_fp16_trains_the_fp16_weights_themselves_without_autocast_or_loss_scaling(tiny, tmp_path, optimizer):
     # Axolotl's float16: on a card without bf16 (forced here: the CPU computes the fp16 step itself),
     # a full fine-tune keeps no fp32 copy; fp16 mixed precision keeps fp32 weights for its GradScaler.
@@ -237,6 +238,72 @@ def test_pure_fp16_trains_the_fp16_weights_themselves_without_autocast_or_loss_s
     assert {p.dtype for p in after.values()} == {torch.float16}
     moved = [n for n, p in after.items() if not torch.equal(p, before[n])]
     assert len(moved) > len(after) // 2 and all(torch.isfinite(p).all() for p in after.values())
+
+
+def test_torchao_low_bit_adamw_rounds_bf16_weights_stochastically_when_asked(tiny, tmp_path):
+    # bf16 full fine-tuning as on a card with bf16 (the CPU computes the bf16 step itself): the Trainer
+    # builds torchao's 4-bit AdamW with bf16_stochastic_round, its moments quantized where torchao does
+    import torch
+    from torchao.optim import AdamW4bit
+
+    from recipecli.train import data, runner
+    from recipecli.train.model import load_tokenizer
+
+    recipe = tiny({"method": "full", "quantization": None, "lora": None,
+                   "training": {"precision": "bf16", "optimizer": "adamw_torch_4bit", "bf16_stochastic_round": True}})
+    choices = choose(recipe, card("rtx4090"))
+    assert (choices.weight_dtype, choices.trainable_dtype) == ("bfloat16", "bfloat16")
+    tokenizer = load_tokenizer(recipe)
+    train_set, _ = data.load_examples(recipe, tokenizer)
+    args = runner._sft_config(recipe, choices, tmp_path / "out", has_eval=False, cuda=False, steps_per_epoch=1)
+    trainer = runner._trainer(recipe, choices, load_model(recipe, choices, cuda=False), args, tokenizer, train_set,
+                              None, ())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper, where there is one
+    assert isinstance(inner, AdamW4bit)
+    assert inner.bf16_stochastic_round  # transformers passes strtobool's 1
+    plain = tiny({"method": "full", "quantization": None, "lora": None,
+                  "training": {"precision": "bf16", "optimizer": "adamw_torch_4bit"}}, out="plain")
+    assert runner._sft_config(plain, choose(plain, card("rtx4090")), tmp_path / "p", has_eval=False, cuda=False,
+                              steps_per_epoch=1).optim_args is None
+    kinds = {type(v).__name__ for state in inner.state.values() for v in state.values()}
+    assert "OptimState4bit" in kinds and "Tensor" in kinds  # small tensors keep plain moments
+    after = dict(trainer.model.named_parameters())
+    assert {p.dtype for p in after.values()} == {torch.bfloat16}
+    moved = [n for n, p in after.items() if not torch.equal(p, before[n])]
+    assert len(moved) > len(after) // 2 and all(torch.isfinite(p).all() for p in after.values())
+
+
+def test_torchao_s_optimizer_without_torchao_is_refused_at_its_field_before_the_run_folder(tiny, monkeypatch):
+    import sys
+
+    recipe = tiny({"method": "full", "lora": None, "training": {"optimizer": "adamw_torch_4bit"}})
+    monkeypatch.setitem(sys.modules, "torchao", None)  # what `import torchao` finds when it is not installed
+    with pytest.raises(RecipeError) as info:
+        run(recipe, gpus=())
+    assert info.value.path == "$.training.optimizer" and "recipecli[torchao]" in info.value.hint
+    assert "adamw_torch_4bit needs torchao" in str(info.value) and info.value.where.line > 1
+    assert not recipe.output_dir.exists()
+
+
+def test_a_run_with_torchao_s_optimizer_resumes_its_quantized_state(tiny):
+    # the checkpoint holds torchao's quantized moments (tensor subclasses); the resumed steps are the
+    # straight run's
+    from transformers import TrainerCallback
+
+    class SigtermAfterStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    full = {"method": "full", "lora": None, "training": {"optimizer": "adamw_torch_8bit"}}
+    settings_ = {"training.max_steps": 4, "training.save_steps": 1}
+    stopped = run(tiny(full, out="stopped", **settings_), gpus=(), callbacks=[SigtermAfterStep2()])
+    assert stopped.interrupted and stopped.steps < 4
+    resumed = run(tiny(full, out="stopped", **settings_), gpus=(), resume=True)
+    straight = run(tiny(full, out="straight", **settings_), gpus=())
+    assert resumed.steps == 4 and resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-4)
 
 
 def test_half_precision_runs_as_fp32_on_the_cpu_with_a_note(tiny):
