@@ -332,8 +332,8 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     quant, quant_how = _quant_constants(shape, s) if kbit else (0, "weights are not quantized")
     biggest = max(fin * fout for fin, fout in shape.linear_modules().values())
     dequant = biggest * dt.compute if kbit else 0
-    sizes = _trainable_sizes(shape, s, adapters, in_full, unfrozen) if s.optimizer in TORCHAO_STATE else None
-    states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable, in_full, sizes)
+    tensors = _trainable_sizes(shape, s, adapters, in_full, unfrozen) if s.optimizer in TORCHAO_STATE else None
+    states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable, in_full, tensors)
     states, step_temp = states / shard_g, step_temp / shard_g
     grads = trainable * dt.train / shard_g * (2 if s.parallelism == "ddp" else 1)
     saved, in_backward, act_how = activations.saved_bytes(shape, s, dt, adapters, tokens)

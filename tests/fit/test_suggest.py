@@ -41,6 +41,23 @@ def test_suggestions_really_fit_when_reloaded(make_recipe, delta, gpu):
     assert again.fits and again.estimate.device_bytes == suggestion.verdict.estimate.device_bytes
 
 
+def test_a_full_fine_tune_a_gib_over_gets_torchao_s_4bit_adamw_first(make_recipe):
+    # TinyLlama in full, pure fp16, 8-bit AdamW: 6.9 GiB; a 4-bit state saves a byte per weight, a
+    # smaller change than training adapters instead
+    from pathlib import Path
+
+    from recipecli.fit.gpu_catalog import gpu_from_vram
+
+    bench = yaml.safe_load((Path(__file__).parents[2] / "benchmarks" / "recipes" / "tinyllama-full-pure-fp16.yaml")
+                           .read_text())
+    path = make_recipe(base=bench)
+    gpu = gpu_from_vram(7.0)
+    suggestion = suggest(load.load_recipe(path), gpu)
+    assert suggestion.patch == {"training": {"optimizer": "adamw_torch_4bit"}}
+    assert "recipecli[torchao]" in suggestion.changes[0]
+    assert _fits_after(make_recipe, path, gpu, suggestion).fits
+
+
 def test_micro_batch_suggestion_keeps_the_effective_batch(make_recipe):
     path = make_recipe({"data": {"max_seq_length": 4096}, "training": {
         "micro_batch_size": 8, "gradient_accumulation_steps": 2, "gradient_checkpointing": False}})
