@@ -1483,9 +1483,8 @@ def _type(v, entry):
         return {"format": _format_of(entry)}
     if isinstance(v, dict):
         return _custom_type(v)
-    if v is None:
-        raise NotConverted("a dataset without type is pre-tokenized input_ids, which recipe does not read",
-                           "give the text records and their type")
+    if v is None:  # Axolotl reads a dataset without a type as token ids: input_ids, labels, attention_mask
+        return {"format": "tokenized"}
     raise NotConverted(f"dataset type {_shown(v)} is not one recipe reads",
                        "recipe reads " + ", ".join(TYPES))
 
@@ -1533,6 +1532,8 @@ def _conversational(entry) -> str:
 
 
 def _write_type(d):
+    if d["format"] == "tokenized":
+        return ABSENT  # no type: Axolotl's pre-tokenized dataset
     if d["format"] == "alpaca":
         preamble = bool(d.get("preamble"))
         if preamble and not d.get("fields"):

@@ -17,7 +17,7 @@ from typing import Callable, Literal, Optional, Union
 from ..errors import Location
 
 Method = Literal["qlora", "lora", "full"]
-Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion"]
+Format = Literal["alpaca", "chat", "sharegpt", "text", "prompt_completion", "tokenized"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
                     "adamw_torch_4bit", "adafactor", "sgd"]
 TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")  # torchao's low-bit AdamW (an optional extra)

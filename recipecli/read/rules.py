@@ -164,6 +164,7 @@ FIELDS_OF_FORMAT = {
     "sharegpt": ("messages", "role", "content", "thinking"),
     "text": ("text",),
     "prompt_completion": ("prompt", "completion"),
+    "tokenized": (),  # input_ids, labels, attention_mask: the names every tokenized dataset uses
 }
 CONVERSATIONAL = ("chat", "sharegpt")
 
@@ -175,9 +176,9 @@ def dataset_fields_match_the_format(doc: dict, ctx: Context):
             continue
         for name in dataset.get("fields", {}):
             if name not in FIELDS_OF_FORMAT[fmt]:
+                reads = ", ".join(FIELDS_OF_FORMAT[fmt]) or "input_ids, labels and attention_mask by those names"
                 yield ctx.problem((*where, "fields", name), f"format {fmt} has no field {name}",
-                                  f"format {fmt} reads {', '.join(FIELDS_OF_FORMAT[fmt])}: remove {name}, or "
-                                  "change the format", key=True)
+                                  f"format {fmt} reads {reads}: remove {name}, or change the format", key=True)
         if dataset.get("preamble") is True and fmt != "alpaca":
             yield ctx.problem((*where, "preamble"), f"preamble with format {fmt}: it starts alpaca prompts only",
                               "remove it, or use format alpaca", key=True)

@@ -13,6 +13,7 @@ alpaca             prompt, completion   ``completion_only_loss`` (prompt tokens 
 prompt_completion  prompt, completion   ``completion_only_loss``
 chat, sharegpt     messages             ``assistant_only_loss`` (``{% generation %}`` in template)
 text               text                 nothing: every token is trained
+tokenized          input_ids, labels    the data's own labels (-100 where a token has no loss)
 =================  ===================  =========================================================
 
 A mix of prompt/completion and conversational datasets becomes conversational (the prompt is
@@ -35,6 +36,7 @@ label, for every format.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -54,6 +56,7 @@ _LAYOUT: dict[str, str] = {
     "chat": "messages",
     "sharegpt": "messages",
     "text": "text",
+    "tokenized": "tokens",
 }
 
 
@@ -75,14 +78,26 @@ def alpaca_prompt(instruction: str, input: str = "", preamble: bool = False) -> 
 
 
 def layout(recipe: Recipe) -> str:
-    """Columns the recipe's mix becomes: ``prompt_completion``, ``messages`` or ``text``; always
-    ``messages`` with mistral-common's tokenizer (model.tokenizer_backend).
+    """Columns the recipe's mix becomes: ``prompt_completion``, ``messages``, ``text`` or ``tokens``
+    (input_ids and labels); ``messages`` with mistral-common's tokenizer (model.tokenizer_backend)
+    for every layout but ``tokens``.
 
     Raises:
-        DataError: plain text mixed with datasets that have prompts or roles.
+        DataError: plain text mixed with datasets that have prompts or roles; token ids mixed with
+            records of any other format.
     """
     datasets = recipe.data.datasets
     layouts = {_LAYOUT[d.format] for d in datasets}
+    if "tokens" in layouts and len(layouts) > 1:
+        i = next(i for i, d in enumerate(datasets) if d.format == "tokenized")
+        other = next(d for d in datasets if d.format != "tokenized")
+        raise DataError(f"{datafiles.display(datasets[i])} (format tokenized) cannot be mixed with "
+                        f"{datafiles.display(other)} (format {other.format}): its tokens were made by a tokenizer and "
+                        "template recipe does not see", "train them in separate recipes, or give the tokenized "
+                        "data as records of another format", where=recipe.locate(("data", "datasets", i, "format")),
+                        path=f"$.data.datasets[{i}].format")
+    if "tokens" in layouts:
+        return "tokens"  # ids are ids, whichever tokenizer backend the recipe names
     if "text" in layouts and len(layouts) > 1:
         i = next(i for i, d in enumerate(datasets) if d.format == "text")
         other = next(d for d in datasets if d.format != "text")
@@ -124,7 +139,7 @@ def sft_flags(recipe: Recipe) -> dict:
 class Example:
     """One checked record in the columns TRL reads, and where it came from."""
 
-    columns: dict  # prompt/completion, messages or text
+    columns: dict  # prompt/completion, messages, text, or input_ids/labels
     dataset: int  # its dataset's index in data.datasets
     place: Place  # for messages about the record: file, line, record number
 
@@ -167,6 +182,8 @@ def read_examples(recipe: Recipe, tokenizer=None) -> list[Example]:
     for index, spec in enumerate(recipe.data.datasets):
         before = len(examples)
         read = reader(spec, index)
+        if spec.format == "tokenized" and tokenizer is not None:
+            read = dataclasses.replace(read, vocab=len(tokenizer))
         for place, record in itertools.islice(datafiles.records(spec), spec.max_samples):
             example = _convert(read, record, place)
             example = _as_messages(example) if columns == "messages" and "prompt" in example else example
@@ -304,6 +321,8 @@ def tokenize_many(batch: list[dict], tokenizer, *, answer_only: bool, chat_templ
     tokenizer encodes them in parallel (TRL makes them one example at a time; the result is the same)."""
     if not batch:
         return []
+    if "input_ids" in batch[0]:  # tokenized already: checked where they were read
+        return [Tokens(list(c["input_ids"]), list(c["labels"]), len(c["input_ids"])) for c in batch]
     if "messages" in batch[0]:
         out = tokenizer.apply_chat_template([c["messages"] for c in batch], tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=answer_only, chat_template=chat_template,
@@ -486,6 +505,7 @@ _OWN_FIELDS = {
     "sharegpt": {"messages": "conversations", "role": "from", "content": "value"},
     "text": {"text": "text"},
     "prompt_completion": {"prompt": "prompt", "completion": "completion"},
+    "tokenized": {},
 }
 # Each conversational format's own role names; data.datasets[].roles replaces them role by role.
 _OWN_ROLES = {
@@ -508,6 +528,7 @@ class Reader:
     drop_system: bool = False  # conversations: system turns are left out
     thinking: Optional[str] = None  # conversations: a turn's key for its reasoning (fields.thinking)
     thinking_key: Optional[str] = None  # ... and the key the chat template reads it from
+    vocab: Optional[int] = None  # tokenized: the tokenizer's size, which every id must be below
 
     def needs(self) -> str:
         """What the format reads, in the data's names, for the hint of an error about a record."""
@@ -518,6 +539,8 @@ class Reader:
             return f"format prompt_completion reads {n['prompt']} and {n['completion']}"
         if fmt == "text":
             return f"format text reads {n['text']}"
+        if fmt == "tokenized":
+            return "format tokenized reads input_ids and optionally labels and attention_mask"
         return f"format {fmt} reads {n['messages']}: a list of {{{n['role']}, {n['content']}}}"
 
 
@@ -556,6 +579,8 @@ def _convert(read: Reader, record: object, place: Place) -> dict:
                 "completion": _text(record, n["completion"], place, read)}
     if fmt == "text":
         return {"text": _text(record, n["text"], place, read)}
+    if fmt == "tokenized":
+        return _token_columns(record, place, read)
     field = n["messages"]
     turns = _present(record, (field,), place, read)
     if not isinstance(turns, list) or not turns:
@@ -568,6 +593,43 @@ def _convert(read: Reader, record: object, place: Place) -> dict:
     if not any(m["role"] == "assistant" for m in messages):
         raise place.error("has no assistant turn", "drop the record: it has no answer to learn", (field,))
     return {"messages": messages}
+
+
+def _token_columns(record: dict, place: Place, read: Reader) -> dict:
+    """A tokenized record's input_ids and labels (every token's own id where it has none), checked:
+    ids the tokenizer has, one label per token (an id, or IGNORED), no padding."""
+    ids = _ids(record, "input_ids", place, read)
+    if not ids:
+        raise place.error("is empty", "drop the record: it has no token", ("input_ids",))
+    labels = list(ids) if record.get("labels") is None else _ids(record, "labels", place, read, ignored=True)
+    mask = record.get("attention_mask")
+    for name, values in (("labels", labels), ("attention_mask", mask)):
+        if values is not None and (not isinstance(values, list) or len(values) != len(ids)):
+            raise place.error(f"has {len(values) if isinstance(values, list) else kind(values)} for "
+                              f"{len(ids)} input_ids", "give one per token", (name,))
+    padded = next((k for k, v in enumerate(mask or ()) if v is not True and v != 1 or isinstance(v, float)), None)
+    if padded is not None:
+        raise place.error(f"is {shown(mask[padded])} at token {padded}: a padded record (or not a mask)",
+                          "remove the padding tokens with their labels and attention_mask entries: recipe pads "
+                          "batches itself", ("attention_mask",))
+    return {"input_ids": ids, "labels": labels}
+
+
+def _ids(record: dict, field: str, place: Place, read: Reader, ignored: bool = False) -> list[int]:
+    """A list of token ids (and IGNORED where ``ignored``) below the tokenizer's size."""
+    values = _present(record, (field,), place, read)
+    if not isinstance(values, list):
+        raise place.error(f"must be a list of token ids, got {kind(values)} {shown(values)}", read.needs(), (field,))
+    for k, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise place.error(f"{shown(v)} at token {k} is not a token id (a whole number)",
+                              "write token ids as whole numbers" + (f", and {IGNORED} where a token carries no loss"
+                                                                     if ignored else ""), (field,))
+        if (v < 0 and not (ignored and v == IGNORED)) or (read.vocab is not None and v >= read.vocab):
+            raise place.error(f"{v} at token {k} is not an id of the model's tokenizer (0 to {read.vocab - 1})"
+                              if read.vocab is not None else f"{v} at token {k} is not a token id",
+                              "tokenize the data with the model's tokenizer (model.tokenizer)", (field,))
+    return values
 
 
 def _present(record: dict, parts: tuple, place: Place, read: Reader) -> object:

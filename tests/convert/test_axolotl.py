@@ -264,6 +264,9 @@ ENTRIES = {
                                       "no_input_format": "### Instruction:\n{instruction}\n\n### Response:\n"}},
                             {"format": "alpaca", "fields": {"instruction": "question", "output": "answer"}}),
     "alpaca": ({"type": "alpaca"}, {"format": "alpaca", "preamble": True}),  # Stanford Alpaca's prompt, as Axolotl's
+    # no type: Axolotl's pre-tokenized dataset (input_ids, labels, attention_mask), written back without one
+    "pre-tokenized": ({"type": None}, {"format": "tokenized"}),
+    "pre-tokenized, type left out": ({}, {"format": "tokenized"}),
     "gpt-oss reasoning": ({**CHAT, "field_thinking": "thinking", "template_thinking_key": "thinking"},
                           {"format": "chat", "fields": {"thinking": "thinking"}, "template_thinking_key": "thinking"}),
     # beside mappings of its own Axolotl maps the reasoning only where they say so
@@ -588,7 +591,7 @@ def test_liger_switches_left_out_are_off_and_all_off_is_no_liger():
 def _read_entry(entry: dict) -> dict:
     """What translate does with one entry: every key's row, the fields of several merged."""
     out: dict = {}
-    for key, value in entry.items():
+    for key, value in ({"type": None} | entry).items():  # a type left out is read as none, as translate does
         for name, new in row_for(key, DATASET_ROWS).read(value, entry).items():
             out[name] = {**out.get(name, {}), **new} if isinstance(new, dict) and name in out else new
     return out

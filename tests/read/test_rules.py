@@ -100,6 +100,15 @@ def test_per_epoch_counts_are_refused_where_they_cannot_work(make_recipe, traini
     assert [p.path for p in info.value.problems] == [path]
 
 
+def test_token_ids_rename_no_field(make_recipe):
+    with pytest.raises(InvalidRecipe) as info:
+        resolve(make_recipe({"data": {"datasets": [{"path": "org/d", "format": "tokenized",
+                                                    "fields": {"text": "ids"}}]}}))
+    (problem,) = info.value.problems
+    assert problem.path == "$.data.datasets[0].fields.text" and "format tokenized has no field text" in problem.message
+    assert "reads input_ids, labels and attention_mask by those names" in problem.hint
+
+
 @pytest.mark.parametrize("delta, path", [
     ({"training": {"optimizer": "adamw_torch_4bit", "bf16_stochastic_round": True, "precision": "fp16"}},
      "$.training.bf16_stochastic_round"),  # no weight trains in bf16

@@ -474,3 +474,56 @@ def test_a_missing_field_names_the_recipe_field_that_renames_it(named, tmp_path)
     assert error.value.path == "$.output"
     assert "format alpaca reads question, output and optionally input" in error.value.hint
     assert "data.datasets[0].fields.output" in error.value.hint
+
+
+def _tokenized_file(tmp_path, *records) -> Path:
+    path = tmp_path / "tokens.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_token_ids_train_as_they_are_with_their_labels(recipe, tokenizer, tmp_path):
+    # Axolotl's dataset without a type: the ids go to the trainer untouched, -100 labels carry no
+    # loss, a record without labels trains every token; no end-of-sequence token is added
+    path = _tokenized_file(tmp_path, {"input_ids": [1, 50, 60, 2], "labels": [-100, -100, 60, 2],
+                                      "attention_mask": [1, 1, 1, 1]},
+                           {"input_ids": [1, 70, 80]})
+    r = recipe((path, "tokenized"), completion_only_loss=True)
+    assert data.layout(r) == "tokens" and data.recipe_template(r) is None
+    train, _ = data.prepare(r, tokenizer)
+    got = sorted((p.tokens.input_ids, p.tokens.labels) for p in train)
+    assert got == [([1, 50, 60, 2], [-100, -100, 60, 2]), ([1, 70, 80], [1, 70, 80])]
+    columns, _ = data.datasets(r, train, None)
+    assert sorted(columns["input_ids"]) == [[1, 50, 60, 2], [1, 70, 80]]
+
+
+@pytest.mark.parametrize("record, located, message", [
+    ({"input_ids": [1, 2.0, 3]}, "$.input_ids", "2.0 at token 1 is not a token id"),
+    ({"input_ids": [1, True]}, "$.input_ids", "true at token 1 is not a token id"),
+    ({"input_ids": [1, 512]}, "$.input_ids", "512 at token 1 is not an id of the model's tokenizer (0 to 511)"),
+    ({"input_ids": [1, -100]}, "$.input_ids", "-100 at token 1 is not an id of the model's tokenizer"),
+    ({"input_ids": []}, "$.input_ids", "is empty"),
+    ({"input_ids": "1 2 3"}, "$.input_ids", "must be a list of token ids, got a string"),
+    ({"ids": [1, 2]}, "$.input_ids", 'missing; the record has "ids"'),
+    ({"input_ids": [1, 2], "labels": [2]}, "$.labels", "has 1 for 2 input_ids"),
+    ({"input_ids": [1, 2], "labels": [-5, 2]}, "$.labels", "-5 at token 0 is not an id"),
+    ({"input_ids": [1, 2], "attention_mask": [1, 0]}, "$.attention_mask", "is 0 at token 1: a padded record"),
+    ({"input_ids": [1, 2], "attention_mask": [1, 1.0]}, "$.attention_mask", "is 1.0 at token 1"),
+    ({"input_ids": [1, 2], "attention_mask": "11"}, "$.attention_mask", "has a string for 2 input_ids"),
+])
+def test_bad_token_records_are_located_and_say_what_is_wrong(recipe, tokenizer, tmp_path, record, located, message):
+    path = _tokenized_file(tmp_path, {"input_ids": [1, 2, 3]}, record)
+    with pytest.raises(DataError) as error:
+        data.read_examples(recipe((path, "tokenized")), tokenizer)
+    first = str(error.value).splitlines()[0]
+    assert f"tokens.jsonl:2:" in first and f": {located}: " in first and message in first, first
+    assert "\n  hint: " in str(error.value)
+
+
+def test_token_ids_mix_with_no_other_format(recipe, tmp_path):
+    path = _tokenized_file(tmp_path, {"input_ids": [1, 2, 3]})
+    text = tmp_path / "t.jsonl"
+    text.write_text(json.dumps({"text": "hello"}) + "\n")
+    with pytest.raises(DataError) as error:
+        data.layout(recipe((text, "text"), (path, "tokenized")))
+    assert error.value.path == "$.data.datasets[1].format" and "cannot be mixed" in error.value.message

@@ -306,6 +306,25 @@ def test_a_run_with_torchao_s_optimizer_resumes_its_quantized_state(tiny):
     assert resumed.steps == 4 and resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-4)
 
 
+def test_token_ids_train_with_their_own_labels_and_the_run_records_them(tiny, tmp_path):
+    # a pre-tokenized dataset (Axolotl's without a type): the run trains on the ids as given, the
+    # -100 labels carry no loss (the run's trained-token count says so)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    path = tmp_path / "tokens.jsonl"
+    with path.open("w") as f:
+        for i in range(8):
+            prompt = tokenizer(f"Question {i}?")["input_ids"]
+            answer = tokenizer(f" Answer {i}.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            f.write(json.dumps({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}) + "\n")
+    done = run(tiny({"data": {"datasets": [{"path": str(path), "format": "tokenized"}]}}, **{"training.max_steps": 2}),
+               gpus=())
+    assert done.steps == 2 and math.isfinite(done.final_loss)
+    numbers = _run_yaml(done.run_dir)["data"]
+    assert numbers["records"] == 8 and 0 < numbers["trained_tokens"] < numbers["tokens"]
+
+
 def test_half_precision_runs_as_fp32_on_the_cpu_with_a_note(tiny):
     import torch
 
