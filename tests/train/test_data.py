@@ -516,7 +516,7 @@ def test_bad_token_records_are_located_and_say_what_is_wrong(recipe, tokenizer, 
     with pytest.raises(DataError) as error:
         data.read_examples(recipe((path, "tokenized")), tokenizer)
     first = str(error.value).splitlines()[0]
-    assert f"tokens.jsonl:2:" in first and f": {located}: " in first and message in first, first
+    assert "tokens.jsonl:2:" in first and f": {located}: " in first and message in first, first
     assert "\n  hint: " in str(error.value)
 
 
