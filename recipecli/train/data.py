@@ -358,8 +358,9 @@ def _template_refusal(error: Exception) -> tuple[str, str]:
 
 def _encoder(recipe: Recipe):
     """(tokenize_many, the errors by which it refuses one record, what to say of one) for the
-    recipe's tokenizer: transformers' with its chat template, or mistral-common's (mistral.py)."""
-    if mistral_common(recipe):
+    recipe's tokenizer: transformers' with its chat template, or mistral-common's (mistral.py); token
+    ids are taken as they are whichever it is."""
+    if mistral_common(recipe) and layout(recipe) != "tokens":
         from . import mistral
 
         return mistral.tokenize_many, mistral.refusals(), mistral.refusal

@@ -185,3 +185,12 @@ def test_a_run_trains_the_answers_and_generate_and_merge_read_the_saved_tekken_j
     assert record["data"]["trained_tokens"] == expected
     assert isinstance(after.generate(result.run_dir, "Say the word.", 4, gpus=()), str)
     assert (after.merge(result.run_dir, gpus=()) / "tekken.json").is_file()
+
+
+def test_token_ids_train_as_they_are_with_mistral_common_s_tokenizer(mistral, tmp_path):
+    # ids are ids: mistral-common encodes conversations, and is not asked to encode these
+    tokens = tmp_path / "tokens.jsonl"
+    tokens.write_text(json.dumps({"input_ids": [1, 40, 41, 2], "labels": [-100, 40, 41, 2]}) + "\n")
+    recipe = mistral({"data": {"datasets": [{"path": str(tokens), "format": "tokenized"}]}})
+    (prepared,), _ = data.prepare(recipe, load_tokenizer(recipe))
+    assert (prepared.tokens.input_ids, prepared.tokens.labels) == ([1, 40, 41, 2], [-100, 40, 41, 2])
