@@ -533,6 +533,29 @@ def _write_optim_args(doc):
     return {"bf16_stochastic_round": True} if get(doc, "training.bf16_stochastic_round", False) else ABSENT
 
 
+def _hub_model_id(v, cfg):
+    out = {"output.hub_model_id": v, "output.hub_private": False}  # transformers creates it public
+    if cfg.get("hub_strategy", "every_save") == "every_save":  # transformers' default
+        out[NOTE] = ("hub_strategy every_save: recipe pushes the result once, when the run ends; Axolotl also pushes "
+                     "the model at each save on the way (the repository ends the same)")
+    return out
+
+
+def _write_hub_model_id(doc):
+    if get(doc, "output.hub_private", False):
+        raise NotConverted("hub_private: Axolotl creates a missing repository public, and has no key for a private "
+                           "one", "create the repository private on the hub first (it keeps its visibility), then "
+                           "set output.hub_private: false")
+    return get(doc, "output.hub_model_id")
+
+
+def _hub_strategy(v, cfg):
+    if v in ("end", "every_save") or cfg.get("hub_model_id") is None:
+        return {}  # said beside hub_model_id; without one, Axolotl pushes nothing
+    raise NotConverted(f"hub_strategy {_shown(v)}: recipe pushes the trained result when the run ends, not its "
+                       "checkpoints", "use hub_strategy: end; resume from the run folder's checkpoints")
+
+
 def _neftune(v, cfg):
     if v == 0:
         return {}  # no noise, as absent
@@ -1294,6 +1317,10 @@ TOP_ROWS: tuple[Row, ...] = (
     Row("wandb_log_model", ("logging.wandb.log_model",), _wandb_log_model,
         lambda doc: get(doc, "logging.wandb.log_model"), "false is nothing uploaded, as absent"),
     _row("output_dir", "output.dir", "relative to where Axolotl runs, as recipe's output.dir"),
+    Row("hub_model_id", ("output.hub_model_id", "output.hub_private"), _hub_model_id, _write_hub_model_id,
+        "the repository the result is pushed to, created public as Axolotl creates it (hub_private: false)"),
+    Row("hub_strategy", (), _hub_strategy, lambda doc: "end" if get(doc, "output.hub_model_id") is not ABSENT else ABSENT,
+        "end, or every_save (said: recipe pushes at the end only); written end, which is what recipe does"),
     Row("deepspeed", ("distributed.strategy", "distributed.zero_offload"), _deepspeed, _write_deepspeed,
         "an inline config with zero_optimization stage 2 or 3; the launch (processes, nodes) is not Axolotl's "
         "config: it travels in the header comment"),
@@ -1744,7 +1771,7 @@ DATASET_ROWS: tuple[Row, ...] = (
 )
 
 # Reasons shared by several keys below.
-_HUB = ("recipe does not push to the hub", "push the run folder's adapter/ yourself")
+_HUB = ("recipe pushes the trained result only, not the prepared data set", "remove it")
 _OTHER_QUANTIZATION = ("quantized bases other than bitsandbytes 4/8-bit are not supported", "")
 
 # Keys recipe has no field for, with the reason; anything else unknown is named as such.
@@ -1767,8 +1794,6 @@ UNSUPPORTED = {
     "test_datasets": ("recipe holds out val_fraction of the data; a separate eval set is not supported", ""),
     # where it runs and what it leaves
     "resume_from_checkpoint": ("resuming is `recipe run RUN_DIR/recipe.yaml --resume`", ""),
-    "hub_model_id": _HUB,
-    "hub_strategy": _HUB,
     "push_dataset_to_hub": _HUB,
 }
 

@@ -156,9 +156,9 @@ def _dataset(conv: Conversion, doc: Document, i: int, entry) -> dict:
                                             "write {path: ..., type: ...}"))
         return {}
     out: dict = {}
-    if "type" not in entry:
-        _apply(conv, row_for("type", DATASET_ROWS), None, entry, where, f"datasets[{i}].type",
-               ("data", "datasets", i), where)
+    if "type" not in entry:  # read as a type of none: Axolotl's pre-tokenized data
+        out.update(_apply(conv, row_for("type", DATASET_ROWS), None, entry, where, f"datasets[{i}].type",
+                          ("data", "datasets", i), where))
     for key, value in entry.items():
         name = f"datasets[{i}].{key}"
         key_at, value_at = doc.keys[("datasets", i, key)], doc.values[("datasets", i, key)]

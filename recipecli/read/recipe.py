@@ -316,6 +316,8 @@ class Logging:
 @dataclass(frozen=True)
 class Output:
     dir: str  # absolute
+    hub_model_id: Optional[str]  # absent: nothing is pushed (train/hub.py)
+    hub_private: Optional[bool]  # with hub_model_id only (rules.py)
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,13 @@ def torchao_optimizers_where_they_run(doc: dict, ctx: Context):
                           "run under DeepSpeed", "use strategy ddp or fsdp, or optimizer adamw_8bit")
 
 
+def hub_private_needs_a_repository(doc: dict, ctx: Context):
+    output = doc.get("output", {})
+    if "hub_private" in output and "hub_model_id" not in output:
+        yield ctx.problem(("output", "hub_private"), "hub_private without hub_model_id: nothing is pushed",
+                          "add output.hub_model_id (e.g. my-org/my-adapter), or remove hub_private", key=True)
+
+
 def pure_fp16_needs_an_fp32_update(doc: dict, ctx: Context):
     training, defaults = doc.get("training", {}), schema.defaults_of("training")
     optimizer = training.get("optimizer", defaults["optimizer"])
@@ -535,6 +542,7 @@ RULES: tuple[Rule, ...] = (
     min_lr_needs_cosine,
     adam_knobs_need_adam,
     torchao_optimizers_where_they_run,
+    hub_private_needs_a_repository,
     pure_fp16_needs_an_fp32_update,
     deepspeed_decides_its_own_precision,
     evaluation_needs_held_out_data,

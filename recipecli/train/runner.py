@@ -30,7 +30,7 @@ from ..fit.precision import Choices, choose
 from ..fit.verdict import at_its_field
 from ..read.recipe import TORCHAO_OPTIMIZERS, Recipe, targets_text
 from ..units import GIB
-from . import checkpoints, claim, data, datafiles, datastats, failures, launch, qat, runfolder, tracking
+from . import checkpoints, claim, data, datafiles, datastats, failures, hub, launch, qat, runfolder, tracking
 from .callbacks import StopRequest, recorder
 from .model import (adapter_dropout, check_remote_code, drop_adapter_inputs, enforce_dtypes, load_model, load_tokenizer,
                     lora_targets, model_type_of, parameter_targets, repeated_kv_heads, saved_modules, say, training_gpu)
@@ -89,6 +89,8 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
             (failures.explain: the step, what to change, the checkpoint left).
     """
     check_remote_code(recipe, trust_remote_code, f"recipe run {recipe.source}")  # before anything downloads
+    if recipe.output.hub_model_id is not None:
+        hub.refuse_unless_it_can_push(recipe)  # an hour of training is not the way to find out
     run_dir = recipe.output_dir  # absolute: every file of the run, checkpoints too, goes in this one folder
     # One of several processes accelerate started (launch.py): rank 0 alone takes and writes the
     # run folder; every rank trains, and saves its part of each checkpoint into the folder rank 0 made.
@@ -202,12 +204,22 @@ def run(recipe: Recipe, *, force: bool = False, overwrite: bool = False, resume:
                               "measured_load_reserved_gib": _gib(memory.load_reserved_bytes)}
         if recipe.training.early_stopping_patience is not None:
             run_info["result"]["early_stopping"] = _early_stopping_result(recipe, state, interrupted)
+        not_pushed = None
+        if main and saved is not None and recipe.output.hub_model_id is not None:
+            try:
+                run_info["result"]["hub"] = hub.push(recipe, saved)
+                say(f"pushed {saved.name}/ to {run_info['result']['hub']['url']}")
+            except RecipeError as e:  # raised once run.yaml says so: the run folder is whole
+                run_info["result"]["hub"] = {"error": e.message}
+                not_pushed = e
         with _failures_explained(situation, recipe):  # a disk that fills up now is explained too
             if main:
                 runfolder.plot_loss(run_dir, state.log_history)
                 runfolder.write_run(run_dir, run_info)
         if ranked:  # no rank leaves before rank 0 has written the result (accelerate would stop it)
             launch.end_of_rank()
+    if not_pushed is not None:
+        raise not_pushed
     if peak is not None and result.estimate_bytes is not None:
         loading = f"; loading the model: {memory.load_reserved_bytes / GIB:.1f} GiB" \
             if memory.load_reserved_bytes is not None else ""

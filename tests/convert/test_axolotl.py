@@ -59,6 +59,8 @@ READS = {
     "optimizer": ("adamw_bnb_8bit", {}, {"training.optimizer": "adamw_8bit"}),
     "optim_args": ({"bf16_stochastic_round": True}, {"optimizer": "adamw_torch_4bit"},
                    {"training.bf16_stochastic_round": True}),
+    "hub_model_id": ("me/adapter", {"hub_strategy": "end"}, {"output.hub_model_id": "me/adapter",
+                                                             "output.hub_private": False}),
     "gradient_checkpointing": (False, {}, {"training.gradient_checkpointing": False}),
     "activation_offloading": (True, {}, {"training.activation_offloading": True}),
     "gradient_checkpointing_kwargs": ({"use_reentrant": False}, {}, {}),
@@ -158,6 +160,7 @@ REFUSALS = {
     "val_set_size": (200, {}, "a count of examples"),
     "optimizer": ("lion_8bit", {}, "not one recipe runs"),
     "optim_args": ({"bf16_stochastic_round": True, "block_size": 64}, {}, "optim_args block_size"),
+    "hub_strategy": ("checkpoint", {"hub_model_id": "me/adapter"}, "not its checkpoints"),
     "lr_scheduler": ("one_cycle", {}, "not one recipe runs"),
     "gradient_checkpointing": ("offload_disk", {}, "not to disk"),
     "activation_offloading": ("disk", {}, "expected true, false or legacy"),
@@ -829,3 +832,17 @@ def test_fsdp_s_whole_final_model_is_what_recipe_saves():
         "distributed.strategy": "fsdp", "distributed.fsdp_offload": False}
     with pytest.raises(NotConverted, match="final_state_dict_type 'SHARDED_STATE_DICT'"):
         row_for("fsdp_config", TOP_ROWS).read({"final_state_dict_type": "SHARDED_STATE_DICT"}, {})
+
+
+def test_a_hub_repository_converts_public_as_axolotl_creates_it_and_pushes_at_the_end():
+    read = row_for("hub_model_id", TOP_ROWS).read("me/adapter", {"hub_model_id": "me/adapter"})
+    assert read.pop(NOTE).startswith("hub_strategy every_save: recipe pushes the result once")  # transformers' default
+    assert read == {"output.hub_model_id": "me/adapter", "output.hub_private": False}
+    assert row_for("hub_strategy", TOP_ROWS).read("every_save", {"hub_model_id": "me/adapter"}) == {}
+    assert row_for("hub_strategy", TOP_ROWS).read("all_checkpoints", {}) == {}  # nothing is pushed without a repository
+    doc = {"output": {"hub_model_id": "me/adapter", "hub_private": False}}
+    assert (row_for("hub_model_id", TOP_ROWS).write(doc), row_for("hub_strategy", TOP_ROWS).write(doc)) == (
+        "me/adapter", "end")
+    with pytest.raises(NotConverted, match="no key for a private one"):
+        row_for("hub_model_id", TOP_ROWS).write({"output": {"hub_model_id": "me/adapter", "hub_private": True}})
+    assert row_for("hub_strategy", TOP_ROWS).write({"output": {}}) is ABSENT

@@ -304,6 +304,11 @@ DELTAS = {
     "zero3-parameters-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
                                                                    "zero_offload": "parameters"},
                                  "training": {"optimizer": "adamw_8bit"}},
+    "pre-tokenized": {"data": {"datasets": [{"path": "org/tokens", "format": "tokenized"}]}},
+    "pushed-public": {"output": {"hub_model_id": "me/adapter", "hub_private": False}},
+    "torchao-4bit-stochastic": {"training": {"optimizer": "adamw_torch_4bit", "bf16_stochastic_round": True}},
+    "mxfp4-qat": {"method": "full", "lora": None, "quantization": None,
+                  "training": {"qat": {"weight_dtype": "mxfp4", "activation_dtype": "mxfp4"}}},
     "zero3-offload": {"method": "lora", "distributed": {"strategy": "deepspeed_zero3",
                                                         "zero_offload": "optimizer_and_parameters"},
                       "training": {"optimizer": "adamw_torch"}},  # written: issue 9's rule reads it unfilled
