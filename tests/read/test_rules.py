@@ -64,6 +64,7 @@ BREAKING = {
     "qat_is_full_fine_tuning": ({"training": {"qat": {"activation_dtype": "int8"}}}, "$.training.qat"),
     "torchao_optimizers_where_they_run": ({"training": {"bf16_stochastic_round": True}},
                                           "$.training.bf16_stochastic_round"),
+    "hub_private_needs_a_repository": ({"output": {"hub_private": False}}, "$.output.hub_private"),
     "mxfp4_rounds_weights_and_inputs_in_blocks_of_32": ({"method": "full", "lora": None, "quantization": None,
                                                          "training": {"qat": {"weight_dtype": "mxfp4"}}},
                                                         "$.training.qat.activation_dtype"),
