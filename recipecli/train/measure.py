@@ -129,8 +129,11 @@ def measure(recipe: Recipe, steps: int = 2, gpu: Optional[Gpu] = None, run=None)
         setup, notes = setup_for(recipe, gpu, model_type=shape.model_type)
         choices = choose(recipe, gpu, shape.model_type)
         if recipe.training.optimizer in TORCHAO_STATE:
-            raise NotModeled(f"the probe cannot trace {recipe.training.optimizer}: torchao's compiled step reads "
-                             "values, which fake tensors do not have", hint="estimate it with `recipe fit-check`, or "
+            # Tried: under fake tensors its step stops at a value it reads (_local_scalar_dense); with real
+            # tensors torch.compile refuses to run under the recorder's dispatch mode.
+            raise NotModeled(f"the probe cannot trace {recipe.training.optimizer}: torchao compiles its step with "
+                             "torch.compile, which runs neither on fake tensors nor under the probe's recording",
+                             hint="estimate it with `recipe fit-check`, or "
                              "probe it with optimizer adamw_8bit (the same 2 bytes a weight for adamw_torch_8bit)",
                              path="$.training.optimizer")
         if choices.attention in FLASH_KERNELS and shape.model_type in NO_SDPA:

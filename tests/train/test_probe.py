@@ -449,7 +449,7 @@ def test_flash_attention_on_a_model_without_sdpa_is_refused_at_its_field_not_tra
 
 @pytest.mark.parametrize("optimizer", ["adamw_torch_8bit", "adamw_torch_4bit"])
 def test_torchao_s_optimizer_is_refused_at_its_field_not_traced(make_recipe, optimizer):
-    # its compiled step reads values (torch.compile's _local_scalar_dense), which fake tensors do not have
+    # torch.compile runs neither on fake tensors (it reads a value) nor under the recorder (a dispatch mode)
     from recipecli.errors import NotModeled
     from recipecli.fit.gpu_catalog import card
     from recipecli.read.load import load_recipe
