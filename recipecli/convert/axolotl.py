@@ -501,10 +501,48 @@ SCHEDULERS = get_args(LrScheduler)
 
 
 def _optimizer(v, cfg):
+    replaced = _optimizer_under_deepspeed(cfg) if cfg.get("deepspeed") else None
+    if replaced is not None:
+        return _replaced_optimizer(v, cfg, replaced)
     if isinstance(v, str) and v in OPTIMIZERS:
         return {"training.optimizer": OPTIMIZERS[v]}
     raise NotConverted(f"optimizer {_shown(v)} is not one recipe runs",
                        "recipe runs " + ", ".join(sorted(set(OPTIMIZERS.values()))))
+
+
+# Optimizers DeepSpeed's CPU Adam stands in for with decoupled weight decay (adamw_mode): torch's AdamW
+# and bitsandbytes' 32-bit AdamW; for any other, accelerate asks it for Adam's L2 decay.
+_DECOUPLED = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "paged_adamw_32bit")
+_ADAM_KNOBS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}  # DeepSpeed's CPU Adam's own
+
+
+def _replaced_optimizer(v, cfg, replaced: str) -> dict:
+    """Axolotl's optimizer where the DeepSpeed config replaces it: recipe's adamw_torch, which recipe's
+    DeepSpeed strategies run as DeepSpeed's AdamW, when the update is the same."""
+    name = v if isinstance(v, str) else "adamw_torch"
+    if replaced == "section":
+        section = _deepspeed_config(cfg["deepspeed"])["optimizer"]
+        kind = section.get("type") if isinstance(section, dict) else None
+        params = section.get("params", {}) if isinstance(section, dict) else None
+        if kind not in ("Adam", "AdamW") or not isinstance(params, dict) or any(p != "auto" for p in params.values()):
+            raise NotConverted(f"the DeepSpeed config's optimizer section ({_shown(kind)}, its values not all auto) "
+                               f"runs in place of optimizer {_shown(v)}; recipe runs AdamW with the recipe's values",
+                               "remove the section, or make it AdamW with auto values")
+        return {"training.optimizer": "adamw_torch",
+                NOTE: f"optimizer {name}: the DeepSpeed config's optimizer section runs DeepSpeed's AdamW in its place "
+                      "(the Trainer's values): adamw_torch"}
+    if name not in _DECOUPLED and cfg.get("weight_decay", 0.0) != 0:
+        raise NotConverted(f"optimizer {name} under ZeRO optimizer offload: accelerate runs DeepSpeed's CPU Adam in "
+                           f"its place, with weight decay {cfg['weight_decay']} as an L2 term (not AdamW's)",
+                           "set weight_decay: 0.0, or use adamw_torch")
+    ignored = [k for k, default in _ADAM_KNOBS.items() if cfg.get(k, default) != default]
+    if ignored:
+        raise NotConverted(f"optimizer {name} under ZeRO optimizer offload: accelerate hands DeepSpeed's CPU Adam the "
+                           f"learning rate and weight decay only, so {', '.join(ignored)} never reached the run",
+                           "remove them (the run used 0.9, 0.999 and 1e-8)")
+    return {"training.optimizer": "adamw_torch",
+            NOTE: f"optimizer {name} under ZeRO optimizer offload: accelerate runs DeepSpeed's CPU Adam in its place "
+                  "(fp32 moments in CPU RAM), as recipe's zero_offload does with adamw_torch"}
 
 
 def _optim_args(v, cfg):
@@ -1044,6 +1082,9 @@ AXOLOTL_DEEPSPEED = {"zero1.json": (1, "none"), "zero2.json": (2, "optimizer"), 
                      "zero3_cpuoffload.json": (3, "optimizer_and_parameters"),
                      "zero3_bf16_cpuoffload_all.json": (3, "optimizer_and_parameters"),
                      "zero3_bf16_cpuoffload_params.json": (3, "parameters")}
+# Of those, the ones that set zero_force_ds_cpu_optimizer false: their offloaded step keeps Axolotl's
+# optimizer (see _optimizer_under_deepspeed).
+AXOLOTL_DEEPSPEED_KEEPS_OPTIMIZER = ("zero3_bf16_cpuoffload_all.json",)
 _FILE_LIMIT = 1 << 20  # a DeepSpeed config or a chat template is a few KiB
 
 
@@ -1088,6 +1129,40 @@ def _small_file(name: str, what: str) -> Optional[str]:
         return None
 
 
+def _deepspeed_config(v) -> Optional[dict]:
+    """The DeepSpeed config deepspeed: holds (inline, or the file it names when that is here); None
+    when it cannot be read here (one of Axolotl's shipped configs by its name, or none)."""
+    if isinstance(v, dict):
+        return v
+    try:
+        text = _small_file(v, "DeepSpeed config file") if isinstance(v, str) else None
+        config = json.loads(text) if text is not None else None
+    except (NotConverted, ValueError):
+        return None  # the deepspeed key reports it
+    return config if isinstance(config, dict) else None
+
+
+def _optimizer_under_deepspeed(cfg) -> Optional[str]:
+    """What steps the weights where a DeepSpeed config replaces Axolotl's optimizer, or None where
+    it does not: "section" (the config's own optimizer section, which the Trainer hands DeepSpeed in
+    its place), "cpu_adam" (ZeRO-Offload of the optimizer: accelerate swaps any optimizer for
+    DeepSpeed's CPU Adam with its learning rate and weight decay alone, accelerate/utils/deepspeed.py
+    map_pytorch_optim_to_deepspeed, unless the config sets zero_force_ds_cpu_optimizer false)."""
+    v = cfg.get("deepspeed")
+    config = _deepspeed_config(v)
+    if config is None:
+        name = paths.expanded(v).name if isinstance(v, str) and v else ""
+        known = AXOLOTL_DEEPSPEED.get(name)
+        offloads = known is not None and known[1] in ("optimizer", "optimizer_and_parameters")
+        return "cpu_adam" if offloads and name not in AXOLOTL_DEEPSPEED_KEEPS_OPTIMIZER else None
+    if "optimizer" in config:
+        return "section"
+    zero = config.get("zero_optimization")
+    offload = zero.get("offload_optimizer") if isinstance(zero, dict) else None
+    offloads = isinstance(offload, dict) and offload.get("device", "none") != "none"
+    return "cpu_adam" if offloads and config.get("zero_force_ds_cpu_optimizer", True) is not False else None
+
+
 def _deepspeed_file(name: str) -> dict:
     """A DeepSpeed config named by its path, relative to where Axolotl (and recipe convert) runs: read
     when it is here; one of Axolotl's shipped configs by its name when it is not."""
@@ -1119,6 +1194,11 @@ def _write_deepspeed(doc):
         zero["offload_optimizer"] = {"device": "cpu"}
     if offload in ("parameters", "optimizer_and_parameters"):
         zero["offload_param"] = {"device": "cpu"}
+    if offload in ("optimizer", "optimizer_and_parameters"):
+        # As recipe's own config (train/launch.py): DeepSpeed's AdamW with the Trainer's values. Without
+        # the section accelerate would swap in its CPU Adam with the learning rate and weight decay alone.
+        return {"zero_optimization": zero, "optimizer": {"type": "AdamW", "params": {
+            "lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}}
     return {"zero_optimization": zero}
 
 

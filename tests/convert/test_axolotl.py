@@ -846,3 +846,52 @@ def test_a_hub_repository_converts_public_as_axolotl_creates_it_and_pushes_at_th
     with pytest.raises(NotConverted, match="no key for a private one"):
         row_for("hub_model_id", TOP_ROWS).write({"output": {"hub_model_id": "me/adapter", "hub_private": True}})
     assert row_for("hub_strategy", TOP_ROWS).write({"output": {}}) is ABSENT
+
+
+ZERO2_OFFLOAD = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+
+
+@pytest.mark.parametrize("deepspeed, optimizer, read, replaced", [
+    # Axolotl's shipped zero2.json offloads the optimizer: accelerate swaps in DeepSpeed's CPU Adam
+    ("deepspeed_configs/zero2.json", "adamw_bnb_8bit", "adamw_torch", True),
+    (ZERO2_OFFLOAD, "paged_adamw_8bit", "adamw_torch", True),
+    (ZERO2_OFFLOAD, "adamw_torch_fused", "adamw_torch", True),
+    # ... unless the config keeps the optimizer (zero3_bf16_cpuoffload_all.json sets the flag)
+    ("deepspeed_configs/zero3_bf16_cpuoffload_all.json", "adamw_bnb_8bit", "adamw_8bit", False),
+    ({**ZERO2_OFFLOAD, "zero_force_ds_cpu_optimizer": False}, "adamw_bnb_8bit", "adamw_8bit", False),
+    # an optimizer section replaces it, offloaded or not
+    ({"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto"}}},
+     "adamw_bnb_8bit", "adamw_torch", True),
+    ({"zero_optimization": {"stage": 2}}, "adamw_bnb_8bit", "adamw_8bit", False),  # nothing replaces it
+    ("deepspeed_configs/zero3.json", "adamw_bnb_8bit", "adamw_8bit", False),
+])
+def test_the_optimizer_deepspeed_runs_in_place_of_axolotl_s_is_the_one_converted(deepspeed, optimizer, read, replaced):
+    cfg = {"deepspeed": deepspeed, "optimizer": optimizer}
+    out = row_for("optimizer", TOP_ROWS).read(optimizer, cfg)
+    assert out["training.optimizer"] == read
+    assert (NOTE in out) == replaced  # said where DeepSpeed's optimizer runs in its place
+
+
+@pytest.mark.parametrize("deepspeed, rest, words", [
+    (ZERO2_OFFLOAD, {"weight_decay": 0.1}, "weight decay 0.1 as an L2 term"),
+    (ZERO2_OFFLOAD, {"adam_beta2": 0.95}, "adam_beta2 never reached the run"),
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Lamb", "params": {}}}, {}, "optimizer section \\('Lamb'"),
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-5}}}, {}, "not all auto"),
+])
+def test_an_update_deepspeed_changes_is_reported(deepspeed, rest, words):
+    with pytest.raises(NotConverted, match=words):
+        row_for("optimizer", TOP_ROWS).read("adamw_bnb_8bit", {"deepspeed": deepspeed, **rest})
+    # torch's AdamW keeps its decoupled decay under DeepSpeed's CPU Adam
+    if "weight_decay" in rest:
+        assert row_for("optimizer", TOP_ROWS).read("adamw_torch", {"deepspeed": deepspeed, **rest})[
+            "training.optimizer"] == "adamw_torch"
+
+
+def test_an_offloaded_optimizer_goes_to_axolotl_with_deepspeed_s_adamw_section():
+    # without the section accelerate would run its CPU Adam with the learning rate and weight decay alone
+    written = row_for("deepspeed", TOP_ROWS).write({"distributed": {"strategy": "deepspeed_zero2",
+                                                                    "zero_offload": "optimizer"}})
+    assert written["optimizer"] == {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                               "weight_decay": "auto"}}
+    assert row_for("optimizer", TOP_ROWS).read("adamw_torch", {"deepspeed": written})["training.optimizer"] == \
+        "adamw_torch"
