@@ -514,23 +514,34 @@ def _optimizer(v, cfg):
 # and bitsandbytes' 32-bit AdamW; for any other, accelerate asks it for Adam's L2 decay.
 _DECOUPLED = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "paged_adamw_32bit")
 _ADAM_KNOBS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}  # DeepSpeed's CPU Adam's own
+_SECTION_VALUES = ("lr", "betas", "eps", "weight_decay")
 
 
 def _replaced_optimizer(v, cfg, replaced: str) -> dict:
     """Axolotl's optimizer where the DeepSpeed config replaces it: recipe's adamw_torch, which recipe's
     DeepSpeed strategies run as DeepSpeed's AdamW, when the update is the same."""
-    name = v if isinstance(v, str) else "adamw_torch"
     if replaced == "section":
         section = _deepspeed_config(cfg["deepspeed"])["optimizer"]
         kind = section.get("type") if isinstance(section, dict) else None
-        params = section.get("params", {}) if isinstance(section, dict) else None
-        if kind not in ("Adam", "AdamW") or not isinstance(params, dict) or any(p != "auto" for p in params.values()):
-            raise NotConverted(f"the DeepSpeed config's optimizer section ({_shown(kind)}, its values not all auto) "
-                               f"runs in place of optimizer {_shown(v)}; recipe runs AdamW with the recipe's values",
-                               "remove the section, or make it AdamW with auto values")
+        params = section.get("params") if isinstance(section, dict) else None
+        # transformers fills the values written "auto" from the Trainer; one left out is DeepSpeed's default.
+        if kind not in ("Adam", "AdamW") or not isinstance(params, dict) or \
+                {k: params.get(k) for k in _SECTION_VALUES} != dict.fromkeys(_SECTION_VALUES, "auto"):
+            given = params if isinstance(params, dict) else {}
+            odd = ", ".join(f"{k} {_shown(given[k]) if k in given else 'left out'}" for k in _SECTION_VALUES
+                            if given.get(k) != "auto")
+            raise NotConverted(f"the DeepSpeed config's optimizer section ({_shown(kind)}) runs in place of optimizer "
+                               f"{_shown(v)}" + (f", its values not all auto ({odd})" if odd else "")
+                               + "; recipe runs AdamW with the recipe's values",
+                               "make it AdamW with lr, betas, eps and weight_decay all auto, or remove it")
         return {"training.optimizer": "adamw_torch",
-                NOTE: f"optimizer {name}: the DeepSpeed config's optimizer section runs DeepSpeed's AdamW in its place "
-                      "(the Trainer's values): adamw_torch"}
+                NOTE: f"optimizer {_shown(v)}: the DeepSpeed config's optimizer section runs DeepSpeed's AdamW in its "
+                      "place (the Trainer's values): adamw_torch"}
+    if not (isinstance(v, str) and v in OPTIMIZERS):
+        # accelerate picks DeepSpeed's CPU Adagrad or Lion for those, and recipe knows no other name
+        raise NotConverted(f"optimizer {_shown(v)} under ZeRO optimizer offload: recipe runs DeepSpeed's CPU Adam "
+                           "there, in place of the optimizers it knows", "use adamw_torch")
+    name = v
     if name not in _DECOUPLED and cfg.get("weight_decay", 0.0) != 0:
         raise NotConverted(f"optimizer {name} under ZeRO optimizer offload: accelerate runs DeepSpeed's CPU Adam in "
                            f"its place, with weight decay {cfg['weight_decay']} as an L2 term (not AdamW's)",
@@ -1106,6 +1117,18 @@ def _deepspeed(v, cfg):
     return _zero(stage, offload)
 
 
+def _deepspeed_row(v, cfg):
+    """The strategy, and where no optimizer key says which optimizer DeepSpeed replaces, Axolotl's
+    default AdamW checked as the optimizer row checks a named one."""
+    out = _deepspeed(v, cfg)
+    replaced = _optimizer_under_deepspeed(cfg) if "optimizer" not in cfg else None
+    if replaced is None:
+        return out
+    optimizer = _replaced_optimizer("adamw_torch", cfg, replaced)
+    notes = "; ".join(n for n in (out.pop(NOTE, None), optimizer.pop(NOTE)) if n)
+    return {**out, **optimizer, NOTE: notes}
+
+
 def _zero(stage: int, offload: str) -> dict:
     """recipe's DeepSpeed strategy for a ZeRO stage; stage 1 runs as 2, said."""
     out = {"distributed.strategy": f"deepspeed_zero{max(stage, 2)}", "distributed.zero_offload": offload}
@@ -1401,7 +1424,8 @@ TOP_ROWS: tuple[Row, ...] = (
         "the repository the result is pushed to, created public as Axolotl creates it (hub_private: false)"),
     Row("hub_strategy", (), _hub_strategy, lambda doc: "end" if get(doc, "output.hub_model_id") is not ABSENT else ABSENT,
         "end, or every_save (said: recipe pushes at the end only); written end, which is what recipe does"),
-    Row("deepspeed", ("distributed.strategy", "distributed.zero_offload"), _deepspeed, _write_deepspeed,
+    Row("deepspeed", ("distributed.strategy", "distributed.zero_offload", "training.optimizer"), _deepspeed_row,
+        _write_deepspeed,
         "an inline config with zero_optimization stage 2 or 3; the launch (processes, nodes) is not Axolotl's "
         "config: it travels in the header comment"),
     Row("fsdp_config", ("distributed.strategy", "distributed.fsdp_offload"), _fsdp_config, _write_fsdp,

@@ -148,8 +148,10 @@ def _quant_constants(shape: Shape, s: Setup) -> tuple[float, str]:
 
 # torchao's low-bit AdamW (torchao/optim/adam.py, _new_buffer): bits per moment value and values per
 # fp32 scale, for a tensor of at least TORCHAO_MIN_NUMEL values that the block divides (any other keeps
-# two moments of its own size and dtype), and a code table (qmap) of fp32 values per moment.
-TORCHAO_STATE = {"adamw_torch_8bit": (8, 256, 256), "adamw_torch_4bit": (4, 128, 16)}
+# two moments of its own size and dtype), and a code table (qmap) of fp32 values per moment. transformers
+# builds both with blocks of 256 (trainer_optimizer.py, _get_torchao_optimizer; torchao's own 4-bit
+# default is 128).
+TORCHAO_STATE = {"adamw_torch_8bit": (8, 256, 256), "adamw_torch_4bit": (4, 256, 16)}
 TORCHAO_MIN_NUMEL = 4096
 
 

@@ -119,7 +119,8 @@ def _optimizer(recipe: Recipe) -> Iterator[_Move]:
     if recipe.training.optimizer in ("adamw_torch", "paged_adamw_32bit"):
         yield _Move(1.5, f"optimizer {recipe.training.optimizer} -> paged_adamw_8bit",
                     {"training": {"optimizer": "paged_adamw_8bit"}}, _training(optimizer="paged_adamw_8bit"))
-    if recipe.method == "full" and recipe.training.optimizer not in ("adamw_torch_4bit", "adafactor", "sgd"):
+    if recipe.method == "full" and recipe.training.optimizer not in ("adamw_torch_4bit", "adafactor", "sgd") \
+            and not recipe.strategy.startswith("deepspeed"):  # rules.py: torchao's AdamW is not run under DeepSpeed
         # Half of any 8-bit AdamW's state; it matters where every weight trains. An extra to install.
         yield _Move(2.0, f"optimizer {recipe.training.optimizer} -> adamw_torch_4bit (torchao: pip install "
                     "'recipecli[torchao]')", {"training": {"optimizer": "adamw_torch_4bit"}},

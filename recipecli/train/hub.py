@@ -20,10 +20,13 @@ from ..read.recipe import Recipe
 
 PATH = "$.output.hub_model_id"
 FIELD = ("output", "hub_model_id")
+# The Trainer's pickled arguments: this machine's paths, and a pickle for whoever loads it.
+NOT_PUSHED = ("training_args.bin",)
 
 
 def refuse_unless_it_can_push(recipe: Recipe) -> None:
-    """Before training: a token to push with, and the hub not switched off.
+    """Before training (the schema's pattern has checked the name by the hub's rules): a token to
+    push with, and the hub not switched off.
 
     Raises:
         RecipeError: HF_HUB_OFFLINE is set, or huggingface_hub finds no token.
@@ -52,17 +55,16 @@ def push(recipe: Recipe, saved: Path) -> dict:
         RecipeError: the hub refused it or could not be reached; the run folder is whole.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     repo = recipe.output.hub_model_id
     # The endpoint as the environment says it now (huggingface_hub reads HF_ENDPOINT once, on import).
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-    files = sorted(p for p in saved.rglob("*") if p.is_file())
+    files = sorted(p for p in saved.rglob("*") if p.is_file() and p.name not in NOT_PUSHED)
     operations = [CommitOperationAdd(p.relative_to(saved).as_posix(), str(p)) for p in files]
     try:
         created = api.create_repo(repo, private=bool(recipe.output.hub_private), exist_ok=True)
         commit = api.create_commit(created.repo_id, operations, commit_message=f"recipe run {recipe.name}")
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError) as e:
+    except Exception as e:  # whatever stops a push (HTTP, transport, disk): the run folder is whole anyway
         raise RecipeError(f"trained, but not pushed to {repo}: {_why(e)}",
                           f"the run folder has the result; push it with: hf upload {repo} {saved}",
                           where=recipe.locate(FIELD), path=PATH) from None

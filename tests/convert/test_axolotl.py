@@ -87,7 +87,7 @@ READS = {
     "wandb_name": ("run", {}, {"logging.wandb.run_name": "run"}),
     "wandb_mode": ("offline", {}, {"logging.wandb.mode": "offline"}),
     "output_dir": ("./out", {}, {"output.dir": "./out"}),
-    "deepspeed": ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}, {},
+    "deepspeed": ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}, {"optimizer": "adamw_torch"},
                   {"distributed.strategy": "deepspeed_zero3", "distributed.zero_offload": "optimizer"}),
     "fsdp_config": ({"fsdp_version": 2, "fsdp_offload_params": True, "fsdp_transformer_layer_cls_to_wrap":
                      "LlamaDecoderLayer"}, {}, {"distributed.strategy": "fsdp", "distributed.fsdp_offload": True}),
@@ -860,8 +860,8 @@ ZERO2_OFFLOAD = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device
     ("deepspeed_configs/zero3_bf16_cpuoffload_all.json", "adamw_bnb_8bit", "adamw_8bit", False),
     ({**ZERO2_OFFLOAD, "zero_force_ds_cpu_optimizer": False}, "adamw_bnb_8bit", "adamw_8bit", False),
     # an optimizer section replaces it, offloaded or not
-    ({"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto"}}},
-     "adamw_bnb_8bit", "adamw_torch", True),
+    ({"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": dict.fromkeys(
+        ("lr", "betas", "eps", "weight_decay"), "auto")}}, "adamw_bnb_8bit", "adamw_torch", True),
     ({"zero_optimization": {"stage": 2}}, "adamw_bnb_8bit", "adamw_8bit", False),  # nothing replaces it
     ("deepspeed_configs/zero3.json", "adamw_bnb_8bit", "adamw_8bit", False),
 ])
@@ -895,3 +895,31 @@ def test_an_offloaded_optimizer_goes_to_axolotl_with_deepspeed_s_adamw_section()
                                                                "weight_decay": "auto"}}
     assert row_for("optimizer", TOP_ROWS).read("adamw_torch", {"deepspeed": written})["training.optimizer"] == \
         "adamw_torch"
+
+
+@pytest.mark.parametrize("deepspeed, rest, words", [
+    # no optimizer key: Axolotl's default AdamW, checked all the same
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Lamb", "params": {"lr": 0.1}}}, {},
+     "optimizer section \\('Lamb'"),
+    ("deepspeed_configs/zero2.json", {"adam_beta2": 0.95}, "adam_beta2 never reached the run"),
+    # a section's value left out is DeepSpeed's default, not the Trainer's
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}, {}, "all auto"),
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}, {}, "all auto"),
+])
+def test_the_optimizer_deepspeed_replaces_is_checked_without_an_optimizer_key(deepspeed, rest, words):
+    with pytest.raises(NotConverted, match=words):
+        row_for("deepspeed", TOP_ROWS).read(deepspeed, {"deepspeed": deepspeed, **rest})
+
+
+def test_without_an_optimizer_key_the_cpu_adam_of_an_offload_is_said_beside_the_strategy():
+    read = row_for("deepspeed", TOP_ROWS).read("deepspeed_configs/zero2.json", {"deepspeed": "deepspeed_configs/zero2.json"})
+    assert "under ZeRO optimizer offload: accelerate runs DeepSpeed's CPU Adam" in read.pop(NOTE)
+    assert read == {"distributed.strategy": "deepspeed_zero2", "distributed.zero_offload": "optimizer",
+                    "training.optimizer": "adamw_torch"}
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "lion_32bit", "nonsense_opt", 5, None])
+def test_an_optimizer_accelerate_would_swap_for_another_or_recipe_does_not_know_is_reported(optimizer):
+    # accelerate runs DeepSpeed's CPU Adagrad or Lion for those; a name recipe does not know is not relabelled
+    with pytest.raises(NotConverted, match="under ZeRO optimizer offload"):
+        row_for("optimizer", TOP_ROWS).read(optimizer, {"deepspeed": ZERO2_OFFLOAD, "optimizer": optimizer})

@@ -110,13 +110,19 @@ def test_torchao_optimizer_state_is_the_buffers_torchao_makes(name, method):
     adapters = lora_modules(TOY, setup.lora_targets) if method != "full" else {}
     sizes = estimate_module._trainable_sizes(TOY, setup, adapters, {}, {})
     assert sum(sizes) == (TOY.param_count() if method == "full" else 2 * 4 * sum(map(sum, adapters.values())))
-    cls = optim.AdamW8bit if name == "adamw_torch_8bit" else optim.AdamW4bit
+    from transformers import Trainer, TrainingArguments
+
+    # built as the Trainer builds it (transformers passes blocks of 256; torchao's own 4-bit default is 128)
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(output_dir="unused", optim=name,
+                                                                         use_cpu=True, report_to="none"))
+    assert cls is (optim.AdamW8bit if name == "adamw_torch_8bit" else optim.AdamW4bit)
+    sizes = sizes + [33 * 128]  # a tensor a block of 128 divides and one of 256 does not
     dt = dtypes_of(setup)
     dtype = {2: torch.bfloat16, 4: torch.float32}[dt.train]  # full: the 16-bit weights; adapters: fp32
     made = 0
     for n in sizes:
         p = torch.nn.Parameter(torch.zeros(n, dtype=dtype))
-        opt = cls([p])
+        opt = cls([p], **kwargs)
         for signed in (True, False):  # the first and the second moment
             state = opt._new_buffer(p, signed)
             made += sum(t.nbytes for t in (state.codes, state.scale, state.qmap)) if hasattr(state, "codes") \

@@ -56,6 +56,14 @@ def test_a_full_fine_tune_a_gib_over_gets_torchao_s_4bit_adamw_first(make_recipe
     assert suggestion.patch == {"training": {"optimizer": "adamw_torch_4bit"}}
     assert "recipecli[torchao]" in suggestion.changes[0]
     assert _fits_after(make_recipe, path, gpu, suggestion).fits
+    # under DeepSpeed torchao's AdamW is refused (rules.py): never suggested there
+    deep = make_recipe(load.deep_merge(bench, {"distributed": {"strategy": "deepspeed_zero2", "processes_per_node": 1},
+                                               "training": {"precision": "fp16"}}), name="deep.yaml", base={})
+    from recipecli.fit import suggest as suggest_module
+
+    assert [m.patch for m in suggest_module._optimizer(load.load_recipe(path))] == [
+        {"training": {"optimizer": "adamw_torch_4bit"}}]
+    assert list(suggest_module._optimizer(load.load_recipe(deep))) == []
 
 
 def test_micro_batch_suggestion_keeps_the_effective_batch(make_recipe):

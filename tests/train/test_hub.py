@@ -116,13 +116,16 @@ def test_a_finished_run_pushes_its_adapter_in_one_commit_and_keeps_the_token_out
     assert commit[0] == {"key": "header", "value": {"summary": "recipe run tiny-demo", "description": ""}}
     sent = {op["value"]["path"]: base64.b64decode(op["value"]["content"]) for op in commit[1:]}
     adapter = run_dir / runfolder.ADAPTER
-    assert sent == {p.relative_to(adapter).as_posix(): p.read_bytes() for p in adapter.rglob("*") if p.is_file()}
+    assert sent == {p.relative_to(adapter).as_posix(): p.read_bytes() for p in adapter.rglob("*")
+                    if p.is_file() and p.name != "training_args.bin"}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= set(sent)
     hub = yaml.safe_load((run_dir / runfolder.RUN).read_text())["result"]["hub"]
     assert hub == {"repo": "me/tiny-adapter", "commit": "c" * 40, "url": f"{fake_hub.url}/me/tiny-adapter/commit/"
                    + "c" * 40}
     assert "pushed adapter/ to" in done.stderr
     assert not [p for p in run_dir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    # the Trainer's pickled arguments (this machine's paths) stay home
+    assert (adapter / "training_args.bin").is_file() and "training_args.bin" not in sent
 
 
 @pytest.mark.slow
@@ -140,6 +143,22 @@ def test_a_push_the_hub_refuses_leaves_the_run_folder_whole_and_says_how_to_push
     assert result["steps"] == 2 and result["hub"]["error"].startswith("trained, but not pushed")
     assert (run_dir / runfolder.ADAPTER / "adapter_model.safetensors").is_file()
     assert json.loads([b for m, p, _, b in fake_hub.calls if p == "/api/repos/create"][0])["visibility"] == "public"
+
+
+@pytest.mark.slow
+def test_a_hub_out_of_reach_after_training_is_said_and_the_run_folder_is_whole(tmp_path):
+    # nothing listens on port 9: the transport error is not one of the hub's HTTP errors
+    done = _run(tmp_path, "output.hub_model_id=me/tiny-adapter",
+                env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": TOKEN})
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "$.output.hub_model_id: trained, but not pushed to me/tiny-adapter:" in done.stderr
+    run_dir = tmp_path / "runs" / "pushed"
+    result = yaml.safe_load((run_dir / runfolder.RUN).read_text())["result"]
+    assert result["steps"] == 2 and "error" in result["hub"]
+    import fcntl
+
+    with open(run_dir / runfolder.LOCK) as lock:  # released, as after any run: another run may take the folder
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_no_token_is_refused_before_anything_runs(tmp_path, fake_hub):
@@ -161,10 +180,11 @@ def test_offline_is_refused_before_the_run_folder(make_recipe, tmp_path):
 
 
 @pytest.mark.parametrize("repo", ["<your-hub-model-id>", "a/b/c", "https://huggingface.co/me/x", "me/", "-me/x",
-                                  "me/x.", "x" * 97])
+                                  "me/x.", "x" * 97, "me/a--b", "me/a..b", "me/x.git"])  # the hub's own rules (validate_repo_id)
 def test_a_repository_that_is_not_a_hub_id_is_refused_at_its_line(make_recipe, repo):
     from recipecli.errors import InvalidRecipe
 
     with pytest.raises(InvalidRecipe) as info:
         load_recipe(make_recipe({"output": {"hub_model_id": repo}}))
     assert [p.path for p in info.value.problems] == ["$.output.hub_model_id"]
+
