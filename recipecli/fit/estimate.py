@@ -169,17 +169,23 @@ def _torchao_states(name: str, sizes: list[int], dtype_bytes: float) -> tuple[fl
             f"{dtype_bytes:g} bytes")
 
 
-def _trainable_sizes(shape: Shape, s: Setup, adapters: dict, saved: dict, unfrozen: dict) -> list[int]:
-    """The size of each trainable tensor (what torchao quantizes its state by)."""
-    if not adapters:
-        return list((unfrozen or shape.parameters()).values())
-    layers, sizes = shape.num_hidden_layers, []
-    for fin, fout in adapters.values():
-        sizes += [s.lora_r * fin, s.lora_r * fout] * layers
+def _adapter_sizes(shape: Shape, s: Setup, adapters: dict) -> list[int]:
+    """The size of each LoRA matrix of the model: A and B of every adapted linear layer, and of every
+    adapted router and fused expert stack (lora_A to rank x experts rows), in every decoder layer."""
+    sizes = [n for fin, fout in adapters.values() for n in (s.lora_r * fin, s.lora_r * fout)]
     ranks = activations.expert_ranks(shape, s)
-    for path, (count, fin, fout) in shape.expert_parameters(activations.adapted_experts(shape, s)).items():
-        sizes += [count * ranks[path] * fin, count * ranks[path] * fout] * layers
-    return sizes + [rows * cols for count, rows, cols in saved.values() for _ in range(count)]
+    sizes += [n for path, (count, fin, fout) in shape.expert_parameters(activations.adapted_experts(shape, s)).items()
+              for n in (count * ranks[path] * fin, count * ranks[path] * fout)]
+    return sizes * shape.num_hidden_layers
+
+
+def _trainable_sizes(shape: Shape, adapter_sizes: list[int], saved: dict, unfrozen: dict) -> list[int]:
+    """The size of each trainable tensor (what torchao quantizes its optimizer's state by): the
+    adapters' (:func:`_adapter_sizes`) and the modules_to_save copies', or in full fine-tuning every
+    parameter, or the unfrozen ones."""
+    if adapter_sizes:
+        return adapter_sizes + [rows * cols for count, rows, cols in saved.values() for _ in range(count)]
+    return list((unfrozen or shape.parameters()).values())
 
 
 def _optimizer(shape: Shape, s: Setup, dt: Dtypes, adapters: dict, trainable: int, saved: Optional[dict] = None,
@@ -296,11 +302,8 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     br, layers = shape.breakdown(), shape.num_hidden_layers
     tokens = s.micro_batch_size * s.seq_len
     adapters = lora_modules(shape, s.lora_targets) if s.method != "full" else {}
-    lora_params = layers * sum(s.lora_r * (fin + fout) for fin, fout in adapters.values())
-    experts = activations.adapted_experts(shape, s)
-    ranks = activations.expert_ranks(shape, s)
-    lora_params += layers * sum(count * ranks[path] * (fin + fout)
-                                for path, (count, fin, fout) in shape.expert_parameters(experts).items())
+    adapter_sizes = _adapter_sizes(shape, s, adapters)
+    lora_params = sum(adapter_sizes)
     # lora.modules_to_save: peft trains a copy of each beside the frozen original; the copies are
     # trainable weights like the adapters (gradients, optimizer state, the runner's trainable dtype).
     in_full = shape.match_saved(s.modules_to_save, s.weight_bits < 16) if adapters and s.modules_to_save else {}
@@ -334,7 +337,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
     quant, quant_how = _quant_constants(shape, s) if kbit else (0, "weights are not quantized")
     biggest = max(fin * fout for fin, fout in shape.linear_modules().values())
     dequant = biggest * dt.compute if kbit else 0
-    tensors = _trainable_sizes(shape, s, adapters, in_full, unfrozen) if s.optimizer in TORCHAO_STATE else None
+    tensors = _trainable_sizes(shape, adapter_sizes, in_full, unfrozen) if s.optimizer in TORCHAO_STATE else None
     states, step_temp, opt_how = _optimizer(shape, s, dt, adapters, trainable, in_full, tensors)
     states, step_temp = states / shard_g, step_temp / shard_g
     grads = trainable * dt.train / shard_g * (2 if s.parallelism == "ddp" else 1)

@@ -82,7 +82,7 @@ def _optimizer_bytes(name: str) -> tuple:
     """The optimizer model alone, past estimate()'s check of the setup (what a new branch must pass)."""
     setup = dataclasses.replace(QLORA, optimizer=name)
     adapters = lora_modules(TOY, setup.lora_targets)
-    sizes = estimate_module._trainable_sizes(TOY, setup, adapters, {}, {})
+    sizes = estimate_module._adapter_sizes(TOY, setup, adapters)
     return estimate_module._optimizer(TOY, setup, dtypes_of(setup), adapters, 8192, sizes=sizes)
 
 
@@ -108,7 +108,7 @@ def test_torchao_optimizer_state_is_the_buffers_torchao_makes(name, method):
     setup = dataclasses.replace(QLORA, optimizer=name, method=method,
                                 **({"weight_bits": 16} if method == "full" else {}))
     adapters = lora_modules(TOY, setup.lora_targets) if method != "full" else {}
-    sizes = estimate_module._trainable_sizes(TOY, setup, adapters, {}, {})
+    sizes = estimate_module._trainable_sizes(TOY, estimate_module._adapter_sizes(TOY, setup, adapters), {}, {})
     assert sum(sizes) == (TOY.param_count() if method == "full" else 2 * 4 * sum(map(sum, adapters.values())))
     from transformers import Trainer, TrainingArguments
 
