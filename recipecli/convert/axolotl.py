@@ -517,11 +517,12 @@ _ADAM_KNOBS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}  # 
 _SECTION_VALUES = ("lr", "betas", "eps", "weight_decay")
 
 
-def _replaced_optimizer(v, cfg, replaced: str) -> dict:
-    """Axolotl's optimizer where the DeepSpeed config replaces it: recipe's adamw_torch, which recipe's
-    DeepSpeed strategies run as DeepSpeed's AdamW, when the update is the same."""
-    if replaced == "section":
-        section = _deepspeed_config(cfg["deepspeed"])["optimizer"]
+def _replaced_optimizer(v, cfg, replaced: tuple[str, object]) -> dict:
+    """Axolotl's optimizer where the DeepSpeed config replaces it (:func:`_optimizer_under_deepspeed`):
+    recipe's adamw_torch, which recipe's DeepSpeed strategies run as DeepSpeed's AdamW, when the update
+    is the same."""
+    how, section = replaced
+    if how == "section":
         kind = section.get("type") if isinstance(section, dict) else None
         params = section.get("params") if isinstance(section, dict) else None
         # transformers fills the values written "auto" from the Trainer; one left out is DeepSpeed's default.
@@ -1165,25 +1166,33 @@ def _deepspeed_config(v) -> Optional[dict]:
     return config if isinstance(config, dict) else None
 
 
-def _optimizer_under_deepspeed(cfg) -> Optional[str]:
+def _shipped_deepspeed(name) -> Optional[str]:
+    """The file name of one of Axolotl's shipped deepspeed_configs/ that ``name`` names by its path,
+    or None."""
+    path = paths.expanded(name) if isinstance(name, str) and name else None
+    return path.name if path is not None and path.parent.name == "deepspeed_configs" and \
+        path.name in AXOLOTL_DEEPSPEED else None
+
+
+def _optimizer_under_deepspeed(cfg) -> Optional[tuple[str, object]]:
     """What steps the weights where a DeepSpeed config replaces Axolotl's optimizer, or None where
-    it does not: "section" (the config's own optimizer section, which the Trainer hands DeepSpeed in
-    its place), "cpu_adam" (ZeRO-Offload of the optimizer: accelerate swaps any optimizer for
-    DeepSpeed's CPU Adam with its learning rate and weight decay alone, accelerate/utils/deepspeed.py
-    map_pytorch_optim_to_deepspeed, unless the config sets zero_force_ds_cpu_optimizer false)."""
+    it does not: ("section", the config's own optimizer section, which the Trainer hands DeepSpeed in
+    its place), or ("cpu_adam", None): ZeRO-Offload of the optimizer, where accelerate swaps any
+    optimizer for DeepSpeed's CPU Adam with its learning rate and weight decay alone
+    (accelerate/utils/deepspeed.py map_pytorch_optim_to_deepspeed) unless the config sets
+    zero_force_ds_cpu_optimizer false."""
     v = cfg.get("deepspeed")
     config = _deepspeed_config(v)
     if config is None:
-        name = paths.expanded(v).name if isinstance(v, str) and v else ""
-        known = AXOLOTL_DEEPSPEED.get(name)
-        offloads = known is not None and known[1] in ("optimizer", "optimizer_and_parameters")
-        return "cpu_adam" if offloads and name not in AXOLOTL_DEEPSPEED_KEEPS_OPTIMIZER else None
+        shipped = _shipped_deepspeed(v)
+        offloads = shipped is not None and AXOLOTL_DEEPSPEED[shipped][1] in ("optimizer", "optimizer_and_parameters")
+        return ("cpu_adam", None) if offloads and shipped not in AXOLOTL_DEEPSPEED_KEEPS_OPTIMIZER else None
     if "optimizer" in config:
-        return "section"
+        return "section", config["optimizer"]
     zero = config.get("zero_optimization")
     offload = zero.get("offload_optimizer") if isinstance(zero, dict) else None
     offloads = isinstance(offload, dict) and offload.get("device", "none") != "none"
-    return "cpu_adam" if offloads and config.get("zero_force_ds_cpu_optimizer", True) is not False else None
+    return ("cpu_adam", None) if offloads and config.get("zero_force_ds_cpu_optimizer", True) is not False else None
 
 
 def _deepspeed_file(name: str) -> dict:
@@ -1196,7 +1205,7 @@ def _deepspeed_file(name: str) -> dict:
             return _deepspeed(json.loads(text), {})
         except ValueError as e:
             raise NotConverted(f"DeepSpeed config file {name!r} is not JSON: {e}") from e
-    if path.parent.name == "deepspeed_configs" and path.name in AXOLOTL_DEEPSPEED:
+    if _shipped_deepspeed(name) is not None:
         stage, offload = AXOLOTL_DEEPSPEED[path.name]
         out = _zero(stage, offload)
         staged = f"; {out[NOTE]}" if NOTE in out else ""
