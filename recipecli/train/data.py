@@ -77,6 +77,15 @@ def alpaca_prompt(instruction: str, input: str = "", preamble: bool = False) -> 
     return (ALPACA_PREAMBLE if preamble else "") + ALPACA_PROMPT.format(instruction=instruction)
 
 
+# Formats that train alone: why none mixes with another, and what to do instead.
+_ALONE = {
+    "tokenized": ("its tokens were made by a tokenizer and template recipe does not see",
+                  "train them in separate recipes, or give the tokenized data as records of another format"),
+    "text": ("plain text has no prompt or roles to line up with",
+             "train them in separate recipes, or convert the text data to prompt_completion"),
+}
+
+
 def layout(recipe: Recipe) -> str:
     """Columns the recipe's mix becomes: ``prompt_completion``, ``messages``, ``text`` or ``tokens``
     (input_ids and labels); ``messages`` with mistral-common's tokenizer (model.tokenizer_backend)
@@ -88,24 +97,16 @@ def layout(recipe: Recipe) -> str:
     """
     datasets = recipe.data.datasets
     layouts = {_LAYOUT[d.format] for d in datasets}
-    if "tokens" in layouts and len(layouts) > 1:
-        i = next(i for i, d in enumerate(datasets) if d.format == "tokenized")
-        other = next(d for d in datasets if d.format != "tokenized")
-        raise DataError(f"{datafiles.display(datasets[i])} (format tokenized) cannot be mixed with "
-                        f"{datafiles.display(other)} (format {other.format}): its tokens were made by a tokenizer and "
-                        "template recipe does not see", "train them in separate recipes, or give the tokenized "
-                        "data as records of another format", where=recipe.locate(("data", "datasets", i, "format")),
-                        path=f"$.data.datasets[{i}].format")
+    for fmt, (why, hint) in _ALONE.items():
+        if _LAYOUT[fmt] in layouts and len(layouts) > 1:
+            i = next(i for i, d in enumerate(datasets) if d.format == fmt)
+            other = next(d for d in datasets if d.format != fmt)
+            raise DataError(f"{datafiles.display(datasets[i])} (format {fmt}) cannot be mixed with "
+                            f"{datafiles.display(other)} (format {other.format}): {why}", hint,
+                            where=recipe.locate(("data", "datasets", i, "format")),
+                            path=f"$.data.datasets[{i}].format")
     if "tokens" in layouts:
         return "tokens"  # ids are ids, whichever tokenizer backend the recipe names
-    if "text" in layouts and len(layouts) > 1:
-        i = next(i for i, d in enumerate(datasets) if d.format == "text")
-        other = next(d for d in datasets if d.format != "text")
-        raise DataError(f"{datafiles.display(datasets[i])} (format text) cannot be mixed with "
-                        f"{datafiles.display(other)} (format "
-                        f"{other.format}): plain text has no prompt or roles to line up with",
-                        "train them in separate recipes, or convert the text data to prompt_completion",
-                        where=recipe.locate(("data", "datasets", i, "format")), path=f"$.data.datasets[{i}].format")
     # mistral-common encodes conversations only: a prompt is a user turn, its completion the answer.
     if "messages" in layouts or mistral_common(recipe):
         return "messages"
